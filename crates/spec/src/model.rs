@@ -1,0 +1,414 @@
+//! The spec's types: the one truth for TOML, JSON, the JSON Schema and (later) the
+//! Raft log. Maps are `BTreeMap`s so every output is ordered and deterministic.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, SpecDuration};
+
+/// The whole desired cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Cluster identity and timings.
+    pub cluster: Cluster,
+    /// Nodes by name (RFC 1123 host labels).
+    pub nodes: BTreeMap<String, NodeSpec>,
+    /// Cluster network settings.
+    #[serde(default)]
+    pub network: Network,
+    /// Services by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, ServiceSpec>,
+    /// Replicated storage by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub storage: BTreeMap<String, StorageSpec>,
+}
+
+/// `[cluster]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Cluster name (an RFC 1123 label); a data dir or lock of another cluster is refused.
+    pub name: String,
+    /// Consensus and lease timings.
+    #[serde(default)]
+    pub timings: Timings,
+}
+
+/// `[cluster.timings]` — defaults from DESIGN.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Timings {
+    /// Raft heartbeat interval (default 100ms).
+    #[serde(default = "Timings::default_heartbeat")]
+    pub heartbeat: SpecDuration,
+    /// Minimum Raft election timeout; the maximum is twice this (default 500ms).
+    #[serde(default = "Timings::default_election_timeout")]
+    pub election_timeout: SpecDuration,
+    /// Lease time-to-live; renewed every TTL/3 (default 1.5s).
+    #[serde(default = "Timings::default_lease_ttl")]
+    pub lease_ttl: SpecDuration,
+    /// Allowance for clock-rate drift between nodes (default 500ms).
+    #[serde(default = "Timings::default_drift_margin")]
+    pub drift_margin: SpecDuration,
+}
+
+impl Timings {
+    fn default_heartbeat() -> SpecDuration {
+        SpecDuration::from_millis(100)
+    }
+    fn default_election_timeout() -> SpecDuration {
+        SpecDuration::from_millis(500)
+    }
+    fn default_lease_ttl() -> SpecDuration {
+        SpecDuration::from_millis(1500)
+    }
+    fn default_drift_margin() -> SpecDuration {
+        SpecDuration::from_millis(500)
+    }
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Self::default_heartbeat(),
+            election_timeout: Self::default_election_timeout(),
+            lease_ttl: Self::default_lease_ttl(),
+            drift_margin: Self::default_drift_margin(),
+        }
+    }
+}
+
+/// `[nodes.<name>]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Underlay IP address; the port comes from `network.port`.
+    pub address: IpAddr,
+    /// Free-form labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Whether the node votes in Raft (default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub voter: bool,
+    /// The node's previous name: the lock keeps its numbers under the new name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renamed_from: Option<String>,
+}
+
+/// How nodes reach each other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Straight over the underlay addresses.
+    #[default]
+    Direct,
+    /// Through a WireGuard mesh on the `overlay` network.
+    Wireguard,
+}
+
+/// `[network]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// `direct` (default) or `wireguard`.
+    #[serde(default)]
+    pub transport: Transport,
+    /// Overlay network (CIDR) from which the lock allocates one address per node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub overlay: Option<IpNet>,
+    /// Cluster RPC port (default 7400).
+    #[serde(default = "Network::default_port")]
+    pub port: u16,
+}
+
+impl Network {
+    fn default_port() -> u16 {
+        7400
+    }
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self {
+            transport: Transport::Direct,
+            overlay: None,
+            port: Self::default_port(),
+        }
+    }
+}
+
+/// What runs a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// A process started by the agent (tests, sandbox).
+    Process,
+    /// A systemd unit.
+    Systemd,
+    /// A systemd-nspawn container (`container@NAME.service`).
+    Nspawn,
+    /// A MicroVM (`microvm@NAME.service`).
+    Microvm,
+}
+
+impl ServiceKind {
+    /// All kinds with their spec names.
+    pub const ALL: [(&'static str, Self); 4] = [
+        ("process", Self::Process),
+        ("systemd", Self::Systemd),
+        ("nspawn", Self::Nspawn),
+        ("microvm", Self::Microvm),
+    ];
+}
+
+/// `[services.<name>]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// `process`, `systemd`, `nspawn` or `microvm`.
+    pub kind: ServiceKind,
+    /// process: argv, first element the program.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// process: environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// process: working directory (absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// process: signal sent to stop it (default SIGTERM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// process: time between the stop signal and SIGKILL (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<SpecDuration>,
+    /// systemd: the unit name, e.g. `postgresql.service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// nspawn: the container name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// microvm: the VM name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+    /// Nodes to prefer, best first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefer: Vec<String>,
+    /// Nodes never to run on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoid: Vec<String>,
+    /// Services never to share a node with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anti_affinity: Vec<String>,
+    /// Services that must run before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// Storage this service uses; it runs where that storage is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storage: Vec<String>,
+    /// Floating address "addr/prefix" that follows the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub ip: Option<IpNet>,
+    /// Interface for the floating address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Health check (default: the process or unit is alive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Restarts allowed on one node before it relocates.
+    #[serde(default)]
+    pub restart: Restart,
+    /// Never run on two nodes at once (default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub exclusive: bool,
+    /// Stay on the current node unless there is a reason to move (default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub sticky: bool,
+    /// The service's previous name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renamed_from: Option<String>,
+}
+
+/// Kind of health check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    /// The process or unit is running.
+    Alive,
+    /// An HTTP GET of `url` answers 2xx.
+    Http,
+    /// A TCP connect to `address` succeeds.
+    Tcp,
+    /// `command` exits 0.
+    Exec,
+}
+
+/// `[services.<name>.health]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// `alive`, `http`, `tcp` or `exec`.
+    pub kind: HealthKind,
+    /// http: URL to GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// tcp: "host:port" to connect to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// exec: argv to run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Time between checks (default 5s).
+    #[serde(default = "Health::default_interval")]
+    pub interval: SpecDuration,
+    /// Time one check may take (default 2s).
+    #[serde(default = "Health::default_timeout")]
+    pub timeout: SpecDuration,
+    /// Consecutive failed checks that count as one failure (default 3).
+    #[serde(default = "Health::default_failures")]
+    pub failures: u32,
+}
+
+impl Health {
+    /// Default check interval.
+    #[must_use]
+    pub fn default_interval() -> SpecDuration {
+        SpecDuration::from_millis(5_000)
+    }
+    /// Default check timeout.
+    #[must_use]
+    pub fn default_timeout() -> SpecDuration {
+        SpecDuration::from_millis(2_000)
+    }
+    /// Default consecutive failures.
+    #[must_use]
+    pub fn default_failures() -> u32 {
+        3
+    }
+}
+
+/// `[services.<name>.restart]` — Pacemaker's migration-threshold, with a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Restart {
+    /// Restarts in place within `window` before relocating (default 3).
+    #[serde(default = "Restart::default_max_restarts")]
+    pub max_restarts: u32,
+    /// The window (default 5m).
+    #[serde(default = "Restart::default_window")]
+    pub window: SpecDuration,
+}
+
+impl Restart {
+    fn default_max_restarts() -> u32 {
+        3
+    }
+    fn default_window() -> SpecDuration {
+        SpecDuration::from_millis(300_000)
+    }
+}
+
+impl Default for Restart {
+    fn default() -> Self {
+        Self {
+            max_restarts: Self::default_max_restarts(),
+            window: Self::default_window(),
+        }
+    }
+}
+
+/// Kind of replicated storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub enum StorageKind {
+    /// DRBD block device, 2–3 replicas.
+    #[serde(rename = "drbd")]
+    Drbd,
+    /// GlusterFS replicated volume.
+    #[serde(rename = "gluster")]
+    Gluster,
+    /// Ceph RBD image.
+    #[serde(rename = "ceph-rbd")]
+    CephRbd,
+    /// CephFS directory.
+    #[serde(rename = "cephfs")]
+    Cephfs,
+}
+
+impl StorageKind {
+    /// All kinds with their spec names.
+    pub const ALL: [(&'static str, Self); 4] = [
+        ("drbd", Self::Drbd),
+        ("gluster", Self::Gluster),
+        ("ceph-rbd", Self::CephRbd),
+        ("cephfs", Self::Cephfs),
+    ];
+
+    /// The spec name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, k)| *k == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+
+/// `[storage.<name>]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSpec {
+    /// `drbd`, `gluster`, `ceph-rbd` or `cephfs`.
+    pub kind: StorageKind,
+    /// Replica nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+    /// drbd: backing block device on each replica node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Size (ceph-rbd image size; informational for drbd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<ByteSize>,
+    /// Where the service's node mounts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// Filesystem on a block device (default ext4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs: Option<String>,
+    /// gluster: brick directory on each replica node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brick: Option<String>,
+    /// gluster: volume name (default: the storage name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    /// The storage's previous name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renamed_from: Option<String>,
+}
+
+#[allow(clippy::unnecessary_wraps)]
+fn yes() -> bool {
+    true
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+impl Spec {
+    /// Names of the voting nodes, sorted.
+    pub fn voters(&self) -> impl Iterator<Item = &str> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.voter)
+            .map(|(name, _)| name.as_str())
+    }
+}
