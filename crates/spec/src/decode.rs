@@ -383,11 +383,11 @@ pub fn decode(root: &Node) -> Decoded {
         return finish(d, spec, broken);
     };
 
-    if let Some((node, path)) = top.required(&mut d, "cluster", "the cluster's name", "{ name = \"homelab\" }") {
-        if let Some(c) = cluster(&mut d, node, &path) {
-            spec.cluster = c;
-        } else {
-            broken.insert(path);
+    let cluster_entry = top.required(&mut d, "cluster", "the cluster's name", "{ name = \"homelab\" }");
+    match cluster_entry.and_then(|(node, path)| cluster(&mut d, node, &path)) {
+        Some(c) => spec.cluster = c,
+        None => {
+            broken.insert("cluster".to_string());
         }
     }
     if let Some((node, path)) = top.required(&mut d, "nodes", "at least three nodes", "{ n1 = { address = \"10.0.0.1\" } }") {

@@ -130,7 +130,8 @@ pub fn validate(spec: &Spec, spans: &SpanIndex, broken: &BTreeSet<String>) -> Ve
 
 fn names(c: &mut Checker<'_>) {
     let name = c.spec.cluster.name.clone();
-    if !is_host_label(&name) {
+    // A cluster table that failed to decode has no name to judge; it was reported.
+    if !c.broken.contains("cluster") && !is_host_label(&name) {
         c.error("spec::name", "cluster.name", format!("cluster name \"{name}\" is not an RFC 1123 label"), "lowercase letters, digits and `-` only, at most 63", format!("use \"{}\"", label_fix(&name)));
     }
     let tables: [(&str, Vec<String>, &str); 3] = [
@@ -186,7 +187,9 @@ fn nodes(c: &mut Checker<'_>) {
             by_address.insert(address, name);
         }
     }
-    let voters = c.spec.voters().count();
+    // Nodes that failed to decode were reported already; count them as voters here
+    // so one bad address does not also read as "too few voters".
+    let voters = c.spec.voters().count() + c.broken.iter().filter(|p| p.starts_with("nodes.")).count();
     if voters < 3 {
         c.error("spec::voters", "nodes", format!("the cluster has {voters} voting node(s); quorum needs at least 3"), "fewer than 3 voters", "add nodes (or set `voter = true` on existing ones) until there are at least 3; a 2-node cluster cannot tell a dead peer from a partition");
     } else if voters % 2 == 0 {
