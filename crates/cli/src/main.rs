@@ -36,7 +36,11 @@ struct Cli {
 #[derive(Debug, Args)]
 pub struct SpecPaths {
     /// The spec: TOML, or JSON when the name ends in .json.
-    #[arg(value_name = "SPEC", default_value = "quorate.toml", env = "QUORATE_SPEC")]
+    #[arg(
+        value_name = "SPEC",
+        default_value = "quorate.toml",
+        env = "QUORATE_SPEC"
+    )]
     pub spec: PathBuf,
     /// The lock file [default: quorate.lock beside the spec].
     #[arg(long, value_name = "PATH", env = "QUORATE_LOCK")]
@@ -113,12 +117,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let exit = match cli.command {
         Command::Check { paths, json } => spec_commands::check(&paths, json),
-        Command::Lock { paths, check, allow_destructive, json } => {
-            spec_commands::lock(&paths, check, allow_destructive, json)
-        }
-        Command::Plan { paths, against, allow_destructive, json } => {
-            spec_commands::plan(&paths, against.as_deref(), allow_destructive, json)
-        }
+        Command::Lock {
+            paths,
+            check,
+            allow_destructive,
+            json,
+        } => spec_commands::lock(&paths, check, allow_destructive, json),
+        Command::Plan {
+            paths,
+            against,
+            allow_destructive,
+            json,
+        } => spec_commands::plan(&paths, against.as_deref(), allow_destructive, json),
         Command::Schema => spec_commands::schema(),
     };
     exit.into()

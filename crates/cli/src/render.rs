@@ -44,11 +44,17 @@ impl miette::Diagnostic for Report<'_> {
     }
 
     fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
-        self.diagnostic.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.diagnostic
+            .help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        self.diagnostic.span.as_ref().map(|_| self.source as &dyn miette::SourceCode)
+        self.diagnostic
+            .span
+            .as_ref()
+            .map(|_| self.source as &dyn miette::SourceCode)
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
@@ -95,13 +101,15 @@ pub fn human(file: &str, text: &str, diagnostics: &[Diagnostic]) -> String {
 /// One diagnostic as JSON, with 1-based line and column.
 #[must_use]
 pub fn json_diagnostic(file: &str, text: &str, d: &Diagnostic) -> serde_json::Value {
-    let position = |s: &Option<std::ops::Range<usize>>| s.as_ref().map(|s| line_column(text, s.start));
+    let position =
+        |s: &Option<std::ops::Range<usize>>| s.as_ref().map(|s| line_column(text, s.start));
     let (line, column) = position(&d.span).map_or((None, None), |(l, c)| (Some(l), Some(c)));
     let related: Vec<_> = d
         .related
         .iter()
         .map(|r| {
-            let (line, column) = position(&r.span).map_or((None, None), |(l, c)| (Some(l), Some(c)));
+            let (line, column) =
+                position(&r.span).map_or((None, None), |(l, c)| (Some(l), Some(c)));
             json!({"path": r.path, "line": line, "column": column, "label": r.label})
         })
         .collect();

@@ -34,7 +34,10 @@ fn load_spec(path: &Path, json: bool, show_warnings: bool) -> Result<LoadedSpec,
                 "check the path and its permissions"
             };
             if json {
-                println!("{}", json!({"file": file, "ok": false, "error": format!("cannot read {file}: {e}"), "help": hint}));
+                println!(
+                    "{}",
+                    json!({"file": file, "ok": false, "error": format!("cannot read {file}: {e}"), "help": hint})
+                );
             } else {
                 say!("error: cannot read {file}: {e}\n  help: {hint}");
             }
@@ -44,7 +47,11 @@ fn load_spec(path: &Path, json: bool, show_warnings: bool) -> Result<LoadedSpec,
     let checked = quorate_spec::check(&text, Format::from_path(path));
     let errors = checked.errors();
     if json && (errors > 0 || show_warnings) {
-        let diagnostics: Vec<_> = checked.diagnostics.iter().map(|d| render::json_diagnostic(&file, &text, d)).collect();
+        let diagnostics: Vec<_> = checked
+            .diagnostics
+            .iter()
+            .map(|d| render::json_diagnostic(&file, &text, d))
+            .collect();
         let mut doc = json!({
             "file": file,
             "ok": errors == 0,
@@ -65,7 +72,12 @@ fn load_spec(path: &Path, json: bool, show_warnings: bool) -> Result<LoadedSpec,
             println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         }
     } else if !json && (errors > 0 || show_warnings) && !checked.diagnostics.is_empty() {
-        let shown: Vec<_> = checked.diagnostics.iter().filter(|d| show_warnings || d.is_error()).cloned().collect();
+        let shown: Vec<_> = checked
+            .diagnostics
+            .iter()
+            .filter(|d| show_warnings || d.is_error())
+            .cloned()
+            .collect();
         eprint!("{}", render::human(&file, &text, &shown));
     }
     let warnings = checked.warnings();
@@ -139,15 +151,17 @@ pub fn lock(paths: &SpecPaths, check_only: bool, allow_destructive: bool, json: 
         }
     };
     let file = lock_path.display().to_string();
-    let result = |status: &str, written: bool| {
-        json!({"lock": file, "status": status, "written": written, "destructive": plan.is_destructive(), "changes": plan.items})
-    };
+    let result = |status: &str, written: bool| json!({"lock": file, "status": status, "written": written, "destructive": plan.is_destructive(), "changes": plan.items});
     if check_only {
         if plan.lock_changes {
             if json {
                 println!("{}", result("out-of-date", false));
             } else {
-                let what = if previous.is_none() { "missing" } else { "out of date" };
+                let what = if previous.is_none() {
+                    "missing"
+                } else {
+                    "out of date"
+                };
                 say!("{file} is {what}; `quorate lock` would make these changes:\n{plan}\n  help: run `quorate lock {}` and commit the result", paths.spec.display());
             }
             return Exit::Invalid;
@@ -176,7 +190,10 @@ pub fn lock(paths: &SpecPaths, check_only: bool, allow_destructive: bool, json: 
         return Exit::Destructive;
     }
     if let Err(e) = quorate_lock::write_atomic(&lock_path, plan.new_lock.to_json().as_bytes()) {
-        report_error(&format!("cannot write {file}: {e} (the previous lock is unchanged)"), json);
+        report_error(
+            &format!("cannot write {file}: {e} (the previous lock is unchanged)"),
+            json,
+        );
         return Exit::Invalid;
     }
     if json {
@@ -188,7 +205,12 @@ pub fn lock(paths: &SpecPaths, check_only: bool, allow_destructive: bool, json: 
 }
 
 /// `quorate plan`
-pub fn plan(paths: &SpecPaths, against: Option<&Path>, allow_destructive: bool, json: bool) -> Exit {
+pub fn plan(
+    paths: &SpecPaths,
+    against: Option<&Path>,
+    allow_destructive: bool,
+    json: bool,
+) -> Exit {
     let loaded = match load_spec(&paths.spec, json, false) {
         Ok(l) => l,
         Err(exit) => return exit,
@@ -229,8 +251,15 @@ pub fn plan(paths: &SpecPaths, against: Option<&Path>, allow_destructive: bool, 
         });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
-        let baseline = if lock.is_some() { lock_path.display().to_string() } else { format!("no lock yet ({} does not exist)", lock_path.display()) };
-        println!("quorate plan: {} against {baseline}\n", paths.spec.display());
+        let baseline = if lock.is_some() {
+            lock_path.display().to_string()
+        } else {
+            format!("no lock yet ({} does not exist)", lock_path.display())
+        };
+        println!(
+            "quorate plan: {} against {baseline}\n",
+            paths.spec.display()
+        );
         print!("{plan}");
     }
     if plan.is_destructive() && !allow_destructive {
@@ -244,6 +273,9 @@ pub fn plan(paths: &SpecPaths, against: Option<&Path>, allow_destructive: bool, 
 
 /// `quorate schema`
 pub fn schema() -> Exit {
-    println!("{}", serde_json::to_string_pretty(&quorate_spec::json_schema()).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&quorate_spec::json_schema()).unwrap_or_default()
+    );
     Exit::Ok
 }

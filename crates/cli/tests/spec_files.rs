@@ -1,6 +1,8 @@
 //! `check`, `lock`, `plan` and `schema` through the real binary: exit codes,
 //! files written (or not), JSON shapes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -24,13 +26,18 @@ fn stderr(o: &Output) -> String {
 }
 
 fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)))
 }
 
 /// A temp dir holding a copy of an example as quorate.toml.
 fn workdir(example: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(repo().join("examples").join(example).join("quorate.toml"), dir.path().join("quorate.toml")).unwrap();
+    std::fs::copy(
+        repo().join("examples").join(example).join("quorate.toml"),
+        dir.path().join("quorate.toml"),
+    )
+    .unwrap();
     dir
 }
 
@@ -44,7 +51,13 @@ fn every_example_passes_check() {
         }
         seen += 1;
         let o = quorate(&repo(), &["check", spec.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(0), "{}: {}", spec.display(), stderr(&o));
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}: {}",
+            spec.display(),
+            stderr(&o)
+        );
         assert!(stderr(&o).contains("ok: cluster"), "{}", stderr(&o));
     }
     assert!(seen >= 2, "expected the homelab and minimal examples");
@@ -52,7 +65,10 @@ fn every_example_passes_check() {
 
 #[test]
 fn check_json_summarises_a_good_spec() {
-    let o = quorate(&repo(), &["check", "--json", "examples/homelab/quorate.toml"]);
+    let o = quorate(
+        &repo(),
+        &["check", "--json", "examples/homelab/quorate.toml"],
+    );
     assert_eq!(o.status.code(), Some(0));
     let doc = json(&o);
     assert_eq!(doc["ok"], true);
@@ -60,7 +76,12 @@ fn check_json_summarises_a_good_spec() {
     assert_eq!(doc["summary"]["cluster"], "homelab");
     assert_eq!(doc["summary"]["nodes"], 3);
     // Settings whose feature is not built yet are reported, never silently ignored.
-    let codes: Vec<&str> = doc["diagnostics"].as_array().unwrap().iter().map(|d| d["code"].as_str().unwrap()).collect();
+    let codes: Vec<&str> = doc["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["code"].as_str().unwrap())
+        .collect();
     assert!(codes.contains(&"spec::not-active"), "{codes:?}");
 }
 
@@ -69,7 +90,11 @@ fn missing_spec_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let o = quorate(dir.path(), &["check"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("cannot read quorate.toml"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot read quorate.toml"),
+        "{}",
+        stderr(&o)
+    );
     assert!(stderr(&o).contains("help:"), "{}", stderr(&o));
 }
 
@@ -86,7 +111,10 @@ fn lock_writes_once_then_check_passes_and_rerun_is_a_no_op() {
     let dir = workdir("homelab");
     let o = quorate(dir.path(), &["lock", "--check"]);
     assert_eq!(o.status.code(), Some(1), "a missing lock is out of date");
-    assert!(!dir.path().join("quorate.lock").exists(), "--check never writes");
+    assert!(
+        !dir.path().join("quorate.lock").exists(),
+        "--check never writes"
+    );
 
     let o = quorate(dir.path(), &["lock"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -101,13 +129,20 @@ fn lock_writes_once_then_check_passes_and_rerun_is_a_no_op() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = quorate(dir.path(), &["lock", "--json"]);
     assert_eq!(json(&o)["status"], "up-to-date");
-    assert_eq!(std::fs::read(dir.path().join("quorate.lock")).unwrap(), first, "re-running lock changes nothing");
+    assert_eq!(
+        std::fs::read(dir.path().join("quorate.lock")).unwrap(),
+        first,
+        "re-running lock changes nothing"
+    );
 }
 
 #[test]
 fn lock_path_can_be_overridden() {
     let dir = workdir("minimal");
-    let o = quorate(dir.path(), &["lock", "quorate.toml", "--lock", "other.lock"]);
+    let o = quorate(
+        dir.path(),
+        &["lock", "quorate.toml", "--lock", "other.lock"],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(dir.path().join("other.lock").exists());
     assert!(!dir.path().join("quorate.lock").exists());
@@ -121,7 +156,9 @@ fn edit(dir: &Path, f: impl FnOnce(String) -> String) {
 
 fn remove_table(text: &str, header: &str) -> String {
     let start = text.find(header).unwrap();
-    let end = text[start + header.len()..].find("\n[").map_or(text.len(), |i| start + header.len() + i + 1);
+    let end = text[start + header.len()..]
+        .find("\n[")
+        .map_or(text.len(), |i| start + header.len() + i + 1);
     format!("{}{}", &text[..start], &text[end..])
 }
 
@@ -130,7 +167,9 @@ fn removing_storage_is_destructive_and_refused_without_the_flag() {
     let dir = workdir("homelab");
     assert_eq!(quorate(dir.path(), &["lock"]).status.code(), Some(0));
     let before = std::fs::read(dir.path().join("quorate.lock")).unwrap();
-    edit(dir.path(), |t| remove_table(&t, "[storage.pgdata]").replace("storage = [\"pgdata\"]\n", ""));
+    edit(dir.path(), |t| {
+        remove_table(&t, "[storage.pgdata]").replace("storage = [\"pgdata\"]\n", "")
+    });
 
     let o = quorate(dir.path(), &["plan"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
@@ -145,16 +184,24 @@ fn removing_storage_is_destructive_and_refused_without_the_flag() {
 
     let o = quorate(dir.path(), &["lock"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    assert_eq!(std::fs::read(dir.path().join("quorate.lock")).unwrap(), before, "a refused lock writes nothing");
+    assert_eq!(
+        std::fs::read(dir.path().join("quorate.lock")).unwrap(),
+        before,
+        "a refused lock writes nothing"
+    );
 
     let o = quorate(dir.path(), &["plan", "--allow-destructive"]);
     assert_eq!(o.status.code(), Some(0));
     let o = quorate(dir.path(), &["lock", "--allow-destructive"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let lock: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("quorate.lock")).unwrap()).unwrap();
+    let lock: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("quorate.lock")).unwrap()).unwrap();
     assert_eq!(lock["tombstones"][0]["entity"], "storage");
     assert_eq!(lock["tombstones"][0]["entry"]["drbd"]["minor"], 1000);
-    assert_eq!(lock["next"]["drbd_minor"], 1001, "the retired minor is never handed out again");
+    assert_eq!(
+        lock["next"]["drbd_minor"], 1001,
+        "the retired minor is never handed out again"
+    );
 }
 
 #[test]
@@ -174,15 +221,28 @@ fn removing_a_majority_of_voters_is_destructive() {
     let o = quorate(dir.path(), &["plan", "--json"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let doc = json(&o);
-    let destructive: Vec<&str> = doc["items"].as_array().unwrap().iter().filter(|i| i["destructive"].is_string()).map(|i| i["name"].as_str().unwrap()).collect();
+    let destructive: Vec<&str> = doc["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["destructive"].is_string())
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
     assert_eq!(destructive, ["n3", "n4", "n5"]);
     // Removing one voter of five is fine.
     let dir = workdir("minimal");
-    edit(dir.path(), |t| t + "\n[nodes.n4]\naddress = \"127.0.0.4\"\n\n[nodes.n5]\naddress = \"127.0.0.5\"\n");
+    edit(dir.path(), |t| {
+        t + "\n[nodes.n4]\naddress = \"127.0.0.4\"\n\n[nodes.n5]\naddress = \"127.0.0.5\"\n"
+    });
     assert_eq!(quorate(dir.path(), &["lock"]).status.code(), Some(0));
     edit(dir.path(), |t| remove_table(&t, "[nodes.n5]"));
     let o = quorate(dir.path(), &["plan"]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 }
 
 #[test]
@@ -190,12 +250,21 @@ fn plan_against_an_old_spec_shows_field_changes_and_shrinks() {
     let dir = workdir("homelab");
     assert_eq!(quorate(dir.path(), &["lock"]).status.code(), Some(0));
     std::fs::copy(dir.path().join("quorate.toml"), dir.path().join("old.toml")).unwrap();
-    edit(dir.path(), |t| t.replace("size = \"50GiB\"", "size = \"20GiB\"").replace("unit = \"nginx.service\"", "unit = \"caddy.service\""));
+    edit(dir.path(), |t| {
+        t.replace("size = \"50GiB\"", "size = \"20GiB\"")
+            .replace("unit = \"nginx.service\"", "unit = \"caddy.service\"")
+    });
     let o = quorate(dir.path(), &["plan", "--against", "old.toml"]);
     assert_eq!(o.status.code(), Some(3), "shrinking is destructive");
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("unit: \"nginx.service\" → \"caddy.service\""), "{out}");
-    assert!(out.contains("shrinks `pgdata` from 50GiB to 20GiB"), "{out}");
+    assert!(
+        out.contains("unit: \"nginx.service\" → \"caddy.service\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("shrinks `pgdata` from 50GiB to 20GiB"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -205,17 +274,29 @@ fn renamed_from_keeps_numbers() {
     edit(dir.path(), |t| {
         t.replace("\"beta\"", "\"bravo\"")
             .replace("[nodes.beta]", "[nodes.bravo]\nrenamed_from = \"beta\"")
-            .replace("[storage.pgdata]", "[storage.pg]\nrenamed_from = \"pgdata\"")
+            .replace(
+                "[storage.pgdata]",
+                "[storage.pg]\nrenamed_from = \"pgdata\"",
+            )
             .replace("storage = [\"pgdata\"]", "storage = [\"pg\"]")
     });
     let o = quorate(dir.path(), &["plan"]);
-    assert_eq!(o.status.code(), Some(0), "a rename is not destructive: {}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "a rename is not destructive: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     assert_eq!(quorate(dir.path(), &["lock"]).status.code(), Some(0));
-    let lock: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("quorate.lock")).unwrap()).unwrap();
+    let lock: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("quorate.lock")).unwrap()).unwrap();
     assert_eq!(lock["nodes"]["bravo"]["raft_id"], 2);
     assert_eq!(lock["storage"]["pg"]["drbd"]["minor"], 1000);
     assert_eq!(lock["storage"]["pg"]["drbd"]["node_ids"]["bravo"], 1);
-    assert!(lock.get("tombstones").is_none(), "a rename leaves no tombstone");
+    assert!(
+        lock.get("tombstones").is_none(),
+        "a rename leaves no tombstone"
+    );
 }
 
 #[test]
@@ -232,10 +313,23 @@ fn bad_lock_files_are_clear_errors_and_change_nothing() {
         std::fs::write(dir.path().join("quorate.lock"), content).unwrap();
         for args in [&["lock"][..], &["plan"][..], &["lock", "--check"][..]] {
             let o = quorate(dir.path(), args);
-            assert_eq!(o.status.code(), Some(1), "{args:?} on {content}: {}", stderr(&o));
-            assert!(stderr(&o).contains(expected), "{args:?}: expected {expected:?} in {}", stderr(&o));
+            assert_eq!(
+                o.status.code(),
+                Some(1),
+                "{args:?} on {content}: {}",
+                stderr(&o)
+            );
+            assert!(
+                stderr(&o).contains(expected),
+                "{args:?}: expected {expected:?} in {}",
+                stderr(&o)
+            );
             assert!(stderr(&o).contains("help:"), "{}", stderr(&o));
-            assert_eq!(std::fs::read_to_string(dir.path().join("quorate.lock")).unwrap(), content, "nothing changed");
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join("quorate.lock")).unwrap(),
+                content,
+                "nothing changed"
+            );
         }
     }
 }
@@ -248,14 +342,25 @@ fn json_spec_means_the_same_as_toml() {
     assert_eq!(schema.status.code(), Some(0));
     let schema: serde_json::Value = serde_json::from_slice(&schema.stdout).unwrap();
     assert!(schema["properties"]["services"].is_object(), "{schema:#}");
-    assert!(schema["required"].as_array().unwrap().contains(&"cluster".into()));
+    assert!(schema["required"]
+        .as_array()
+        .unwrap()
+        .contains(&"cluster".into()));
 
     assert_eq!(quorate(dir.path(), &["lock"]).status.code(), Some(0));
     let toml_lock = std::fs::read(dir.path().join("quorate.lock")).unwrap();
-    let spec: toml::Value = toml::from_str(&std::fs::read_to_string(dir.path().join("quorate.toml")).unwrap()).unwrap();
+    let spec: toml::Value =
+        toml::from_str(&std::fs::read_to_string(dir.path().join("quorate.toml")).unwrap()).unwrap();
     let json_dir = tempfile::tempdir().unwrap();
-    std::fs::write(json_dir.path().join("cluster.json"), serde_json::to_string_pretty(&spec).unwrap()).unwrap();
+    std::fs::write(
+        json_dir.path().join("cluster.json"),
+        serde_json::to_string_pretty(&spec).unwrap(),
+    )
+    .unwrap();
     let o = quorate(json_dir.path(), &["lock", "cluster.json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert_eq!(std::fs::read(json_dir.path().join("quorate.lock")).unwrap(), toml_lock);
+    assert_eq!(
+        std::fs::read(json_dir.path().join("quorate.lock")).unwrap(),
+        toml_lock
+    );
 }

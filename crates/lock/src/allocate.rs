@@ -10,7 +10,9 @@ use ipnet::IpNet;
 use quorate_spec::{Spec, StorageKind, Transport};
 use serde::Serialize;
 
-use crate::format::{DrbdEntry, Lock, NodeEntry, RetiredNodeId, ServiceEntry, StorageEntry, Tombstone};
+use crate::format::{
+    DrbdEntry, Lock, NodeEntry, RetiredNodeId, ServiceEntry, StorageEntry, Tombstone,
+};
 use crate::{LockError, DRBD_MINOR_MAX, DRBD_NODE_ID_MAX};
 
 /// What kind of thing a change is about.
@@ -120,7 +122,11 @@ fn exhausted(what: &'static str, detail: String, hint: &str) -> LockError {
 
 fn take_port(counter: &mut u32, what: &'static str) -> Result<u16, LockError> {
     let port = u16::try_from(*counter).map_err(|_| {
-        exhausted(what, format!("the next would be {counter}, above 65535"), "ports are never reused; start a new cluster lock or free the range by hand with care")
+        exhausted(
+            what,
+            format!("the next would be {counter}, above 65535"),
+            "ports are never reused; start a new cluster lock or free the range by hand with care",
+        )
     })?;
     *counter += 1;
     Ok(port)
@@ -135,14 +141,18 @@ fn overlay_address(net: IpNet, host: u64) -> Option<IpAddr> {
                 return None;
             }
             let base = u64::from(u32::from(n.network()));
-            u32::try_from(base + host).ok().map(|a| IpAddr::V4(a.into()))
+            u32::try_from(base + host)
+                .ok()
+                .map(|a| IpAddr::V4(a.into()))
         }
         IpNet::V6(n) => {
             let bits = 128 - u32::from(n.prefix_len());
             if host == 0 || (bits < 64 && host >= (1u64 << bits)) {
                 return None;
             }
-            Some(IpAddr::V6((u128::from(n.network()) + u128::from(host)).into()))
+            Some(IpAddr::V6(
+                (u128::from(n.network()) + u128::from(host)).into(),
+            ))
         }
     }
 }
@@ -175,8 +185,17 @@ fn describe_node(e: &NodeEntry) -> String {
 fn describe_storage(e: &StorageEntry) -> String {
     match &e.drbd {
         Some(d) => {
-            let ids: Vec<String> = d.node_ids.iter().map(|(n, id)| format!("{n}={id}")).collect();
-            let mut s = format!("minor {}, port {}, node-ids {}", d.minor, d.port, ids.join(" "));
+            let ids: Vec<String> = d
+                .node_ids
+                .iter()
+                .map(|(n, id)| format!("{n}={id}"))
+                .collect();
+            let mut s = format!(
+                "minor {}, port {}, node-ids {}",
+                d.minor,
+                d.port,
+                ids.join(" ")
+            );
             if let Some(tb) = &d.tie_breaker {
                 s.push_str(&format!(", tie-breaker {tb}"));
             }
@@ -206,7 +225,9 @@ pub fn allocate(previous: Option<&Lock>, spec: &Spec) -> Result<Allocation, Lock
 
     // 1. Renames keep numbers under the new name.
     for (name, node) in &spec.nodes {
-        let Some(old) = &node.renamed_from else { continue };
+        let Some(old) = &node.renamed_from else {
+            continue;
+        };
         if rename(&mut lock.nodes, old, name) {
             for st in lock.storage.values_mut() {
                 if let Some(d) = &mut st.drbd {
@@ -216,36 +237,66 @@ pub fn allocate(previous: Option<&Lock>, spec: &Spec) -> Result<Allocation, Lock
                     }
                 }
             }
-            changes.push(LockChange::Renamed { entity: Entity::Node, from: old.clone(), to: name.clone() });
+            changes.push(LockChange::Renamed {
+                entity: Entity::Node,
+                from: old.clone(),
+                to: name.clone(),
+            });
         }
     }
     for (name, svc) in &spec.services {
         if let Some(old) = &svc.renamed_from {
             if rename(&mut lock.services, old, name) {
-                changes.push(LockChange::Renamed { entity: Entity::Service, from: old.clone(), to: name.clone() });
+                changes.push(LockChange::Renamed {
+                    entity: Entity::Service,
+                    from: old.clone(),
+                    to: name.clone(),
+                });
             }
         }
     }
     for (name, st) in &spec.storage {
         if let Some(old) = &st.renamed_from {
             if rename(&mut lock.storage, old, name) {
-                changes.push(LockChange::Renamed { entity: Entity::Storage, from: old.clone(), to: name.clone() });
+                changes.push(LockChange::Renamed {
+                    entity: Entity::Storage,
+                    from: old.clone(),
+                    to: name.clone(),
+                });
             }
         }
     }
 
     // 2. Removals become tombstones. A storage kind change retires the old entry.
-    let gone: Vec<String> = lock.nodes.keys().filter(|n| !spec.nodes.contains_key(*n)).cloned().collect();
+    let gone: Vec<String> = lock
+        .nodes
+        .keys()
+        .filter(|n| !spec.nodes.contains_key(*n))
+        .cloned()
+        .collect();
     for name in gone {
         if let Some(entry) = lock.nodes.remove(&name) {
-            changes.push(LockChange::Retired { entity: Entity::Node, name: name.clone(), numbers: describe_node(&entry) });
+            changes.push(LockChange::Retired {
+                entity: Entity::Node,
+                name: name.clone(),
+                numbers: describe_node(&entry),
+            });
             lock.tombstones.push(Tombstone::Node { name, entry });
         }
     }
-    let gone: Vec<String> = lock.services.keys().filter(|n| !spec.services.contains_key(*n)).cloned().collect();
+    let gone: Vec<String> = lock
+        .services
+        .keys()
+        .filter(|n| !spec.services.contains_key(*n))
+        .cloned()
+        .collect();
     for name in gone {
         if let Some(entry) = lock.services.remove(&name) {
-            changes.push(LockChange::Retired { entity: Entity::Service, name: name.clone(), numbers: format!("id {}", entry.id) });
+            changes.push(LockChange::Retired {
+                entity: Entity::Service,
+                name: name.clone(),
+                numbers: format!("id {}", entry.id),
+            });
             lock.tombstones.push(Tombstone::Service { name, entry });
         }
     }
@@ -257,7 +308,11 @@ pub fn allocate(previous: Option<&Lock>, spec: &Spec) -> Result<Allocation, Lock
         .collect();
     for name in gone {
         if let Some(entry) = lock.storage.remove(&name) {
-            changes.push(LockChange::Retired { entity: Entity::Storage, name: name.clone(), numbers: describe_storage(&entry) });
+            changes.push(LockChange::Retired {
+                entity: Entity::Storage,
+                name: name.clone(),
+                numbers: describe_storage(&entry),
+            });
             lock.tombstones.push(Tombstone::Storage { name, entry });
         }
     }
@@ -278,10 +333,19 @@ pub fn allocate(previous: Option<&Lock>, spec: &Spec) -> Result<Allocation, Lock
                 }
             }
             None => {
-                let entry = NodeEntry { raft_id: lock.next.raft_id, voter: node.voter, overlay_ip: None, wg_port: None };
+                let entry = NodeEntry {
+                    raft_id: lock.next.raft_id,
+                    voter: node.voter,
+                    overlay_ip: None,
+                    wg_port: None,
+                };
                 lock.next.raft_id += 1;
                 lock.nodes.insert(name.clone(), entry);
-                changes.push(LockChange::Added { entity: Entity::Node, name: name.clone(), numbers: String::new() });
+                changes.push(LockChange::Added {
+                    entity: Entity::Node,
+                    name: name.clone(),
+                    numbers: String::new(),
+                });
             }
         }
     }
@@ -290,7 +354,10 @@ pub fn allocate(previous: Option<&Lock>, spec: &Spec) -> Result<Allocation, Lock
     if let Some(overlay) = spec.network.overlay {
         match lock.overlay {
             Some(locked) if locked != overlay => {
-                return Err(LockError::OverlayChanged { locked: locked.to_string(), spec: overlay.to_string() })
+                return Err(LockError::OverlayChanged {
+                    locked: locked.to_string(),
+                    spec: overlay.to_string(),
+                })
             }
             Some(_) => {}
             None => lock.overlay = Some(overlay),
@@ -301,9 +368,20 @@ pub fn allocate(previous: Option<&Lock>, spec: &Spec) -> Result<Allocation, Lock
     for name in names {
         let mut added = Vec::new();
         if let Some(overlay) = lock.overlay.filter(|_| spec.network.overlay.is_some()) {
-            if lock.nodes.get(&name).is_some_and(|e| e.overlay_ip.is_none()) {
+            if lock
+                .nodes
+                .get(&name)
+                .is_some_and(|e| e.overlay_ip.is_none())
+            {
                 let ip = overlay_address(overlay, lock.next.overlay_host).ok_or_else(|| {
-                    exhausted("overlay addresses", format!("{overlay} has no address left (host index {})", lock.next.overlay_host), "addresses are never reused; a larger overlay would renumber every node")
+                    exhausted(
+                        "overlay addresses",
+                        format!(
+                            "{overlay} has no address left (host index {})",
+                            lock.next.overlay_host
+                        ),
+                        "addresses are never reused; a larger overlay would renumber every node",
+                    )
                 })?;
                 lock.next.overlay_host += 1;
                 if let Some(e) = lock.nodes.get_mut(&name) {
@@ -323,13 +401,24 @@ pub fn allocate(previous: Option<&Lock>, spec: &Spec) -> Result<Allocation, Lock
             continue;
         }
         // A node added in this run reports all its numbers once, in its Added line.
-        let fresh = changes.iter().any(|c| matches!(c, LockChange::Added { entity: Entity::Node, name: n, .. } if *n == name));
+        let fresh = changes.iter().any(
+            |c| matches!(c, LockChange::Added { entity: Entity::Node, name: n, .. } if *n == name),
+        );
         if !fresh {
-            changes.push(LockChange::Extended { entity: Entity::Node, name: name.clone(), what: added.join(", ") });
+            changes.push(LockChange::Extended {
+                entity: Entity::Node,
+                name: name.clone(),
+                what: added.join(", "),
+            });
         }
     }
     for c in &mut changes {
-        if let LockChange::Added { entity: Entity::Node, name, numbers } = c {
+        if let LockChange::Added {
+            entity: Entity::Node,
+            name,
+            numbers,
+        } = c
+        {
             if let Some(e) = lock.nodes.get(name) {
                 *numbers = describe_node(e);
             }
@@ -342,7 +431,11 @@ pub fn allocate(previous: Option<&Lock>, spec: &Spec) -> Result<Allocation, Lock
             let id = lock.next.service_id;
             lock.next.service_id += 1;
             lock.services.insert(name.clone(), ServiceEntry { id });
-            changes.push(LockChange::Added { entity: Entity::Service, name: name.clone(), numbers: format!("id {id}") });
+            changes.push(LockChange::Added {
+                entity: Entity::Service,
+                name: name.clone(),
+                numbers: format!("id {id}"),
+            });
         }
     }
 
@@ -352,18 +445,41 @@ pub fn allocate(previous: Option<&Lock>, spec: &Spec) -> Result<Allocation, Lock
         if is_new {
             let drbd = if st.kind == StorageKind::Drbd {
                 if lock.next.drbd_minor > DRBD_MINOR_MAX {
-                    return Err(exhausted("DRBD minors", format!("the next would be {}, above {DRBD_MINOR_MAX}", lock.next.drbd_minor), "minors are never reused"));
+                    return Err(exhausted(
+                        "DRBD minors",
+                        format!(
+                            "the next would be {}, above {DRBD_MINOR_MAX}",
+                            lock.next.drbd_minor
+                        ),
+                        "minors are never reused",
+                    ));
                 }
                 let minor = lock.next.drbd_minor;
                 let port = take_port(&mut lock.next.drbd_port, "DRBD ports")?;
                 lock.next.drbd_minor += 1;
-                Some(DrbdEntry { minor, port, node_ids: Default::default(), tie_breaker: None, next_node_id: 0, retired_node_ids: Vec::new() })
+                Some(DrbdEntry {
+                    minor,
+                    port,
+                    node_ids: Default::default(),
+                    tie_breaker: None,
+                    next_node_id: 0,
+                    retired_node_ids: Vec::new(),
+                })
             } else {
                 None
             };
-            lock.storage.insert(name.clone(), StorageEntry { kind: st.kind, size: st.size, drbd });
+            lock.storage.insert(
+                name.clone(),
+                StorageEntry {
+                    kind: st.kind,
+                    size: st.size,
+                    drbd,
+                },
+            );
         }
-        let Some(entry) = lock.storage.get_mut(name) else { continue };
+        let Some(entry) = lock.storage.get_mut(name) else {
+            continue;
+        };
         if !is_new && entry.size != st.size && st.size.is_some() {
             changes.push(LockChange::Updated {
                 entity: Entity::Storage,
@@ -375,23 +491,48 @@ pub fn allocate(previous: Option<&Lock>, spec: &Spec) -> Result<Allocation, Lock
             entry.size = st.size;
         }
         if let Some(d) = &mut entry.drbd {
-            let replicas: BTreeSet<&String> = st.nodes.iter().filter(|n| spec.nodes.contains_key(*n)).collect();
+            let replicas: BTreeSet<&String> = st
+                .nodes
+                .iter()
+                .filter(|n| spec.nodes.contains_key(*n))
+                .collect();
             // Tie-breaker: kept while still valid, else the first voter (by name) that holds no replica.
             let mut tie_breaker = None;
             if replicas.len() == 2 {
                 let valid = |n: &String| spec.nodes.contains_key(n) && !replicas.contains(n);
                 tie_breaker = d.tie_breaker.clone().filter(valid).or_else(|| {
-                    spec.nodes.iter().filter(|(n, s)| s.voter && valid(n)).map(|(n, _)| n.clone()).next()
+                    spec.nodes
+                        .iter()
+                        .filter(|(n, s)| s.voter && valid(n))
+                        .map(|(n, _)| n.clone())
+                        .next()
                 });
             }
-            let members: BTreeSet<String> = replicas.iter().map(|s| (*s).clone()).chain(tie_breaker.clone()).collect();
-            let leaving: Vec<(String, u8)> = d.node_ids.iter().filter(|(n, _)| !members.contains(*n)).map(|(n, id)| (n.clone(), *id)).collect();
+            let members: BTreeSet<String> = replicas
+                .iter()
+                .map(|s| (*s).clone())
+                .chain(tie_breaker.clone())
+                .collect();
+            let leaving: Vec<(String, u8)> = d
+                .node_ids
+                .iter()
+                .filter(|(n, _)| !members.contains(*n))
+                .map(|(n, id)| (n.clone(), *id))
+                .collect();
             for (node, node_id) in leaving {
                 d.node_ids.remove(&node);
                 let had_data = d.tie_breaker.as_deref() != Some(node.as_str());
-                d.retired_node_ids.push(RetiredNodeId { node: node.clone(), node_id });
+                d.retired_node_ids.push(RetiredNodeId {
+                    node: node.clone(),
+                    node_id,
+                });
                 if !is_new {
-                    changes.push(LockChange::MemberRetired { storage: name.clone(), node, node_id, had_data });
+                    changes.push(LockChange::MemberRetired {
+                        storage: name.clone(),
+                        node,
+                        node_id,
+                        had_data,
+                    });
                 }
             }
             d.tie_breaker = tie_breaker;
@@ -404,14 +545,26 @@ pub fn allocate(previous: Option<&Lock>, spec: &Spec) -> Result<Allocation, Lock
                 }
                 d.node_ids.insert(member.clone(), d.next_node_id);
                 if !is_new {
-                    let role = if d.tie_breaker.as_ref() == Some(member) { "tie-breaker" } else { "replica" };
-                    changes.push(LockChange::Extended { entity: Entity::Storage, name: name.clone(), what: format!("{role} {member} (node-id {})", d.next_node_id) });
+                    let role = if d.tie_breaker.as_ref() == Some(member) {
+                        "tie-breaker"
+                    } else {
+                        "replica"
+                    };
+                    changes.push(LockChange::Extended {
+                        entity: Entity::Storage,
+                        name: name.clone(),
+                        what: format!("{role} {member} (node-id {})", d.next_node_id),
+                    });
                 }
                 d.next_node_id += 1;
             }
         }
         if is_new {
-            changes.push(LockChange::Added { entity: Entity::Storage, name: name.clone(), numbers: describe_storage(entry) });
+            changes.push(LockChange::Added {
+                entity: Entity::Storage,
+                name: name.clone(),
+                numbers: describe_storage(entry),
+            });
         }
     }
     Ok(Allocation { lock, changes })

@@ -242,64 +242,109 @@ impl Lock {
         };
         // Every (space, number) → where it was seen first.
         let mut seen: BTreeMap<(&str, u64), String> = BTreeMap::new();
-        let mut claim = |space: &'static str, number: u64, at: String, limit: u64| -> Result<(), LockError> {
-            if number >= limit {
-                return Err(corrupt(
-                    at,
-                    format!("{space} {number} is not below the counter next.{space} = {limit}"),
-                ));
-            }
-            if let Some(first) = seen.insert((space, number), at.clone()) {
-                return Err(corrupt(at, format!("{space} {number} is also held by {first}")));
-            }
-            Ok(())
-        };
+        let mut claim =
+            |space: &'static str, number: u64, at: String, limit: u64| -> Result<(), LockError> {
+                if number >= limit {
+                    return Err(corrupt(
+                        at,
+                        format!("{space} {number} is not below the counter next.{space} = {limit}"),
+                    ));
+                }
+                if let Some(first) = seen.insert((space, number), at.clone()) {
+                    return Err(corrupt(
+                        at,
+                        format!("{space} {number} is also held by {first}"),
+                    ));
+                }
+                Ok(())
+            };
         let n = &self.next;
-        let nodes = self.nodes.iter().map(|(k, v)| (format!("nodes.{k}"), v)).chain(
-            self.tombstones.iter().enumerate().filter_map(|(i, t)| match t {
-                Tombstone::Node { entry, .. } => Some((format!("tombstones[{i}]"), entry)),
-                _ => None,
-            }),
-        );
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|(k, v)| (format!("nodes.{k}"), v))
+            .chain(
+                self.tombstones
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, t)| match t {
+                        Tombstone::Node { entry, .. } => Some((format!("tombstones[{i}]"), entry)),
+                        _ => None,
+                    }),
+            );
         for (at, e) in nodes {
             claim("raft_id", e.raft_id, format!("{at}.raft_id"), n.raft_id)?;
             if let Some(port) = e.wg_port {
-                claim("wg_port", u64::from(port), format!("{at}.wg_port"), u64::from(n.wg_port))?;
+                claim(
+                    "wg_port",
+                    u64::from(port),
+                    format!("{at}.wg_port"),
+                    u64::from(n.wg_port),
+                )?;
             }
             if let Some(ip) = e.overlay_ip {
                 let as_num = match ip {
                     IpAddr::V4(v4) => u64::from(u32::from(v4)),
-                    IpAddr::V6(v6) => u64::try_from(u128::from(v6) & u128::from(u64::MAX)).unwrap_or(0),
+                    IpAddr::V6(v6) => {
+                        u64::try_from(u128::from(v6) & u128::from(u64::MAX)).unwrap_or(0)
+                    }
                 };
                 claim("overlay_ip", as_num, format!("{at}.overlay_ip"), u64::MAX)?;
             }
         }
-        let services = self.services.iter().map(|(k, v)| (format!("services.{k}"), v)).chain(
-            self.tombstones.iter().enumerate().filter_map(|(i, t)| match t {
-                Tombstone::Service { entry, .. } => Some((format!("tombstones[{i}]"), entry)),
-                _ => None,
-            }),
-        );
+        let services = self
+            .services
+            .iter()
+            .map(|(k, v)| (format!("services.{k}"), v))
+            .chain(
+                self.tombstones
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, t)| match t {
+                        Tombstone::Service { entry, .. } => {
+                            Some((format!("tombstones[{i}]"), entry))
+                        }
+                        _ => None,
+                    }),
+            );
         for (at, e) in services {
             claim("service_id", e.id, format!("{at}.id"), n.service_id)?;
         }
-        let storage = self.storage.iter().map(|(k, v)| (format!("storage.{k}"), v)).chain(
-            self.tombstones.iter().enumerate().filter_map(|(i, t)| match t {
-                Tombstone::Storage { entry, .. } => Some((format!("tombstones[{i}]"), entry)),
-                _ => None,
-            }),
-        );
+        let storage = self
+            .storage
+            .iter()
+            .map(|(k, v)| (format!("storage.{k}"), v))
+            .chain(
+                self.tombstones
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, t)| match t {
+                        Tombstone::Storage { entry, .. } => {
+                            Some((format!("tombstones[{i}]"), entry))
+                        }
+                        _ => None,
+                    }),
+            );
         for (at, e) in storage {
             let Some(d) = &e.drbd else { continue };
-            claim("drbd_minor", u64::from(d.minor), format!("{at}.drbd.minor"), u64::from(n.drbd_minor))?;
-            claim("drbd_port", u64::from(d.port), format!("{at}.drbd.port"), u64::from(n.drbd_port))?;
+            claim(
+                "drbd_minor",
+                u64::from(d.minor),
+                format!("{at}.drbd.minor"),
+                u64::from(n.drbd_minor),
+            )?;
+            claim(
+                "drbd_port",
+                u64::from(d.port),
+                format!("{at}.drbd.port"),
+                u64::from(n.drbd_port),
+            )?;
             let mut ids = BTreeSet::new();
-            for (node, id) in d
-                .node_ids
-                .iter()
-                .map(|(k, v)| (k.as_str(), *v))
-                .chain(d.retired_node_ids.iter().map(|r| (r.node.as_str(), r.node_id)))
-            {
+            for (node, id) in d.node_ids.iter().map(|(k, v)| (k.as_str(), *v)).chain(
+                d.retired_node_ids
+                    .iter()
+                    .map(|r| (r.node.as_str(), r.node_id)),
+            ) {
                 if id > DRBD_NODE_ID_MAX || id >= d.next_node_id {
                     return Err(corrupt(
                         format!("{at}.drbd.node_ids.{node}"),
@@ -307,12 +352,18 @@ impl Lock {
                     ));
                 }
                 if !ids.insert(id) {
-                    return Err(corrupt(format!("{at}.drbd.node_ids.{node}"), format!("node-id {id} is used twice")));
+                    return Err(corrupt(
+                        format!("{at}.drbd.node_ids.{node}"),
+                        format!("node-id {id} is used twice"),
+                    ));
                 }
             }
             if let Some(tb) = &d.tie_breaker {
                 if !d.node_ids.contains_key(tb) {
-                    return Err(corrupt(format!("{at}.drbd.tie_breaker"), format!("tie-breaker `{tb}` has no node-id")));
+                    return Err(corrupt(
+                        format!("{at}.drbd.tie_breaker"),
+                        format!("tie-breaker `{tb}` has no node-id"),
+                    ));
                 }
             }
         }

@@ -2,6 +2,8 @@
 //! never reused — checked over random sequences of spec edits (add, remove, rename,
 //! reorder, replica changes, overlay and WireGuard switched on).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -79,13 +81,22 @@ impl World {
 
 fn apply(spec: &mut Spec, world: &mut World, e: &Edit) {
     let node_names: Vec<String> = spec.nodes.keys().cloned().collect();
-    let pick = |i: usize| (!node_names.is_empty()).then(|| node_names[i % node_names.len()].clone());
+    let pick =
+        |i: usize| (!node_names.is_empty()).then(|| node_names[i % node_names.len()].clone());
     match e {
         Edit::AddNode(n) => {
             let name = format!("n{n}");
             if !spec.nodes.contains_key(&name) {
                 let address: IpAddr = format!("10.1.0.{}", n + 1).parse().unwrap();
-                spec.nodes.insert(name.clone(), NodeSpec { address, labels: BTreeMap::new(), voter: true, renamed_from: None });
+                spec.nodes.insert(
+                    name.clone(),
+                    NodeSpec {
+                        address,
+                        labels: BTreeMap::new(),
+                        voter: true,
+                        renamed_from: None,
+                    },
+                );
                 let id = world.fresh();
                 world.node_id.insert(name, id);
             }
@@ -127,7 +138,10 @@ fn apply(spec: &mut Spec, world: &mut World, e: &Edit) {
         Edit::AddService(n) => {
             let name = format!("s{n}");
             if !spec.services.contains_key(&name) {
-                let svc: ServiceSpec = serde_json::from_value(serde_json::json!({"kind": "process", "command": ["/bin/true"]})).unwrap();
+                let svc: ServiceSpec = serde_json::from_value(
+                    serde_json::json!({"kind": "process", "command": ["/bin/true"]}),
+                )
+                .unwrap();
                 assert_eq!(svc.kind, ServiceKind::Process);
                 spec.services.insert(name.clone(), svc);
                 let id = world.fresh();
@@ -156,7 +170,10 @@ fn apply(spec: &mut Spec, world: &mut World, e: &Edit) {
             let name = format!("d{n}");
             if !spec.storage.contains_key(&name) {
                 let nodes: BTreeSet<String> = [pick(*a), pick(*b)].into_iter().flatten().collect();
-                spec.storage.insert(name.clone(), storage(StorageKind::Drbd, nodes.into_iter().collect()));
+                spec.storage.insert(
+                    name.clone(),
+                    storage(StorageKind::Drbd, nodes.into_iter().collect()),
+                );
                 let id = world.fresh();
                 world.storage_id.insert(name, id);
             }
@@ -164,7 +181,13 @@ fn apply(spec: &mut Spec, world: &mut World, e: &Edit) {
         Edit::AddGluster(n) => {
             let name = format!("g{n}");
             if !spec.storage.contains_key(&name) {
-                spec.storage.insert(name.clone(), storage(StorageKind::Gluster, node_names.iter().take(3).cloned().collect()));
+                spec.storage.insert(
+                    name.clone(),
+                    storage(
+                        StorageKind::Gluster,
+                        node_names.iter().take(3).cloned().collect(),
+                    ),
+                );
                 let id = world.fresh();
                 world.storage_id.insert(name, id);
             }
@@ -189,7 +212,11 @@ fn apply(spec: &mut Spec, world: &mut World, e: &Edit) {
         }
         Edit::SetReplicas(s, a, b) => {
             if let Some(name) = nth(&spec.storage, *s) {
-                let nodes: BTreeSet<String> = [pick(*a), pick(*b), pick(a + b)].into_iter().flatten().take(3).collect();
+                let nodes: BTreeSet<String> = [pick(*a), pick(*b), pick(a + b)]
+                    .into_iter()
+                    .flatten()
+                    .take(3)
+                    .collect();
                 spec.storage.get_mut(&name).unwrap().nodes = nodes.into_iter().collect();
             }
         }
@@ -204,7 +231,17 @@ fn apply(spec: &mut Spec, world: &mut World, e: &Edit) {
 }
 
 fn storage(kind: StorageKind, nodes: Vec<String>) -> StorageSpec {
-    StorageSpec { kind, nodes, device: Some("/dev/vdb".into()), size: None, mount: None, fs: None, brick: None, volume: None, renamed_from: None }
+    StorageSpec {
+        kind,
+        nodes,
+        device: Some("/dev/vdb".into()),
+        size: None,
+        mount: None,
+        fs: None,
+        brick: None,
+        volume: None,
+        renamed_from: None,
+    }
 }
 
 /// What the test has seen of every number: (space, number) → (identity, detail).
@@ -217,9 +254,20 @@ struct Ledger {
 }
 
 impl Ledger {
-    fn see(&mut self, space: &'static str, number: String, identity: u64) -> Result<(), TestCaseError> {
+    fn see(
+        &mut self,
+        space: &'static str,
+        number: String,
+        identity: u64,
+    ) -> Result<(), TestCaseError> {
         if let Some(prev) = self.owner.insert((space, number.clone()), identity) {
-            prop_assert_eq!(prev, identity, "{} {} reused by another entity", space, number);
+            prop_assert_eq!(
+                prev,
+                identity,
+                "{} {} reused by another entity",
+                space,
+                number
+            );
         }
         if let Some(prev) = self.by_identity.insert((identity, space), number.clone()) {
             prop_assert_eq!(prev, number, "{} of entity {} changed", space, identity);
@@ -229,7 +277,8 @@ impl Ledger {
 }
 
 fn record(lock: &Lock, world: &World, ledger: &mut Ledger) -> Result<(), TestCaseError> {
-    lock.verify("test").map_err(|e| TestCaseError::fail(e.to_string()))?;
+    lock.verify("test")
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
     for (name, e) in &lock.nodes {
         let id = world.node_id[name];
         ledger.see("raft_id", e.raft_id.to_string(), id)?;
@@ -263,7 +312,11 @@ fn record(lock: &Lock, world: &World, ledger: &mut Ledger) -> Result<(), TestCas
     let live_raft: BTreeSet<u64> = lock.nodes.values().map(|e| e.raft_id).collect();
     for t in &lock.tombstones {
         if let Tombstone::Node { entry, .. } = t {
-            prop_assert!(!live_raft.contains(&entry.raft_id), "tombstoned raft id {} is live again", entry.raft_id);
+            prop_assert!(
+                !live_raft.contains(&entry.raft_id),
+                "tombstoned raft id {} is live again",
+                entry.raft_id
+            );
         }
     }
     Ok(())
@@ -310,16 +363,31 @@ proptest! {
 fn two_replica_drbd_gets_a_diskless_tie_breaker_and_keeps_it() {
     let mut spec = empty_spec();
     for (n, ip) in [("a", "10.0.0.2"), ("b", "10.0.0.3"), ("c", "10.0.0.4")] {
-        spec.nodes.insert(n.into(), NodeSpec { address: ip.parse().unwrap(), labels: BTreeMap::new(), voter: true, renamed_from: None });
+        spec.nodes.insert(
+            n.into(),
+            NodeSpec {
+                address: ip.parse().unwrap(),
+                labels: BTreeMap::new(),
+                voter: true,
+                renamed_from: None,
+            },
+        );
     }
-    spec.storage.insert("db".into(), storage(StorageKind::Drbd, vec!["a".into(), "b".into()]));
+    spec.storage.insert(
+        "db".into(),
+        storage(StorageKind::Drbd, vec!["a".into(), "b".into()]),
+    );
     let first = allocate(None, &spec).unwrap().lock;
     let d = first.storage["db"].drbd.as_ref().unwrap();
     // "c" sorts before "seed": the first voter without a replica.
     assert_eq!(d.tie_breaker.as_deref(), Some("c"));
     assert_eq!(d.node_ids.len(), 3);
     // A third replica replaces the tie-breaker; its node-id is retired, not reused.
-    spec.storage.get_mut("db").unwrap().nodes.push("seed".into());
+    spec.storage
+        .get_mut("db")
+        .unwrap()
+        .nodes
+        .push("seed".into());
     let second = allocate(Some(&first), &spec).unwrap().lock;
     let d2 = second.storage["db"].drbd.as_ref().unwrap();
     assert_eq!(d2.tie_breaker, None);
@@ -334,7 +402,10 @@ fn changing_the_overlay_is_refused() {
     let mut spec = empty_spec();
     spec.network.overlay = Some("10.99.0.0/24".parse().unwrap());
     let lock = allocate(None, &spec).unwrap().lock;
-    assert_eq!(lock.nodes["seed"].overlay_ip, Some("10.99.0.1".parse().unwrap()));
+    assert_eq!(
+        lock.nodes["seed"].overlay_ip,
+        Some("10.99.0.1".parse().unwrap())
+    );
     spec.network.overlay = Some("10.98.0.0/24".parse().unwrap());
     let err = allocate(Some(&lock), &spec).unwrap_err();
     assert!(err.to_string().contains("renumber every node"), "{err}");
@@ -345,10 +416,21 @@ fn a_full_overlay_is_a_clear_error() {
     let mut spec = empty_spec();
     spec.network.overlay = Some("10.99.0.0/30".parse().unwrap()); // 2 usable addresses
     for n in ["a", "b"] {
-        spec.nodes.insert(n.into(), NodeSpec { address: "10.0.0.9".parse().unwrap(), labels: BTreeMap::new(), voter: true, renamed_from: None });
+        spec.nodes.insert(
+            n.into(),
+            NodeSpec {
+                address: "10.0.0.9".parse().unwrap(),
+                labels: BTreeMap::new(),
+                voter: true,
+                renamed_from: None,
+            },
+        );
     }
     let err = allocate(None, &spec).unwrap_err();
-    assert!(err.to_string().contains("no overlay addresses left"), "{err}");
+    assert!(
+        err.to_string().contains("no overlay addresses left"),
+        "{err}"
+    );
 }
 
 #[test]

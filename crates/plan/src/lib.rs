@@ -98,7 +98,10 @@ impl Plan {
     fn item(&mut self, op: Op, subject: Subject, name: &str) -> &mut PlanItem {
         // Additions and removals own their line; further details about the same
         // thing (numbers, field changes) are merged into the existing line.
-        let pos = self.items.iter().position(|i| i.subject == subject && i.name == name);
+        let pos = self
+            .items
+            .iter()
+            .position(|i| i.subject == subject && i.name == name);
         let i = match pos {
             Some(i) => {
                 if self.items[i].op == Op::Change {
@@ -107,7 +110,13 @@ impl Plan {
                 i
             }
             None => {
-                self.items.push(PlanItem { op, subject, name: name.to_string(), details: Vec::new(), destructive: None });
+                self.items.push(PlanItem {
+                    op,
+                    subject,
+                    name: name.to_string(),
+                    details: Vec::new(),
+                    destructive: None,
+                });
                 self.items.len() - 1
             }
         };
@@ -137,19 +146,33 @@ pub fn plan(lock: Option<&Lock>, previous: Option<&Spec>, spec: &Spec) -> Result
     };
     for change in &allocation.changes {
         match change {
-            LockChange::Added { entity, name, numbers } => {
+            LockChange::Added {
+                entity,
+                name,
+                numbers,
+            } => {
                 let item = plan.item(Op::Add, (*entity).into(), name);
                 if !numbers.is_empty() {
                     item.details.push(numbers.clone());
                 }
             }
             LockChange::Renamed { entity, from, to } => {
-                plan.item(Op::Rename, (*entity).into(), to).details.push(format!("renamed from `{from}`, numbers kept"));
+                plan.item(Op::Rename, (*entity).into(), to)
+                    .details
+                    .push(format!("renamed from `{from}`, numbers kept"));
             }
-            LockChange::Retired { entity, name, numbers } => {
-                plan.item(Op::Remove, (*entity).into(), name).details.push(format!("retires {numbers} (never reused)"));
+            LockChange::Retired {
+                entity,
+                name,
+                numbers,
+            } => {
+                plan.item(Op::Remove, (*entity).into(), name)
+                    .details
+                    .push(format!("retires {numbers} (never reused)"));
                 if *entity == Entity::Storage {
-                    let kind = lock.and_then(|l| l.storage.get(name)).map_or("storage", |e| e.kind.name());
+                    let kind = lock
+                        .and_then(|l| l.storage.get(name))
+                        .map_or("storage", |e| e.kind.name());
                     let replaced = spec.storage.contains_key(name);
                     let why = if replaced {
                         format!("changes the kind of `{name}` from {kind}: the old resource and its data are no longer managed")
@@ -159,23 +182,45 @@ pub fn plan(lock: Option<&Lock>, previous: Option<&Spec>, spec: &Spec) -> Result
                     plan.destructive(Op::Remove, Subject::Storage, name, why);
                 }
             }
-            LockChange::Updated { entity, name, field, from, to } => {
-                plan.item(Op::Change, (*entity).into(), name).details.push(format!("{field}: {from} → {to}"));
+            LockChange::Updated {
+                entity,
+                name,
+                field,
+                from,
+                to,
+            } => {
+                plan.item(Op::Change, (*entity).into(), name)
+                    .details
+                    .push(format!("{field}: {from} → {to}"));
                 if *field == "size" {
                     let parse = |s: &str| s.parse::<quorate_spec::ByteSize>().ok();
                     if let (Some(a), Some(b)) = (parse(from), parse(to)) {
                         if b < a {
-                            plan.destructive(Op::Change, Subject::Storage, name, format!("shrinks `{name}` from {a} to {b}, which can cut off data"));
+                            plan.destructive(
+                                Op::Change,
+                                Subject::Storage,
+                                name,
+                                format!("shrinks `{name}` from {a} to {b}, which can cut off data"),
+                            );
                         }
                     }
                 }
             }
             LockChange::Extended { entity, name, what } => {
-                plan.item(Op::Change, (*entity).into(), name).details.push(format!("adds {what}"));
+                plan.item(Op::Change, (*entity).into(), name)
+                    .details
+                    .push(format!("adds {what}"));
             }
-            LockChange::MemberRetired { storage, node, node_id, had_data } => {
+            LockChange::MemberRetired {
+                storage,
+                node,
+                node_id,
+                had_data,
+            } => {
                 let role = if *had_data { "replica" } else { "tie-breaker" };
-                plan.item(Op::Change, Subject::Storage, storage).details.push(format!("removes {role} {node} (node-id {node_id} retired)"));
+                plan.item(Op::Change, Subject::Storage, storage)
+                    .details
+                    .push(format!("removes {role} {node} (node-id {node_id} retired)"));
                 if *had_data {
                     plan.destructive(Op::Change, Subject::Storage, storage, format!("removes the replica of `{storage}` on {node}: that copy of the data is abandoned"));
                 }
@@ -186,7 +231,8 @@ pub fn plan(lock: Option<&Lock>, previous: Option<&Spec>, spec: &Spec) -> Result
     if let Some(previous) = previous {
         field_changes(&mut plan, previous, spec);
     }
-    plan.items.sort_by(|a, b| (a.subject, &a.name).cmp(&(b.subject, &b.name)));
+    plan.items
+        .sort_by(|a, b| (a.subject, &a.name).cmp(&(b.subject, &b.name)));
     Ok(plan)
 }
 
@@ -194,8 +240,18 @@ pub fn plan(lock: Option<&Lock>, previous: Option<&Spec>, spec: &Spec) -> Result
 /// stay voters: Raft could not carry the change through without losing quorum.
 fn quorum_loss(plan: &mut Plan, old: Option<&Lock>, new: &Lock) {
     let Some(old) = old else { return };
-    let old_voters: BTreeSet<u64> = old.nodes.values().filter(|e| e.voter).map(|e| e.raft_id).collect();
-    let new_voters: BTreeSet<u64> = new.nodes.values().filter(|e| e.voter).map(|e| e.raft_id).collect();
+    let old_voters: BTreeSet<u64> = old
+        .nodes
+        .values()
+        .filter(|e| e.voter)
+        .map(|e| e.raft_id)
+        .collect();
+    let new_voters: BTreeSet<u64> = new
+        .nodes
+        .values()
+        .filter(|e| e.voter)
+        .map(|e| e.raft_id)
+        .collect();
     let staying = old_voters.intersection(&new_voters).count();
     if old_voters.is_empty() || staying > old_voters.len() / 2 {
         return;
@@ -207,7 +263,11 @@ fn quorum_loss(plan: &mut Plan, old: Option<&Lock>, new: &Lock) {
         .map(|(n, _)| n.clone())
         .collect();
     for name in leaving {
-        let op = if new.nodes.contains_key(&name) { Op::Change } else { Op::Remove };
+        let op = if new.nodes.contains_key(&name) {
+            Op::Change
+        } else {
+            Op::Remove
+        };
         plan.destructive(op, Subject::Node, &name, format!(
             "only {staying} of the {} current voters stay voters; the cluster would lose its majority — remove voters one at a time",
             old_voters.len()
@@ -224,8 +284,14 @@ fn json_fields<T: Serialize>(value: &T) -> serde_json::Map<String, serde_json::V
 
 fn compare<T: Serialize>(plan: &mut Plan, subject: Subject, name: &str, before: &T, after: &T) {
     let (a, b) = (json_fields(before), json_fields(after));
-    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).filter(|k| *k != "renamed_from").collect();
-    let show = |v: Option<&serde_json::Value>| v.map_or_else(|| "(unset)".to_string(), ToString::to_string);
+    let keys: BTreeSet<&String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| *k != "renamed_from")
+        .collect();
+    let show = |v: Option<&serde_json::Value>| {
+        v.map_or_else(|| "(unset)".to_string(), ToString::to_string)
+    };
     let mut lines = Vec::new();
     for k in keys {
         if a.get(k) != b.get(k) {
@@ -241,25 +307,45 @@ fn compare<T: Serialize>(plan: &mut Plan, subject: Subject, name: &str, before: 
 fn field_changes(plan: &mut Plan, before: &Spec, after: &Spec) {
     compare(plan, Subject::Cluster, "", &before.cluster, &after.cluster);
     compare(plan, Subject::Network, "", &before.network, &after.network);
-    let old_name = |renamed_from: &Option<String>, name: &String| renamed_from.clone().unwrap_or_else(|| name.clone());
+    let old_name = |renamed_from: &Option<String>, name: &String| {
+        renamed_from.clone().unwrap_or_else(|| name.clone())
+    };
     for (name, n) in &after.nodes {
-        let old = before.nodes.get(name).or_else(|| before.nodes.get(&old_name(&n.renamed_from, name)));
+        let old = before
+            .nodes
+            .get(name)
+            .or_else(|| before.nodes.get(&old_name(&n.renamed_from, name)));
         if let Some(old) = old {
             compare(plan, Subject::Node, name, old, n);
         }
     }
     for (name, s) in &after.services {
-        let old = before.services.get(name).or_else(|| before.services.get(&old_name(&s.renamed_from, name)));
+        let old = before
+            .services
+            .get(name)
+            .or_else(|| before.services.get(&old_name(&s.renamed_from, name)));
         if let Some(old) = old {
             compare(plan, Subject::Service, name, old, s);
         }
     }
     for (name, s) in &after.storage {
-        let old = before.storage.get(name).or_else(|| before.storage.get(&old_name(&s.renamed_from, name)));
+        let old = before
+            .storage
+            .get(name)
+            .or_else(|| before.storage.get(&old_name(&s.renamed_from, name)));
         if let Some(old) = old {
             if let (Some(a), Some(b)) = (old.size, s.size) {
-                if b < a && !plan.items.iter().any(|i| i.subject == Subject::Storage && i.name == *name && i.destructive.is_some()) {
-                    plan.destructive(Op::Change, Subject::Storage, name, format!("shrinks `{name}` from {a} to {b}, which can cut off data"));
+                if b < a
+                    && !plan.items.iter().any(|i| {
+                        i.subject == Subject::Storage && i.name == *name && i.destructive.is_some()
+                    })
+                {
+                    plan.destructive(
+                        Op::Change,
+                        Subject::Storage,
+                        name,
+                        format!("shrinks `{name}` from {a} to {b}, which can cut off data"),
+                    );
                 }
             }
             compare(plan, Subject::Storage, name, old, s);
@@ -302,7 +388,11 @@ impl std::fmt::Display for Plan {
                 let _ = writeln!(out, "      ! {why}");
             }
         }
-        let destructive = self.items.iter().filter(|i| i.destructive.is_some()).count();
+        let destructive = self
+            .items
+            .iter()
+            .filter(|i| i.destructive.is_some())
+            .count();
         let _ = write!(
             out,
             "\nPlan: {} to add, {} to rename, {} to change, {} to remove",

@@ -96,7 +96,13 @@ impl<'n> Fields<'n> {
         Some((&self.entries[i].node, join(&self.path, key)))
     }
 
-    fn required(&mut self, d: &mut Decoder, key: &str, what: &str, example: &str) -> Option<(&'n Node, String)> {
+    fn required(
+        &mut self,
+        d: &mut Decoder,
+        key: &str,
+        what: &str,
+        example: &str,
+    ) -> Option<(&'n Node, String)> {
         let found = self.get(key);
         if found.is_none() {
             d.push(
@@ -154,7 +160,9 @@ impl Decoder {
     }
 
     fn record(&mut self, path: &str, node: &Node) {
-        self.spans.values.insert(path.to_string(), node.span.clone());
+        self.spans
+            .values
+            .insert(path.to_string(), node.span.clone());
     }
 
     fn type_error(&mut self, node: &Node, path: &str, expected: &str, example: &str) {
@@ -162,7 +170,10 @@ impl Decoder {
             Diagnostic::error(
                 "spec::type",
                 path,
-                format!("`{path}` must be {expected}, found {}", node.value.type_name()),
+                format!(
+                    "`{path}` must be {expected}, found {}",
+                    node.value.type_name()
+                ),
             )
             .at(Some(node.span.clone()))
             .label(format!("expected {expected}"))
@@ -175,7 +186,9 @@ impl Decoder {
         match &node.value {
             Value::Table(entries) => {
                 for e in entries {
-                    self.spans.keys.insert(join(path, &e.key), e.key_span.clone());
+                    self.spans
+                        .keys
+                        .insert(join(path, &e.key), e.key_span.clone());
                 }
                 Some(Fields {
                     path: path.to_string(),
@@ -255,7 +268,13 @@ impl Decoder {
     }
 
     fn duration(&mut self, node: &Node, path: &str) -> Option<SpecDuration> {
-        self.parsed(node, path, "a duration", "\"1.5s\" or \"500ms\"", str::parse::<SpecDuration>)
+        self.parsed(
+            node,
+            path,
+            "a duration",
+            "\"1.5s\" or \"500ms\"",
+            str::parse::<SpecDuration>,
+        )
     }
 
     fn size(&mut self, node: &Node, path: &str) -> Option<ByteSize> {
@@ -263,11 +282,23 @@ impl Decoder {
     }
 
     fn ip(&mut self, node: &Node, path: &str) -> Option<IpAddr> {
-        self.parsed(node, path, "an IP address", "\"192.168.1.10\" (no port, no prefix)", str::parse::<IpAddr>)
+        self.parsed(
+            node,
+            path,
+            "an IP address",
+            "\"192.168.1.10\" (no port, no prefix)",
+            str::parse::<IpAddr>,
+        )
     }
 
     fn ipnet(&mut self, node: &Node, path: &str) -> Option<IpNet> {
-        self.parsed(node, path, "an address with a prefix length", "\"10.0.0.50/24\"", str::parse::<IpNet>)
+        self.parsed(
+            node,
+            path,
+            "an address with a prefix length",
+            "\"10.0.0.50/24\"",
+            str::parse::<IpNet>,
+        )
     }
 
     /// An array of strings; when `single` is true a lone string counts as a list of one.
@@ -333,7 +364,10 @@ impl Decoder {
             Diagnostic::error(
                 "spec::value",
                 path,
-                format!("`{path}` is \"{text}\", which is not one of {}", names.join(", ")),
+                format!(
+                    "`{path}` is \"{text}\", which is not one of {}",
+                    names.join(", ")
+                ),
             )
             .at(Some(node.span.clone()))
             .label("unknown value")
@@ -346,7 +380,12 @@ impl Decoder {
     fn named<'n>(&mut self, node: &'n Node, path: &str) -> Vec<(String, Fields<'n>)> {
         self.record(path, node);
         let Value::Table(entries) = &node.value else {
-            self.type_error(node, path, "a table of named entries", &format!("[{path}.NAME]"));
+            self.type_error(
+                node,
+                path,
+                "a table of named entries",
+                &format!("[{path}.NAME]"),
+            );
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -383,14 +422,24 @@ pub fn decode(root: &Node) -> Decoded {
         return finish(d, spec, broken);
     };
 
-    let cluster_entry = top.required(&mut d, "cluster", "the cluster's name", "{ name = \"homelab\" }");
+    let cluster_entry = top.required(
+        &mut d,
+        "cluster",
+        "the cluster's name",
+        "{ name = \"homelab\" }",
+    );
     match cluster_entry.and_then(|(node, path)| cluster(&mut d, node, &path)) {
         Some(c) => spec.cluster = c,
         None => {
             broken.insert("cluster".to_string());
         }
     }
-    if let Some((node, path)) = top.required(&mut d, "nodes", "at least three nodes", "{ n1 = { address = \"10.0.0.1\" } }") {
+    if let Some((node, path)) = top.required(
+        &mut d,
+        "nodes",
+        "at least three nodes",
+        "{ n1 = { address = \"10.0.0.1\" } }",
+    ) {
         for (name, fields) in d.named(node, &path) {
             let p = join(&path, &name);
             match node_spec(&mut d, fields) {
@@ -434,7 +483,10 @@ pub fn decode(root: &Node) -> Decoded {
             }
         }
     }
-    top.finish(&mut d, &["cluster", "nodes", "network", "services", "storage"]);
+    top.finish(
+        &mut d,
+        &["cluster", "nodes", "network", "services", "storage"],
+    );
     finish(d, spec, broken)
 }
 
@@ -459,17 +511,45 @@ pub mod keys {
     pub const NETWORK: &[&str] = &["transport", "overlay", "port"];
     /// `[services.NAME]`
     pub const SERVICE: &[&str] = &[
-        "kind", "command", "env", "cwd", "stop_signal", "stop_timeout", "unit", "container", "vm",
-        "prefer", "avoid", "anti_affinity", "after", "storage", "ip", "interface", "health",
-        "restart", "exclusive", "sticky", "renamed_from",
+        "kind",
+        "command",
+        "env",
+        "cwd",
+        "stop_signal",
+        "stop_timeout",
+        "unit",
+        "container",
+        "vm",
+        "prefer",
+        "avoid",
+        "anti_affinity",
+        "after",
+        "storage",
+        "ip",
+        "interface",
+        "health",
+        "restart",
+        "exclusive",
+        "sticky",
+        "renamed_from",
     ];
     /// `[services.NAME.health]`
-    pub const HEALTH: &[&str] = &["kind", "url", "address", "command", "interval", "timeout", "failures"];
+    pub const HEALTH: &[&str] = &[
+        "kind", "url", "address", "command", "interval", "timeout", "failures",
+    ];
     /// `[services.NAME.restart]`
     pub const RESTART: &[&str] = &["max_restarts", "window"];
     /// `[storage.NAME]`
     pub const STORAGE: &[&str] = &[
-        "kind", "nodes", "device", "size", "mount", "fs", "brick", "volume", "renamed_from",
+        "kind",
+        "nodes",
+        "device",
+        "size",
+        "mount",
+        "fs",
+        "brick",
+        "volume",
+        "renamed_from",
     ];
 }
 
@@ -497,15 +577,24 @@ fn cluster(d: &mut Decoder, node: &Node, path: &str) -> Option<Cluster> {
         }
     }
     f.finish(d, keys::CLUSTER);
-    Some(Cluster { name: name?, timings })
+    Some(Cluster {
+        name: name?,
+        timings,
+    })
 }
 
 fn node_spec(d: &mut Decoder, mut f: Fields<'_>) -> Option<NodeSpec> {
     let address = f
         .required(d, "address", "the node's IP address", "\"192.168.1.10\"")
         .and_then(|(n, p)| d.ip(n, &p));
-    let labels = f.get("labels").and_then(|(n, p)| d.string_map(n, &p)).unwrap_or_default();
-    let voter = f.get("voter").and_then(|(n, p)| d.bool(n, &p)).unwrap_or(true);
+    let labels = f
+        .get("labels")
+        .and_then(|(n, p)| d.string_map(n, &p))
+        .unwrap_or_default();
+    let voter = f
+        .get("voter")
+        .and_then(|(n, p)| d.bool(n, &p))
+        .unwrap_or(true);
     let renamed_from = f.get("renamed_from").and_then(|(n, p)| d.string(n, &p));
     f.finish(d, keys::NODE);
     Some(NodeSpec {
@@ -520,7 +609,14 @@ fn network(d: &mut Decoder, node: &Node, path: &str) -> Option<Network> {
     let mut f = d.table(node, path, node.span.clone())?;
     let mut net = Network::default();
     if let Some((n, p)) = f.get("transport") {
-        if let Some(t) = d.choice(n, &p, &[("direct", Transport::Direct), ("wireguard", Transport::Wireguard)]) {
+        if let Some(t) = d.choice(
+            n,
+            &p,
+            &[
+                ("direct", Transport::Direct),
+                ("wireguard", Transport::Wireguard),
+            ],
+        ) {
             net.transport = t;
         }
     }
@@ -539,7 +635,9 @@ fn service(d: &mut Decoder, mut f: Fields<'_>) -> Option<ServiceSpec> {
         .required(d, "kind", "what runs it", "\"process\"")
         .and_then(|(n, p)| d.choice(n, &p, &ServiceKind::ALL));
     let strings = |f: &mut Fields<'_>, d: &mut Decoder, key: &str, single: bool| {
-        f.get(key).and_then(|(n, p)| d.strings(n, &p, single)).unwrap_or_default()
+        f.get(key)
+            .and_then(|(n, p)| d.strings(n, &p, single))
+            .unwrap_or_default()
     };
     let command = strings(&mut f, d, "command", false);
     let prefer = strings(&mut f, d, "prefer", true);
@@ -547,8 +645,13 @@ fn service(d: &mut Decoder, mut f: Fields<'_>) -> Option<ServiceSpec> {
     let anti_affinity = strings(&mut f, d, "anti_affinity", true);
     let after = strings(&mut f, d, "after", true);
     let storage = strings(&mut f, d, "storage", true);
-    let env = f.get("env").and_then(|(n, p)| d.string_map(n, &p)).unwrap_or_default();
-    let opt_string = |f: &mut Fields<'_>, d: &mut Decoder, key: &str| f.get(key).and_then(|(n, p)| d.string(n, &p));
+    let env = f
+        .get("env")
+        .and_then(|(n, p)| d.string_map(n, &p))
+        .unwrap_or_default();
+    let opt_string = |f: &mut Fields<'_>, d: &mut Decoder, key: &str| {
+        f.get(key).and_then(|(n, p)| d.string(n, &p))
+    };
     let cwd = opt_string(&mut f, d, "cwd");
     let stop_signal = opt_string(&mut f, d, "stop_signal");
     let unit = opt_string(&mut f, d, "unit");
@@ -559,9 +662,18 @@ fn service(d: &mut Decoder, mut f: Fields<'_>) -> Option<ServiceSpec> {
     let stop_timeout = f.get("stop_timeout").and_then(|(n, p)| d.duration(n, &p));
     let ip = f.get("ip").and_then(|(n, p)| d.ipnet(n, &p));
     let health = f.get("health").and_then(|(n, p)| health(d, n, &p));
-    let restart = f.get("restart").and_then(|(n, p)| restart(d, n, &p)).unwrap_or_default();
-    let exclusive = f.get("exclusive").and_then(|(n, p)| d.bool(n, &p)).unwrap_or(true);
-    let sticky = f.get("sticky").and_then(|(n, p)| d.bool(n, &p)).unwrap_or(true);
+    let restart = f
+        .get("restart")
+        .and_then(|(n, p)| restart(d, n, &p))
+        .unwrap_or_default();
+    let exclusive = f
+        .get("exclusive")
+        .and_then(|(n, p)| d.bool(n, &p))
+        .unwrap_or(true);
+    let sticky = f
+        .get("sticky")
+        .and_then(|(n, p)| d.bool(n, &p))
+        .unwrap_or(true);
     f.finish(d, keys::SERVICE);
     Some(ServiceSpec {
         kind: kind?,
@@ -590,23 +702,34 @@ fn service(d: &mut Decoder, mut f: Fields<'_>) -> Option<ServiceSpec> {
 
 fn health(d: &mut Decoder, node: &Node, path: &str) -> Option<Health> {
     let mut f = d.table(node, path, node.span.clone())?;
-    let kind = f.required(d, "kind", "the check to run", "\"http\"").and_then(|(n, p)| {
-        d.choice(
-            n,
-            &p,
-            &[
-                ("alive", HealthKind::Alive),
-                ("http", HealthKind::Http),
-                ("tcp", HealthKind::Tcp),
-                ("exec", HealthKind::Exec),
-            ],
-        )
-    });
+    let kind = f
+        .required(d, "kind", "the check to run", "\"http\"")
+        .and_then(|(n, p)| {
+            d.choice(
+                n,
+                &p,
+                &[
+                    ("alive", HealthKind::Alive),
+                    ("http", HealthKind::Http),
+                    ("tcp", HealthKind::Tcp),
+                    ("exec", HealthKind::Exec),
+                ],
+            )
+        });
     let url = f.get("url").and_then(|(n, p)| d.string(n, &p));
     let address = f.get("address").and_then(|(n, p)| d.string(n, &p));
-    let command = f.get("command").and_then(|(n, p)| d.strings(n, &p, false)).unwrap_or_default();
-    let interval = f.get("interval").and_then(|(n, p)| d.duration(n, &p)).unwrap_or_else(Health::default_interval);
-    let timeout = f.get("timeout").and_then(|(n, p)| d.duration(n, &p)).unwrap_or_else(Health::default_timeout);
+    let command = f
+        .get("command")
+        .and_then(|(n, p)| d.strings(n, &p, false))
+        .unwrap_or_default();
+    let interval = f
+        .get("interval")
+        .and_then(|(n, p)| d.duration(n, &p))
+        .unwrap_or_else(Health::default_interval);
+    let timeout = f
+        .get("timeout")
+        .and_then(|(n, p)| d.duration(n, &p))
+        .unwrap_or_else(Health::default_timeout);
     let failures = f
         .get("failures")
         .and_then(|(n, p)| d.integer::<u32>(n, &p, "from 1 to 4294967295"))
@@ -644,8 +767,13 @@ fn storage(d: &mut Decoder, mut f: Fields<'_>) -> Option<StorageSpec> {
     let kind = f
         .required(d, "kind", "the storage type", "\"drbd\"")
         .and_then(|(n, p)| d.choice(n, &p, &StorageKind::ALL));
-    let nodes = f.get("nodes").and_then(|(n, p)| d.strings(n, &p, false)).unwrap_or_default();
-    let opt_string = |f: &mut Fields<'_>, d: &mut Decoder, key: &str| f.get(key).and_then(|(n, p)| d.string(n, &p));
+    let nodes = f
+        .get("nodes")
+        .and_then(|(n, p)| d.strings(n, &p, false))
+        .unwrap_or_default();
+    let opt_string = |f: &mut Fields<'_>, d: &mut Decoder, key: &str| {
+        f.get(key).and_then(|(n, p)| d.string(n, &p))
+    };
     let device = opt_string(&mut f, d, "device");
     let mount = opt_string(&mut f, d, "mount");
     let fs = opt_string(&mut f, d, "fs");

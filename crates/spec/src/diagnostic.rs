@@ -108,7 +108,12 @@ impl Diagnostic {
 
     /// Adds another place involved in the problem.
     #[must_use]
-    pub fn related(mut self, path: impl Into<String>, span: Option<Span>, label: impl Into<String>) -> Self {
+    pub fn related(
+        mut self,
+        path: impl Into<String>,
+        span: Option<Span>,
+        label: impl Into<String>,
+    ) -> Self {
         self.related.push(Related {
             path: path.into(),
             span,

@@ -50,13 +50,17 @@ pub fn check(text: &str, format: Format) -> Checked {
         Err(d) => {
             return Checked {
                 spec: None,
-                diagnostics: vec![d],
+                diagnostics: vec![*d],
             }
         }
     };
     let decoded = decode::decode(&root);
     let mut diagnostics = decoded.diagnostics;
-    diagnostics.extend(validate::validate(&decoded.spec, &decoded.spans, &decoded.broken));
+    diagnostics.extend(validate::validate(
+        &decoded.spec,
+        &decoded.spans,
+        &decoded.broken,
+    ));
     diagnostics.sort_by_key(|d| (d.span.as_ref().map_or(usize::MAX, |s| s.start), d.severity));
     let ok = !diagnostics.iter().any(Diagnostic::is_error) && decoded.broken.is_empty();
     Checked {
@@ -69,7 +73,11 @@ pub fn check(text: &str, format: Format) -> Checked {
 /// Diagnostics carry key paths but no spans.
 #[must_use]
 pub fn validate_spec(spec: &Spec) -> Vec<Diagnostic> {
-    validate::validate(spec, &decode::SpanIndex::default(), &std::collections::BTreeSet::new())
+    validate::validate(
+        spec,
+        &decode::SpanIndex::default(),
+        &std::collections::BTreeSet::new(),
+    )
 }
 
 /// The JSON Schema of the spec, for editors and the NixOS module.

@@ -145,7 +145,9 @@ impl Default for Network {
 }
 
 /// What runs a service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceKind {
     /// A process started by the agent (tests, sandbox).
@@ -326,7 +328,9 @@ impl Default for Restart {
 }
 
 /// Kind of replicated storage.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum StorageKind {
     /// DRBD block device, 2–3 replicas.
     #[serde(rename = "drbd")]

@@ -87,25 +87,29 @@ impl Value {
 ///
 /// # Errors
 /// The syntax error, with its span.
-pub fn parse(text: &str, format: Format) -> Result<Node, Diagnostic> {
+pub fn parse(text: &str, format: Format) -> Result<Node, Box<Diagnostic>> {
     match format {
         Format::Toml => parse_toml(text),
         Format::Json => parse_json(text),
     }
 }
 
-fn syntax_error(message: String, span: Span, format: Format) -> Diagnostic {
+fn syntax_error(message: &str, span: Span, format: Format) -> Box<Diagnostic> {
     let what = match format {
         Format::Toml => "TOML",
         Format::Json => "JSON",
     };
-    Diagnostic::error("spec::syntax", "", format!("invalid {what}: {message}"))
-        .at(Some(span))
-        .label("here")
-        .help(format!("fix the {what} syntax at this place; nothing else was checked"))
+    Box::new(
+        Diagnostic::error("spec::syntax", "", format!("invalid {what}: {message}"))
+            .at(Some(span))
+            .label("here")
+            .help(format!(
+                "fix the {what} syntax at this place; nothing else was checked"
+            )),
+    )
 }
 
-fn parse_toml(text: &str) -> Result<Node, Diagnostic> {
+fn parse_toml(text: &str) -> Result<Node, Box<Diagnostic>> {
     use toml::de::{DeTable, DeValue};
     use toml::Spanned;
 
@@ -130,7 +134,9 @@ fn parse_toml(text: &str) -> Result<Node, Diagnostic> {
                     Err(_) => Value::Float(f64::INFINITY),
                 }
             }
-            DeValue::Float(f) => Value::Float(f.as_str().replace('_', "").parse().unwrap_or(f64::NAN)),
+            DeValue::Float(f) => {
+                Value::Float(f.as_str().replace('_', "").parse().unwrap_or(f64::NAN))
+            }
             DeValue::Boolean(b) => Value::Bool(*b),
             DeValue::Datetime(_) => Value::Datetime,
             DeValue::Array(items) => Value::Array(items.iter().map(node).collect()),
@@ -156,12 +162,12 @@ fn parse_toml(text: &str) -> Result<Node, Diagnostic> {
         }),
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            Err(syntax_error(e.message().trim().to_string(), span, Format::Toml))
+            Err(syntax_error(e.message().trim(), span, Format::Toml))
         }
     }
 }
 
-fn parse_json(text: &str) -> Result<Node, Diagnostic> {
+fn parse_json(text: &str) -> Result<Node, Box<Diagnostic>> {
     use jsonc_parser::ast::Value as J;
     use jsonc_parser::{CollectOptions, ParseOptions};
 
@@ -225,11 +231,15 @@ fn parse_json(text: &str) -> Result<Node, Diagnostic> {
     match jsonc_parser::parse_to_ast(text, &CollectOptions::default(), &strict) {
         Ok(result) => match result.value {
             Some(v) => Ok(node(&v)),
-            None => Err(syntax_error("the document is empty".into(), 0..0, Format::Json)),
+            None => Err(syntax_error("the document is empty", 0..0, Format::Json)),
         },
         Err(e) => {
             let r = e.range();
-            Err(syntax_error(e.kind().to_string(), r.start..r.end, Format::Json))
+            Err(syntax_error(
+                &e.kind().to_string(),
+                r.start..r.end,
+                Format::Json,
+            ))
         }
     }
 }
@@ -249,12 +259,20 @@ mod tests {
                         .map(|e| Entry {
                             key: e.key.clone(),
                             key_span: 0..0,
-                            node: Node { span: 0..0, value: strip(&e.node) },
+                            node: Node {
+                                span: 0..0,
+                                value: strip(&e.node),
+                            },
                         })
                         .collect(),
                 ),
                 Value::Array(xs) => Value::Array(
-                    xs.iter().map(|x| Node { span: 0..0, value: strip(x) }).collect(),
+                    xs.iter()
+                        .map(|x| Node {
+                            span: 0..0,
+                            value: strip(x),
+                        })
+                        .collect(),
                 ),
                 v => v.clone(),
             }
@@ -266,8 +284,12 @@ mod tests {
     fn spans_point_at_the_value() {
         let text = "[cluster]\nname = \"lab\"\n";
         let doc = parse(text, Format::Toml).unwrap();
-        let Value::Table(top) = doc.value else { panic!() };
-        let Value::Table(cluster) = &top[0].node.value else { panic!() };
+        let Value::Table(top) = doc.value else {
+            panic!()
+        };
+        let Value::Table(cluster) = &top[0].node.value else {
+            panic!()
+        };
         assert_eq!(&text[cluster[0].key_span.clone()], "name");
         assert_eq!(&text[cluster[0].node.span.clone()], "\"lab\"");
     }
@@ -285,7 +307,13 @@ mod tests {
 
     #[test]
     fn big_and_odd_integers_do_not_panic() {
-        for text in ["a = 99999999999999999999", "a = -0x1", "a = 0b101", "a = +5", "a = 1_000"] {
+        for text in [
+            "a = 99999999999999999999",
+            "a = -0x1",
+            "a = 0b101",
+            "a = +5",
+            "a = 1_000",
+        ] {
             let _ = parse(text, Format::Toml);
         }
     }

@@ -60,7 +60,11 @@ fn scale_decimal(number: &str, scale: u64) -> Option<u64> {
     if whole.is_empty() && frac.is_empty() {
         return None;
     }
-    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
     let mut total = whole.checked_mul(scale)?;
     if !frac.is_empty() {
         let digits = u32::try_from(frac.len()).ok()?;
@@ -108,7 +112,7 @@ impl fmt::Display for SpecDuration {
             return write!(f, "0s");
         }
         for &(unit, scale) in DURATION_UNITS.iter().rev() {
-            if ms % scale == 0 {
+            if ms.is_multiple_of(scale) {
                 return write!(f, "{}{unit}", ms / scale);
             }
         }
@@ -191,8 +195,13 @@ impl std::str::FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (unit, scale) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if self.0 >= scale && self.0 % scale == 0 {
+        for (unit, scale) in [
+            ("TiB", 1u64 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ] {
+            if self.0 >= scale && self.0.is_multiple_of(scale) {
                 return write!(f, "{}{unit}", self.0 / scale);
             }
         }
@@ -254,7 +263,17 @@ mod tests {
 
     #[test]
     fn bad_durations_are_rejected_with_a_reason() {
-        for text in ["", "5", "s", "1.5", "0.5ms", "1x", "1..5s", "-1s", "99999999999999999999h"] {
+        for text in [
+            "",
+            "5",
+            "s",
+            "1.5",
+            "0.5ms",
+            "1x",
+            "1..5s",
+            "-1s",
+            "99999999999999999999h",
+        ] {
             let err = text.parse::<SpecDuration>().unwrap_err();
             assert!(err.0.contains('`'), "{text}: {err}");
         }

@@ -1,6 +1,8 @@
 //! Properties of the spec reader: it never panics, whatever the input; it agrees
 //! with its own JSON Schema; TOML and JSON mean the same.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use proptest::prelude::*;
 use quorate_spec::{check, decode::keys, json_schema, Format};
 
@@ -36,8 +38,14 @@ fn toml_value() -> impl Strategy<Value = String> {
 
 fn all_keys() -> Vec<&'static str> {
     let mut all: Vec<&'static str> = [
-        keys::CLUSTER, keys::TIMINGS, keys::NODE, keys::NETWORK, keys::SERVICE, keys::HEALTH,
-        keys::RESTART, keys::STORAGE,
+        keys::CLUSTER,
+        keys::TIMINGS,
+        keys::NODE,
+        keys::NETWORK,
+        keys::SERVICE,
+        keys::HEALTH,
+        keys::RESTART,
+        keys::STORAGE,
     ]
     .concat();
     all.extend(["n1", "n2", "n3", "web", "db", "bogus"]);
@@ -48,11 +56,23 @@ fn all_keys() -> Vec<&'static str> {
 
 fn toml_document() -> impl Strategy<Value = String> {
     let table = prop::sample::select(vec![
-        "cluster", "cluster.timings", "nodes.n1", "nodes.n2", "nodes.n3", "network",
-        "services.web", "services.db", "services.web.health", "storage.data", "bogus",
+        "cluster",
+        "cluster.timings",
+        "nodes.n1",
+        "nodes.n2",
+        "nodes.n3",
+        "network",
+        "services.web",
+        "services.db",
+        "services.web.health",
+        "storage.data",
+        "bogus",
     ]);
     prop::collection::vec(
-        (table, prop::collection::vec((prop::sample::select(all_keys()), toml_value()), 0..6)),
+        (
+            table,
+            prop::collection::vec((prop::sample::select(all_keys()), toml_value()), 0..6),
+        ),
         0..8,
     )
     .prop_map(|tables| {
@@ -113,7 +133,12 @@ fn schema_and_decoder_agree_on_every_key() {
     let schema = json_schema();
     let defs = &schema["$defs"];
     let props = |v: &serde_json::Value| -> Vec<String> {
-        let mut k: Vec<String> = v["properties"].as_object().unwrap().keys().cloned().collect();
+        let mut k: Vec<String> = v["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
         k.sort();
         k
     };
@@ -122,7 +147,10 @@ fn schema_and_decoder_agree_on_every_key() {
         v.sort();
         v
     };
-    assert_eq!(props(&schema), sorted(&["cluster", "nodes", "network", "services", "storage"]));
+    assert_eq!(
+        props(&schema),
+        sorted(&["cluster", "nodes", "network", "services", "storage"])
+    );
     for (def, keys) in [
         ("Cluster", keys::CLUSTER),
         ("Timings", keys::TIMINGS),
@@ -133,20 +161,32 @@ fn schema_and_decoder_agree_on_every_key() {
         ("Restart", keys::RESTART),
         ("StorageSpec", keys::STORAGE),
     ] {
-        assert_eq!(props(&defs[def]), sorted(keys), "schema {def} vs decoder keys");
-        assert_eq!(defs[def]["additionalProperties"], false, "{def} must reject unknown keys");
+        assert_eq!(
+            props(&defs[def]),
+            sorted(keys),
+            "schema {def} vs decoder keys"
+        );
+        assert_eq!(
+            defs[def]["additionalProperties"], false,
+            "{def} must reject unknown keys"
+        );
     }
 }
 
 fn example(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name).join("quorate.toml");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+        .join("quorate.toml");
     std::fs::read_to_string(path).unwrap()
 }
 
 #[test]
 fn examples_round_trip_through_json_unchanged() {
     for name in ["minimal", "homelab"] {
-        let spec = check(&example(name), Format::Toml).spec.unwrap_or_else(|| panic!("{name} is valid"));
+        let spec = check(&example(name), Format::Toml)
+            .spec
+            .unwrap_or_else(|| panic!("{name} is valid"));
         // What `serde` writes (and the Raft log will store) reads back through the
         // user-facing decoder to the same spec, and through serde too.
         let json = serde_json::to_string_pretty(&spec).unwrap();
@@ -189,9 +229,23 @@ after = ["nope"]
 storage = "missing"
 "#;
     let checked = check(text, Format::Toml);
-    let codes: Vec<&str> = checked.diagnostics.iter().filter(|d| d.is_error()).map(|d| d.code).collect();
-    for expected in ["spec::name", "spec::unknown-key", "spec::duplicate-address", "spec::voters", "spec::unknown-reference"] {
-        assert!(codes.contains(&expected), "{expected} missing from {codes:?}");
+    let codes: Vec<&str> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.code)
+        .collect();
+    for expected in [
+        "spec::name",
+        "spec::unknown-key",
+        "spec::duplicate-address",
+        "spec::voters",
+        "spec::unknown-reference",
+    ] {
+        assert!(
+            codes.contains(&expected),
+            "{expected} missing from {codes:?}"
+        );
     }
     assert!(checked.spec.is_none());
 }
@@ -216,7 +270,11 @@ command = ["/bin/web"]
 after = ["db"]
 "#;
     let checked = check(text, Format::Toml);
-    let errors: Vec<_> = checked.diagnostics.iter().filter(|d| d.is_error()).collect();
+    let errors: Vec<_> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .collect();
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert_eq!(errors[0].path, "services.db.kind");
 }
@@ -226,8 +284,16 @@ fn even_voter_count_is_a_warning_not_an_error() {
     let text = "[cluster]\nname = \"lab\"\n[nodes.a]\naddress = \"10.0.0.1\"\n[nodes.b]\naddress = \"10.0.0.2\"\n[nodes.c]\naddress = \"10.0.0.3\"\n[nodes.d]\naddress = \"10.0.0.4\"\n";
     let checked = check(text, Format::Toml);
     assert!(checked.spec.is_some());
-    let w: Vec<_> = checked.diagnostics.iter().filter(|d| d.code == "spec::voters").collect();
+    let w: Vec<_> = checked
+        .diagnostics
+        .iter()
+        .filter(|d| d.code == "spec::voters")
+        .collect();
     assert_eq!(w.len(), 1);
     assert!(!w[0].is_error());
-    assert!(w[0].help.as_deref().unwrap().contains("tolerate as many failures as 3"));
+    assert!(w[0]
+        .help
+        .as_deref()
+        .unwrap()
+        .contains("tolerate as many failures as 3"));
 }
