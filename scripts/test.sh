@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone on Debian with Rust:
+#   ./scripts/test.sh
+# Installs the Debian packages the tests need when they are missing (as root, without
+# starting their daemons), then runs formatting, lints, every test and a benchmark smoke run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Packages the tests use. Idempotent: only missing ones are installed.
+PACKAGES=(iproute2)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "test.sh: missing packages: ${missing[*]} (run as root to install them)" >&2
+    exit 1
+  fi
+  echo "test.sh: installing ${missing[*]}"
+  # Keep package scripts from starting daemons (glusterd, …) in the root namespace.
+  policy=/usr/sbin/policy-rc.d
+  saved=""
+  if [ -e "$policy" ]; then saved=$(mktemp); cp -p "$policy" "$saved"; fi
+  printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"
+  restore() { if [ -n "$saved" ]; then mv "$saved" "$policy"; else rm -f "$policy"; fi; }
+  trap restore EXIT
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  restore; trap - EXIT
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo build --workspace --locked
+cargo test --workspace --locked
+echo "== benchmark smoke run (numbers are not judged here; see docs/BENCHMARKS.md)"
+cargo run --quiet --locked -p quorate-bench -- spec --nodes 50 --services 500 --drbd 50 --runs 1 > /dev/null
+echo "== all checks passed"
