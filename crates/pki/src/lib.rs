@@ -1,0 +1,451 @@
+//! The cluster's own certificate authority and mutual TLS.
+//!
+//! Flow (DESIGN invariant 5): `quorate ca init DIR` makes the CA; on each node
+//! `quorate cert request NODE` makes a private key that never leaves the node and a
+//! signing request; `quorate ca sign` turns the request into a certificate that names
+//! the node; or `quorate ca issue NODE` does both for users who deliver keys with
+//! sops-nix or agenix. Keys are written 0600 and never printed.
+//!
+//! A node certificate carries the node name as its only DNS subject-alternative name.
+//! [`peer_node_name`] reads it back from a peer's certificate: a peer is accepted only
+//! as the node its certificate names.
+//!
+//! **Architecture Invariant:** knows nothing of Raft, specs or agents; it deals in
+//! node names, PEM files and rustls configs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// File names inside a CA directory.
+pub const CA_CERT: &str = "ca.pem";
+/// The CA's private key.
+pub const CA_KEY: &str = "ca.key";
+/// A node's certificate inside its TLS directory.
+pub const NODE_CERT: &str = "node.pem";
+/// A node's private key.
+pub const NODE_KEY: &str = "node.key";
+/// A node's signing request.
+pub const NODE_CSR: &str = "node.csr";
+
+/// What went wrong; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Refusing to overwrite key material.
+    #[error("{path} already exists; refusing to overwrite key material\n  help: use another directory, or remove the file if you really mean to replace it")]
+    Exists {
+        /// The file.
+        path: String,
+    },
+    /// A name that cannot be a node name.
+    #[error("`{name}` is not a valid node name (RFC 1123 label: lowercase letters, digits, `-`)")]
+    BadName {
+        /// The name.
+        name: String,
+    },
+    /// PEM or certificate content is not usable.
+    #[error("{path}: {problem}")]
+    Bad {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Certificate generation failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// TLS configuration failed.
+    #[error("TLS configuration failed: {0}")]
+    Tls(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(io(path))
+}
+
+fn write_new(path: &Path, text: &str, secret: bool) -> Result<(), PkiError> {
+    if path.exists() {
+        return Err(PkiError::Exists {
+            path: path.display().to_string(),
+        });
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let write = if secret {
+        quorate_files::write_secret
+    } else {
+        quorate_files::write_atomic
+    };
+    write(path, text.as_bytes()).map_err(io(path))
+}
+
+/// True for an RFC 1123 host label (the same rule the spec uses for node names).
+#[must_use]
+pub fn is_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn node_params(node: &str) -> Result<CertificateParams, PkiError> {
+    if !is_node_name(node) {
+        return Err(PkiError::BadName {
+            name: node.to_string(),
+        });
+    }
+    let mut params = CertificateParams::new(vec![node.to_string()])?;
+    params.distinguished_name.push(DnType::CommonName, node);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "quorate node");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+/// Creates a cluster CA in `dir` (`ca.pem`, and `ca.key` with mode 0600).
+///
+/// # Errors
+/// When either file exists, or on I/O failure.
+pub fn init_ca(dir: &Path, cluster: &str) -> Result<PathBuf, PkiError> {
+    let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
+    for p in [&cert_path, &key_path] {
+        if p.exists() {
+            return Err(PkiError::Exists {
+                path: p.display().to_string(),
+            });
+        }
+    }
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("quorate CA {cluster}"));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key)?;
+    write_new(&key_path, &key.serialize_pem(), true)?;
+    write_new(&cert_path, &cert.pem(), false)?;
+    Ok(cert_path)
+}
+
+fn load_issuer(ca_dir: &Path) -> Result<Issuer<'static, KeyPair>, PkiError> {
+    let key_path = ca_dir.join(CA_KEY);
+    let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| PkiError::Bad {
+        path: key_path.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    let cert_path = ca_dir.join(CA_CERT);
+    Issuer::from_ca_cert_pem(&read(&cert_path)?, key).map_err(|e| PkiError::Bad {
+        path: cert_path.display().to_string(),
+        problem: e.to_string(),
+    })
+}
+
+/// On a node: creates its private key (0600) and a signing request in `tls_dir`.
+/// Returns the request's path; the key never leaves the node.
+///
+/// # Errors
+/// Invalid name, existing files, I/O.
+pub fn request(node: &str, tls_dir: &Path) -> Result<PathBuf, PkiError> {
+    if !is_node_name(node) {
+        return Err(PkiError::BadName {
+            name: node.to_string(),
+        });
+    }
+    // A request carries only the name; usages are decided by the signer.
+    let mut params = CertificateParams::new(vec![node.to_string()])?;
+    params.distinguished_name.push(DnType::CommonName, node);
+    let (key_path, csr_path) = (tls_dir.join(NODE_KEY), tls_dir.join(NODE_CSR));
+    if key_path.exists() {
+        return Err(PkiError::Exists {
+            path: key_path.display().to_string(),
+        });
+    }
+    let key = KeyPair::generate()?;
+    let csr = params.serialize_request(&key)?.pem()?;
+    write_new(&key_path, &key.serialize_pem(), true)?;
+    let _ = std::fs::remove_file(&csr_path);
+    write_new(&csr_path, &csr, false)?;
+    Ok(csr_path)
+}
+
+/// With the CA: signs a node's request. The certificate names the node the request
+/// names (checked to be a valid node name); nothing else from the request is trusted.
+/// Returns (node name, certificate PEM).
+///
+/// # Errors
+/// Unreadable or invalid request, CA not found.
+pub fn sign(ca_dir: &Path, csr_path: &Path) -> Result<(String, String), PkiError> {
+    let bad = |problem: String| PkiError::Bad {
+        path: csr_path.display().to_string(),
+        problem,
+    };
+    let csr = CertificateSigningRequestParams::from_pem(&read(csr_path)?)
+        .map_err(|e| bad(format!("not a valid signing request: {e}")))?;
+    let names: Vec<String> = csr
+        .params
+        .subject_alt_names
+        .iter()
+        .filter_map(|san| match san {
+            SanType::DnsName(n) => Some(n.to_string()),
+            _ => None,
+        })
+        .collect();
+    let [node] = names.as_slice() else {
+        return Err(bad(format!(
+            "the request must name exactly one node, it names {names:?}"
+        )));
+    };
+    let params = node_params(node)?;
+    let issuer = load_issuer(ca_dir)?;
+    let cert = params.signed_by(&csr.public_key, &issuer)?;
+    Ok((node.clone(), cert.pem()))
+}
+
+/// With the CA: creates a node's key and certificate in `out_dir` (plus a copy of
+/// `ca.pem`), for delivery by the user's secret tooling.
+///
+/// # Errors
+/// Invalid name, existing files, CA not found.
+pub fn issue(ca_dir: &Path, node: &str, out_dir: &Path) -> Result<(), PkiError> {
+    let params = node_params(node)?;
+    let issuer = load_issuer(ca_dir)?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    write_new(&out_dir.join(NODE_KEY), &key.serialize_pem(), true)?;
+    write_new(&out_dir.join(NODE_CERT), &cert.pem(), false)?;
+    let ca_copy = out_dir.join(CA_CERT);
+    if !ca_copy.exists() {
+        write_new(&ca_copy, &read(&ca_dir.join(CA_CERT))?, false)?;
+    }
+    Ok(())
+}
+
+/// Paths of one node's TLS material.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// Cluster CA certificate.
+    pub ca: PathBuf,
+    /// This node's certificate.
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The default layout: `ca.pem`, `node.pem`, `node.key` in `dir`.
+    #[must_use]
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            ca: dir.join(CA_CERT),
+            cert: dir.join(NODE_CERT),
+            key: dir.join(NODE_KEY),
+        }
+    }
+}
+
+/// Loaded TLS material: configs for both directions and this node's own name.
+#[derive(Clone, Debug)]
+pub struct NodeTls {
+    /// The node name this certificate carries.
+    pub node: String,
+    /// Server side: requires a client certificate from the cluster CA.
+    pub server: Arc<ServerConfig>,
+    /// Client side: presents this node's certificate, trusts only the cluster CA.
+    pub client: Arc<ClientConfig>,
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| PkiError::Bad {
+            path: path.display().to_string(),
+            problem: e.to_string(),
+        })?
+        .collect();
+    let certs = certs.map_err(|e| PkiError::Bad {
+        path: path.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    if certs.is_empty() {
+        return Err(PkiError::Bad {
+            path: path.display().to_string(),
+            problem: "no certificate in the file".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Loads a node's TLS material and checks that its certificate names `expected_node`.
+///
+/// # Errors
+/// Missing or invalid files, or a certificate for another node.
+pub fn load(files: &TlsFiles, expected_node: &str) -> Result<NodeTls, PkiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let ca = certs(&files.ca)?;
+    let chain = certs(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| PkiError::Bad {
+        path: files.key.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    let node = peer_node_name(&chain[0]).ok_or_else(|| PkiError::Bad {
+        path: files.cert.display().to_string(),
+        problem: "the certificate names no node".into(),
+    })?;
+    if node != expected_node {
+        return Err(PkiError::Bad {
+            path: files.cert.display().to_string(),
+            problem: format!("this certificate is for node `{node}`, not `{expected_node}`; issue one for `{expected_node}` with `quorate ca issue {expected_node}`"),
+        });
+    }
+    let mut roots = RootCertStore::empty();
+    for c in ca {
+        roots.add(c).map_err(|e| PkiError::Bad {
+            path: files.ca.display().to_string(),
+            problem: e.to_string(),
+        })?;
+    }
+    let roots = Arc::new(roots);
+    let tls = |e: rustls::Error| PkiError::Tls(e.to_string());
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| PkiError::Tls(e.to_string()))?;
+    let server = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(tls)?;
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls)?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(tls)?;
+    Ok(NodeTls {
+        node,
+        server: Arc::new(server),
+        client: Arc::new(client),
+    })
+}
+
+/// The node a certificate names: its single DNS subject-alternative name.
+#[must_use]
+pub fn peer_node_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    let names: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|g| match g {
+            x509_parser::extensions::GeneralName::DNSName(n) => Some((*n).to_string()),
+            _ => None,
+        })
+        .collect();
+    match names.as_slice() {
+        [one] if is_node_name(one) => Some(one.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn request_sign_and_issue_produce_loadable_certs_naming_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        init_ca(&ca, "lab").unwrap();
+        assert_eq!(
+            std::fs::metadata(ca.join(CA_KEY))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        assert!(matches!(init_ca(&ca, "lab"), Err(PkiError::Exists { .. })));
+
+        // Flow 1: request on the node, sign with the CA.
+        let n1 = dir.path().join("n1");
+        let csr = request("n1", &n1).unwrap();
+        assert_eq!(
+            std::fs::metadata(n1.join(NODE_KEY))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+        let (node, pem) = sign(&ca, &csr).unwrap();
+        assert_eq!(node, "n1");
+        std::fs::write(n1.join(NODE_CERT), pem).unwrap();
+        std::fs::copy(ca.join(CA_CERT), n1.join(CA_CERT)).unwrap();
+        let tls = load(&TlsFiles::in_dir(&n1), "n1").unwrap();
+        assert_eq!(tls.node, "n1");
+        // The certificate of n1 cannot be loaded as n2.
+        let err = load(&TlsFiles::in_dir(&n1), "n2").unwrap_err();
+        assert!(err.to_string().contains("for node `n1`"), "{err}");
+
+        // Flow 2: issue key + cert in one step.
+        let n2 = dir.path().join("n2");
+        issue(&ca, "n2", &n2).unwrap();
+        assert_eq!(load(&TlsFiles::in_dir(&n2), "n2").unwrap().node, "n2");
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path(), "lab").unwrap();
+        for name in ["", "N1", "n_1", "-n", "a.b"] {
+            assert!(
+                matches!(
+                    issue(dir.path(), name, &dir.path().join("x")),
+                    Err(PkiError::BadName { .. })
+                ),
+                "{name}"
+            );
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The replicated cluster state and the commands that change it.
+//!
+//! Raft (in `quorate-consensus`) orders [`Command`]s; every node applies them to its
+//! [`ClusterState`] with [`ClusterState::apply`], which is deterministic: no I/O, no
+//! clock reads. Anything time-dependent (when something happened) travels inside the
+//! command, stamped by the node that proposed it.
+//!
+//! **Architecture Invariant:** knows nothing about Raft, the network or agents. The
+//! Raft library is swappable because this crate does not name it.
+//!
+//! Persisted format: the state is serialised into Raft snapshots; [`STATE_VERSION`]
+//! names its format so a later version can migrate old snapshots.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use quorate_lock::Lock;
+use quorate_spec::Spec;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Format version of [`ClusterState`] inside snapshots.
+pub const STATE_VERSION: u32 = 1;
+
+/// How many events the state keeps (oldest dropped first).
+pub const EVENT_LOG_CAPACITY: usize = 1000;
+
+/// The spec and lock the cluster runs by (DESIGN invariant 7: once the cluster exists,
+/// this — not any node's local file — is the truth).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedSpec {
+    /// The spec.
+    pub spec: Spec,
+    /// Its lock.
+    pub lock: Lock,
+    /// Content hash of spec + lock ([`content_hash`]).
+    pub hash: String,
+    /// Increases by one with every applied change.
+    pub version: u64,
+}
+
+/// Administrative state of a node, set by operators (drain, maintenance).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Normal operation.
+    #[default]
+    Active,
+    /// Services are being moved away.
+    Draining,
+    /// The cluster does not react to this node's failures.
+    Maintenance,
+}
+
+/// One decision the cluster made, for `quorate events`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Sequence number, increasing.
+    pub seq: u64,
+    /// Wall-clock time (ms since the Unix epoch) on the proposing node.
+    pub at_ms: u64,
+    /// Node that proposed it.
+    pub by: String,
+    /// What happened.
+    pub what: String,
+}
+
+/// Everything the cluster agrees on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// The applied spec, once bootstrapped.
+    pub applied: Option<AppliedSpec>,
+    /// Operator-set node states; absent means active.
+    pub admin: BTreeMap<String, AdminState>,
+    /// Recent events, oldest first, at most [`EVENT_LOG_CAPACITY`].
+    pub events: VecDeque<Event>,
+    /// Sequence number of the next event.
+    pub next_event: u64,
+}
+
+/// A change to the cluster state, ordered by Raft.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// The first spec, proposed from a node's local files when the cluster has none.
+    /// Ignored once a spec exists, so racing bootstraps are harmless.
+    Bootstrap {
+        /// The spec and its lock.
+        spec: Box<Spec>,
+        /// The lock.
+        lock: Box<Lock>,
+        /// Proposing node.
+        by: String,
+        /// Proposer's wall clock, ms since the epoch.
+        at_ms: u64,
+    },
+    /// A new spec (`quorate apply`). Same content hash = no change.
+    ApplySpec {
+        /// The spec.
+        spec: Box<Spec>,
+        /// The lock.
+        lock: Box<Lock>,
+        /// Proposing node.
+        by: String,
+        /// Proposer's wall clock.
+        at_ms: u64,
+    },
+}
+
+/// What applying a command did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum CommandResult {
+    /// The spec changed to this version.
+    Applied {
+        /// New version.
+        version: u64,
+        /// Its hash.
+        hash: String,
+    },
+    /// Nothing changed (same hash, or a bootstrap after the first).
+    Unchanged {
+        /// Current version.
+        version: u64,
+        /// Current hash.
+        hash: String,
+    },
+    /// No command result (Raft's own entries: blank, membership).
+    None,
+}
+
+/// Hash of a spec and its lock: SHA-256 of their canonical JSON, hex.
+#[must_use]
+pub fn content_hash(spec: &Spec, lock: &Lock) -> String {
+    let mut h = Sha256::new();
+    // Serialising these types cannot fail: plain data, string keys.
+    h.update(serde_json::to_vec(spec).unwrap_or_default());
+    h.update(b"\n");
+    h.update(serde_json::to_vec(lock).unwrap_or_default());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ClusterState {
+    /// Applies one command. Deterministic: the same commands in the same order give
+    /// the same state on every node.
+    pub fn apply(&mut self, command: &Command) -> CommandResult {
+        match command {
+            Command::Bootstrap {
+                spec,
+                lock,
+                by,
+                at_ms,
+            } => {
+                if let Some(a) = &self.applied {
+                    return CommandResult::Unchanged {
+                        version: a.version,
+                        hash: a.hash.clone(),
+                    };
+                }
+                let hash = content_hash(spec, lock);
+                self.applied = Some(AppliedSpec {
+                    spec: (**spec).clone(),
+                    lock: (**lock).clone(),
+                    hash: hash.clone(),
+                    version: 1,
+                });
+                self.event(
+                    by,
+                    *at_ms,
+                    format!(
+                        "cluster `{}` bootstrapped with spec version 1 ({})",
+                        spec.cluster.name,
+                        short(&hash)
+                    ),
+                );
+                CommandResult::Applied { version: 1, hash }
+            }
+            Command::ApplySpec {
+                spec,
+                lock,
+                by,
+                at_ms,
+            } => {
+                let hash = content_hash(spec, lock);
+                let version = match &self.applied {
+                    Some(a) if a.hash == hash => {
+                        return CommandResult::Unchanged {
+                            version: a.version,
+                            hash,
+                        };
+                    }
+                    Some(a) => a.version + 1,
+                    None => 1,
+                };
+                self.applied = Some(AppliedSpec {
+                    spec: (**spec).clone(),
+                    lock: (**lock).clone(),
+                    hash: hash.clone(),
+                    version,
+                });
+                // Operator states of nodes that no longer exist are dropped.
+                self.admin.retain(|n, _| spec.nodes.contains_key(n));
+                self.event(
+                    by,
+                    *at_ms,
+                    format!("spec version {version} applied ({})", short(&hash)),
+                );
+                CommandResult::Applied { version, hash }
+            }
+        }
+    }
+
+    fn event(&mut self, by: &str, at_ms: u64, what: String) {
+        self.events.push_back(Event {
+            seq: self.next_event,
+            at_ms,
+            by: by.to_string(),
+            what,
+        });
+        self.next_event += 1;
+        while self.events.len() > EVENT_LOG_CAPACITY {
+            self.events.pop_front();
+        }
+    }
+
+    /// The applied spec's version, 0 before bootstrap.
+    #[must_use]
+    pub fn spec_version(&self) -> u64 {
+        self.applied.as_ref().map_or(0, |a| a.version)
+    }
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, nodes: usize) -> Spec {
+        let mut text = format!("[cluster]\nname = \"{name}\"\n");
+        for i in 1..=nodes {
+            text.push_str(&format!("[nodes.n{i}]\naddress = \"127.0.0.{i}\"\n"));
+        }
+        quorate_spec::check(&text, quorate_spec::Format::Toml)
+            .spec
+            .unwrap()
+    }
+
+    fn lock(s: &Spec) -> Lock {
+        quorate_lock::allocate(None, s).unwrap().lock
+    }
+
+    #[test]
+    fn bootstrap_happens_once_and_apply_versions_increase() {
+        let s = spec("lab", 3);
+        let l = lock(&s);
+        let mut st = ClusterState::default();
+        let boot = Command::Bootstrap {
+            spec: Box::new(s.clone()),
+            lock: Box::new(l.clone()),
+            by: "n1".into(),
+            at_ms: 1,
+        };
+        assert!(matches!(
+            st.apply(&boot),
+            CommandResult::Applied { version: 1, .. }
+        ));
+        // A racing bootstrap from another node changes nothing.
+        assert!(matches!(
+            st.apply(&boot),
+            CommandResult::Unchanged { version: 1, .. }
+        ));
+        let same = Command::ApplySpec {
+            spec: Box::new(s.clone()),
+            lock: Box::new(l),
+            by: "n2".into(),
+            at_ms: 2,
+        };
+        assert!(matches!(
+            st.apply(&same),
+            CommandResult::Unchanged { version: 1, .. }
+        ));
+        let s5 = spec("lab", 5);
+        let l5 = lock(&s5);
+        let change = Command::ApplySpec {
+            spec: Box::new(s5),
+            lock: Box::new(l5),
+            by: "n2".into(),
+            at_ms: 3,
+        };
+        assert!(matches!(
+            st.apply(&change),
+            CommandResult::Applied { version: 2, .. }
+        ));
+        assert_eq!(st.events.len(), 2);
+        assert_eq!(st.spec_version(), 2);
+    }
+
+    #[test]
+    fn the_event_log_is_bounded() {
+        let mut st = ClusterState::default();
+        for i in 0..(EVENT_LOG_CAPACITY as u64 + 10) {
+            st.event("n1", i, format!("e{i}"));
+        }
+        assert_eq!(st.events.len(), EVENT_LOG_CAPACITY);
+        assert_eq!(st.events.front().unwrap().seq, 10);
+    }
+
+    #[test]
+    fn hash_depends_on_content_only() {
+        let s = spec("lab", 3);
+        let l = lock(&s);
+        assert_eq!(content_hash(&s, &l), content_hash(&s.clone(), &l.clone()));
+        assert_ne!(content_hash(&s, &l), content_hash(&spec("lab", 4), &l));
+    }
+}
