@@ -106,6 +106,17 @@ pub enum Command {
     },
 }
 
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bootstrap { spec, by, .. } => {
+                write!(f, "bootstrap `{}` by {by}", spec.cluster.name)
+            }
+            Self::ApplySpec { by, .. } => write!(f, "apply spec by {by}"),
+        }
+    }
+}
+
 /// What applying a command did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]

@@ -1,0 +1,431 @@
+//! Raft for quorate. openraft (an exact alpha pin, see Cargo.toml) is wrapped here
+//! and nowhere else: the rest of quorate sees [`Consensus`], [`Command`]s in and
+//! [`ClusterState`] out.
+//!
+//! **Architecture Invariant:** no other crate imports openraft. Swapping the Raft
+//! library means rewriting this crate only.
+//!
+//! **Architecture Invariant:** a peer speaks only as itself: a Raft message whose
+//! leader or candidate id is not the raft id of the node named by the sender's
+//! certificate is refused.
+
+mod network;
+mod service;
+mod store;
+mod types;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::vote::RaftLeaderId;
+use openraft::Instant;
+use openraft::{Config, ServerState, SnapshotPolicy};
+use quorate_net::Partition;
+use quorate_pki::NodeTls;
+pub use quorate_state::{ClusterState, Command, CommandResult};
+use tokio::sync::RwLock;
+
+use crate::network::{NetworkFactory, RaftReply, RaftRpc};
+pub use crate::network::{PeerReply, PeerRequest, RaftAnswer, RaftMessage};
+pub use crate::service::{call_app, AppHandler, PeerService};
+pub use crate::types::PeerNode;
+use crate::types::Raft;
+
+/// Raft timings, from the spec.
+#[derive(Clone, Copy, Debug)]
+pub struct Timings {
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Minimum election timeout; the maximum is twice this.
+    pub election_timeout: Duration,
+}
+
+/// Errors opening or running consensus.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsensusError {
+    /// The Raft database could not be opened.
+    #[error("cannot open the Raft state in {path}: {source}\n  help: is another agent using this data dir? is the file from another program?")]
+    Open {
+        /// Path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// openraft refused to start or stopped.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Why a write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// This node is not the leader; the leader (if known) should be asked.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader's raft id and node, when known.
+        leader: Option<(u64, PeerNode)>,
+    },
+    /// No majority answered: nothing was proposed.
+    #[error("no quorum: a majority of voters did not answer within {0:?}; nothing was changed")]
+    NoQuorum(Duration),
+    /// Raft stopped.
+    #[error("raft stopped: {0}")]
+    Fatal(String),
+}
+
+/// What this node knows about the Raft group.
+#[derive(Clone, Debug)]
+pub struct RaftStatus {
+    /// This node's raft id.
+    pub id: u64,
+    /// Role: leader, follower, candidate, learner, shutdown.
+    pub role: &'static str,
+    /// Current leader, if known.
+    pub leader: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// Index of the last committed entry.
+    pub committed: Option<u64>,
+    /// Index of the last applied entry.
+    pub applied: Option<u64>,
+    /// Index of the last snapshot.
+    pub snapshot: Option<u64>,
+    /// Voting members by raft id.
+    pub voters: BTreeMap<u64, PeerNode>,
+    /// All members (voters and learners) by raft id.
+    pub members: BTreeMap<u64, PeerNode>,
+    /// On the leader: ms since each follower last acknowledged a heartbeat.
+    pub last_contact_ms: BTreeMap<u64, Option<u64>>,
+    /// On the leader: ms since a quorum last acknowledged it.
+    pub quorum_ack_ms: Option<u64>,
+}
+
+/// This node's Raft.
+#[derive(Clone)]
+pub struct Consensus {
+    raft: Raft,
+    applied: Arc<RwLock<store::Applied>>,
+    id: u64,
+    /// Node name → raft id, for checking that a peer speaks only as itself.
+    peers: Arc<std::sync::RwLock<BTreeMap<String, u64>>>,
+}
+
+impl std::fmt::Debug for Consensus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consensus")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consensus {
+    /// Opens the Raft state in `dir` (file `raft.redb`) and starts Raft.
+    ///
+    /// # Errors
+    /// When the database cannot be opened or Raft refuses the configuration.
+    pub async fn open(
+        dir: &Path,
+        id: u64,
+        timings: Timings,
+        tls: NodeTls,
+        partition: Partition,
+    ) -> Result<Self, ConsensusError> {
+        let path = dir.join("raft.redb");
+        let db = store::open_db(&path).map_err(|source| ConsensusError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let hb = u64::try_from(timings.heartbeat.as_millis()).unwrap_or(100);
+        let el = u64::try_from(timings.election_timeout.as_millis()).unwrap_or(500);
+        let config = Config {
+            cluster_name: "quorate".into(),
+            heartbeat_interval: hb,
+            election_timeout_min: el,
+            election_timeout_max: el * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(500),
+            max_in_snapshot_log_to_keep: 100,
+            install_snapshot_timeout: 10_000,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        let sm = store::StateMachineStore::new(db.clone());
+        let applied = sm.applied.clone();
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            NetworkFactory::new(tls, partition),
+            store::LogStore::new(db),
+            sm,
+        )
+        .await
+        .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        Ok(Self {
+            raft,
+            applied,
+            id,
+            peers: Arc::default(),
+        })
+    }
+
+    /// This node's raft id.
+    #[must_use]
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Sets the node-name → raft-id table used to authenticate Raft messages.
+    pub fn set_peers(&self, peers: BTreeMap<String, u64>) {
+        if let Ok(mut p) = self.peers.write() {
+            *p = peers;
+        }
+    }
+
+    /// True once this node has a Raft log (it was initialized or has joined).
+    pub async fn has_state(&self) -> bool {
+        self.raft
+            .with_raft_state(|st| st.log_ids.last().is_some())
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Initializes the group with `members` if this node has no Raft state yet.
+    /// Safe on every node at once with the same members (openraft's first log entry
+    /// is identical everywhere). Returns true when this call initialized.
+    ///
+    /// # Errors
+    /// When Raft has stopped.
+    pub async fn initialize(
+        &self,
+        members: BTreeMap<u64, PeerNode>,
+    ) -> Result<bool, ConsensusError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(true),
+            Err(RaftError::APIError(_)) => Ok(false),
+            Err(e) => Err(ConsensusError::Raft(e.to_string())),
+        }
+    }
+
+    /// Confirms that this node is the leader and a majority still follows it.
+    ///
+    /// # Errors
+    /// [`WriteError::NotLeader`] or [`WriteError::NoQuorum`] after `timeout`.
+    pub async fn confirm_leadership(&self, timeout: Duration) -> Result<(), WriteError> {
+        match tokio::time::timeout(
+            timeout,
+            self.raft
+                .ensure_linearizable(openraft::ReadPolicy::ReadIndex),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(_))) => Err(WriteError::NotLeader {
+                leader: self.leader(),
+            }),
+            Ok(Err(e)) => Err(WriteError::Fatal(e.to_string())),
+            Err(_) => Err(WriteError::NoQuorum(timeout)),
+        }
+    }
+
+    /// Proposes `command` and waits until a majority has it and it is applied here.
+    /// Leadership and quorum are confirmed first, so a node that has lost its majority
+    /// proposes nothing (no entry that could commit later, after the caller gave up).
+    ///
+    /// # Errors
+    /// Not the leader, no quorum within `timeout`, or Raft stopped.
+    pub async fn write(
+        &self,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<CommandResult, WriteError> {
+        self.confirm_leadership(timeout).await?;
+        match tokio::time::timeout(timeout, self.raft.client_write(command)).await {
+            Ok(Ok(r)) => Ok(r.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(WriteError::NotLeader {
+                    leader: self.leader(),
+                })
+            }
+            Ok(Err(e)) => Err(WriteError::Fatal(e.to_string())),
+            Err(_) => Err(WriteError::NoQuorum(timeout)),
+        }
+    }
+
+    /// The current leader's raft id and node, when known.
+    #[must_use]
+    pub fn leader(&self) -> Option<(u64, PeerNode)> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id).cloned()?;
+        Some((id, node))
+    }
+
+    /// A copy of the applied cluster state.
+    pub async fn state(&self) -> ClusterState {
+        self.applied.read().await.state.clone()
+    }
+
+    /// Raft's view from this node.
+    #[must_use]
+    pub fn status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let members: BTreeMap<u64, PeerNode> =
+            membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        let voters = membership
+            .voter_ids()
+            .filter_map(|id| members.get(&id).map(|n| (id, n.clone())))
+            .collect();
+        let last_contact_ms = m
+            .heartbeat
+            .as_ref()
+            .map(|h| {
+                h.iter()
+                    .map(|(id, at)| {
+                        (
+                            *id,
+                            at.as_ref().map(|t| {
+                                u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+                            }),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        RaftStatus {
+            id: m.id,
+            role: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            },
+            leader: m.current_leader,
+            term: m.current_term,
+            committed: m.local_committed.as_ref().map(|l| l.index),
+            applied: m.last_applied.as_ref().map(|l| l.index),
+            snapshot: m.snapshot.as_ref().map(|l| l.index),
+            voters,
+            members,
+            last_contact_ms,
+            quorum_ack_ms: m
+                .last_quorum_acked
+                .as_ref()
+                .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
+    /// Handles a Raft message from `from` (the node named by its certificate).
+    pub async fn handle(&self, from: &str, message: RaftMessage) -> RaftAnswer {
+        let claimed = match &message.0 {
+            RaftRpc::Append(r) => *r.vote.leader_id().node_id(),
+            RaftRpc::Vote(r) | RaftRpc::PreVote(r) => *r.vote.leader_id().node_id(),
+            RaftRpc::Snapshot { vote, .. } => *vote.leader_id().node_id(),
+        };
+        let actual = self.peers.read().ok().and_then(|p| p.get(from).copied());
+        if actual != Some(claimed) {
+            tracing::warn!(
+                peer = from,
+                claimed,
+                "refused a Raft message: the peer's certificate names another node"
+            );
+            return RaftAnswer(RaftReply::Refused(format!(
+                "node `{from}` may not speak as raft id {claimed}"
+            )));
+        }
+        let reply = match message.0 {
+            RaftRpc::Append(r) => self
+                .raft
+                .append_entries(r)
+                .await
+                .map(RaftReply::Append)
+                .map_err(|e| e.to_string()),
+            RaftRpc::Vote(r) => self
+                .raft
+                .vote(r)
+                .await
+                .map(RaftReply::Vote)
+                .map_err(|e| e.to_string()),
+            RaftRpc::PreVote(r) => self
+                .raft
+                .pre_vote(r)
+                .await
+                .map(RaftReply::Vote)
+                .map_err(|e| e.to_string()),
+            RaftRpc::Snapshot { vote, meta, data } => self
+                .raft
+                .install_full_snapshot(
+                    vote,
+                    types::Snapshot {
+                        meta,
+                        snapshot: data,
+                    },
+                )
+                .await
+                .map(RaftReply::Snapshot)
+                .map_err(|e| e.to_string()),
+        };
+        RaftAnswer(reply.unwrap_or_else(RaftReply::Refused))
+    }
+
+    /// Stops Raft.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peer_may_not_speak_as_another_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        quorate_pki::init_ca(&ca, "t").unwrap();
+        quorate_pki::issue(&ca, "n1", &dir.path().join("tls")).unwrap();
+        let tls = quorate_pki::load(
+            &quorate_pki::TlsFiles::in_dir(&dir.path().join("tls")),
+            "n1",
+        )
+        .unwrap();
+        let timings = Timings {
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(500),
+        };
+        let c = Consensus::open(dir.path(), 1, timings, tls, Partition::default())
+            .await
+            .unwrap();
+        c.set_peers(
+            [
+                ("n1".to_string(), 1),
+                ("n2".to_string(), 2),
+                ("n3".to_string(), 3),
+            ]
+            .into(),
+        );
+        let vote_as = |candidate: u64| {
+            let vote = openraft::alias::VoteOf::<types::TypeConfig>::new(5, candidate);
+            RaftMessage(RaftRpc::Vote(openraft::raft::VoteRequest::new(vote, None)))
+        };
+        // n2 asking for votes as raft id 3: refused before Raft sees it.
+        let RaftAnswer(reply) = c.handle("n2", vote_as(3)).await;
+        assert!(
+            matches!(&reply, RaftReply::Refused(why) if why.contains("may not speak as raft id 3")),
+            "{reply:?}"
+        );
+        // An unknown node is refused too.
+        let RaftAnswer(reply) = c.handle("intruder", vote_as(2)).await;
+        assert!(matches!(reply, RaftReply::Refused(_)));
+        // n2 as itself reaches Raft.
+        let RaftAnswer(reply) = c.handle("n2", vote_as(2)).await;
+        assert!(matches!(reply, RaftReply::Vote(_)), "{reply:?}");
+        c.shutdown().await;
+    }
+}
