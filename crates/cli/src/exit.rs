@@ -9,6 +9,8 @@ pub enum Exit {
     Invalid = 1,
     /// 3: a destructive change was refused (`plan`, `lock`, `apply`).
     Destructive = 3,
+    /// 4: no quorum, or the cluster (or the local agent) is unreachable.
+    NoQuorum = 4,
 }
 
 impl From<Exit> for std::process::ExitCode {

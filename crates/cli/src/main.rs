@@ -1,7 +1,9 @@
 //! `quorate` — one binary for the whole tool. This file is thin glue: argument
 //! parsing and dispatch; each command lives in its own module.
 
+mod cluster_commands;
 mod exit;
+mod pki_commands;
 mod render;
 mod spec_commands;
 
@@ -21,6 +23,12 @@ Start with a spec and check it:
   quorate check examples/minimal/quorate.toml
   quorate plan  examples/minimal/quorate.toml     # what would change, against quorate.lock
   quorate lock  examples/minimal/quorate.toml     # allocate stable numbers into quorate.lock
+
+Run a cluster (on each node, with its own certificate):
+  quorate ca init ./ca && quorate ca issue n1 --ca ./ca --out /var/lib/quorate/tls
+  quorate agent --spec quorate.toml --node n1 --data-dir /var/lib/quorate
+  quorate status                                   # through the local agent
+  quorate apply quorate.toml                       # commit a new spec through Raft
 
 Exit codes: 0 ok · 1 invalid input or refused · 2 usage error · 3 destructive change refused \
 · 4 no quorum / cluster unreachable.";
@@ -111,6 +119,157 @@ enum Command {
     },
     /// Print the JSON Schema of the spec (for editors and the NixOS module).
     Schema,
+    /// Run this node's agent: join the cluster of the spec's voters, serve peers over
+    /// mutual TLS and the local CLI over `<data-dir>/control.sock`.
+    ///
+    /// Every flag can also come from the environment (for systemd units).
+    Agent(AgentArgs),
+    /// Show the cluster: leader, term, quorum, spec version, each node's state and last
+    /// contact. Exit 4 without quorum or when the local agent is unreachable.
+    Status {
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Submit a spec and its lock to the cluster; returns once a majority has committed it.
+    /// The same content is a no-op; destructive changes exit 3 unless --allow-destructive;
+    /// no quorum exits 4 and changes nothing.
+    Apply {
+        #[command(flatten)]
+        paths: SpecPaths,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Accept destructive changes.
+        #[arg(long)]
+        allow_destructive: bool,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The cluster certificate authority.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// This node's certificate.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+/// `quorate agent` flags.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The spec file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "QUORATE_SPEC",
+        default_value = "quorate.toml"
+    )]
+    spec: PathBuf,
+    /// This node's name in the spec.
+    #[arg(long, value_name = "NAME", env = "QUORATE_NODE")]
+    node: String,
+    /// State directory (Raft log, identity, TLS material under tls/).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "QUORATE_DATA_DIR",
+        default_value = "/var/lib/quorate"
+    )]
+    data_dir: PathBuf,
+    /// The lock file [default: quorate.lock beside the spec].
+    #[arg(long, value_name = "PATH", env = "QUORATE_LOCK")]
+    lock: Option<PathBuf>,
+    /// Cluster CA certificate [default: <data-dir>/tls/ca.pem].
+    #[arg(long, value_name = "PATH", env = "QUORATE_CA")]
+    ca: Option<PathBuf>,
+    /// This node's certificate [default: <data-dir>/tls/node.pem].
+    #[arg(long, value_name = "PATH", env = "QUORATE_CERT")]
+    cert: Option<PathBuf>,
+    /// This node's private key [default: <data-dir>/tls/node.key].
+    #[arg(long, value_name = "PATH", env = "QUORATE_KEY")]
+    key: Option<PathBuf>,
+    /// Control socket [default: <data-dir>/control.sock].
+    #[arg(long, value_name = "PATH", env = "QUORATE_SOCKET")]
+    socket: Option<PathBuf>,
+}
+
+impl AgentArgs {
+    fn into_config(self) -> quorate_agent::AgentConfig {
+        let tls = quorate_pki::TlsFiles::in_dir(&self.data_dir.join("tls"));
+        let lock = self.lock.unwrap_or_else(|| {
+            self.spec
+                .parent()
+                .map_or_else(|| PathBuf::from("quorate.lock"), |d| d.join("quorate.lock"))
+        });
+        quorate_agent::AgentConfig {
+            socket: self
+                .socket
+                .unwrap_or_else(|| self.data_dir.join("control.sock")),
+            tls: quorate_pki::TlsFiles {
+                ca: self.ca.unwrap_or(tls.ca),
+                cert: self.cert.unwrap_or(tls.cert),
+                key: self.key.unwrap_or(tls.key),
+            },
+            spec: self.spec,
+            lock,
+            node: self.node,
+            data_dir: self.data_dir,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create a cluster CA in DIR: ca.pem and ca.key (0600). Keep the key off the nodes.
+    Init {
+        /// Directory for the CA.
+        dir: PathBuf,
+        /// Cluster name, written into the CA's name.
+        #[arg(long, default_value = "quorate")]
+        cluster: String,
+    },
+    /// Sign a node's request (from `quorate cert request`); the certificate names that node.
+    Sign {
+        /// The signing request.
+        csr: PathBuf,
+        /// The CA directory.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// Where to write the certificate [default: print it].
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+    /// Create a node's key and certificate in one step, for delivery by secret tooling
+    /// (sops-nix, agenix).
+    Issue {
+        /// The node's name.
+        node: String,
+        /// The CA directory.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// Output directory (node.pem, node.key, ca.pem).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// On the node: create its private key (0600, never leaves the node) and a signing request.
+    Request {
+        /// The node's name.
+        node: String,
+        /// The node's TLS directory.
+        #[arg(
+            long,
+            value_name = "DIR",
+            env = "QUORATE_TLS_DIR",
+            default_value = "/var/lib/quorate/tls"
+        )]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -130,6 +289,22 @@ fn main() -> ExitCode {
             json,
         } => spec_commands::plan(&paths, against.as_deref(), allow_destructive, json),
         Command::Schema => spec_commands::schema(),
+        Command::Agent(args) => cluster_commands::agent(args.into_config()),
+        Command::Status { agent, json } => cluster_commands::status(&agent, json),
+        Command::Apply {
+            paths,
+            agent,
+            allow_destructive,
+            json,
+        } => cluster_commands::apply(&paths, &agent, allow_destructive, json),
+        Command::Ca(CaCommand::Init { dir, cluster }) => pki_commands::ca_init(&dir, &cluster),
+        Command::Ca(CaCommand::Sign { csr, ca, out }) => {
+            pki_commands::ca_sign(&ca, &csr, out.as_deref())
+        }
+        Command::Ca(CaCommand::Issue { node, ca, out }) => pki_commands::ca_issue(&ca, &node, &out),
+        Command::Cert(CertCommand::Request { node, out }) => {
+            pki_commands::cert_request(&node, &out)
+        }
     };
     exit.into()
 }

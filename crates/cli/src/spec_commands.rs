@@ -92,6 +92,11 @@ fn load_spec(path: &Path, json: bool, show_warnings: bool) -> Result<LoadedSpec,
     }
 }
 
+/// Reads and checks a spec for commands that send it elsewhere (`apply`).
+pub fn load_checked(path: &Path, json: bool) -> Result<Spec, Exit> {
+    load_spec(path, json, false).map(|l| l.spec)
+}
+
 fn read_lock(path: &Path, json: bool) -> Result<Option<Lock>, Exit> {
     quorate_lock::read(path).map_err(|e| {
         report_error(&e.to_string(), json);

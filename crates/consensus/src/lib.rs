@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::vote::RaftLeaderId;
 use openraft::Instant;
 use openraft::{Config, ServerState, SnapshotPolicy};
@@ -224,9 +224,19 @@ impl Consensus {
         .await
         {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(_))) => Err(WriteError::NotLeader {
-                leader: self.leader(),
-            }),
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => {
+                Err(WriteError::NoQuorum(timeout))
+            }
+            // A leader that lost its majority steps down: from the caller's side that is
+            // "no quorum" unless another node already leads.
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                match f.leader_id.filter(|id| *id != self.id) {
+                    Some(_) => Err(WriteError::NotLeader {
+                        leader: self.leader(),
+                    }),
+                    None => Err(WriteError::NoQuorum(timeout)),
+                }
+            }
             Ok(Err(e)) => Err(WriteError::Fatal(e.to_string())),
             Err(_) => Err(WriteError::NoQuorum(timeout)),
         }
@@ -254,6 +264,46 @@ impl Consensus {
             Ok(Err(e)) => Err(WriteError::Fatal(e.to_string())),
             Err(_) => Err(WriteError::NoQuorum(timeout)),
         }
+    }
+
+    /// On the leader: makes `voters` the voting members, through joint consensus.
+    /// New members first join as learners and catch up; members no longer listed
+    /// are removed. Does nothing when the voters already match.
+    ///
+    /// # Errors
+    /// Not the leader, no quorum, or a membership change Raft refuses.
+    pub async fn set_voters(
+        &self,
+        voters: &BTreeMap<u64, PeerNode>,
+        timeout: Duration,
+    ) -> Result<bool, WriteError> {
+        let status = self.status();
+        let current: std::collections::BTreeSet<u64> = status.voters.keys().copied().collect();
+        let wanted: std::collections::BTreeSet<u64> = voters.keys().copied().collect();
+        if current == wanted {
+            return Ok(false);
+        }
+        self.confirm_leadership(timeout).await?;
+        let map_err = |e: RaftError<types::TypeConfig, ClientWriteError<types::TypeConfig>>| match e
+        {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => WriteError::NotLeader {
+                leader: self.leader(),
+            },
+            other => WriteError::Fatal(other.to_string()),
+        };
+        for (id, node) in voters {
+            if !status.members.contains_key(id) {
+                self.raft
+                    .add_learner(*id, node.clone(), true)
+                    .await
+                    .map_err(map_err)?;
+            }
+        }
+        self.raft
+            .change_membership(wanted, false)
+            .await
+            .map_err(map_err)?;
+        Ok(true)
     }
 
     /// The current leader's raft id and node, when known.

@@ -1,0 +1,362 @@
+//! What a node answers: status (through the leader when it can) and apply (on the
+//! leader, forwarded there from any node). Peers forward control requests to the
+//! leader as application messages of the peer protocol.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use quorate_api::{ControlReply, ControlRequest, NodeStatus, StatusReport, StorageStatus};
+use quorate_consensus::{
+    call_app, ClusterState, Command, CommandResult, Consensus, PeerNode, WriteError,
+};
+use quorate_lock::Lock;
+use quorate_net::{Partition, PeerClient};
+use quorate_pki::NodeTls;
+use quorate_spec::Spec;
+use quorate_state::AdminState;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::setup::LocalFiles;
+
+/// One node's view of the cluster and the means to act on it.
+#[derive(Debug)]
+pub struct Node {
+    pub(crate) name: String,
+    pub(crate) consensus: Consensus,
+    pub(crate) local: LocalFiles,
+    pub(crate) tls: NodeTls,
+    pub(crate) partition: Partition,
+    /// Connections to the leader, by node name.
+    clients: Mutex<BTreeMap<String, PeerClient>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+}
+
+fn refused(exit_code: u8, message: impl Into<String>) -> ControlReply {
+    ControlReply::Refused {
+        exit_code,
+        message: message.into(),
+        changes: serde_json::Value::Null,
+    }
+}
+
+/// Raft members of `spec` + `lock` that vote: raft id → name and address.
+#[must_use]
+pub fn voters(spec: &Spec, lock: &Lock) -> BTreeMap<u64, PeerNode> {
+    spec.nodes
+        .iter()
+        .filter(|(_, n)| n.voter)
+        .filter_map(|(name, n)| {
+            let id = lock.nodes.get(name)?.raft_id;
+            Some((
+                id,
+                PeerNode {
+                    name: name.clone(),
+                    addr: std::net::SocketAddr::new(n.address, spec.network.port).to_string(),
+                },
+            ))
+        })
+        .collect()
+}
+
+impl Node {
+    pub(crate) fn new(
+        name: String,
+        consensus: Consensus,
+        local: LocalFiles,
+        tls: NodeTls,
+        partition: Partition,
+    ) -> Self {
+        Self {
+            name,
+            consensus,
+            local,
+            tls,
+            partition,
+            clients: Mutex::default(),
+        }
+    }
+
+    /// How long to wait for a majority before answering "no quorum".
+    pub(crate) fn quorum_timeout(&self) -> Duration {
+        (self.local.spec.cluster.timings.election_timeout.get() * 4).max(Duration::from_secs(2))
+    }
+
+    /// A node unheard of for longer than this is reported down.
+    fn down_after_ms(&self) -> u64 {
+        self.local.spec.cluster.timings.lease_ttl.as_millis()
+    }
+
+    fn is_leader(&self) -> bool {
+        self.consensus.status().leader == Some(self.consensus.id())
+    }
+
+    /// Handles a control request from the local CLI (`forwarded = false`) or from a
+    /// peer that forwarded it here because it believes this node leads.
+    pub async fn handle(&self, request: ControlRequest, forwarded: bool) -> ControlReply {
+        if self.is_leader() {
+            return match request {
+                ControlRequest::Status => self.status(true).await,
+                ControlRequest::Apply {
+                    spec,
+                    lock,
+                    allow_destructive,
+                } => self.apply(*spec, *lock, allow_destructive).await,
+            };
+        }
+        let leader = self
+            .consensus
+            .leader()
+            .filter(|(id, _)| *id != self.consensus.id());
+        let reply = match (&leader, forwarded) {
+            (Some((_, peer)), false) => self.forward(peer, &request).await,
+            _ => Err("no leader is known".to_string()),
+        };
+        match (reply, request) {
+            (Ok(ControlReply::Status(mut report)), ControlRequest::Status) => {
+                report.local_spec_differs = report.spec_hash.as_deref().is_some_and(|h| h != self.local.hash);
+                ControlReply::Status(report)
+            }
+            (Ok(reply), _) => reply,
+            (Err(_), ControlRequest::Status) => self.status(false).await,
+            (Err(why), ControlRequest::Apply { .. }) => refused(
+                4,
+                format!("no quorum: {why}; nothing was changed\n  help: a majority of voters must be up and connected; check `quorate status`"),
+            ),
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: &PeerNode,
+        request: &ControlRequest,
+    ) -> Result<ControlReply, String> {
+        let addr = leader
+            .addr
+            .parse()
+            .map_err(|e| format!("bad leader address {}: {e}", leader.addr))?;
+        let mut clients = self.clients.lock().await;
+        let client = clients.entry(leader.name.clone()).or_insert_with(|| {
+            PeerClient::new(&leader.name, addr, &self.tls, self.partition.clone())
+        });
+        let request = serde_json::to_value(request).map_err(|e| e.to_string())?;
+        let timeout = self.quorum_timeout() * 2 + Duration::from_secs(1);
+        let reply = call_app(client, request, timeout)
+            .await
+            .map_err(|e| format!("leader {} unreachable: {e}", leader.name))?;
+        serde_json::from_value(reply).map_err(|e| e.to_string())
+    }
+
+    /// The status report from this node's view. On the leader, `confirm` checks quorum.
+    async fn status(&self, confirm: bool) -> ControlReply {
+        let quorum = confirm
+            && self
+                .consensus
+                .confirm_leadership(self.quorum_timeout())
+                .await
+                .is_ok();
+        let raft = self.consensus.status();
+        let state = self.consensus.state().await;
+        let (spec, lock) = state
+            .applied
+            .as_ref()
+            .map_or((&self.local.spec, &self.local.lock), |a| (&a.spec, &a.lock));
+        let leader_name = raft
+            .leader
+            .and_then(|id| raft.members.get(&id).map(|p| p.name.clone()));
+        let am_leader = raft.leader == Some(raft.id);
+        let nodes = spec
+            .nodes
+            .iter()
+            .map(|(name, n)| {
+                let raft_id = lock.nodes.get(name).map(|e| e.raft_id);
+                let contact = if raft_id == Some(raft.id) {
+                    Some(0)
+                } else if am_leader {
+                    raft_id.and_then(|id| raft.last_contact_ms.get(&id).copied().flatten())
+                } else {
+                    None
+                };
+                let up = contact.is_some_and(|ms| ms <= self.down_after_ms());
+                let state_name = match (up, state.admin.get(name)) {
+                    (false, _) => "down",
+                    (true, Some(AdminState::Draining)) => "draining",
+                    (true, Some(AdminState::Maintenance)) => "maintenance",
+                    (true, _) => "up",
+                };
+                NodeStatus {
+                    name: name.clone(),
+                    state: state_name.into(),
+                    last_contact_ms: contact,
+                    raft_id,
+                    voter: n.voter,
+                }
+            })
+            .collect();
+        let storage = spec
+            .storage
+            .iter()
+            .map(|(name, s)| StorageStatus {
+                name: name.clone(),
+                kind: s.kind.name().into(),
+                replicas: s.nodes.clone(),
+            })
+            .collect();
+        let applied = state.applied.as_ref();
+        ControlReply::Status(Box::new(StatusReport {
+            cluster: spec.cluster.name.clone(),
+            leader: leader_name,
+            term: raft.term,
+            quorum,
+            spec_version: state.spec_version(),
+            spec_hash: applied.map(|a| a.hash.clone()),
+            commit_index: raft.committed,
+            answered_by: self.name.clone(),
+            local_spec_differs: applied.is_some_and(|a| a.hash != self.local.hash),
+            nodes,
+            services: Vec::new(),
+            storage,
+        }))
+    }
+
+    /// On the leader: checks and commits a new spec + lock.
+    async fn apply(&self, spec: Spec, lock: Lock, allow_destructive: bool) -> ControlReply {
+        let errors: Vec<String> = quorate_spec::validate_spec(&spec)
+            .into_iter()
+            .filter(|d| d.is_error())
+            .map(|d| format!("  {}: {}", d.path, d.message))
+            .collect();
+        if !errors.is_empty() {
+            return refused(
+                1,
+                format!(
+                    "the spec is invalid; run `quorate check` for details:\n{}",
+                    errors.join("\n")
+                ),
+            );
+        }
+        let state: ClusterState = self.consensus.state().await;
+        let (previous_spec, previous_lock) = match &state.applied {
+            Some(a) => (Some(&a.spec), Some(&a.lock)),
+            None => (None, None),
+        };
+        if let Some(prev) = previous_spec {
+            if prev.cluster.name != spec.cluster.name {
+                return refused(
+                    1,
+                    format!(
+                        "this is cluster `{}`, the spec is for `{}`; nothing was changed",
+                        prev.cluster.name, spec.cluster.name
+                    ),
+                );
+            }
+        }
+        // The submitted lock must be exactly what the cluster's lock becomes for this
+        // spec: numbers are never renumbered behind the cluster's back.
+        match quorate_lock::allocate(previous_lock, &spec) {
+            Ok(a) if a.lock == lock => {}
+            Ok(_) => {
+                return refused(1, "the submitted lock does not continue the cluster's lock: its numbers differ from what the cluster allocated\n  help: start from the cluster's lock (the one committed with the applied spec), run `quorate lock`, and apply again")
+            }
+            Err(e) => return refused(1, format!("the lock cannot be extended for this spec: {e}")),
+        }
+        let plan = match quorate_plan::plan(previous_lock, previous_spec, &spec) {
+            Ok(p) => p,
+            Err(e) => return refused(1, e.to_string()),
+        };
+        let changes = serde_json::to_value(&plan.items).unwrap_or_default();
+        if plan.is_destructive() && !allow_destructive {
+            return ControlReply::Refused {
+                exit_code: 3,
+                message: format!("refused: the change is destructive; nothing was changed\n{plan}  help: review the lines marked DESTRUCTIVE; rerun with --allow-destructive to accept them"),
+                changes,
+            };
+        }
+        let command = Command::ApplySpec {
+            spec: Box::new(spec),
+            lock: Box::new(lock),
+            by: self.name.clone(),
+            at_ms: now_ms(),
+        };
+        match self.consensus.write(command, self.quorum_timeout()).await {
+            Ok(CommandResult::Applied { version, hash }) => ControlReply::Applied { version, hash, unchanged: false, changes },
+            Ok(CommandResult::Unchanged { version, hash }) => ControlReply::Applied { version, hash, unchanged: true, changes: json!([]) },
+            Ok(CommandResult::None) => refused(1, "unexpected empty result from the state machine"),
+            Err(WriteError::NotLeader { leader }) => refused(
+                4,
+                format!("leadership moved to {} while applying; nothing was changed\n  help: retry", leader.map_or_else(|| "another node".to_string(), |(_, p)| p.name)),
+            ),
+            Err(e @ WriteError::NoQuorum(_)) => refused(4, format!("{e}\n  help: a majority of voters must be up and connected; check `quorate status`")),
+            Err(e) => refused(4, e.to_string()),
+        }
+    }
+
+    /// Leader duties, called periodically: bootstrap the spec from the local files when
+    /// the cluster has none (DESIGN invariant 7's one exception), and bring Raft's voters
+    /// in line with the applied spec, one change at a time.
+    pub async fn leader_duties(&self) {
+        if !self.is_leader() {
+            return;
+        }
+        let state = self.consensus.state().await;
+        match &state.applied {
+            None => {
+                let command = Command::Bootstrap {
+                    spec: Box::new(self.local.spec.clone()),
+                    lock: Box::new(self.local.lock.clone()),
+                    by: self.name.clone(),
+                    at_ms: now_ms(),
+                };
+                match self.consensus.write(command, self.quorum_timeout()).await {
+                    Ok(r) => tracing::info!("bootstrap: {r:?}"),
+                    Err(e) => tracing::debug!("bootstrap not yet possible: {e}"),
+                }
+            }
+            Some(applied) => {
+                self.consensus.set_peers(
+                    applied
+                        .lock
+                        .nodes
+                        .iter()
+                        .map(|(n, e)| (n.clone(), e.raft_id))
+                        .collect(),
+                );
+                let wanted = voters(&applied.spec, &applied.lock);
+                match self
+                    .consensus
+                    .set_voters(&wanted, self.quorum_timeout())
+                    .await
+                {
+                    Ok(true) => tracing::info!(
+                        "voters changed to {:?}",
+                        wanted.values().map(|p| &p.name).collect::<Vec<_>>()
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("cannot change voters yet: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Peers forward control requests to the leader through the peer protocol.
+#[derive(Debug)]
+pub struct ForwardedControl(pub std::sync::Arc<Node>);
+
+impl quorate_consensus::AppHandler for ForwardedControl {
+    async fn handle(&self, peer: String, request: serde_json::Value) -> serde_json::Value {
+        let reply = match serde_json::from_value::<ControlRequest>(request) {
+            Ok(r) => {
+                tracing::debug!(peer, "forwarded control request");
+                self.0.handle(r, true).await
+            }
+            Err(e) => refused(1, format!("bad forwarded request: {e}")),
+        };
+        serde_json::to_value(reply).unwrap_or_default()
+    }
+}

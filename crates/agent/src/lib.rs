@@ -1,0 +1,174 @@
+//! The per-node agent (`quorate agent`): checks its inputs, opens its Raft state,
+//! joins the cluster of the spec's voters, serves peers over mutual TLS and the local
+//! CLI over `<data-dir>/control.sock`.
+//!
+//! Start order does not matter: every node with an empty log initializes Raft with the
+//! same voters (from spec + lock), which openraft makes safe; whichever node leads
+//! first commits the local spec as the cluster's first spec, and later bootstraps are
+//! ignored. After that, only `quorate apply` changes the spec (DESIGN invariant 7).
+//!
+//! **Architecture Invariant:** the agent talks to Raft only through
+//! `quorate-consensus`; it never names openraft.
+
+mod cluster;
+mod control;
+pub mod setup;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quorate_consensus::{Consensus, PeerService, Timings};
+use quorate_net::Partition;
+use quorate_pki::TlsFiles;
+
+pub use crate::cluster::{voters, Node};
+use crate::setup::Identity;
+
+/// How to run one agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The spec file.
+    pub spec: PathBuf,
+    /// The lock file.
+    pub lock: PathBuf,
+    /// This node's name.
+    pub node: String,
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// TLS material.
+    pub tls: TlsFiles,
+    /// Control socket.
+    pub socket: PathBuf,
+}
+
+/// Why the agent stopped or could not start. Start-up errors change nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Bad input: spec, lock, node name, data dir, TLS material.
+    #[error("{0}")]
+    Input(String),
+    /// A runtime failure.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+///
+/// # Errors
+/// Bad inputs (before anything is changed), or a failure to bind its sockets.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let local = setup::load_local(&config.spec, &config.lock)?;
+    let spec = &local.spec;
+    let Some(my_lock) = local.lock.nodes.get(&config.node) else {
+        let known: Vec<&String> = spec.nodes.keys().collect();
+        return Err(AgentError::Input(format!(
+            "node `{}` is not in the spec {} (nodes: {known:?})\n  help: pass --node with one of those names (or set QUORATE_NODE)",
+            config.node,
+            config.spec.display()
+        )));
+    };
+    let raft_id = my_lock.raft_id;
+    let identity = Identity {
+        format: 1,
+        cluster: spec.cluster.name.clone(),
+        node: config.node.clone(),
+        raft_id,
+    };
+    let write_identity = setup::check_data_dir(&config.data_dir, &identity)?;
+    let tls = quorate_pki::load(&config.tls, &config.node).map_err(|e| {
+        AgentError::Input(format!("TLS material for `{}`: {e}\n  help: create it with `quorate ca issue {} --ca CA_DIR --out {}`", config.node, config.node, config.data_dir.join("tls").display()))
+    })?;
+    let addr = setup::peer_addr(spec, &config.node)
+        .ok_or_else(|| AgentError::Input("node has no address".into()))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        AgentError::Input(format!(
+            "cannot listen on {addr} (node `{}`'s address and network.port): {e}",
+            config.node
+        ))
+    })?;
+    if write_identity {
+        setup::write_identity(&config.data_dir, &identity)?;
+    }
+    let control = control::bind(&config.socket)?;
+
+    let timings = Timings {
+        heartbeat: spec.cluster.timings.heartbeat.get(),
+        election_timeout: spec.cluster.timings.election_timeout.get(),
+    };
+    let partition = Partition::default();
+    let consensus = Consensus::open(
+        &config.data_dir,
+        raft_id,
+        timings,
+        tls.clone(),
+        partition.clone(),
+    )
+    .await
+    .map_err(|e| AgentError::Runtime(e.to_string()))?;
+    consensus.set_peers(
+        local
+            .lock
+            .nodes
+            .iter()
+            .map(|(n, e)| (n.clone(), e.raft_id))
+            .collect(),
+    );
+    let members = voters(spec, &local.lock);
+
+    let node = Arc::new(Node::new(
+        config.node.clone(),
+        consensus.clone(),
+        local,
+        tls.clone(),
+        partition.clone(),
+    ));
+    let service = Arc::new(PeerService::new(
+        consensus.clone(),
+        Arc::new(cluster::ForwardedControl(node.clone())),
+    ));
+    let server = tokio::spawn(quorate_net::serve(listener, tls, service, partition));
+    tracing::info!(node = %config.node, raft_id, %addr, "agent started");
+
+    if consensus
+        .initialize(members)
+        .await
+        .map_err(|e| AgentError::Runtime(e.to_string()))?
+    {
+        tracing::info!("initialized Raft with the spec's voters");
+    }
+    let duties = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            loop {
+                node.leader_duties().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let control_task = tokio::spawn(control::serve(control, node.clone()));
+
+    wait_for_signal().await;
+    tracing::info!("stopping");
+    duties.abort();
+    control_task.abort();
+    server.abort();
+    consensus.shutdown().await;
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

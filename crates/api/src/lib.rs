@@ -1,0 +1,217 @@
+//! The local control protocol: the CLI sends one [`ControlRequest`] as a JSON line on
+//! the agent's unix socket (`<data-dir>/control.sock`, mode 0600) and reads one
+//! [`ControlReply`] line back.
+//!
+//! [`StatusReport`] is also what `quorate status --json` prints; its field names are a
+//! contract with users' scripts (DESIGN.md, "Interfaces"): extend, never rename.
+//!
+//! **Architecture Invariant:** plain data and a tiny client; knows nothing of Raft.
+
+use std::path::Path;
+use std::time::Duration;
+
+use quorate_lock::Lock;
+use quorate_spec::Spec;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// A request from the CLI to its local agent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum ControlRequest {
+    /// The cluster's status, read through the leader when possible.
+    Status,
+    /// Submit a spec and its lock through Raft.
+    Apply {
+        /// The spec.
+        spec: Box<Spec>,
+        /// Its lock.
+        lock: Box<Lock>,
+        /// Accept destructive changes.
+        allow_destructive: bool,
+    },
+}
+
+/// The agent's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum ControlReply {
+    /// Status report.
+    Status(Box<StatusReport>),
+    /// The spec was committed (or was already the applied one).
+    Applied {
+        /// Applied spec version.
+        version: u64,
+        /// Its content hash.
+        hash: String,
+        /// True when the submitted spec was already applied (no-op).
+        unchanged: bool,
+        /// What changed, as `quorate plan --json` items.
+        changes: serde_json::Value,
+    },
+    /// The request was refused; nothing changed.
+    Refused {
+        /// Exit code for the CLI (1 invalid, 3 destructive, 4 no quorum).
+        exit_code: u8,
+        /// What and why, with the fix.
+        message: String,
+        /// Plan items, when the refusal is about the change itself.
+        #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+        changes: serde_json::Value,
+    },
+}
+
+/// `quorate status --json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Cluster name.
+    pub cluster: String,
+    /// Leader's node name, or null.
+    pub leader: Option<String>,
+    /// Raft term.
+    pub term: u64,
+    /// True when the leader confirmed a majority just now.
+    pub quorum: bool,
+    /// Applied spec version (0 before bootstrap).
+    pub spec_version: u64,
+    /// Applied spec hash.
+    pub spec_hash: Option<String>,
+    /// Raft commit index.
+    pub commit_index: Option<u64>,
+    /// Node whose agent produced this report (the leader when reachable).
+    pub answered_by: String,
+    /// True when the answering node's local spec file differs from the applied spec
+    /// (DESIGN invariant 7: it is reported, never applied by itself).
+    pub local_spec_differs: bool,
+    /// Nodes.
+    pub nodes: Vec<NodeStatus>,
+    /// Services (filled once scheduling lands).
+    pub services: Vec<ServiceStatus>,
+    /// Storage resources of the applied spec.
+    pub storage: Vec<StorageStatus>,
+}
+
+/// One node in [`StatusReport`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Name.
+    pub name: String,
+    /// `up`, `down`, `draining` or `maintenance`.
+    pub state: String,
+    /// Ms since the leader last heard from it (0 for the leader; null when unknown).
+    pub last_contact_ms: Option<u64>,
+    /// Raft id from the lock.
+    pub raft_id: Option<u64>,
+    /// Whether it votes.
+    pub voter: bool,
+}
+
+/// One service in [`StatusReport`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Name.
+    pub name: String,
+    /// Node it runs on, or null.
+    pub node: Option<String>,
+    /// `pending`, `starting`, `running`, `stopping`, `stopped`, `failed`, `unplaceable`.
+    pub state: String,
+    /// Explicit placement (`quorate move`), or null.
+    pub pinned: Option<String>,
+}
+
+/// One storage resource in [`StatusReport`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StorageStatus {
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: String,
+    /// Replica nodes.
+    pub replicas: Vec<String>,
+}
+
+/// Why the agent could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No agent listens there.
+    #[error("cannot reach the agent at {path}: {source}\n  help: is `quorate agent` running with this data dir? pass --data-dir or --socket")]
+    Unreachable {
+        /// Socket path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent did not answer in time.
+    #[error("the agent at {path} did not answer within {after:?}")]
+    Timeout {
+        /// Socket path.
+        path: String,
+        /// Time allowed.
+        after: Duration,
+    },
+    /// The answer was not understood.
+    #[error("the agent at {path} sent an answer this CLI does not understand: {problem}")]
+    Protocol {
+        /// Socket path.
+        path: String,
+        /// What.
+        problem: String,
+    },
+}
+
+/// Largest control message accepted (a large spec is a few MB).
+pub const MAX_LINE: usize = 64 << 20;
+
+/// Sends one request to the agent at `socket` and waits up to `timeout` for the reply.
+///
+/// # Errors
+/// Unreachable agent, timeout, or an answer that does not parse.
+pub async fn call(
+    socket: &Path,
+    request: &ControlRequest,
+    timeout: Duration,
+) -> Result<ControlReply, ApiError> {
+    let path = socket.display().to_string();
+    let work = async {
+        let stream = UnixStream::connect(socket)
+            .await
+            .map_err(|source| ApiError::Unreachable {
+                path: path.clone(),
+                source,
+            })?;
+        let (read, mut write) = stream.into_split();
+        let mut line = serde_json::to_vec(request).map_err(|e| ApiError::Protocol {
+            path: path.clone(),
+            problem: e.to_string(),
+        })?;
+        line.push(b'\n');
+        write
+            .write_all(&line)
+            .await
+            .map_err(|source| ApiError::Unreachable {
+                path: path.clone(),
+                source,
+            })?;
+        let mut reply = String::new();
+        BufReader::new(read)
+            .read_line(&mut reply)
+            .await
+            .map_err(|source| ApiError::Unreachable {
+                path: path.clone(),
+                source,
+            })?;
+        serde_json::from_str(&reply).map_err(|e| ApiError::Protocol {
+            path: path.clone(),
+            problem: e.to_string(),
+        })
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::Timeout {
+            path,
+            after: timeout,
+        }),
+    }
+}

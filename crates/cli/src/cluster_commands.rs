@@ -1,0 +1,238 @@
+//! Commands that talk to a running cluster through the local agent: `agent`,
+//! `status`, `apply`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quorate_api::{ControlReply, ControlRequest, StatusReport};
+use serde_json::json;
+
+use crate::exit::Exit;
+
+/// Where the local agent is.
+#[derive(Debug, clap::Args)]
+pub struct AgentSocket {
+    /// The agent's data dir; its control socket is `<data-dir>/control.sock`.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "QUORATE_DATA_DIR",
+        default_value = "/var/lib/quorate"
+    )]
+    pub data_dir: PathBuf,
+    /// The control socket, overriding `<data-dir>/control.sock`.
+    #[arg(long, value_name = "PATH", env = "QUORATE_SOCKET")]
+    pub socket: Option<PathBuf>,
+}
+
+impl AgentSocket {
+    fn path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("control.sock"))
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .ok()
+}
+
+/// Calls the agent; prints an unreachable agent as exit 4.
+fn call(
+    socket: &Path,
+    request: &ControlRequest,
+    timeout: Duration,
+    json: bool,
+) -> Result<ControlReply, Exit> {
+    let Some(rt) = runtime() else {
+        return Err(Exit::Invalid);
+    };
+    rt.block_on(quorate_api::call(socket, request, timeout))
+        .map_err(|e| {
+            if json {
+                println!("{}", json!({"ok": false, "error": e.to_string()}));
+            } else {
+                eprintln!("error: {e}");
+            }
+            Exit::NoQuorum
+        })
+}
+
+/// `quorate agent`
+pub fn agent(config: quorate_agent::AgentConfig) -> Exit {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QUORATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let Some(rt) = runtime() else {
+        return Exit::Invalid;
+    };
+    match rt.block_on(quorate_agent::run(config)) {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            eprintln!("error: {e}");
+            Exit::Invalid
+        }
+    }
+}
+
+fn print_status(r: &StatusReport) {
+    let yes = |b: bool| if b { "yes" } else { "NO" };
+    println!(
+        "cluster {} · leader {} · term {} · quorum {} · spec version {} · answered by {}",
+        r.cluster,
+        r.leader.as_deref().unwrap_or("none"),
+        r.term,
+        yes(r.quorum),
+        r.spec_version,
+        r.answered_by
+    );
+    if r.local_spec_differs {
+        println!("note: this node's local spec file differs from the applied spec (run `quorate plan`, then `quorate apply` to change the cluster)");
+    }
+    println!(
+        "\n{:<20} {:<12} {:>14}  VOTER",
+        "NODE", "STATE", "LAST CONTACT"
+    );
+    for n in &r.nodes {
+        let contact = n
+            .last_contact_ms
+            .map_or_else(|| "-".to_string(), |ms| format!("{ms} ms"));
+        println!(
+            "{:<20} {:<12} {:>14}  {}",
+            n.name,
+            n.state,
+            contact,
+            if n.voter { "yes" } else { "no" }
+        );
+    }
+    if !r.storage.is_empty() {
+        println!("\n{:<20} {:<10} REPLICAS", "STORAGE", "KIND");
+        for s in &r.storage {
+            println!("{:<20} {:<10} {}", s.name, s.kind, s.replicas.join(", "));
+        }
+    }
+}
+
+/// `quorate status`
+pub fn status(socket: &AgentSocket, json: bool) -> Exit {
+    let reply = match call(
+        &socket.path(),
+        &ControlRequest::Status,
+        Duration::from_secs(15),
+        json,
+    ) {
+        Ok(r) => r,
+        Err(exit) => return exit,
+    };
+    match reply {
+        ControlReply::Status(report) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print_status(&report);
+                if !report.quorum {
+                    eprintln!("\nno quorum: fewer than a majority of voters answer the leader (or there is no leader); nothing can change until they do");
+                }
+            }
+            if report.quorum {
+                Exit::Ok
+            } else {
+                Exit::NoQuorum
+            }
+        }
+        other => {
+            eprintln!("error: unexpected answer {other:?}");
+            Exit::Invalid
+        }
+    }
+}
+
+/// `quorate apply`
+pub fn apply(
+    paths: &crate::SpecPaths,
+    socket: &AgentSocket,
+    allow_destructive: bool,
+    json: bool,
+) -> Exit {
+    let spec = match crate::spec_commands::load_checked(&paths.spec, json) {
+        Ok(s) => s,
+        Err(exit) => return exit,
+    };
+    let lock_path = paths.lock_path();
+    let lock = match quorate_lock::read(&lock_path) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            eprintln!(
+                "error: no lock at {}\n  help: run `quorate lock {}` first",
+                lock_path.display(),
+                paths.spec.display()
+            );
+            return Exit::Invalid;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::Invalid;
+        }
+    };
+    let request = ControlRequest::Apply {
+        spec: Box::new(spec),
+        lock: Box::new(lock),
+        allow_destructive,
+    };
+    let reply = match call(&socket.path(), &request, Duration::from_secs(30), json) {
+        Ok(r) => r,
+        Err(exit) => return exit,
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reply).unwrap_or_default()
+        );
+    }
+    match reply {
+        ControlReply::Applied {
+            version,
+            hash,
+            unchanged,
+            ..
+        } => {
+            if !json {
+                if unchanged {
+                    eprintln!(
+                        "no change: the cluster already runs this spec (version {version}, {})",
+                        &hash[..12.min(hash.len())]
+                    );
+                } else {
+                    eprintln!(
+                        "applied: spec version {version} ({}) is committed on a majority",
+                        &hash[..12.min(hash.len())]
+                    );
+                }
+            }
+            Exit::Ok
+        }
+        ControlReply::Refused {
+            exit_code, message, ..
+        } => {
+            if !json {
+                eprintln!("{message}");
+            }
+            match exit_code {
+                3 => Exit::Destructive,
+                4 => Exit::NoQuorum,
+                _ => Exit::Invalid,
+            }
+        }
+        ControlReply::Status(_) => Exit::Invalid,
+    }
+}
