@@ -99,9 +99,12 @@ impl Node {
     /// Handles a control request from the local CLI (`forwarded = false`) or from a
     /// peer that forwarded it here because it believes this node leads.
     pub async fn handle(&self, request: ControlRequest, forwarded: bool) -> ControlReply {
+        if let ControlRequest::Status { local: true } = request {
+            return self.status(self.is_leader()).await;
+        }
         if self.is_leader() {
             return match request {
-                ControlRequest::Status => self.status(true).await,
+                ControlRequest::Status { .. } => self.status(true).await,
                 ControlRequest::Apply {
                     spec,
                     lock,
@@ -118,12 +121,12 @@ impl Node {
             _ => Err("no leader is known".to_string()),
         };
         match (reply, request) {
-            (Ok(ControlReply::Status(mut report)), ControlRequest::Status) => {
+            (Ok(ControlReply::Status(mut report)), ControlRequest::Status { .. }) => {
                 report.local_spec_differs = report.spec_hash.as_deref().is_some_and(|h| h != self.local.hash);
                 ControlReply::Status(report)
             }
             (Ok(reply), _) => reply,
-            (Err(_), ControlRequest::Status) => self.status(false).await,
+            (Err(_), ControlRequest::Status { .. }) => self.status(false).await,
             (Err(why), ControlRequest::Apply { .. }) => refused(
                 4,
                 format!("no quorum: {why}; nothing was changed\n  help: a majority of voters must be up and connected; check `quorate status`"),

@@ -21,7 +21,11 @@ use tokio::net::UnixStream;
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum ControlRequest {
     /// The cluster's status, read through the leader when possible.
-    Status,
+    Status {
+        /// Answer from this node's own view, without asking the leader.
+        #[serde(default)]
+        local: bool,
+    },
     /// Submit a spec and its lock through Raft.
     Apply {
         /// The spec.

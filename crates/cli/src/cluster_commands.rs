@@ -121,10 +121,10 @@ fn print_status(r: &StatusReport) {
 }
 
 /// `quorate status`
-pub fn status(socket: &AgentSocket, json: bool) -> Exit {
+pub fn status(socket: &AgentSocket, local: bool, json: bool) -> Exit {
     let reply = match call(
         &socket.path(),
-        &ControlRequest::Status,
+        &ControlRequest::Status { local },
         Duration::from_secs(15),
         json,
     ) {

@@ -129,6 +129,9 @@ enum Command {
     Status {
         #[command(flatten)]
         agent: cluster_commands::AgentSocket,
+        /// Answer from this node's own view (applied spec, term) without asking the leader.
+        #[arg(long)]
+        local: bool,
         /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -290,7 +293,7 @@ fn main() -> ExitCode {
         } => spec_commands::plan(&paths, against.as_deref(), allow_destructive, json),
         Command::Schema => spec_commands::schema(),
         Command::Agent(args) => cluster_commands::agent(args.into_config()),
-        Command::Status { agent, json } => cluster_commands::status(&agent, json),
+        Command::Status { agent, local, json } => cluster_commands::status(&agent, local, json),
         Command::Apply {
             paths,
             agent,

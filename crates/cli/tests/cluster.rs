@@ -1,0 +1,365 @@
+//! Issue "cluster core", checked with real binaries on loopback, one data dir per
+//! node: formation in any order, crash of any node including the leader, loss of
+//! quorum, authentication, bad inputs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::TestCluster;
+
+const SERVICE: &str =
+    "\n[services.hello]\nkind = \"process\"\ncommand = [\"/bin/sleep\", \"1000\"]\n";
+const SERVICE2: &str =
+    "\n[services.other]\nkind = \"process\"\ncommand = [\"/bin/sleep\", \"1000\"]\n";
+
+#[test]
+fn three_nodes_form_in_any_order_and_agree() {
+    let mut c = TestCluster::new(3);
+    for n in ["n3", "n1", "n2"] {
+        c.start(n);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    c.wait_agreed(&["n1", "n2", "n3"], 1);
+    let (code, report) = c.status("n2", false);
+    assert_eq!(code, Some(0));
+    // The DESIGN contract's keys.
+    for key in [
+        "cluster",
+        "leader",
+        "term",
+        "quorum",
+        "spec_version",
+        "nodes",
+        "services",
+        "storage",
+    ] {
+        assert!(
+            report.get(key).is_some(),
+            "status --json lacks `{key}`: {report:#}"
+        );
+    }
+    assert_eq!(report["cluster"], "test");
+    let nodes = report["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    for n in nodes {
+        assert_eq!(n["state"], "up", "{report:#}");
+        assert!(n["last_contact_ms"].is_u64(), "{report:#}");
+    }
+}
+
+#[test]
+fn five_nodes_form_from_a_cold_start() {
+    let mut c = TestCluster::new(5);
+    for n in ["n5", "n4", "n3", "n2", "n1"] {
+        c.start(n);
+    }
+    c.wait_agreed(&["n1", "n2", "n3", "n4", "n5"], 1);
+}
+
+#[test]
+fn killing_the_leader_keeps_the_cluster_writable_and_the_node_catches_up() {
+    let mut c = TestCluster::new(3);
+    for n in ["n1", "n2", "n3"] {
+        c.start(n);
+    }
+    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    c.kill(&leader);
+    let survivors: Vec<&str> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|n| *n != leader)
+        .collect();
+    c.wait_agreed(&survivors, 1);
+    c.edit_spec(SERVICE);
+    let dd = c.data_dir(survivors[0]);
+    let out = c.run(&["apply", "--data-dir", dd.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Same content again: acknowledged, unchanged.
+    let out = c.run(&["apply", "--json", "--data-dir", dd.to_str().unwrap()]);
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["unchanged"], true, "{reply:#}");
+    assert_eq!(reply["version"], 2);
+    // The killed node restarts from its data dir and catches up on its own log.
+    c.start(&leader);
+    c.wait_for(
+        "the restarted node to apply spec version 2 locally",
+        Duration::from_secs(30),
+        || c.status(&leader, true).1["spec_version"] == 2,
+    );
+    c.wait_agreed(&["n1", "n2", "n3"], 2);
+}
+
+#[test]
+fn a_follower_crash_is_reported_down_and_tolerated() {
+    let mut c = TestCluster::new(3);
+    for n in ["n1", "n2", "n3"] {
+        c.start(n);
+    }
+    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    let follower = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != leader)
+        .unwrap();
+    c.kill(follower);
+    c.wait_for(
+        "the leader to report the follower down",
+        Duration::from_secs(30),
+        || {
+            let (_, r) = c.status(&leader, false);
+            r["quorum"] == true
+                && r["nodes"].as_array().is_some_and(|ns| {
+                    ns.iter()
+                        .any(|n| n["name"] == follower && n["state"] == "down")
+                })
+        },
+    );
+    c.edit_spec(SERVICE);
+    let dd = c.data_dir(&leader);
+    assert_eq!(
+        c.run(&["apply", "--data-dir", dd.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn without_quorum_apply_is_refused_nothing_changes_and_the_cluster_recovers() {
+    let mut c = TestCluster::new(3);
+    for n in ["n1", "n2", "n3"] {
+        c.start(n);
+    }
+    c.wait_agreed(&["n1", "n2", "n3"], 1);
+    c.kill("n2");
+    c.kill("n3");
+    c.edit_spec(SERVICE);
+    let dd = c.data_dir("n1");
+    let out = c.run(&["apply", "--data-dir", dd.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no quorum"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, report) = c.status("n1", false);
+    assert_eq!(code, Some(4), "status without quorum exits 4: {report:#}");
+    assert_eq!(report["quorum"], false);
+    // One node returns: the cluster recovers by itself, and the refused change is not there.
+    c.start("n2");
+    c.wait_agreed(&["n1", "n2"], 1);
+    assert_eq!(
+        c.status("n2", true).1["spec_version"],
+        1,
+        "nothing was half-applied"
+    );
+    // Now the change goes through.
+    assert_eq!(
+        c.run(&["apply", "--data-dir", dd.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    c.wait_agreed(&["n1", "n2"], 2);
+}
+
+#[test]
+fn a_peer_from_a_foreign_ca_or_without_tls_is_refused_and_logged() {
+    let mut c = TestCluster::new(3);
+    // n3's certificate comes from another CA.
+    std::fs::remove_dir_all(c.data_dir("n3").join("tls")).unwrap();
+    c.ok(&["ca", "init", "evil-ca", "--cluster", "evil"]);
+    let out = c.data_dir("n3").join("tls");
+    c.ok(&[
+        "ca",
+        "issue",
+        "n3",
+        "--ca",
+        "evil-ca",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    for n in ["n1", "n2", "n3"] {
+        c.start(n);
+    }
+    c.wait_agreed(&["n1", "n2"], 1);
+    // A plain TCP client without TLS.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", c.port)).unwrap();
+        let _ = s.write_all(b"hello, I am n3\n");
+    }
+    c.wait_for(
+        "n1 and n2 to log refused connections",
+        Duration::from_secs(30),
+        || {
+            let logs = c.log("n1") + &c.log("n2");
+            logs.matches("refused peer connection").count() >= 2
+        },
+    );
+    // The impostor never joins: it has no quorum and no leader of its own.
+    let (_, rogue) = c.status("n3", true);
+    assert_ne!(rogue["quorum"], true, "{rogue:#}");
+    let (_, real) = c.status("n1", false);
+    let n3 = real["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "n3")
+        .unwrap();
+    assert_eq!(n3["state"], "down", "{real:#}");
+}
+
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            out.push(e.file_name().to_string_lossy().into_owned());
+            out.extend(listing(&e.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn bad_inputs_are_clear_errors_and_change_nothing() {
+    let c = TestCluster::new(3);
+    let agent = |node: &str, data_dir: &str| {
+        c.run(&[
+            "agent",
+            "--spec",
+            "quorate.toml",
+            "--node",
+            node,
+            "--data-dir",
+            data_dir,
+        ])
+    };
+
+    // A node name the spec does not have.
+    let out = agent("n9", "d/n9");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("node `n9` is not in the spec"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!c.path().join("d/n9").exists(), "nothing was created");
+
+    // A data dir of another cluster.
+    std::fs::write(
+        c.data_dir("n1").join("node.json"),
+        r#"{"format":1,"cluster":"elsewhere","node":"n1","raft_id":1}"#,
+    )
+    .unwrap();
+    let before = listing(&c.data_dir("n1"));
+    let out = agent("n1", "d/n1");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("belongs to node `n1` (raft id 1) of cluster `elsewhere`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        listing(&c.data_dir("n1")),
+        before,
+        "the data dir is unchanged"
+    );
+
+    // A lock that does not match the spec.
+    let spec = std::fs::read_to_string(c.path().join("quorate.toml")).unwrap();
+    std::fs::write(
+        c.path().join("quorate.toml"),
+        spec + "\n[nodes.n4]\naddress = \"127.0.0.4\"\n",
+    )
+    .unwrap();
+    let before = listing(&c.data_dir("n2"));
+    let out = agent("n2", "d/n2");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not match the spec"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(listing(&c.data_dir("n2")), before);
+
+    // Status against no agent: unreachable is exit 4.
+    let out = c.run(&["status", "--data-dir", "d/n2"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the agent"));
+}
+
+#[test]
+fn the_harness_leaves_no_process_behind() {
+    let pids: Vec<u32> = {
+        let mut c = TestCluster::new(3);
+        for n in ["n1", "n2", "n3"] {
+            c.start(n);
+        }
+        c.wait_agreed(&["n1", "n2", "n3"], 1);
+        ["n1", "n2", "n3"]
+            .iter()
+            .map(|n| c.pid(n).unwrap())
+            .collect()
+    };
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "agent {pid} survived its guard"
+        );
+    }
+}
+
+#[test]
+fn apply_of_an_invalid_or_foreign_lock_is_refused() {
+    let mut c = TestCluster::new(3);
+    for n in ["n1", "n2", "n3"] {
+        c.start(n);
+    }
+    c.wait_agreed(&["n1", "n2", "n3"], 1);
+    // A lock allocated from scratch in another order does not continue the cluster's.
+    c.edit_spec(SERVICE);
+    let lock_path = c.path().join("quorate.lock");
+    let mut lock: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&lock_path).unwrap()).unwrap();
+    lock["services"]["hello"]["id"] = 7.into();
+    lock["next"]["service_id"] = 8.into();
+    std::fs::write(&lock_path, serde_json::to_string_pretty(&lock).unwrap()).unwrap();
+    let dd = c.data_dir("n1");
+    let out = c.run(&["apply", "--data-dir", dd.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not continue the cluster's lock"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.ok(&["lock"]);
+    std::fs::remove_file(&lock_path).unwrap();
+    c.ok(&["lock"]);
+    c.edit_spec(SERVICE2);
+    let out = c.run(&["apply", "--data-dir", dd.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,217 @@
+//! A local cluster of real `quorate agent` processes on 127.0.0.1…N for tests: its own
+//! CA, one data dir per node, every process killed and reaped when the guard drops
+//! (also when the test fails).
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn quorate_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_quorate")
+}
+
+/// A free TCP port on loopback (for `network.port`; each test gets its own).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub names: Vec<String>,
+    agents: BTreeMap<String, Child>,
+}
+
+impl TestCluster {
+    /// Writes a spec with `n` nodes, locks it, creates a CA and one certificate per node.
+    pub fn new(n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let mut spec = format!("[cluster]\nname = \"test\"\n\n[network]\nport = {port}\n");
+        for (i, name) in names.iter().enumerate() {
+            spec.push_str(&format!(
+                "\n[nodes.{name}]\naddress = \"127.0.0.{}\"\n",
+                i + 1
+            ));
+        }
+        std::fs::write(dir.path().join("quorate.toml"), spec).unwrap();
+        let c = Self {
+            dir,
+            port,
+            names,
+            agents: BTreeMap::new(),
+        };
+        c.ok(&["lock"]);
+        c.ok(&["ca", "init", "ca", "--cluster", "test"]);
+        for name in &c.names {
+            let out = c.data_dir(name).join("tls");
+            c.ok(&[
+                "ca",
+                "issue",
+                name,
+                "--ca",
+                "ca",
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+        }
+        c
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.path().join("d").join(name)
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Runs `quorate ARGS` in the cluster dir.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(quorate_bin())
+            .args(args)
+            .current_dir(self.path())
+            .env("NO_COLOR", "1")
+            .env_remove("QUORATE_DATA_DIR")
+            .env_remove("QUORATE_SOCKET")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `quorate ARGS` and insists on exit 0.
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "quorate {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    }
+
+    /// Starts the agent of `name` (log in `<name>.log`).
+    pub fn start(&mut self, name: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join(format!("{name}.log")))
+            .unwrap();
+        let child = Command::new(quorate_bin())
+            .args([
+                "agent",
+                "--spec",
+                "quorate.toml",
+                "--node",
+                name,
+                "--data-dir",
+                self.data_dir(name).to_str().unwrap(),
+            ])
+            .current_dir(self.path())
+            .env("QUORATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agents.insert(name.to_string(), child);
+    }
+
+    /// kill -9 and reap.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut child) = self.agents.remove(name) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.agents.get(name).map(Child::id)
+    }
+
+    /// `quorate status --json` against `name`'s agent: (exit code, report).
+    pub fn status(&self, name: &str, local: bool) -> (Option<i32>, serde_json::Value) {
+        let dd = self.data_dir(name);
+        let mut args = vec!["status", "--json", "--data-dir", dd.to_str().unwrap()];
+        if local {
+            args.push("--local");
+        }
+        let o = self.run(&args);
+        (
+            o.status.code(),
+            serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// Waits until `check` holds, polling; panics with `what` after `limit` (a hang guard,
+    /// not a performance assertion).
+    pub fn wait_for(&self, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if check() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let logs: Vec<String> = self
+            .names
+            .iter()
+            .map(|n| format!("--- {n}.log\n{}", self.log(n)))
+            .collect();
+        panic!("timed out waiting for {what}\n{}", logs.join("\n"));
+    }
+
+    /// Waits until every listed node reports quorum, the same leader and spec version.
+    pub fn wait_agreed(&self, nodes: &[&str], version: u64) -> String {
+        let mut leader = String::new();
+        self.wait_for(
+            &format!("{nodes:?} to agree on a leader with quorum at spec version {version}"),
+            Duration::from_secs(30),
+            || {
+                let reports: Vec<serde_json::Value> =
+                    nodes.iter().map(|n| self.status(n, false).1).collect();
+                let first = &reports[0];
+                let ok = reports.iter().all(|r| {
+                    r["quorum"] == true
+                        && r["leader"] == first["leader"]
+                        && r["spec_version"] == version
+                        && r["leader"].is_string()
+                });
+                if ok {
+                    leader = first["leader"].as_str().unwrap().to_string();
+                }
+                ok
+            },
+        );
+        leader
+    }
+
+    /// Appends text to the spec and re-locks it.
+    pub fn edit_spec(&self, append: &str) {
+        let path = self.path().join("quorate.toml");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(append);
+        std::fs::write(&path, text).unwrap();
+        self.ok(&["lock"]);
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let names: Vec<String> = self.agents.keys().cloned().collect();
+        for n in names {
+            self.kill(&n);
+        }
+    }
+}
