@@ -147,7 +147,8 @@ impl Node {
         let client = clients.entry(leader.name.clone()).or_insert_with(|| {
             PeerClient::new(&leader.name, addr, &self.tls, self.partition.clone())
         });
-        let request = serde_json::to_value(request).map_err(|e| e.to_string())?;
+        let request = serde_json::to_value(PeerMessage::Control(request.clone()))
+            .map_err(|e| e.to_string())?;
         let timeout = self.quorum_timeout() * 2 + Duration::from_secs(1);
         let reply = call_app(client, request, timeout)
             .await
@@ -220,6 +221,7 @@ impl Node {
             spec_hash: applied.map(|a| a.hash.clone()),
             commit_index: raft.committed,
             answered_by: self.name.clone(),
+            raft_voters: raft.voters.values().map(|p| p.name.clone()).collect(),
             local_spec_differs: applied.is_some_and(|a| a.hash != self.local.hash),
             nodes,
             services: Vec::new(),
@@ -231,7 +233,7 @@ impl Node {
     async fn apply(&self, spec: Spec, lock: Lock, allow_destructive: bool) -> ControlReply {
         let errors: Vec<String> = quorate_spec::validate_spec(&spec)
             .into_iter()
-            .filter(|d| d.is_error())
+            .filter(quorate_spec::Diagnostic::is_error)
             .map(|d| format!("  {}: {}", d.path, d.message))
             .collect();
         if !errors.is_empty() {
@@ -347,19 +349,51 @@ impl Node {
     }
 }
 
-/// Peers forward control requests to the leader through the peer protocol.
-#[derive(Debug)]
-pub struct ForwardedControl(pub std::sync::Arc<Node>);
+/// What agents say to each other besides Raft.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "peer_message", rename_all = "snake_case")]
+pub enum PeerMessage {
+    /// A control request forwarded to the leader.
+    Control(ControlRequest),
+    /// "Do you have Raft state?" — asked by a fresh node before it initializes.
+    Probe,
+}
 
-impl quorate_consensus::AppHandler for ForwardedControl {
+/// Answers [`PeerMessage`]s.
+#[derive(Debug)]
+pub struct PeerApp(pub std::sync::Arc<Node>);
+
+impl quorate_consensus::AppHandler for PeerApp {
     async fn handle(&self, peer: String, request: serde_json::Value) -> serde_json::Value {
-        let reply = match serde_json::from_value::<ControlRequest>(request) {
-            Ok(r) => {
+        match serde_json::from_value::<PeerMessage>(request) {
+            Ok(PeerMessage::Control(r)) => {
                 tracing::debug!(peer, "forwarded control request");
-                self.0.handle(r, true).await
+                serde_json::to_value(self.0.handle(r, true).await).unwrap_or_default()
             }
-            Err(e) => refused(1, format!("bad forwarded request: {e}")),
-        };
-        serde_json::to_value(reply).unwrap_or_default()
+            Ok(PeerMessage::Probe) => json!({ "has_state": self.0.consensus.has_state().await }),
+            Err(e) => serde_json::to_value(refused(1, format!("bad peer message: {e}")))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl Node {
+    /// True when any other node of the local spec answers that it has Raft state,
+    /// i.e. the cluster already exists and this node must wait to be added.
+    pub async fn cluster_exists(&self) -> bool {
+        for (name, n) in &self.local.spec.nodes {
+            if *name == self.name {
+                continue;
+            }
+            let addr = std::net::SocketAddr::new(n.address, self.local.spec.network.port);
+            let mut client = PeerClient::new(name, addr, &self.tls, self.partition.clone());
+            let probe = serde_json::to_value(PeerMessage::Probe).unwrap_or_default();
+            if let Ok(reply) = call_app(&mut client, probe, Duration::from_millis(500)).await {
+                if reply["has_state"] == true {
+                    return true;
+                }
+            }
+        }
+        false
     }
 }

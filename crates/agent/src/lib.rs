@@ -2,8 +2,10 @@
 //! joins the cluster of the spec's voters, serves peers over mutual TLS and the local
 //! CLI over `<data-dir>/control.sock`.
 //!
-//! Start order does not matter: every node with an empty log initializes Raft with the
-//! same voters (from spec + lock), which openraft makes safe; whichever node leads
+//! Start order does not matter: at a cold start every node with an empty log
+//! initializes Raft with the same voters (from spec + lock), which openraft makes
+//! safe; a node that finds the cluster already running waits to be added instead.
+//! Whichever node leads
 //! first commits the local spec as the cluster's first spec, and later bootstraps are
 //! ignored. After that, only `quorate apply` changes the spec (DESIGN invariant 7).
 //!
@@ -125,18 +127,15 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     ));
     let service = Arc::new(PeerService::new(
         consensus.clone(),
-        Arc::new(cluster::ForwardedControl(node.clone())),
+        Arc::new(cluster::PeerApp(node.clone())),
     ));
     let server = tokio::spawn(quorate_net::serve(listener, tls, service, partition));
     tracing::info!(node = %config.node, raft_id, %addr, "agent started");
 
-    if consensus
-        .initialize(members)
-        .await
-        .map_err(|e| AgentError::Runtime(e.to_string()))?
-    {
-        tracing::info!("initialized Raft with the spec's voters");
-    }
+    let joining = {
+        let (node, consensus) = (node.clone(), consensus.clone());
+        tokio::spawn(async move { join(&node, &consensus, members).await })
+    };
     let duties = {
         let node = node.clone();
         tokio::spawn(async move {
@@ -151,11 +150,40 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     wait_for_signal().await;
     tracing::info!("stopping");
     duties.abort();
+    joining.abort();
     control_task.abort();
     server.abort();
     consensus.shutdown().await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+/// Joins the cluster: a node without Raft state initializes with the spec's voters
+/// only when no peer has state yet (a cold start, where every node initializes
+/// identically — safe). When the cluster already exists, it waits for the leader to
+/// add it, so a node never starts a second history with other members.
+async fn join(
+    node: &Node,
+    consensus: &Consensus,
+    members: std::collections::BTreeMap<u64, quorate_consensus::PeerNode>,
+) {
+    let mut told = false;
+    while !consensus.has_state().await {
+        if node.cluster_exists().await {
+            if !told {
+                tracing::info!("the cluster exists; waiting for its leader to add this node");
+                told = true;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        match consensus.initialize(members.clone()).await {
+            Ok(true) => tracing::info!("initialized Raft with the spec's voters"),
+            Ok(false) => {}
+            Err(e) => tracing::error!("cannot initialize Raft: {e}"),
+        }
+        return;
+    }
 }
 
 async fn wait_for_signal() {

@@ -88,6 +88,9 @@ pub struct StatusReport {
     /// True when the answering node's local spec file differs from the applied spec
     /// (DESIGN invariant 7: it is reported, never applied by itself).
     pub local_spec_differs: bool,
+    /// Nodes that vote in Raft right now (may lag the spec while a membership change
+    /// is carried out).
+    pub raft_voters: Vec<String>,
     /// Nodes.
     pub nodes: Vec<NodeStatus>,
     /// Services (filled once scheduling lands).

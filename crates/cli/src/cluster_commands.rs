@@ -65,7 +65,7 @@ fn call(
 /// `quorate agent`
 pub fn agent(config: quorate_agent::AgentConfig) -> Exit {
     let filter = tracing_subscriber::EnvFilter::try_from_env("QUORATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

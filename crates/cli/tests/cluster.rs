@@ -363,3 +363,75 @@ fn apply_of_an_invalid_or_foreign_lock_is_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_node_added_by_apply_joins_as_a_voter_and_a_removed_one_leaves() {
+    let mut c = TestCluster::new(3);
+    for n in ["n1", "n2", "n3"] {
+        c.start(n);
+    }
+    c.wait_agreed(&["n1", "n2", "n3"], 1);
+    // Add n4 to the spec (and give it a certificate), apply, then start it.
+    c.edit_spec("\n[nodes.n4]\naddress = \"127.0.0.4\"\n");
+    let out = c.data_dir("n4").join("tls");
+    c.ok(&[
+        "ca",
+        "issue",
+        "n4",
+        "--ca",
+        "ca",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let dd = c.data_dir("n1");
+    let applied = c.run(&["apply", "--data-dir", dd.to_str().unwrap()]);
+    assert_eq!(
+        applied.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    c.names.push("n4".into());
+    c.start("n4");
+    c.wait_agreed(&["n1", "n2", "n3", "n4"], 2);
+    c.wait_for("n4 to be up as a voter", Duration::from_secs(30), || {
+        let (_, r) = c.status("n1", false);
+        r["nodes"].as_array().is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n["name"] == "n4" && n["state"] == "up" && n["voter"] == true)
+        })
+    });
+    assert!(
+        c.log("n4")
+            .contains("waiting for its leader to add this node"),
+        "n4 did not start a history of its own:\n{}",
+        c.log("n4")
+    );
+    // n4 now votes: with n1 and n2 down, n3 + n4 are only 2 of 4 — no quorum.
+    // Remove n4 again (one voter of four: not destructive).
+    let spec = std::fs::read_to_string(c.path().join("quorate.toml")).unwrap();
+    std::fs::write(
+        c.path().join("quorate.toml"),
+        spec.replace("\n[nodes.n4]\naddress = \"127.0.0.4\"\n", ""),
+    )
+    .unwrap();
+    c.ok(&["lock"]);
+    let out = c.run(&["apply", "--data-dir", dd.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_for(
+        "Raft's voters to be n1, n2, n3 again",
+        Duration::from_secs(30),
+        || c.status("n1", false).1["raft_voters"] == serde_json::json!(["n1", "n2", "n3"]),
+    );
+    c.kill("n4");
+    c.names.pop();
+    c.wait_agreed(&["n1", "n2", "n3"], 3);
+    c.kill("n3");
+    // Two of the three remaining voters suffice: n4 no longer counts.
+    c.wait_agreed(&["n1", "n2"], 3);
+}
