@@ -120,7 +120,9 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, peer: String, request: Vec<u8>) -> impl Future<Output = Vec<u8>> + Send;
 }
 
-/// Accepts connections until the listener fails; each connection is served on its own task.
+/// Accepts connections and serves each on its own task. The connection tasks belong
+/// to this future: dropping or aborting it ends every connection it accepted, as a
+/// process exit would.
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     tls: NodeTls,
@@ -128,8 +130,14 @@ pub async fn serve<H: Handler>(
     partition: Partition,
 ) {
     let acceptor = TlsAcceptor::from(tls.server.clone());
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let (tcp, addr) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // Reap finished connection tasks so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (tcp, addr) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
@@ -142,7 +150,7 @@ pub async fn serve<H: Handler>(
             continue;
         }
         let (acceptor, handler, partition) = (acceptor.clone(), handler.clone(), partition.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _ = tcp.set_nodelay(true);
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -364,6 +372,28 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("n1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn stopping_the_server_closes_its_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        quorate_pki::init_ca(&ca, "lab").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(
+            listener,
+            node_tls(&ca, &dir.path().join("n1"), "n1"),
+            Arc::new(Echo),
+            Partition::default(),
+        ));
+        let n2 = node_tls(&ca, &dir.path().join("n2"), "n2");
+        let mut client = PeerClient::new("n1", addr, &n2, Partition::default());
+        assert!(client.call(b"hi", Duration::from_secs(5)).await.is_ok());
+        server.abort();
+        let _ = server.await;
+        // The open connection is gone with the server, not answered by a leftover task.
+        assert!(client.call(b"hi", Duration::from_secs(2)).await.is_err());
     }
 
     #[tokio::test]
