@@ -42,6 +42,16 @@ enum Bench {
         #[arg(long, default_value_t = 7)]
         runs: usize,
     },
+    /// A 3-node cluster of real agents on loopback: time from start to an elected leader
+    /// with quorum, `quorate apply` latency, idle RSS per agent (targets: RSS < 30 MB).
+    Cluster {
+        /// Cold formations to time.
+        #[arg(long, default_value_t = 10)]
+        formations: usize,
+        /// Applies to time.
+        #[arg(long, default_value_t = 100)]
+        applies: usize,
+    },
     /// Print the generated spec that `spec` measures (to reproduce or profile it).
     GenSpec {
         /// Nodes.
@@ -177,6 +187,193 @@ fn bench_spec(
     }))
 }
 
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// A cluster of agents for benchmarking; killed on drop.
+struct BenchCluster {
+    dir: tempfile::TempDir,
+    agents: Vec<std::process::Child>,
+}
+
+impl Drop for BenchCluster {
+    fn drop(&mut self) {
+        for a in &mut self.agents {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+}
+
+fn run(quorate: &Path, dir: &Path, args: &[&str]) -> Result<std::process::Output, String> {
+    let out = Command::new(quorate)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "quorate {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| e.to_string())?
+        .local_addr()
+        .map_err(|e| e.to_string())?
+        .port())
+}
+
+/// Prepares spec, lock and certificates for 3 nodes, then starts the agents and
+/// returns the time until node n1 reports a leader with quorum.
+fn form_cluster(quorate: &Path) -> Result<(BenchCluster, f64), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = free_port()?;
+    let mut spec = format!("[cluster]\nname = \"bench\"\n[network]\nport = {port}\n");
+    for i in 1..=3 {
+        let _ = write!(spec, "[nodes.n{i}]\naddress = \"127.0.0.{i}\"\n");
+    }
+    spec.push_str("[services.web]\nkind = \"process\"\ncommand = [\"/bin/web\", \"0\"]\n");
+    std::fs::write(dir.path().join("quorate.toml"), spec).map_err(|e| e.to_string())?;
+    run(quorate, dir.path(), &["lock"])?;
+    run(quorate, dir.path(), &["ca", "init", "ca"])?;
+    for i in 1..=3 {
+        run(
+            quorate,
+            dir.path(),
+            &[
+                "ca",
+                "issue",
+                &format!("n{i}"),
+                "--ca",
+                "ca",
+                "--out",
+                &format!("d/n{i}/tls"),
+            ],
+        )?;
+    }
+    let mut cluster = BenchCluster {
+        dir,
+        agents: Vec::new(),
+    };
+    let start = Instant::now();
+    for i in 1..=3 {
+        let child = Command::new(quorate)
+            .args([
+                "agent",
+                "--spec",
+                "quorate.toml",
+                "--node",
+                &format!("n{i}"),
+                "--data-dir",
+                &format!("d/n{i}"),
+            ])
+            .current_dir(cluster.dir.path())
+            .env("QUORATE_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        cluster.agents.push(child);
+    }
+    loop {
+        let out = Command::new(quorate)
+            .args(["status", "--json", "--data-dir", "d/n1"])
+            .current_dir(cluster.dir.path())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if let Ok(report) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            if report["quorum"] == true && report["spec_version"] == 1 {
+                return Ok((cluster, start.elapsed().as_secs_f64() * 1000.0));
+            }
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            return Err("no leader within 60 s".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+fn bench_cluster(
+    quorate: &Path,
+    formations: usize,
+    applies: usize,
+) -> Result<serde_json::Value, String> {
+    let mut formation_ms = Vec::new();
+    for _ in 0..formations {
+        let (_cluster, ms) = form_cluster(quorate)?;
+        formation_ms.push(ms);
+    }
+    let (cluster, _) = form_cluster(quorate)?;
+    let dir = cluster.dir.path();
+    let mut apply_ms = Vec::new();
+    for k in 1..=applies {
+        let spec_path = dir.join("quorate.toml");
+        let text = std::fs::read_to_string(&spec_path).map_err(|e| e.to_string())?;
+        let text = text.replace(
+            &format!("\"/bin/web\", \"{}\"", k - 1),
+            &format!("\"/bin/web\", \"{k}\""),
+        );
+        std::fs::write(&spec_path, text).map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        run(quorate, dir, &["apply", "--data-dir", "d/n2"])?;
+        apply_ms.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    // A process-start baseline: what part of each apply is just launching the CLI.
+    let mut baseline_ms = Vec::new();
+    for _ in 0..20 {
+        let start = Instant::now();
+        run(quorate, dir, &["--version"])?;
+        baseline_ms.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let rss: Vec<f64> = cluster
+        .agents
+        .iter()
+        .filter_map(|a| rss_mib(a.id()))
+        .collect();
+    apply_ms.sort_by(f64::total_cmp);
+    Ok(json!({
+        "bench": "cluster",
+        "nodes": 3,
+        "formation_to_leader_with_quorum": summary(formation_ms),
+        "apply_commit_latency": {
+            "runs": apply_ms.len(),
+            "p50_ms": percentile(&apply_ms, 0.5),
+            "p99_ms": percentile(&apply_ms, 0.99),
+            "max_ms": apply_ms.last().copied(),
+            "note": "wall time of `quorate apply` through a follower, process start included",
+        },
+        "cli_process_start": summary(baseline_ms),
+        "idle_rss_mib_per_agent": rss,
+        "targets": {"idle_rss_mib": 30},
+    }))
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let quorate = cli.quorate.unwrap_or_else(|| {
@@ -192,6 +389,10 @@ fn main() -> std::process::ExitCode {
             drbd,
             runs,
         } => bench_spec(&quorate, nodes, services, drbd, runs.max(1)),
+        Bench::Cluster {
+            formations,
+            applies,
+        } => bench_cluster(&quorate, formations.max(1), applies.max(1)),
         Bench::GenSpec {
             nodes,
             services,

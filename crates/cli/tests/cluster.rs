@@ -435,3 +435,42 @@ fn a_node_added_by_apply_joins_as_a_voter_and_a_removed_one_leaves() {
     // Two of the three remaining voters suffice: n4 no longer counts.
     c.wait_agreed(&["n1", "n2"], 3);
 }
+
+#[test]
+fn apply_refuses_a_destructive_change_unless_allowed() {
+    let mut c = TestCluster::new(3);
+    for n in ["n1", "n2", "n3"] {
+        c.start(n);
+    }
+    c.wait_agreed(&["n1", "n2", "n3"], 1);
+    c.edit_spec("\n[storage.media]\nkind = \"gluster\"\nnodes = [\"n1\", \"n2\", \"n3\"]\n\n[services.web]\nkind = \"process\"\ncommand = [\"/bin/web\"]\nstorage = [\"media\"]\n");
+    let dd = c.data_dir("n2");
+    let dd = dd.to_str().unwrap();
+    assert_eq!(c.run(&["apply", "--data-dir", dd]).status.code(), Some(0));
+    // Removing the storage is destructive: exit 3, nothing applied.
+    let spec = std::fs::read_to_string(c.path().join("quorate.toml")).unwrap();
+    let cut = spec.find("\n[storage.media]").unwrap();
+    std::fs::write(c.path().join("quorate.toml"), &spec[..cut]).unwrap();
+    c.ok(&["lock", "--allow-destructive"]);
+    let out = c.run(&["apply", "--data-dir", dd]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("DESTRUCTIVE"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c.status("n1", false).1["spec_version"], 2);
+    let out = c.run(&["apply", "--allow-destructive", "--data-dir", dd]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_agreed(&["n1", "n2", "n3"], 3);
+}

@@ -39,7 +39,12 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 /// # Errors
 /// When the file cannot be opened or is not a redb database.
 pub fn open_db(path: &Path) -> io::Result<Arc<Database>> {
-    let db = Database::create(path).map_err(io_err)?;
+    // A small cache: the Raft log is written once and read rarely (catch-up); the
+    // default cache would let an idle agent grow its RSS for nothing.
+    let db = redb::Builder::new()
+        .set_cache_size(4 << 20)
+        .create(path)
+        .map_err(io_err)?;
     let tx = db.begin_write().map_err(io_err)?;
     tx.open_table(LOG).map_err(io_err)?;
     tx.open_table(META).map_err(io_err)?;

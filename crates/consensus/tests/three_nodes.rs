@@ -199,3 +199,102 @@ async fn three_nodes_form_replicate_and_restart() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_compacted_and_a_lagging_node_catches_up_from_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    quorate_pki::init_ca(&ca, "t").unwrap();
+    let mut listeners = Vec::new();
+    let mut members = BTreeMap::new();
+    let mut peers = BTreeMap::new();
+    for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let id = i as u64 + 1;
+        members.insert(
+            id,
+            PeerNode {
+                name: (*name).into(),
+                addr: l.local_addr().unwrap().to_string(),
+            },
+        );
+        peers.insert((*name).to_string(), id);
+        listeners.push(l);
+    }
+    let mut nodes = Vec::new();
+    let mut servers = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let (c, s) = node(
+            dir.path(),
+            &ca,
+            &format!("n{}", i + 1),
+            i as u64 + 1,
+            l,
+            &peers,
+        )
+        .await;
+        c.initialize(members.clone()).await.unwrap();
+        nodes.push(c);
+        servers.push(s);
+    }
+    // n3 goes away before the writes.
+    nodes[2].shutdown().await;
+    servers[2].abort();
+    let live: Vec<&Consensus> = nodes[..2].iter().collect();
+    let (spec, lock) = spec_and_lock();
+    let writes = 700;
+    let mut leader = nodes[0].clone();
+    for k in 0..writes {
+        let mut s = spec.clone();
+        s.cluster.timings.drift_margin = quorate_spec::SpecDuration::from_millis(k);
+        let command = Command::ApplySpec {
+            spec: Box::new(s),
+            lock: Box::new(lock.clone()),
+            by: "t".into(),
+            at_ms: k,
+        };
+        // Like any client: find the leader, and retry after an election.
+        let mut attempts = 0;
+        loop {
+            let id = wait_leader(&live).await;
+            leader = nodes.iter().find(|n| n.id() == id).unwrap().clone();
+            match leader.write(command.clone(), Duration::from_secs(5)).await {
+                Ok(_) => break,
+                Err(e) if attempts < 5 => {
+                    attempts += 1;
+                    eprintln!("write {k}: {e}; retrying");
+                }
+                Err(e) => panic!("write {k}: {e}; status {:?}", leader.status()),
+            }
+        }
+    }
+    let status = leader.status();
+    let snapshot = status.snapshot.expect("a snapshot was built");
+    assert!(snapshot >= 499, "snapshot at {snapshot}");
+    // n3 returns: the log it lacks is purged on the leader, so it must install the snapshot.
+    let addr = members[&3].addr.clone();
+    let (n3, _s) = node(
+        dir.path(),
+        &ca,
+        "n3",
+        3,
+        TcpListener::bind(&addr).await.unwrap(),
+        &peers,
+    )
+    .await;
+    for _ in 0..200 {
+        if n3.state().await.spec_version() == writes {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        n3.state().await.spec_version(),
+        writes,
+        "n3 caught up through the snapshot"
+    );
+    assert!(n3.status().snapshot.is_some(), "n3 installed a snapshot");
+    for n in [&nodes[0], &nodes[1], &n3] {
+        n.shutdown().await;
+    }
+}
