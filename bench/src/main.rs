@@ -52,6 +52,19 @@ enum Bench {
         #[arg(long, default_value_t = 100)]
         applies: usize,
     },
+    /// The scheduler on the generated spec: cold placement of every service, and
+    /// re-placement after one node fails (target: 10,000 services on 1,000 nodes < 100 ms).
+    Scheduler {
+        /// Nodes.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Services.
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+        /// Repetitions.
+        #[arg(long, default_value_t = 11)]
+        runs: usize,
+    },
     /// Print the generated spec that `spec` measures (to reproduce or profile it).
     GenSpec {
         /// Nodes.
@@ -374,6 +387,78 @@ fn bench_cluster(
     }))
 }
 
+fn bench_scheduler(
+    nodes: usize,
+    services: usize,
+    runs: usize,
+) -> Result<serde_json::Value, String> {
+    use quorate_scheduler::{place, Input, NodeState};
+    let text = generate_spec(nodes, services, services / 10);
+    let spec = quorate_spec::check(&text, quorate_spec::Format::Toml)
+        .spec
+        .ok_or("the generated spec is invalid")?;
+    let mut states: std::collections::BTreeMap<String, NodeState> = spec
+        .nodes
+        .keys()
+        .map(|n| (n.clone(), NodeState::Up))
+        .collect();
+    let empty = std::collections::BTreeMap::new();
+    let mut cold = Vec::new();
+    let mut placed = std::collections::BTreeMap::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        let out = place(&Input {
+            spec: &spec,
+            nodes: &states,
+            current: &empty,
+        });
+        cold.push(start.elapsed().as_secs_f64() * 1000.0);
+        placed = out;
+    }
+    let current: std::collections::BTreeMap<String, String> = placed
+        .iter()
+        .filter_map(|(s, p)| p.node.clone().map(|n| (s.clone(), n)))
+        .collect();
+    let unplaceable = placed.values().filter(|p| p.node.is_none()).count();
+    // The node hosting the most services fails.
+    let mut counts: std::collections::BTreeMap<&String, usize> = std::collections::BTreeMap::new();
+    for n in current.values() {
+        *counts.entry(n).or_default() += 1;
+    }
+    let victim = counts
+        .iter()
+        .max_by_key(|(_, c)| **c)
+        .map(|(n, _)| (*n).clone())
+        .ok_or("nothing placed")?;
+    states.insert(victim.clone(), NodeState::Down);
+    let mut failover = Vec::new();
+    let mut moved = 0;
+    for _ in 0..runs {
+        let start = Instant::now();
+        let out = place(&Input {
+            spec: &spec,
+            nodes: &states,
+            current: &current,
+        });
+        failover.push(start.elapsed().as_secs_f64() * 1000.0);
+        moved = out
+            .iter()
+            .filter(|(s, p)| current.get(*s) != p.node.as_ref())
+            .count();
+    }
+    Ok(json!({
+        "bench": "scheduler",
+        "nodes": nodes,
+        "services": services,
+        "unplaceable": unplaceable,
+        "cold_placement": summary(cold),
+        "after_one_node_fails": summary(failover),
+        "failed_node": victim,
+        "services_moved": moved,
+        "target_ms": 100,
+    }))
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let quorate = cli.quorate.unwrap_or_else(|| {
@@ -393,6 +478,11 @@ fn main() -> std::process::ExitCode {
             formations,
             applies,
         } => bench_cluster(&quorate, formations.max(1), applies.max(1)),
+        Bench::Scheduler {
+            nodes,
+            services,
+            runs,
+        } => bench_scheduler(nodes, services, runs.max(1)),
         Bench::GenSpec {
             nodes,
             services,

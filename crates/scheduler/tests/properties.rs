@@ -1,0 +1,165 @@
+//! Properties of placement over random specs, node states and current placements.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use quorate_scheduler::{place, Input, NodeState, Placement};
+use quorate_spec::{NodeSpec, ServiceSpec, Spec, StorageSpec};
+
+#[derive(Debug, Clone)]
+struct World {
+    spec: Spec,
+    nodes: BTreeMap<String, NodeState>,
+    current: BTreeMap<String, String>,
+}
+
+fn world() -> impl Strategy<Value = World> {
+    (1usize..7, 0usize..16).prop_flat_map(|(n_nodes, n_services)| {
+        let state = prop_oneof![4 => Just(NodeState::Up), 2 => Just(NodeState::Down), 1 => Just(NodeState::Draining), 1 => Just(NodeState::Maintenance)];
+        let node_idx = 0..n_nodes;
+        let svc = (
+            prop::collection::vec(node_idx.clone(), 0..3),             // prefer
+            prop::collection::vec(node_idx.clone(), 0..2),             // avoid
+            prop::collection::vec(0..n_services.max(1), 0..3),         // anti-affinity
+            prop::option::of((node_idx.clone(), node_idx.clone())),    // drbd replicas
+            any::<bool>(),                                             // sticky
+            prop::option::of(node_idx.clone()),                        // current node
+        );
+        (prop::collection::vec(state, n_nodes), prop::collection::vec(svc, n_services))
+    }).prop_map(|(states, services)| {
+        let name = |i: usize| format!("n{i}");
+        let mut nodes = BTreeMap::new();
+        let mut node_states = BTreeMap::new();
+        for (i, st) in states.iter().enumerate() {
+            nodes.insert(name(i), NodeSpec { address: format!("10.0.0.{}", i + 1).parse().unwrap(), labels: BTreeMap::new(), voter: true, renamed_from: None });
+            node_states.insert(name(i), *st);
+        }
+        let mut spec_services = BTreeMap::new();
+        let mut storage = BTreeMap::new();
+        let mut current = BTreeMap::new();
+        for (i, (prefer, avoid, anti, drbd, sticky, cur)) in services.iter().enumerate() {
+            let mut svc: ServiceSpec = serde_json::from_value(serde_json::json!({"kind": "process", "command": ["/bin/x"]})).unwrap();
+            svc.prefer = prefer.iter().map(|p| name(*p)).collect();
+            svc.avoid = avoid.iter().map(|p| name(*p)).collect();
+            svc.anti_affinity = anti.iter().filter(|a| **a != i).map(|a| format!("s{a}")).collect();
+            svc.sticky = *sticky;
+            if let Some((a, b)) = drbd {
+                let st: StorageSpec = serde_json::from_value(serde_json::json!({"kind": "drbd", "nodes": [name(*a), name(*b)], "device": "/dev/vdb"})).unwrap();
+                storage.insert(format!("d{i}"), st);
+                svc.storage = vec![format!("d{i}")];
+            }
+            if let Some(c) = cur {
+                current.insert(format!("s{i}"), name(*c));
+            }
+            spec_services.insert(format!("s{i}"), svc);
+        }
+        let spec = Spec {
+            cluster: quorate_spec::Cluster { name: "p".into(), timings: quorate_spec::Timings::default() },
+            nodes,
+            network: quorate_spec::Network::default(),
+            services: spec_services,
+            storage,
+        };
+        World { spec, nodes: node_states, current }
+    })
+}
+
+fn run(w: &World, current: &BTreeMap<String, String>) -> BTreeMap<String, Placement> {
+    place(&Input {
+        spec: &w.spec,
+        nodes: &w.nodes,
+        current,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn placements_respect_every_rule(w in world()) {
+        let out = run(&w, &w.current);
+        prop_assert_eq!(out.len(), w.spec.services.len(), "every service gets a decision");
+        for (name, p) in &out {
+            prop_assert!(!p.reason.is_empty());
+            let Some(node) = &p.node else { continue };
+            let svc = &w.spec.services[name];
+            let state = w.nodes[node];
+            let kept = w.current.get(name) == Some(node);
+            prop_assert!(state == NodeState::Up || (state == NodeState::Maintenance && kept), "{name} on {node} which is {state:?}");
+            prop_assert!(!svc.avoid.contains(node), "{name} on avoided {node}");
+            for st in &svc.storage {
+                prop_assert!(w.spec.storage[st].nodes.contains(node), "{name} on {node} without a replica of {st}");
+            }
+            for (other, q) in &out {
+                if other != name && q.node.as_ref() == Some(node) {
+                    prop_assert!(!svc.anti_affinity.contains(other), "{name} and {other} share {node} despite anti-affinity");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_unchanged_state_changes_nothing(w in world()) {
+        let first = run(&w, &w.current);
+        let current: BTreeMap<String, String> = first.iter().filter_map(|(s, p)| p.node.clone().map(|n| (s.clone(), n))).collect();
+        let second = run(&w, &current);
+        for (name, p) in &first {
+            prop_assert_eq!(&second[name].node, &p.node, "{} moved without a reason: {}", name, second[name].reason);
+        }
+        // And the function is deterministic.
+        prop_assert_eq!(run(&w, &w.current), first);
+    }
+
+    #[test]
+    fn a_sticky_service_on_an_allowed_node_stays(w in world()) {
+        let out = run(&w, &w.current);
+        for (name, node) in &w.current {
+            let svc = &w.spec.services[name];
+            if svc.sticky && w.nodes[node] == NodeState::Up && !svc.avoid.contains(node) && svc.storage.iter().all(|st| w.spec.storage[st].nodes.contains(node)) {
+                // It may only lose its node to anti-affinity with a service placed earlier in pass 1.
+                let kept = out[name].node.as_ref() == Some(node);
+                let blocked = w.current.iter().any(|(o, n)| o < name && n == node && (svc.anti_affinity.contains(o) || w.spec.services[o].anti_affinity.contains(name)));
+                prop_assert!(kept || blocked, "{name} left {node}: {}", out[name].reason);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_failed_node_moves_its_services_to_the_preferred_survivor() {
+    let text = "[cluster]\nname = \"t\"\n[nodes.a]\naddress = \"10.0.0.1\"\n[nodes.b]\naddress = \"10.0.0.2\"\n[nodes.c]\naddress = \"10.0.0.3\"\n[services.web]\nkind = \"process\"\ncommand = [\"/bin/web\"]\nprefer = [\"a\", \"c\"]\n";
+    let spec = quorate_spec::check(text, quorate_spec::Format::Toml)
+        .spec
+        .unwrap();
+    let mut nodes: BTreeMap<String, NodeState> = ["a", "b", "c"]
+        .iter()
+        .map(|n| ((*n).to_string(), NodeState::Up))
+        .collect();
+    let out = place(&Input {
+        spec: &spec,
+        nodes: &nodes,
+        current: &BTreeMap::new(),
+    });
+    assert_eq!(out["web"].node.as_deref(), Some("a"));
+    assert_eq!(out["web"].reason, "placed on a (preferred)");
+    nodes.insert("a".into(), NodeState::Down);
+    let current = [("web".to_string(), "a".to_string())].into();
+    let out = place(&Input {
+        spec: &spec,
+        nodes: &nodes,
+        current: &current,
+    });
+    assert_eq!(out["web"].node.as_deref(), Some("c"));
+    assert_eq!(out["web"].reason, "moved from a (down) to c (preferred)");
+    // a comes back: the service stays on c (sticky), no flapping.
+    nodes.insert("a".into(), NodeState::Up);
+    let current = [("web".to_string(), "c".to_string())].into();
+    let out = place(&Input {
+        spec: &spec,
+        nodes: &nodes,
+        current: &current,
+    });
+    assert_eq!(out["web"].node.as_deref(), Some("c"));
+}
