@@ -291,7 +291,7 @@ impl Node {
         match self.consensus.write(command, self.quorum_timeout()).await {
             Ok(CommandResult::Applied { version, hash }) => ControlReply::Applied { version, hash, unchanged: false, changes },
             Ok(CommandResult::Unchanged { version, hash }) => ControlReply::Applied { version, hash, unchanged: true, changes: json!([]) },
-            Ok(CommandResult::None) => refused(1, "unexpected empty result from the state machine"),
+            Ok(CommandResult::None | CommandResult::Recorded) => refused(1, "unexpected empty result from the state machine"),
             Err(WriteError::NotLeader { leader }) => refused(
                 4,
                 format!("leadership moved to {} while applying; nothing was changed\n  help: retry", leader.map_or_else(|| "another node".to_string(), |(_, p)| p.name)),

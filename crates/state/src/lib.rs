@@ -64,6 +64,37 @@ pub struct Event {
     pub what: String,
 }
 
+/// Where a service should run, decided by the leader's scheduler.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The node, or `None` while the service is stopped (unplaceable, or stopping on
+    /// its old node before it may start on a new one).
+    pub node: Option<String>,
+    /// Increases with every change of any assignment.
+    pub epoch: u64,
+    /// Why, in a sentence.
+    pub reason: String,
+}
+
+/// What a node reported about a service it runs or ran.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    /// The reporting node.
+    pub node: String,
+    /// `starting`, `running`, `stopping`, `stopped` or `failed`.
+    pub state: String,
+    /// Reporter's wall clock, ms since the epoch.
+    pub at_ms: u64,
+}
+
+impl Observed {
+    /// True when the service may be running on the reporting node.
+    #[must_use]
+    pub fn may_run(&self) -> bool {
+        matches!(self.state.as_str(), "starting" | "running" | "stopping")
+    }
+}
+
 /// Everything the cluster agrees on.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -75,6 +106,15 @@ pub struct ClusterState {
     pub events: VecDeque<Event>,
     /// Sequence number of the next event.
     pub next_event: u64,
+    /// Where each service should run.
+    #[serde(default)]
+    pub placements: BTreeMap<String, Assignment>,
+    /// Epoch of the next assignment change.
+    #[serde(default)]
+    pub next_epoch: u64,
+    /// Last report about each service, from the node that runs or ran it.
+    #[serde(default)]
+    pub observed: BTreeMap<String, Observed>,
 }
 
 /// A change to the cluster state, ordered by Raft.
@@ -93,6 +133,24 @@ pub enum Command {
         /// Proposer's wall clock, ms since the epoch.
         at_ms: u64,
     },
+    /// New assignments from the leader's scheduler: service → node (or `None`) and reason.
+    Place {
+        /// The changed assignments only.
+        changes: BTreeMap<String, (Option<String>, String)>,
+        /// Proposing node (the leader).
+        by: String,
+        /// Proposer's wall clock.
+        at_ms: u64,
+    },
+    /// Service states reported by a node (only those that changed).
+    Observe {
+        /// The reporting node.
+        node: String,
+        /// Service → state.
+        services: BTreeMap<String, String>,
+        /// Reporter's wall clock.
+        at_ms: u64,
+    },
     /// A new spec (`quorate apply`). Same content hash = no change.
     ApplySpec {
         /// The spec.
@@ -109,6 +167,8 @@ pub enum Command {
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::Place { changes, by, .. } => write!(f, "place {} service(s) by {by}", changes.len()),
+            Self::Observe { node, services, .. } => write!(f, "{node} reports {} service(s)", services.len()),
             Self::Bootstrap { spec, by, .. } => {
                 write!(f, "bootstrap `{}` by {by}", spec.cluster.name)
             }
@@ -135,6 +195,8 @@ pub enum CommandResult {
         /// Current hash.
         hash: String,
     },
+    /// Assignments or reports recorded.
+    Recorded,
     /// No command result (Raft's own entries: blank, membership).
     None,
 }
@@ -155,6 +217,13 @@ impl ClusterState {
     /// the same state on every node.
     pub fn apply(&mut self, command: &Command) -> CommandResult {
         match command {
+            Command::Place { changes, by, at_ms } => self.place(changes, by, *at_ms),
+            Command::Observe { node, services, at_ms } => {
+                for (service, state) in services {
+                    self.observed.insert(service.clone(), Observed { node: node.clone(), state: state.clone(), at_ms: *at_ms });
+                }
+                CommandResult::Recorded
+            }
             Command::Bootstrap {
                 spec,
                 lock,
@@ -210,6 +279,8 @@ impl ClusterState {
                 });
                 // Operator states of nodes that no longer exist are dropped.
                 self.admin.retain(|n, _| spec.nodes.contains_key(n));
+                // So are reports about services that no longer exist; their assignment
+                // is kept until the leader's scheduler removes it (after the stop).
                 self.event(
                     by,
                     *at_ms,
@@ -218,6 +289,29 @@ impl ClusterState {
                 CommandResult::Applied { version, hash }
             }
         }
+    }
+
+    fn place(&mut self, changes: &BTreeMap<String, (Option<String>, String)>, by: &str, at_ms: u64) -> CommandResult {
+        for (service, (node, reason)) in changes {
+            let epoch = self.next_epoch;
+            self.next_epoch += 1;
+            let previous = self.placements.get(service).and_then(|a| a.node.clone());
+            if node.is_none() && !self.applied.as_ref().is_some_and(|a| a.spec.services.contains_key(service)) {
+                self.placements.remove(service);
+                self.observed.remove(service);
+                self.event(by, at_ms, format!("{service}: removed from the cluster ({reason})"));
+                continue;
+            }
+            self.placements.insert(service.clone(), Assignment { node: node.clone(), epoch, reason: reason.clone() });
+            let what = match (&previous, node) {
+                (None, Some(n)) => format!("{service}: start on {n} — {reason}"),
+                (Some(p), Some(n)) => format!("{service}: move {p} → {n} — {reason}"),
+                (Some(p), None) => format!("{service}: stop on {p} — {reason}"),
+                (None, None) => format!("{service}: not placed — {reason}"),
+            };
+            self.event(by, at_ms, what);
+        }
+        CommandResult::Recorded
     }
 
     fn event(&mut self, by: &str, at_ms: u64, what: String) {
