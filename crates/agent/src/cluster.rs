@@ -29,6 +29,8 @@ pub struct Node {
     pub(crate) partition: Partition,
     /// Connections to the leader, by node name.
     clients: Mutex<BTreeMap<String, PeerClient>>,
+    /// On the leader: when each node's lease was last renewed.
+    pub(crate) leases: std::sync::Mutex<crate::failover::LeaseTable>,
 }
 
 fn now_ms() -> u64 {
@@ -79,6 +81,7 @@ impl Node {
             tls,
             partition,
             clients: Mutex::default(),
+            leases: std::sync::Mutex::default(),
         }
     }
 
@@ -88,17 +91,35 @@ impl Node {
     }
 
     /// A node unheard of for longer than this is reported down.
-    fn down_after_ms(&self) -> u64 {
+    pub(crate) fn down_after_ms(&self) -> u64 {
         self.local.spec.cluster.timings.lease_ttl.as_millis()
     }
 
-    fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         self.consensus.status().leader == Some(self.consensus.id())
     }
 
     /// Handles a control request from the local CLI (`forwarded = false`) or from a
     /// peer that forwarded it here because it believes this node leads.
     pub async fn handle(&self, request: ControlRequest, forwarded: bool) -> ControlReply {
+        if let ControlRequest::Partition { cut } = request {
+            self.partition.set(cut);
+            tracing::warn!(
+                cut,
+                "peer traffic {}",
+                if cut {
+                    "CUT (partition)"
+                } else {
+                    "restored (heal)"
+                }
+            );
+            let message = if cut {
+                format!("{}: all peer traffic is cut", self.name)
+            } else {
+                format!("{}: peer traffic restored", self.name)
+            };
+            return ControlReply::Done { message };
+        }
         if let ControlRequest::Status { local: true } = request {
             return self.status(self.is_leader()).await;
         }
@@ -110,6 +131,8 @@ impl Node {
                     lock,
                     allow_destructive,
                 } => self.apply(*spec, *lock, allow_destructive).await,
+                // Answered above, on the node that was asked.
+                ControlRequest::Partition { .. } => refused(1, "partition is local to a node"),
             };
         }
         let leader = self
@@ -127,6 +150,7 @@ impl Node {
             }
             (Ok(reply), _) => reply,
             (Err(_), ControlRequest::Status { .. }) => self.status(false).await,
+            (Err(_), ControlRequest::Partition { .. }) => refused(1, "partition is local to a node"),
             (Err(why), ControlRequest::Apply { .. }) => refused(
                 4,
                 format!("no quorum: {why}; nothing was changed\n  help: a majority of voters must be up and connected; check `quorate status`"),
@@ -139,21 +163,37 @@ impl Node {
         leader: &PeerNode,
         request: &ControlRequest,
     ) -> Result<ControlReply, String> {
-        let addr = leader
+        let message = PeerMessage::Control(request.clone());
+        let timeout = self.quorum_timeout() * 2 + Duration::from_secs(1);
+        let reply = self.call_peer("control", leader, &message, timeout).await?;
+        serde_json::from_value(reply).map_err(|e| e.to_string())
+    }
+
+    /// Sends a peer message on the connection kept for `purpose`, so that a slow
+    /// `apply` never delays a lease renewal behind it.
+    pub(crate) async fn call_peer(
+        &self,
+        purpose: &str,
+        peer: &PeerNode,
+        message: &PeerMessage,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, String> {
+        let addr = peer
             .addr
             .parse()
-            .map_err(|e| format!("bad leader address {}: {e}", leader.addr))?;
+            .map_err(|e| format!("bad address {} of {}: {e}", peer.addr, peer.name))?;
         let mut clients = self.clients.lock().await;
-        let client = clients.entry(leader.name.clone()).or_insert_with(|| {
-            PeerClient::new(&leader.name, addr, &self.tls, self.partition.clone())
+        let key = format!("{purpose}/{}", peer.name);
+        let mut client = clients.remove(&key).unwrap_or_else(|| {
+            PeerClient::new(&peer.name, addr, &self.tls, self.partition.clone())
         });
-        let request = serde_json::to_value(PeerMessage::Control(request.clone()))
-            .map_err(|e| e.to_string())?;
-        let timeout = self.quorum_timeout() * 2 + Duration::from_secs(1);
-        let reply = call_app(client, request, timeout)
+        drop(clients);
+        let request = serde_json::to_value(message).map_err(|e| e.to_string())?;
+        let reply = call_app(&mut client, request, timeout)
             .await
-            .map_err(|e| format!("leader {} unreachable: {e}", leader.name))?;
-        serde_json::from_value(reply).map_err(|e| e.to_string())
+            .map_err(|e| format!("{} unreachable: {e}", peer.name));
+        self.clients.lock().await.insert(key, client);
+        reply
     }
 
     /// The status report from this node's view. On the leader, `confirm` checks quorum.
@@ -224,7 +264,34 @@ impl Node {
             raft_voters: raft.voters.values().map(|p| p.name.clone()).collect(),
             local_spec_differs: applied.is_some_and(|a| a.hash != self.local.hash),
             nodes,
-            services: Vec::new(),
+            services: spec
+                .services
+                .keys()
+                .map(|name| {
+                    let assignment = state.placements.get(name);
+                    let observed = state.observed.get(name);
+                    let node = assignment.and_then(|a| a.node.clone());
+                    let reported =
+                        |n: &str| observed.filter(|o| o.node == n).map(|o| o.state.clone());
+                    let status = match (&node, assignment) {
+                        (Some(n), _) => reported(n).unwrap_or_else(|| "starting".into()),
+                        (None, Some(a)) if a.reason.starts_with("unplaceable") => {
+                            "unplaceable".into()
+                        }
+                        (None, _) if observed.is_some_and(quorate_state::Observed::may_run) => {
+                            "stopping".into()
+                        }
+                        (None, _) => "pending".into(),
+                    };
+                    quorate_api::ServiceStatus {
+                        name: name.clone(),
+                        node,
+                        state: status,
+                        pinned: None,
+                        reason: assignment.map(|a| a.reason.clone()).unwrap_or_default(),
+                    }
+                })
+                .collect(),
             storage,
         }))
     }
@@ -306,8 +373,10 @@ impl Node {
     /// in line with the applied spec, one change at a time.
     pub async fn leader_duties(&self) {
         if !self.is_leader() {
+            self.step_down();
             return;
         }
+        self.schedule().await;
         let state = self.consensus.state().await;
         match &state.applied {
             None => {
@@ -357,6 +426,13 @@ pub enum PeerMessage {
     Control(ControlRequest),
     /// "Do you have Raft state?" — asked by a fresh node before it initializes.
     Probe,
+    /// "Renew my lease": the sender (named by its certificate) asks the leader.
+    RenewLease,
+    /// Service states of the sender, for the leader to commit.
+    Observe {
+        /// Service → state.
+        services: BTreeMap<String, String>,
+    },
 }
 
 /// Answers [`PeerMessage`]s.
@@ -371,6 +447,15 @@ impl quorate_consensus::AppHandler for PeerApp {
                 serde_json::to_value(self.0.handle(r, true).await).unwrap_or_default()
             }
             Ok(PeerMessage::Probe) => json!({ "has_state": self.0.consensus.has_state().await }),
+            // The lease and the reports are the sender's own: its name comes from its
+            // certificate, never from the message.
+            Ok(PeerMessage::RenewLease) => match self.0.grant_lease(&peer).await {
+                Some(applied) => json!({ "ok": true, "applied": applied }),
+                None => json!({ "ok": false }),
+            },
+            Ok(PeerMessage::Observe { services }) => {
+                json!({ "ok": self.0.record_observed(&peer, services).await })
+            }
             Err(e) => serde_json::to_value(refused(1, format!("bad peer message: {e}")))
                 .unwrap_or_default(),
         }

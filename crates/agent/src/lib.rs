@@ -14,6 +14,8 @@
 
 mod cluster;
 mod control;
+mod failover;
+mod runtime;
 pub mod setup;
 
 use std::path::PathBuf;
@@ -25,6 +27,8 @@ use quorate_net::Partition;
 use quorate_pki::TlsFiles;
 
 pub use crate::cluster::{voters, Node};
+pub use crate::failover::LeaseTable;
+pub use crate::runtime::Runtime;
 use crate::setup::Identity;
 
 /// How to run one agent.
@@ -141,16 +145,22 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         tokio::spawn(async move {
             loop {
                 node.leader_duties().await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
     };
     let control_task = tokio::spawn(control::serve(control, node.clone()));
+    let runtime = Arc::new(Runtime::new(node.clone(), config.data_dir.clone()));
+    runtime.adopt_previous().await;
+    let lease_task = tokio::spawn(runtime.clone().keep_lease());
+    let reconcile_task = tokio::spawn(runtime.clone().reconcile_forever());
 
     wait_for_signal().await;
     tracing::info!("stopping");
     duties.abort();
     joining.abort();
+    lease_task.abort();
+    reconcile_task.abort();
     control_task.abort();
     server.abort();
     consensus.shutdown().await;

@@ -26,6 +26,11 @@ pub enum ControlRequest {
         #[serde(default)]
         local: bool,
     },
+    /// Cut (or restore) all peer traffic of this node: the sandbox's `partition` fault.
+    Partition {
+        /// True to cut, false to heal.
+        cut: bool,
+    },
     /// Submit a spec and its lock through Raft.
     Apply {
         /// The spec.
@@ -43,6 +48,11 @@ pub enum ControlRequest {
 pub enum ControlReply {
     /// Status report.
     Status(Box<StatusReport>),
+    /// A local change was made (partition / heal).
+    Done {
+        /// What was done.
+        message: String,
+    },
     /// The spec was committed (or was already the applied one).
     Applied {
         /// Applied spec version.
@@ -125,6 +135,9 @@ pub struct ServiceStatus {
     pub state: String,
     /// Explicit placement (`quorate move`), or null.
     pub pinned: Option<String>,
+    /// Why it is where it is (the scheduler's reason).
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// One storage resource in [`StatusReport`].

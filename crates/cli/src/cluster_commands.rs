@@ -113,6 +113,18 @@ fn print_status(r: &StatusReport) {
             if n.voter { "yes" } else { "no" }
         );
     }
+    if !r.services.is_empty() {
+        println!("\n{:<20} {:<12} {:<12} WHY", "SERVICE", "NODE", "STATE");
+        for s in &r.services {
+            println!(
+                "{:<20} {:<12} {:<12} {}",
+                s.name,
+                s.node.as_deref().unwrap_or("-"),
+                s.state,
+                s.reason
+            );
+        }
+    }
     if !r.storage.is_empty() {
         println!("\n{:<20} {:<10} REPLICAS", "STORAGE", "KIND");
         for s in &r.storage {
@@ -234,6 +246,56 @@ pub fn apply(
                 _ => Exit::Invalid,
             }
         }
-        ControlReply::Status(_) => Exit::Invalid,
+        ControlReply::Status(_) | ControlReply::Done { .. } => Exit::Invalid,
     }
+}
+
+/// `quorate demo`: a witness workload for the sandbox and the tests. It appends
+/// `start`/`alive`/`stop` records (CLOCK_MONOTONIC) to `QUORATE_WITNESS_JOURNAL` and,
+/// with `--port`, answers HTTP with the node it runs on.
+pub fn demo(port: Option<u16>) -> Exit {
+    let node = std::env::var("QUORATE_NODE").unwrap_or_else(|_| "?".into());
+    let service = std::env::var("QUORATE_SERVICE").unwrap_or_else(|_| "demo".into());
+    let address = std::env::var("QUORATE_NODE_ADDRESS").unwrap_or_else(|_| "127.0.0.1".into());
+    let pid = i32::try_from(std::process::id()).unwrap_or(0);
+    let Some(rt) = runtime() else {
+        return Exit::Invalid;
+    };
+    rt.block_on(async move {
+        use tokio::io::AsyncWriteExt;
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else { return Exit::Invalid };
+        quorate_fence::witness("start", &node, &service, pid);
+        if let Some(port) = port {
+            let listener = match tokio::net::TcpListener::bind((address.as_str(), port)).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("demo {service}: cannot listen on {address}:{port}: {e}");
+                    return Exit::Invalid;
+                }
+            };
+            let body = format!("{service} on {node}\n");
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut s, _)) = listener.accept().await else { continue };
+                    let reply = format!("HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 1024];
+                        let _ = tokio::time::timeout(Duration::from_millis(500), tokio::io::AsyncReadExt::read(&mut s, &mut buf)).await;
+                        let _ = s.write_all(reply.as_bytes()).await;
+                    });
+                }
+            });
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => quorate_fence::witness("alive", &node, &service, pid),
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        quorate_fence::witness("stop", &node, &service, pid);
+        Exit::Ok
+    })
 }

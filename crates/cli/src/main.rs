@@ -151,6 +151,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The per-node fence process (started by the agent; reads lease deadlines and
+    /// workload process groups on stdin and kills the groups when a deadline passes).
+    Fence {
+        /// The node it fences.
+        #[arg(long, value_name = "NAME")]
+        node: String,
+    },
+    /// A witness workload for the sandbox and tests (journal records, HTTP answer).
+    #[command(hide = true)]
+    Demo {
+        /// Answer HTTP on QUORATE_NODE_ADDRESS:PORT with "<service> on <node>".
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// The cluster certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -300,6 +314,14 @@ fn main() -> ExitCode {
             allow_destructive,
             json,
         } => cluster_commands::apply(&paths, &agent, allow_destructive, json),
+        Command::Fence { node } => {
+            if quorate_fence::run(&node) == 0 {
+                exit::Exit::Ok
+            } else {
+                exit::Exit::Invalid
+            }
+        }
+        Command::Demo { port } => cluster_commands::demo(port),
         Command::Ca(CaCommand::Init { dir, cluster }) => pki_commands::ca_init(&dir, &cluster),
         Command::Ca(CaCommand::Sign { csr, ca, out }) => {
             pki_commands::ca_sign(&ca, &csr, out.as_deref())

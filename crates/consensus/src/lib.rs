@@ -315,6 +315,11 @@ impl Consensus {
         Some((id, node))
     }
 
+    /// Reads the applied cluster state without copying it.
+    pub async fn with_state<R>(&self, read: impl FnOnce(&ClusterState) -> R) -> R {
+        read(&self.applied.read().await.state)
+    }
+
     /// A copy of the applied cluster state.
     pub async fn state(&self) -> ClusterState {
         self.applied.read().await.state.clone()

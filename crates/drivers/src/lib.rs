@@ -84,24 +84,42 @@ impl Workload {
     ///
     /// # Errors
     /// Unsupported kind, no command, or a program that cannot be started.
-    pub fn start(service: &str, spec: &ServiceSpec, env: &BTreeMap<String, String>) -> Result<Self, DriverError> {
+    pub fn start(
+        service: &str,
+        spec: &ServiceSpec,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, DriverError> {
         if spec.kind != ServiceKind::Process {
             let kind = format!("{:?}", spec.kind).to_lowercase();
             return Err(DriverError::Unsupported(kind));
         }
         let (program, args) = spec.command.split_first().ok_or(DriverError::NoCommand)?;
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args).envs(&spec.env).envs(env).stdin(std::process::Stdio::null()).process_group(0).kill_on_drop(false);
+        cmd.args(args)
+            .envs(&spec.env)
+            .envs(env)
+            .stdin(std::process::Stdio::null())
+            .process_group(0)
+            .kill_on_drop(false);
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }
-        let child = cmd.spawn().map_err(|source| DriverError::Spawn { program: program.clone(), source })?;
+        let child = cmd.spawn().map_err(|source| DriverError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         Ok(Self {
-            record: WorkloadRecord { service: service.to_string(), pid, pgid: pid },
+            record: WorkloadRecord {
+                service: service.to_string(),
+                pid,
+                pgid: pid,
+            },
             child: Some(child),
             stop_signal: signal_of(spec.stop_signal.as_deref()),
-            stop_timeout: spec.stop_timeout.map_or(Duration::from_secs(10), quorate_spec::SpecDuration::get),
+            stop_timeout: spec
+                .stop_timeout
+                .map_or(Duration::from_secs(10), quorate_spec::SpecDuration::get),
         })
     }
 
@@ -112,7 +130,9 @@ impl Workload {
             record,
             child: None,
             stop_signal: signal_of(spec.and_then(|s| s.stop_signal.as_deref())),
-            stop_timeout: spec.and_then(|s| s.stop_timeout).map_or(Duration::from_secs(10), quorate_spec::SpecDuration::get),
+            stop_timeout: spec
+                .and_then(|s| s.stop_timeout)
+                .map_or(Duration::from_secs(10), quorate_spec::SpecDuration::get),
         }
     }
 
@@ -120,7 +140,11 @@ impl Workload {
     pub fn exited(&mut self) -> Option<Exit> {
         match &mut self.child {
             Some(child) => match child.try_wait() {
-                Ok(Some(status)) => Some(if status.success() { Exit::Success } else { Exit::Failure }),
+                Ok(Some(status)) => Some(if status.success() {
+                    Exit::Success
+                } else {
+                    Exit::Failure
+                }),
                 Ok(None) => None,
                 Err(_) => Some(Exit::Failure),
             },
@@ -165,7 +189,10 @@ impl Workload {
 pub fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state is the field after the ")" that closes the command name.
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z" && state != "X"),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
     }
 }
@@ -175,7 +202,10 @@ mod tests {
     use super::*;
 
     fn spec(command: &[&str]) -> ServiceSpec {
-        serde_json::from_value(serde_json::json!({"kind": "process", "command": command, "stop_timeout": "300ms"})).unwrap()
+        serde_json::from_value(
+            serde_json::json!({"kind": "process", "command": command, "stop_timeout": "300ms"}),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -183,8 +213,12 @@ mod tests {
         // The shell ignores TERM and forks a child: only the group SIGKILL ends both.
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("child.pid");
-        let script = format!("trap '' TERM; sleep 1000 & echo $! > {}; wait", pidfile.display());
-        let mut w = Workload::start("svc", &spec(&["/bin/sh", "-c", &script]), &BTreeMap::new()).unwrap();
+        let script = format!(
+            "trap '' TERM; sleep 1000 & echo $! > {}; wait",
+            pidfile.display()
+        );
+        let mut w =
+            Workload::start("svc", &spec(&["/bin/sh", "-c", &script]), &BTreeMap::new()).unwrap();
         let mut child_pid = None;
         for _ in 0..100 {
             if let Ok(text) = std::fs::read_to_string(&pidfile) {
@@ -205,17 +239,28 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(!pid_alive(child_pid), "the forked child died with its group");
+        assert!(
+            !pid_alive(child_pid),
+            "the forked child died with its group"
+        );
     }
 
     #[tokio::test]
     async fn env_and_exit_status_are_reported() {
         let env = [("QUORATE_NODE".to_string(), "n1".to_string())].into();
-        let mut ok = Workload::start("a", &spec(&["/bin/sh", "-c", "test \"$QUORATE_NODE\" = n1"]), &env).unwrap();
+        let mut ok = Workload::start(
+            "a",
+            &spec(&["/bin/sh", "-c", "test \"$QUORATE_NODE\" = n1"]),
+            &env,
+        )
+        .unwrap();
         let mut bad = Workload::start("b", &spec(&["/bin/sh", "-c", "exit 3"]), &env).unwrap();
         let mut results = (None, None);
         for _ in 0..200 {
-            results = (results.0.or_else(|| ok.exited()), results.1.or_else(|| bad.exited()));
+            results = (
+                results.0.or_else(|| ok.exited()),
+                results.1.or_else(|| bad.exited()),
+            );
             if results.0.is_some() && results.1.is_some() {
                 break;
             }
@@ -226,8 +271,13 @@ mod tests {
 
     #[test]
     fn other_kinds_are_refused_clearly() {
-        let s: ServiceSpec = serde_json::from_value(serde_json::json!({"kind": "systemd", "unit": "x.service"})).unwrap();
+        let s: ServiceSpec =
+            serde_json::from_value(serde_json::json!({"kind": "systemd", "unit": "x.service"}))
+                .unwrap();
         let err = Workload::start("x", &s, &BTreeMap::new()).unwrap_err();
-        assert!(err.to_string().contains("no driver for kind `systemd`"), "{err}");
+        assert!(
+            err.to_string().contains("no driver for kind `systemd`"),
+            "{err}"
+        );
     }
 }

@@ -167,8 +167,12 @@ pub enum Command {
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Place { changes, by, .. } => write!(f, "place {} service(s) by {by}", changes.len()),
-            Self::Observe { node, services, .. } => write!(f, "{node} reports {} service(s)", services.len()),
+            Self::Place { changes, by, .. } => {
+                write!(f, "place {} service(s) by {by}", changes.len())
+            }
+            Self::Observe { node, services, .. } => {
+                write!(f, "{node} reports {} service(s)", services.len())
+            }
             Self::Bootstrap { spec, by, .. } => {
                 write!(f, "bootstrap `{}` by {by}", spec.cluster.name)
             }
@@ -218,9 +222,20 @@ impl ClusterState {
     pub fn apply(&mut self, command: &Command) -> CommandResult {
         match command {
             Command::Place { changes, by, at_ms } => self.place(changes, by, *at_ms),
-            Command::Observe { node, services, at_ms } => {
+            Command::Observe {
+                node,
+                services,
+                at_ms,
+            } => {
                 for (service, state) in services {
-                    self.observed.insert(service.clone(), Observed { node: node.clone(), state: state.clone(), at_ms: *at_ms });
+                    self.observed.insert(
+                        service.clone(),
+                        Observed {
+                            node: node.clone(),
+                            state: state.clone(),
+                            at_ms: *at_ms,
+                        },
+                    );
                 }
                 CommandResult::Recorded
             }
@@ -291,18 +306,39 @@ impl ClusterState {
         }
     }
 
-    fn place(&mut self, changes: &BTreeMap<String, (Option<String>, String)>, by: &str, at_ms: u64) -> CommandResult {
+    fn place(
+        &mut self,
+        changes: &BTreeMap<String, (Option<String>, String)>,
+        by: &str,
+        at_ms: u64,
+    ) -> CommandResult {
         for (service, (node, reason)) in changes {
             let epoch = self.next_epoch;
             self.next_epoch += 1;
             let previous = self.placements.get(service).and_then(|a| a.node.clone());
-            if node.is_none() && !self.applied.as_ref().is_some_and(|a| a.spec.services.contains_key(service)) {
+            if node.is_none()
+                && !self
+                    .applied
+                    .as_ref()
+                    .is_some_and(|a| a.spec.services.contains_key(service))
+            {
                 self.placements.remove(service);
                 self.observed.remove(service);
-                self.event(by, at_ms, format!("{service}: removed from the cluster ({reason})"));
+                self.event(
+                    by,
+                    at_ms,
+                    format!("{service}: removed from the cluster ({reason})"),
+                );
                 continue;
             }
-            self.placements.insert(service.clone(), Assignment { node: node.clone(), epoch, reason: reason.clone() });
+            self.placements.insert(
+                service.clone(),
+                Assignment {
+                    node: node.clone(),
+                    epoch,
+                    reason: reason.clone(),
+                },
+            );
             let what = match (&previous, node) {
                 (None, Some(n)) => format!("{service}: start on {n} — {reason}"),
                 (Some(p), Some(n)) => format!("{service}: move {p} → {n} — {reason}"),

@@ -22,16 +22,30 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+pub mod witness;
+
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub names: Vec<String>,
     agents: BTreeMap<String, Child>,
+    /// Extra environment for every agent (and so its fence and workloads).
+    pub env: Vec<(String, String)>,
 }
 
 impl TestCluster {
     /// Writes a spec with `n` nodes, locks it, creates a CA and one certificate per node.
     pub fn new(n: usize) -> Self {
+        Self::with_services(n, "")
+    }
+
+    /// A witness service: `quorate demo` (journal records; HTTP when `port` is given).
+    pub fn demo_service(name: &str, extra: &str) -> String {
+        format!("\n[services.{name}]\nkind = \"process\"\ncommand = [{:?}, \"demo\"]\nstop_timeout = \"2s\"\n{extra}\n", quorate_bin())
+    }
+
+    /// Like [`new`](Self::new), with `services` (TOML) appended to the spec.
+    pub fn with_services(n: usize, services: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
@@ -42,12 +56,15 @@ impl TestCluster {
                 i + 1
             ));
         }
+        spec.push_str(services);
         std::fs::write(dir.path().join("quorate.toml"), spec).unwrap();
+        let journal = dir.path().join("journal").to_string_lossy().into_owned();
         let c = Self {
             dir,
             port,
             names,
             agents: BTreeMap::new(),
+            env: vec![("QUORATE_WITNESS_JOURNAL".into(), journal)],
         };
         c.ok(&["lock"]);
         c.ok(&["ca", "init", "ca", "--cluster", "test"]);
@@ -120,6 +137,7 @@ impl TestCluster {
             ])
             .current_dir(self.path())
             .env("QUORATE_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -134,6 +152,91 @@ impl TestCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Power loss: kill -9 of the node's agent, its fence and its workloads together,
+    /// and a `poweroff` record in the journal (nothing on that node can log any more).
+    pub fn poweroff(&mut self, name: &str) {
+        let dd = self.data_dir(name);
+        let fence: Option<i32> = std::fs::read_to_string(dd.join("fence.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        let groups: Vec<i32> = std::fs::read(dd.join("workloads.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| {
+                v.as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|r| r["pgid"].as_i64().and_then(|p| i32::try_from(p).ok()))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        self.kill(name);
+        if let Some(f) = fence {
+            let _ = Command::new("kill")
+                .args(["-9", &f.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        for g in groups {
+            let _ = Command::new("kill")
+                .args(["-9", "--", &format!("-{g}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+        witness::append(
+            &self.journal(),
+            &format!("poweroff {} {name} - 0", witness::mono_ns()),
+        );
+    }
+
+    /// SIGSTOP / SIGCONT of the node's agent only.
+    pub fn signal(&self, name: &str, signal: &str) {
+        let pid = self.pid(name).unwrap();
+        assert!(Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.path().join("journal")
+    }
+
+    /// Where `service` runs and in what state, as `name`'s status (through the leader) says.
+    pub fn service(&self, name: &str, service: &str) -> (Option<String>, String) {
+        let (_, r) = self.status(name, false);
+        r["services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == service))
+            .map_or((None, String::new()), |s| {
+                (
+                    s["node"].as_str().map(String::from),
+                    s["state"].as_str().unwrap_or("").to_string(),
+                )
+            })
+    }
+
+    /// Waits until `service` runs on a node other than `not_on`; returns that node.
+    pub fn wait_running_elsewhere(&self, ask: &str, service: &str, not_on: Option<&str>) -> String {
+        let mut at = String::new();
+        self.wait_for(
+            &format!("{service} to run (not on {not_on:?})"),
+            Duration::from_secs(40),
+            || {
+                let (node, state) = self.service(ask, service);
+                match node {
+                    Some(n) if state == "running" && Some(n.as_str()) != not_on => {
+                        at = n;
+                        true
+                    }
+                    _ => false,
+                }
+            },
+        );
+        at
     }
 
     pub fn pid(&self, name: &str) -> Option<u32> {
@@ -209,6 +312,17 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        // Power off every node: agents, fences and workloads all go.
+        let names: Vec<String> = self.names.clone();
+        for n in names {
+            if let Some(pid) = self.pid(&n) {
+                let _ = Command::new("kill")
+                    .args(["-CONT", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            self.poweroff(&n);
+        }
         let names: Vec<String> = self.agents.keys().cloned().collect();
         for n in names {
             self.kill(&n);

@@ -1,0 +1,228 @@
+//! Leases and relocation, the leader's side and the follower's side.
+//!
+//! **Safety rule (DESIGN invariant 1):** the leader assigns a service to a node only
+//! when no other node may still run it: the previous holder reported it stopped, or
+//! that holder's lease has surely expired — `last renewal acknowledged + TTL + drift
+//! margin` on the leader's own clock, and a new leader first waits a full TTL + drift
+//! margin, because leases granted by its predecessor are unknown to it. A move between
+//! two live nodes is therefore two steps: stop on the old node, then (after its
+//! report) start on the new one.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use quorate_consensus::Command;
+use quorate_scheduler::{place, Input, NodeState};
+use quorate_state::AdminState;
+
+use crate::cluster::PeerMessage;
+use crate::Node;
+
+/// The leader's view of everyone's lease. Lives in the leader's memory only.
+#[derive(Debug, Default)]
+pub struct LeaseTable {
+    /// When each node's last renewal was acknowledged.
+    acks: BTreeMap<String, Instant>,
+    /// When this node became leader (None while it is not).
+    leader_since: Option<Instant>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+}
+
+impl Node {
+    fn lease_ttl(&self) -> Duration {
+        self.local.spec.cluster.timings.lease_ttl.get()
+    }
+
+    fn lease_expired_after(&self) -> Duration {
+        self.lease_ttl() + self.local.spec.cluster.timings.drift_margin.get()
+    }
+
+    /// On the leader: acknowledges a renewal from `node` once a majority confirms this
+    /// node still leads (so a deposed leader cannot extend anyone's lease). Returns the
+    /// leader's applied index: the holder may act on its assignments only once its own
+    /// state has applied that far, so a node waking from a pause cannot start work from
+    /// a stale view with a fresh lease.
+    pub(crate) async fn grant_lease(&self, node: &str) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        if self
+            .consensus
+            .confirm_leadership(self.lease_ttl() / 3)
+            .await
+            .is_err()
+        {
+            return None;
+        }
+        if let Ok(mut t) = self.leases.lock() {
+            t.acks.insert(node.to_string(), Instant::now());
+        }
+        Some(self.consensus.status().applied.unwrap_or(0))
+    }
+
+    /// On any node: asks the leader to renew this node's lease; returns the index this
+    /// node must have applied before it may start anything under the new lease.
+    pub(crate) async fn renew_lease(&self) -> Option<u64> {
+        if self.is_leader() {
+            return self.grant_lease(&self.name).await;
+        }
+        let (_, leader) = self.consensus.leader()?;
+        let reply = self
+            .call_peer(
+                "lease",
+                &leader,
+                &PeerMessage::RenewLease,
+                self.lease_ttl() / 3,
+            )
+            .await
+            .ok()?;
+        (reply["ok"] == true).then(|| reply["applied"].as_u64().unwrap_or(u64::MAX))
+    }
+
+    /// On the leader: commits service states reported by `node`.
+    pub(crate) async fn record_observed(
+        &self,
+        node: &str,
+        services: BTreeMap<String, String>,
+    ) -> bool {
+        if !self.is_leader() {
+            return false;
+        }
+        let command = Command::Observe {
+            node: node.to_string(),
+            services,
+            at_ms: now_ms(),
+        };
+        self.consensus
+            .write(command, self.lease_ttl())
+            .await
+            .is_ok()
+    }
+
+    /// On any node: sends this node's service states to the leader.
+    pub(crate) async fn observe(&self, services: BTreeMap<String, String>) -> bool {
+        if self.is_leader() {
+            return self.record_observed(&self.name, services).await;
+        }
+        let Some((_, leader)) = self.consensus.leader() else {
+            return false;
+        };
+        let reply = self
+            .call_peer(
+                "observe",
+                &leader,
+                &PeerMessage::Observe { services },
+                self.lease_ttl(),
+            )
+            .await;
+        reply.is_ok_and(|v| v["ok"] == true)
+    }
+
+    /// The leader's view of each node, for the scheduler: down only when its lease has
+    /// surely expired.
+    pub(crate) fn node_states(
+        &self,
+        spec: &quorate_spec::Spec,
+        admin: &BTreeMap<String, AdminState>,
+    ) -> BTreeMap<String, NodeState> {
+        let expired_after = self.lease_expired_after();
+        let Ok(mut table) = self.leases.lock() else {
+            return BTreeMap::new();
+        };
+        let since = *table.leader_since.get_or_insert_with(Instant::now);
+        let in_grace = since.elapsed() <= expired_after;
+        spec.nodes
+            .keys()
+            .map(|name| {
+                let alive = *name == self.name
+                    || in_grace
+                    || table
+                        .acks
+                        .get(name)
+                        .is_some_and(|t| t.elapsed() <= expired_after);
+                let state = match (alive, admin.get(name)) {
+                    (false, _) => NodeState::Down,
+                    (true, Some(AdminState::Draining)) => NodeState::Draining,
+                    (true, Some(AdminState::Maintenance)) => NodeState::Maintenance,
+                    (true, _) => NodeState::Up,
+                };
+                (name.clone(), state)
+            })
+            .collect()
+    }
+
+    /// Called when this node is not the leader: forget the lease table.
+    pub(crate) fn step_down(&self) {
+        if let Ok(mut t) = self.leases.lock() {
+            t.acks.clear();
+            t.leader_since = None;
+        }
+    }
+
+    /// On the leader: runs the scheduler and commits the changes it may make now.
+    pub(crate) async fn schedule(&self) {
+        let proposal = self
+            .consensus
+            .with_state(|st| {
+                let applied = st.applied.as_ref()?;
+                let spec = &applied.spec;
+                let states = self.node_states(spec, &st.admin);
+                let current: BTreeMap<String, String> = st.placements.iter().filter_map(|(s, a)| a.node.clone().map(|n| (s.clone(), n))).collect();
+                let placements = place(&Input { spec, nodes: &states, current: &current });
+                let mut changes: BTreeMap<String, (Option<String>, String)> = BTreeMap::new();
+                for (service, p) in &placements {
+                    let now = st.placements.get(service).and_then(|a| a.node.clone());
+                    if now == p.node {
+                        if now.is_none() && st.placements.get(service).is_none_or(|a| a.reason != p.reason) {
+                            changes.insert(service.clone(), (None, p.reason.clone()));
+                        }
+                        continue;
+                    }
+                    match (&now, &p.node) {
+                        // Leaving a node that may still run it: stop there first.
+                        (Some(old), Some(new)) if states.get(old) != Some(&NodeState::Down) => {
+                            changes.insert(service.clone(), (None, format!("stopping on {old} before it moves to {new}: {}", p.reason)));
+                        }
+                        (_, Some(new)) => {
+                            let elsewhere = st.observed.get(service).filter(|o| o.node != *new && o.may_run() && states.get(&o.node) != Some(&NodeState::Down));
+                            if let Some(o) = elsewhere {
+                                tracing::debug!(service, holder = %o.node, "waiting for the previous holder to stop before placing");
+                                continue;
+                            }
+                            changes.insert(service.clone(), (Some(new.clone()), p.reason.clone()));
+                        }
+                        (_, None) => {
+                            changes.insert(service.clone(), (None, p.reason.clone()));
+                        }
+                    }
+                }
+                // Services no longer in the spec.
+                for (service, a) in &st.placements {
+                    if !spec.services.contains_key(service) {
+                        changes.insert(service.clone(), (None, format!("removed from the spec (was on {})", a.node.as_deref().unwrap_or("no node"))));
+                    }
+                }
+                Some(changes)
+            })
+            .await;
+        let Some(changes) = proposal.filter(|c| !c.is_empty()) else {
+            return;
+        };
+        for (service, (node, reason)) in &changes {
+            tracing::info!(service, node = node.as_deref().unwrap_or("-"), "{reason}");
+        }
+        let command = Command::Place {
+            changes,
+            by: self.name.clone(),
+            at_ms: now_ms(),
+        };
+        if let Err(e) = self.consensus.write(command, self.lease_ttl()).await {
+            tracing::warn!("cannot commit placements: {e}");
+        }
+    }
+}

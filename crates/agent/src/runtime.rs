@@ -1,0 +1,427 @@
+//! What runs on this node: the lease, the fence process, and the level-triggered
+//! reconciler that makes the node's workloads match its committed assignments.
+//!
+//! A workload starts only while this node holds a valid lease; the lease is renewed
+//! every TTL/3 through the leader, which confirms its quorum before it answers. The
+//! deadline counts from when the renewal was *sent*, on this node's monotonic clock,
+//! so it always ends before the leader's own count (leader: last acknowledgement +
+//! TTL + drift margin). The fence process gets every new deadline and the list of
+//! workload process groups; if the agent stops renewing for any reason, the fence
+//! kills them at the deadline.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quorate_drivers::{Exit, Workload, WorkloadRecord};
+use quorate_fence::mono_ns;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use crate::Node;
+
+/// The lease as persisted in the data dir, so that a restarted agent knows whether
+/// the workloads it finds still run under a valid lease.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct LeaseFile {
+    /// CLOCK_MONOTONIC deadline in ns (valid across processes until reboot).
+    deadline_ns: u64,
+    /// Boot id: a deadline from another boot means nothing.
+    boot_id: String,
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+struct Tracked {
+    workload: Workload,
+    state: &'static str,
+}
+
+/// The node-local side of failover.
+pub struct Runtime {
+    node: Arc<Node>,
+    data_dir: PathBuf,
+    deadline_ns: AtomicU64,
+    /// Raft index this node must have applied before it starts work under its lease.
+    lease_index: AtomicU64,
+    workloads: Mutex<BTreeMap<String, Tracked>>,
+    fence: Mutex<Option<(tokio::process::Child, tokio::process::ChildStdin)>>,
+    /// States not yet accepted by the leader.
+    unreported: Mutex<BTreeMap<String, String>>,
+    /// Services whose restart budget is spent (reported failed) while assigned here.
+    given_up: Mutex<BTreeSet<String>>,
+    /// Recent starts of each service, for the restart budget.
+    starts: Mutex<BTreeMap<String, VecDeque<Instant>>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    pub(crate) fn new(node: Arc<Node>, data_dir: PathBuf) -> Self {
+        Self {
+            node,
+            data_dir,
+            deadline_ns: AtomicU64::new(0),
+            lease_index: AtomicU64::new(u64::MAX),
+            workloads: Mutex::default(),
+            fence: Mutex::default(),
+            unreported: Mutex::default(),
+            given_up: Mutex::default(),
+            starts: Mutex::default(),
+        }
+    }
+
+    fn ttl(&self) -> Duration {
+        self.node.local.spec.cluster.timings.lease_ttl.get()
+    }
+
+    /// True while this node's lease is valid.
+    pub fn lease_valid(&self) -> bool {
+        mono_ns() < self.deadline_ns.load(Ordering::SeqCst)
+    }
+
+    /// Takes over from a previous agent process: its fence is stopped, and its
+    /// workloads are adopted while their lease is still valid, or killed.
+    pub(crate) async fn adopt_previous(&self) {
+        if let Ok(pid) = std::fs::read_to_string(self.data_dir.join("fence.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                if quorate_drivers::pid_alive(pid) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+        let lease: LeaseFile = std::fs::read(self.data_dir.join("lease.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let records: Vec<WorkloadRecord> = std::fs::read(self.data_dir.join("workloads.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let valid = lease.boot_id == boot_id() && mono_ns() < lease.deadline_ns;
+        let mut table = self.workloads.lock().await;
+        for record in records {
+            if !quorate_drivers::pid_alive(record.pid) {
+                continue;
+            }
+            let spec = self.node.local.spec.services.get(&record.service);
+            let mut workload = Workload::adopt(record.clone(), spec);
+            if valid {
+                tracing::info!(service = %record.service, pid = record.pid, "adopted a workload that still runs under a valid lease");
+                table.insert(
+                    record.service.clone(),
+                    Tracked {
+                        workload,
+                        state: "running",
+                    },
+                );
+            } else {
+                tracing::warn!(service = %record.service, pid = record.pid, "killing a workload whose lease expired while the agent was down");
+                workload.kill();
+                quorate_fence::witness("fence", &self.node.name, &record.service, record.pgid);
+            }
+        }
+        if valid {
+            self.deadline_ns.store(lease.deadline_ns, Ordering::SeqCst);
+        }
+        drop(table);
+        self.persist_workloads().await;
+    }
+
+    /// Starts the fence process (or restarts it if it died).
+    async fn ensure_fence(&self) {
+        let mut fence = self.fence.lock().await;
+        if let Some((child, _)) = fence.as_mut() {
+            if matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+        }
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("quorate"));
+        let spawned = tokio::process::Command::new(exe)
+            .args(["fence", "--node", &self.node.name])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn();
+        match spawned {
+            Ok(mut child) => {
+                let stdin = child.stdin.take();
+                if let (Some(pid), Some(stdin)) = (child.id(), stdin) {
+                    let _ = quorate_files::write_atomic(
+                        &self.data_dir.join("fence.pid"),
+                        pid.to_string().as_bytes(),
+                    );
+                    *fence = Some((child, stdin));
+                }
+            }
+            Err(e) => tracing::error!("cannot start the fence process: {e}"),
+        }
+        drop(fence);
+        self.tell_fence(&format!(
+            "lease {}\n",
+            self.deadline_ns.load(Ordering::SeqCst)
+        ))
+        .await;
+        self.update_fence_groups().await;
+    }
+
+    async fn tell_fence(&self, line: &str) {
+        let mut fence = self.fence.lock().await;
+        if let Some((_, stdin)) = fence.as_mut() {
+            if stdin.write_all(line.as_bytes()).await.is_err() {
+                *fence = None;
+            }
+        }
+    }
+
+    async fn update_fence_groups(&self) {
+        let line = {
+            let table = self.workloads.lock().await;
+            let exclusive = |s: &str| {
+                self.node
+                    .local
+                    .spec
+                    .services
+                    .get(s)
+                    .is_none_or(|x| x.exclusive)
+            };
+            let groups: Vec<String> = table
+                .iter()
+                .filter(|(s, _)| exclusive(s))
+                .map(|(s, t)| format!("{s}={}", t.workload.record.pgid))
+                .collect();
+            format!("groups {}\n", groups.join(" "))
+        };
+        self.tell_fence(&line).await;
+    }
+
+    async fn persist_workloads(&self) {
+        let records: Vec<WorkloadRecord> = self
+            .workloads
+            .lock()
+            .await
+            .values()
+            .map(|t| t.workload.record.clone())
+            .collect();
+        let _ = quorate_files::write_atomic(
+            &self.data_dir.join("workloads.json"),
+            &serde_json::to_vec(&records).unwrap_or_default(),
+        );
+    }
+
+    /// Renews the lease through the leader every TTL/3, forever.
+    pub(crate) async fn keep_lease(self: Arc<Self>) {
+        let period = self.ttl() / 3;
+        loop {
+            let sent = mono_ns();
+            if let Some(index) = self.node.renew_lease().await {
+                self.lease_index.store(index, Ordering::SeqCst);
+                let ttl_ns = u64::try_from(self.ttl().as_nanos()).unwrap_or(u64::MAX);
+                let deadline = sent.saturating_add(ttl_ns);
+                self.deadline_ns.fetch_max(deadline, Ordering::SeqCst);
+                let file = LeaseFile {
+                    deadline_ns: deadline,
+                    boot_id: boot_id(),
+                };
+                let _ = quorate_files::write_atomic(
+                    &self.data_dir.join("lease.json"),
+                    &serde_json::to_vec(&file).unwrap_or_default(),
+                );
+                self.tell_fence(&format!("lease {deadline}\n")).await;
+            }
+            tokio::time::sleep(period).await;
+        }
+    }
+
+    /// The reconciler: every 50 ms, make what runs here match what is assigned here.
+    pub(crate) async fn reconcile_forever(self: Arc<Self>) {
+        loop {
+            self.ensure_fence().await;
+            self.reconcile().await;
+            self.report().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn reconcile(&self) {
+        let me = self.node.name.clone();
+        let (assigned, specs): (
+            BTreeSet<String>,
+            BTreeMap<String, quorate_spec::ServiceSpec>,
+        ) = self
+            .node
+            .consensus
+            .with_state(|st| {
+                let assigned: BTreeSet<String> = st
+                    .placements
+                    .iter()
+                    .filter(|(_, a)| a.node.as_deref() == Some(me.as_str()))
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                let specs = st
+                    .applied
+                    .as_ref()
+                    .map(|a| {
+                        a.spec
+                            .services
+                            .iter()
+                            .filter(|(s, _)| assigned.contains(*s))
+                            .map(|(s, v)| (s.clone(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (assigned, specs)
+            })
+            .await;
+        // Starting needs a valid lease *and* a view at least as new as the lease grant.
+        let caught_up = self.node.consensus.status().applied.unwrap_or(0)
+            >= self.lease_index.load(Ordering::SeqCst);
+        let lease_ok = self.lease_valid();
+        let keep_without_lease = quorate_fence::disabled();
+        let mut changes: BTreeMap<String, String> = BTreeMap::new();
+        let mut to_stop: Vec<(String, Tracked)> = Vec::new();
+        let mut table = self.workloads.lock().await;
+        let mut changed_groups = false;
+        // Exits, and workloads that must stop.
+        let names: Vec<String> = table.keys().cloned().collect();
+        for name in names {
+            let Some(t) = table.get_mut(&name) else {
+                continue;
+            };
+            if let Some(exit) = t.workload.exited() {
+                let state = if exit == Exit::Success {
+                    "stopped"
+                } else {
+                    "failed"
+                };
+                quorate_fence::witness("exit", &me, &name, t.workload.record.pid);
+                changes.insert(name.clone(), state.into());
+                table.remove(&name);
+                changed_groups = true;
+                continue;
+            }
+            if !assigned.contains(&name) || (!lease_ok && !keep_without_lease) {
+                if let Some(t) = table.remove(&name) {
+                    to_stop.push((name.clone(), t));
+                    changes.insert(name, "stopping".into());
+                    changed_groups = true;
+                }
+            }
+        }
+        // Starts: only under a valid lease, from a current view, and within the restart
+        // budget (max_restarts within the window, after the first start).
+        if lease_ok && caught_up {
+            let mut given_up = self.given_up.lock().await;
+            let mut starts = self.starts.lock().await;
+            for (name, spec) in &specs {
+                if table.contains_key(name) || given_up.contains(name) {
+                    continue;
+                }
+                let log = starts.entry(name.clone()).or_default();
+                log.retain(|t| t.elapsed() < spec.restart.window.get());
+                if log.len() > spec.restart.max_restarts as usize {
+                    tracing::warn!(service = %name, "restarted {} times within {}: giving up on this node", spec.restart.max_restarts, spec.restart.window);
+                    given_up.insert(name.clone());
+                    changes.insert(name.clone(), "failed".into());
+                    continue;
+                }
+                log.push_back(Instant::now());
+                let env: BTreeMap<String, String> = [
+                    ("QUORATE_NODE".to_string(), me.clone()),
+                    ("QUORATE_SERVICE".to_string(), name.clone()),
+                    (
+                        "QUORATE_NODE_ADDRESS".to_string(),
+                        self.node
+                            .local
+                            .spec
+                            .nodes
+                            .get(&me)
+                            .map(|n| n.address.to_string())
+                            .unwrap_or_default(),
+                    ),
+                ]
+                .into();
+                match Workload::start(name, spec, &env) {
+                    Ok(workload) => {
+                        tracing::info!(service = %name, pid = workload.record.pid, "started");
+                        table.insert(
+                            name.clone(),
+                            Tracked {
+                                workload,
+                                state: "running",
+                            },
+                        );
+                        changes.insert(name.clone(), "running".into());
+                        changed_groups = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(service = %name, "cannot start: {e}");
+                        given_up.insert(name.clone());
+                        changes.insert(name.clone(), "failed".into());
+                    }
+                }
+            }
+            // A service that leaves this node gets a fresh budget if it comes back.
+            given_up.retain(|s| assigned.contains(s));
+            starts.retain(|s, _| assigned.contains(s));
+        }
+        drop(table);
+        if changed_groups {
+            self.update_fence_groups().await;
+            self.persist_workloads().await;
+        }
+        for (name, mut t) in to_stop {
+            t.state = "stopping";
+            t.workload.stop().await;
+            tracing::info!(service = %name, "stopped");
+            changes.insert(name, "stopped".into());
+        }
+        if !changes.is_empty() {
+            self.unreported.lock().await.extend(changes);
+        }
+    }
+
+    /// Sends states the leader has not accepted yet.
+    async fn report(&self) {
+        let pending = self.unreported.lock().await.clone();
+        if pending.is_empty() {
+            return;
+        }
+        if self.node.observe(pending.clone()).await {
+            let mut unreported = self.unreported.lock().await;
+            for (k, v) in pending {
+                if unreported.get(&k) == Some(&v) {
+                    unreported.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// The states of the workloads this node runs, for status.
+    pub async fn local_states(&self) -> BTreeMap<String, &'static str> {
+        self.workloads
+            .lock()
+            .await
+            .iter()
+            .map(|(k, t)| (k.clone(), t.state))
+            .collect()
+    }
+}

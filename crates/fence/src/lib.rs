@@ -1,0 +1,228 @@
+//! The fence process (`quorate fence`), DESIGN.md's "Fencing protocol".
+//!
+//! The agent starts it with a pipe on its stdin and writes one line after every lease
+//! renewal and every change of what runs:
+//!
+//! ```text
+//! lease <deadline, CLOCK_MONOTONIC nanoseconds>
+//! groups <service>=<pgid> <service>=<pgid> …
+//! ```
+//!
+//! When the deadline passes (agent paused, hung, partitioned) the fence SIGKILLs every
+//! listed process group and appends a `fence` record per service to the witness
+//! journal when one is configured (`QUORATE_WITNESS_JOURNAL`): a SIGKILLed workload
+//! cannot log its own stop. When the pipe closes (the agent died) it keeps waiting for
+//! the deadline, fences, and exits. It does no allocation on the path from deadline to
+//! kill. `QUORATE_UNSAFE_NO_FENCE=1` (tests only, never in the spec) disables the kills.
+//!
+//! **Architecture Invariant:** depends on nothing of quorate; it must keep working
+//! when everything else on the node is stuck.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{killpg, Signal};
+use nix::time::{clock_gettime, ClockId};
+use nix::unistd::Pid;
+
+/// Environment variable that disables fencing (tests only).
+pub const UNSAFE_NO_FENCE: &str = "QUORATE_UNSAFE_NO_FENCE";
+
+/// Environment variable naming the witness journal.
+pub const WITNESS_JOURNAL: &str = "QUORATE_WITNESS_JOURNAL";
+
+/// Most workloads one node fences (more are ignored, with a warning).
+pub const MAX_GROUPS: usize = 4096;
+
+/// CLOCK_MONOTONIC now, in nanoseconds (shared by every process on the machine).
+#[must_use]
+pub fn mono_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        u64::try_from(t.tv_sec())
+            .unwrap_or(0)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::try_from(t.tv_nsec()).unwrap_or(0))
+    })
+}
+
+/// True when fencing is disabled by the test-only environment variable.
+#[must_use]
+pub fn disabled() -> bool {
+    std::env::var(UNSAFE_NO_FENCE).is_ok_and(|v| v == "1")
+}
+
+/// Appends one record to the witness journal, if configured.
+pub fn witness(kind: &str, node: &str, service: &str, pid: i32) {
+    if let Ok(path) = std::env::var(WITNESS_JOURNAL) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            // One write(2) per record: O_APPEND keeps records whole across processes.
+            let _ =
+                f.write_all(format!("{kind} {} {node} {service} {pid}\n", mono_ns()).as_bytes());
+        }
+    }
+}
+
+struct Fence {
+    node: String,
+    deadline: Option<u64>,
+    names: Vec<String>,
+    pgids: Vec<i32>,
+    armed: bool,
+}
+
+impl Fence {
+    fn apply(&mut self, line: &str) {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("lease") => {
+                if let Some(d) = words.next().and_then(|w| w.parse().ok()) {
+                    self.deadline = Some(d);
+                }
+            }
+            Some("groups") => {
+                self.names.clear();
+                self.pgids.clear();
+                for word in words.take(MAX_GROUPS) {
+                    if let Some((name, pgid)) = word.rsplit_once('=') {
+                        if let Ok(pgid) = pgid.parse::<i32>() {
+                            if pgid > 1 {
+                                self.names.push(name.to_string());
+                                self.pgids.push(pgid);
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The deadline has passed: kill everything listed. No allocation before the kills.
+    fn fire(&mut self) {
+        if self.pgids.is_empty() {
+            return;
+        }
+        if self.armed {
+            for pgid in &self.pgids {
+                let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
+            }
+        }
+        let what = if self.armed {
+            "killed"
+        } else {
+            "UNSAFE: fencing disabled, left running"
+        };
+        for (name, pgid) in self.names.iter().zip(&self.pgids) {
+            if self.armed {
+                witness("fence", &self.node, name, *pgid);
+            }
+            eprintln!(
+                "quorate fence: lease of node {} expired: {what} {name} (process group {pgid})",
+                self.node
+            );
+        }
+        self.names.clear();
+        self.pgids.clear();
+    }
+}
+
+/// Runs the fence for `node`, reading the agent's lines from stdin. Returns when the
+/// agent is gone and nothing is left to fence.
+#[must_use]
+pub fn run(node: &str) -> i32 {
+    let mut fence = Fence {
+        node: node.to_string(),
+        deadline: None,
+        names: Vec::with_capacity(64),
+        pgids: Vec::with_capacity(64),
+        armed: !disabled(),
+    };
+    if !fence.armed {
+        eprintln!("quorate fence: {UNSAFE_NO_FENCE}=1 — fencing is DISABLED (tests only)");
+    }
+    let stdin = std::io::stdin();
+    let fd = stdin.as_fd();
+    // Raw reads into fixed buffers: no hidden read-ahead that poll(2) cannot see.
+    let mut chunk = [0u8; 8192];
+    let mut pending: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut agent_gone = false;
+    loop {
+        let now = mono_ns();
+        if fence.deadline.is_some_and(|d| now >= d) {
+            fence.fire();
+        }
+        if agent_gone {
+            if fence.pgids.is_empty() {
+                return 0;
+            }
+            if fence.deadline.is_none() {
+                // Workloads but never a lease: nothing vouches for them.
+                fence.fire();
+                return 0;
+            }
+        }
+        // Sleep until the deadline, or until the agent writes.
+        let wait_ms = fence
+            .deadline
+            .map_or(1000, |d| d.saturating_sub(now) / 1_000_000 + 1)
+            .min(1000);
+        if agent_gone {
+            std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+            continue;
+        }
+        let timeout = PollTimeout::try_from(i32::try_from(wait_ms).unwrap_or(1000))
+            .unwrap_or(PollTimeout::NONE);
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) => {}
+            Ok(_) => match nix::unistd::read(fd, &mut chunk) {
+                Ok(0) | Err(_) => agent_gone = true,
+                Ok(n) => {
+                    pending.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                        if let Ok(line) = std::str::from_utf8(&pending[..end]) {
+                            fence.apply(line);
+                        }
+                        pending.drain(..=end);
+                    }
+                }
+            },
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_set_the_deadline_and_the_groups() {
+        let mut f = Fence {
+            node: "n1".into(),
+            deadline: None,
+            names: Vec::new(),
+            pgids: Vec::new(),
+            armed: false,
+        };
+        f.apply("lease 123\n");
+        f.apply("groups web=4242 db=4343 junk bad=x init=1\n");
+        assert_eq!(f.deadline, Some(123));
+        assert_eq!(f.pgids, vec![4242, 4343]);
+        assert_eq!(f.names, vec!["web", "db"]);
+        f.apply("groups\n");
+        assert!(f.pgids.is_empty());
+    }
+
+    #[test]
+    fn the_monotonic_clock_moves_forward() {
+        let a = mono_ns();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(mono_ns() > a);
+    }
+}
