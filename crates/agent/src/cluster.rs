@@ -262,6 +262,14 @@ impl Node {
             commit_index: raft.committed,
             answered_by: self.name.clone(),
             raft_voters: raft.voters.values().map(|p| p.name.clone()).collect(),
+            recent_events: state
+                .events
+                .iter()
+                .rev()
+                .take(8)
+                .rev()
+                .map(|e| format!("[{}] {}", e.by, e.what))
+                .collect(),
             local_spec_differs: applied.is_some_and(|a| a.hash != self.local.hash),
             nodes,
             services: spec

@@ -107,6 +107,9 @@ pub struct StatusReport {
     pub services: Vec<ServiceStatus>,
     /// Storage resources of the applied spec.
     pub storage: Vec<StorageStatus>,
+    /// The most recent cluster decisions, oldest first.
+    #[serde(default)]
+    pub recent_events: Vec<String>,
 }
 
 /// One node in [`StatusReport`].

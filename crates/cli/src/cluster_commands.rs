@@ -1,7 +1,7 @@
 //! Commands that talk to a running cluster through the local agent: `agent`,
 //! `status`, `apply`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use quorate_api::{ControlReply, ControlRequest, StatusReport};
@@ -23,13 +23,28 @@ pub struct AgentSocket {
     /// The control socket, overriding `<data-dir>/control.sock`.
     #[arg(long, value_name = "PATH", env = "QUORATE_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// Ask a node of the sandbox in DIR (see `quorate sandbox`).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "QUORATE_SANDBOX",
+        conflicts_with = "socket"
+    )]
+    pub sandbox: Option<PathBuf>,
+    /// With --sandbox: which node's agent answers [default: the first one up].
+    #[arg(long, value_name = "NAME", requires = "sandbox")]
+    pub node: Option<String>,
 }
 
 impl AgentSocket {
-    fn path(&self) -> PathBuf {
-        self.socket
+    fn path(&self) -> Result<PathBuf, String> {
+        if let Some(dir) = &self.sandbox {
+            return crate::sandbox::Sandbox::new(dir).socket(self.node.as_deref());
+        }
+        Ok(self
+            .socket
             .clone()
-            .unwrap_or_else(|| self.data_dir.join("control.sock"))
+            .unwrap_or_else(|| self.data_dir.join("control.sock")))
     }
 }
 
@@ -44,23 +59,25 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 
 /// Calls the agent; prints an unreachable agent as exit 4.
 fn call(
-    socket: &Path,
+    socket: &AgentSocket,
     request: &ControlRequest,
     timeout: Duration,
     json: bool,
 ) -> Result<ControlReply, Exit> {
+    let report = |e: &dyn std::fmt::Display| {
+        if json {
+            println!("{}", json!({"ok": false, "error": e.to_string()}));
+        } else {
+            eprintln!("error: {e}");
+        }
+        Exit::NoQuorum
+    };
+    let path = socket.path().map_err(|e| report(&e))?;
     let Some(rt) = runtime() else {
         return Err(Exit::Invalid);
     };
-    rt.block_on(quorate_api::call(socket, request, timeout))
-        .map_err(|e| {
-            if json {
-                println!("{}", json!({"ok": false, "error": e.to_string()}));
-            } else {
-                eprintln!("error: {e}");
-            }
-            Exit::NoQuorum
-        })
+    rt.block_on(quorate_api::call(&path, request, timeout))
+        .map_err(|e| report(&e))
 }
 
 /// `quorate agent`
@@ -136,7 +153,7 @@ fn print_status(r: &StatusReport) {
 /// `quorate status`
 pub fn status(socket: &AgentSocket, local: bool, json: bool) -> Exit {
     let reply = match call(
-        &socket.path(),
+        socket,
         &ControlRequest::Status { local },
         Duration::from_secs(15),
         json,
@@ -202,7 +219,7 @@ pub fn apply(
         lock: Box::new(lock),
         allow_destructive,
     };
-    let reply = match call(&socket.path(), &request, Duration::from_secs(30), json) {
+    let reply = match call(socket, &request, Duration::from_secs(30), json) {
         Ok(r) => r,
         Err(exit) => return exit,
     };

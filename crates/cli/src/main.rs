@@ -5,6 +5,7 @@ mod cluster_commands;
 mod exit;
 mod pki_commands;
 mod render;
+mod sandbox;
 mod spec_commands;
 
 use std::path::PathBuf;
@@ -165,6 +166,13 @@ enum Command {
         #[arg(long)]
         port: Option<u16>,
     },
+    /// A local cluster to watch and break: nodes n1..nN on 127.0.0.1..N, each a real
+    /// agent with its own data dir, fence and certificate, running demo services.
+    ///
+    /// Without an action it starts the sandbox and shows a live view until Ctrl-C (or
+    /// returns once everything runs, with --detach). Then break it from another
+    /// terminal: kill, pause, resume, restart, partition, heal; `down` stops it all.
+    Sandbox(SandboxArgs),
     /// The cluster certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -235,6 +243,65 @@ impl AgentArgs {
             data_dir: self.data_dir,
         }
     }
+}
+
+/// `quorate sandbox` arguments.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct SandboxArgs {
+    #[command(subcommand)]
+    action: Option<SandboxAction>,
+    /// Number of nodes (3 to 9).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Where the sandbox keeps its state.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "QUORATE_SANDBOX",
+        default_value = ".quorate-sandbox",
+        global = true
+    )]
+    dir: PathBuf,
+    /// Return once the cluster is up and every service runs (for scripts).
+    #[arg(long)]
+    detach: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum SandboxAction {
+    /// Power loss: kill -9 the node's agent, fence and services.
+    Kill {
+        /// Node name (n1, n2, …).
+        node: String,
+    },
+    /// SIGSTOP the node's agent (a hung agent); its fence acts when the lease runs out.
+    Pause {
+        /// Node name.
+        node: String,
+    },
+    /// SIGCONT a paused agent.
+    Resume {
+        /// Node name.
+        node: String,
+    },
+    /// Start the node's agent again (after kill), or kill -9 and start it.
+    Restart {
+        /// Node name.
+        node: String,
+    },
+    /// Cut all of the node's peer traffic.
+    Partition {
+        /// Node name.
+        node: String,
+    },
+    /// Restore the node's peer traffic.
+    Heal {
+        /// Node name.
+        node: String,
+    },
+    /// Stop every node, fence and service of the sandbox.
+    Down,
 }
 
 #[derive(Debug, Subcommand)]
@@ -314,6 +381,19 @@ fn main() -> ExitCode {
             allow_destructive,
             json,
         } => cluster_commands::apply(&paths, &agent, allow_destructive, json),
+        Command::Sandbox(args) => {
+            let sandbox = sandbox::Sandbox::new(&args.dir);
+            match args.action {
+                None => sandbox.up(args.nodes, args.detach),
+                Some(SandboxAction::Down) => sandbox.down(),
+                Some(SandboxAction::Kill { node }) => sandbox.fault("kill", &node),
+                Some(SandboxAction::Pause { node }) => sandbox.fault("pause", &node),
+                Some(SandboxAction::Resume { node }) => sandbox.fault("resume", &node),
+                Some(SandboxAction::Restart { node }) => sandbox.fault("restart", &node),
+                Some(SandboxAction::Partition { node }) => sandbox.fault("partition", &node),
+                Some(SandboxAction::Heal { node }) => sandbox.fault("heal", &node),
+            }
+        }
         Command::Fence { node } => {
             if quorate_fence::run(&node) == 0 {
                 exit::Exit::Ok
