@@ -65,6 +65,15 @@ enum Bench {
         #[arg(long, default_value_t = 11)]
         runs: usize,
     },
+    /// Failover on `quorate sandbox` (3 real agents, fences, HTTP demo services): time
+    /// from a power loss (kill -9 of agent, fence and services) to the service answering
+    /// HTTP on another node, separately for a follower and for the leader hosting it
+    /// (targets with default timings: median < 2 s and < 3 s).
+    Failover {
+        /// Measurements per case.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
     /// Print the generated spec that `spec` measures (to reproduce or profile it).
     GenSpec {
         /// Nodes.
@@ -459,6 +468,108 @@ fn bench_scheduler(
     }))
 }
 
+fn http_answer(ip: &str, port: u16) -> Option<String> {
+    use std::io::{Read, Write as _};
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().ok()?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(50)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines().last().map(String::from)
+}
+
+fn stats(mut v: Vec<f64>) -> serde_json::Value {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return json!({"runs": 0});
+    }
+    json!({"runs": v.len(), "median_ms": percentile(&v, 0.5), "p90_ms": percentile(&v, 0.9), "min_ms": v[0], "max_ms": v[v.len() - 1]})
+}
+
+/// One trial: a fresh sandbox, a power loss of the leader or of a follower, the time
+/// until the service that ran there answers from another node.
+fn failover_trial(quorate: &Path, kill_leader: bool) -> Result<f64, String> {
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = tmp.path().join("sb");
+    let d = dir.to_str().ok_or("path")?;
+    run(quorate, tmp.path(), &["sandbox", "--detach", "--dir", d])?;
+    let result = (|| {
+        let file: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.join("sandbox.json")).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        let out = run(quorate, tmp.path(), &["status", "--json", "--sandbox", d])?;
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        let leader = report["leader"].as_str().ok_or("no leader")?.to_string();
+        let services = report["services"].as_array().ok_or("no services")?;
+        let pick = services
+            .iter()
+            .find(|s| (s["node"].as_str() == Some(leader.as_str())) == kill_leader)
+            .ok_or("no service on the wanted node")?;
+        let (service, victim) = (
+            pick["name"].as_str().ok_or("name")?.to_string(),
+            pick["node"].as_str().ok_or("node")?.to_string(),
+        );
+        let port = u16::try_from(file["http"][&service].as_u64().ok_or("port")?)
+            .map_err(|e| e.to_string())?;
+        let others: Vec<String> = ["n1", "n2", "n3"]
+            .iter()
+            .filter(|n| **n != victim)
+            .map(|n| (*n).to_string())
+            .collect();
+        let start = Instant::now();
+        run(
+            quorate,
+            tmp.path(),
+            &["sandbox", "kill", &victim, "--dir", d],
+        )?;
+        while start.elapsed() < std::time::Duration::from_secs(30) {
+            for n in &others {
+                let ip = format!("127.0.0.{}", n.trim_start_matches('n'));
+                if http_answer(&ip, port).is_some_and(|b| b == format!("{service} on {n}")) {
+                    return Ok(start.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Err(format!("{service} did not come back within 30 s"))
+    })();
+    let _ = run(quorate, tmp.path(), &["sandbox", "down", "--dir", d]);
+    result
+}
+
+fn bench_failover(quorate: &Path, runs: usize) -> Result<serde_json::Value, String> {
+    let mut follower = Vec::new();
+    let mut leader = Vec::new();
+    for i in 0..runs * 2 {
+        let kill_leader = i % 2 == 1;
+        let ms = failover_trial(quorate, kill_leader)?;
+        eprintln!(
+            "trial {}: {} host: {ms:.0} ms",
+            i + 1,
+            if kill_leader { "leader" } else { "follower" }
+        );
+        if kill_leader {
+            leader.push(ms)
+        } else {
+            follower.push(ms)
+        }
+    }
+    Ok(json!({
+        "bench": "failover",
+        "fault": "power loss (kill -9 of agent, fence and services) of the hosting node",
+        "measured": "from issuing the kill to the service answering HTTP on another node",
+        "timings": {"heartbeat_ms": 100, "election_timeout_ms": 500, "lease_ttl_ms": 1500, "drift_margin_ms": 500},
+        "follower_hosted": stats(follower),
+        "leader_hosted": stats(leader),
+        "targets": {"follower_median_ms": 2000, "leader_median_ms": 3000},
+    }))
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let quorate = cli.quorate.unwrap_or_else(|| {
@@ -483,6 +594,7 @@ fn main() -> std::process::ExitCode {
             services,
             runs,
         } => bench_scheduler(nodes, services, runs.max(1)),
+        Bench::Failover { runs } => bench_failover(&quorate, runs.max(1)),
         Bench::GenSpec {
             nodes,
             services,

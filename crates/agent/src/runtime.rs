@@ -227,12 +227,15 @@ impl Runtime {
         );
     }
 
-    /// Renews the lease through the leader every TTL/3, forever.
+    /// Renews the lease through the leader every TTL/3, forever; after a failed attempt
+    /// (no leader yet, leader unreachable) it tries again after 100 ms, so a change of
+    /// leader does not cost this node its lease.
     pub(crate) async fn keep_lease(self: Arc<Self>) {
         let period = self.ttl() / 3;
         loop {
             let sent = mono_ns();
-            if let Some(index) = self.node.renew_lease().await {
+            let renewed = self.node.renew_lease().await;
+            if let Some(index) = renewed {
                 self.lease_index.store(index, Ordering::SeqCst);
                 let ttl_ns = u64::try_from(self.ttl().as_nanos()).unwrap_or(u64::MAX);
                 let deadline = sent.saturating_add(ttl_ns);
@@ -247,7 +250,12 @@ impl Runtime {
                 );
                 self.tell_fence(&format!("lease {deadline}\n")).await;
             }
-            tokio::time::sleep(period).await;
+            tokio::time::sleep(if renewed.is_some() {
+                period
+            } else {
+                Duration::from_millis(100)
+            })
+            .await;
         }
     }
 

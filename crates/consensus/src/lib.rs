@@ -40,7 +40,7 @@ use crate::types::Raft;
 pub struct Timings {
     /// Heartbeat interval.
     pub heartbeat: Duration,
-    /// Minimum election timeout; the maximum is twice this.
+    /// Election timeout: a dead leader is replaced after 1× to 2× this.
     pub election_timeout: Duration,
 }
 
@@ -145,8 +145,12 @@ impl Consensus {
         let config = Config {
             cluster_name: "quorate".into(),
             heartbeat_interval: hb,
-            election_timeout_min: el,
-            election_timeout_max: el * 2,
+            // openraft starts an election only after its leader lease (= the maximum)
+            // plus a random timeout between min and max. With max = the spec's
+            // election timeout and min = half of it, a dead leader is replaced after
+            // 1× to 2× the spec's value (500–1000 ms by default), as DESIGN intends.
+            election_timeout_min: el / 2,
+            election_timeout_max: el,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(500),
             max_in_snapshot_log_to_keep: 100,
             install_snapshot_timeout: 10_000,
