@@ -554,9 +554,9 @@ fn bench_failover(quorate: &Path, runs: usize) -> Result<serde_json::Value, Stri
             if kill_leader { "leader" } else { "follower" }
         );
         if kill_leader {
-            leader.push(ms)
+            leader.push(ms);
         } else {
-            follower.push(ms)
+            follower.push(ms);
         }
     }
     Ok(json!({
