@@ -31,6 +31,8 @@ pub struct Node {
     clients: Mutex<BTreeMap<String, PeerClient>>,
     /// On the leader: when each node's lease was last renewed.
     pub(crate) leases: std::sync::Mutex<crate::failover::LeaseTable>,
+    /// On the leader: runs of the spec's fence_command.
+    pub(crate) power_fencing: std::sync::Arc<std::sync::Mutex<crate::failover::PowerFencing>>,
 }
 
 fn now_ms() -> u64 {
@@ -82,6 +84,7 @@ impl Node {
             partition,
             clients: Mutex::default(),
             leases: std::sync::Mutex::default(),
+            power_fencing: std::sync::Arc::default(),
         }
     }
 

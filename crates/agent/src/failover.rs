@@ -18,6 +18,17 @@ use quorate_state::AdminState;
 use crate::cluster::PeerMessage;
 use crate::Node;
 
+/// Runs of the spec's `fence_command` (power fencing), on the leader.
+#[derive(Debug, Default)]
+pub struct PowerFencing {
+    /// Nodes fenced since they went down (cleared when a node is up again).
+    done: std::collections::BTreeSet<String>,
+    /// Nodes whose fence command is running.
+    running: std::collections::BTreeSet<String>,
+    /// When a node's last attempt failed (retried after 5 s).
+    failed: BTreeMap<String, Instant>,
+}
+
 /// The leader's view of everyone's lease. Lives in the leader's memory only.
 #[derive(Debug, Default)]
 pub struct LeaseTable {
@@ -164,6 +175,78 @@ impl Node {
         }
     }
 
+    /// True when relocating away from `node` may proceed: no fence command is
+    /// configured, or it has succeeded since the node went down.
+    fn fenced(&self, spec: &quorate_spec::Spec, node: &str) -> bool {
+        spec.cluster.fence_command.is_empty()
+            || self
+                .power_fencing
+                .lock()
+                .is_ok_and(|f| f.done.contains(node))
+    }
+
+    /// Starts the fence command for `node` unless it runs or failed less than 5 s ago.
+    fn start_power_fencing(&self, spec: &quorate_spec::Spec, node: &str) {
+        let Ok(mut f) = self.power_fencing.lock() else {
+            return;
+        };
+        if f.running.contains(node)
+            || f.done.contains(node)
+            || f.failed
+                .get(node)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        {
+            return;
+        }
+        f.running.insert(node.to_string());
+        drop(f);
+        let address = spec
+            .nodes
+            .get(node)
+            .map(|n| n.address.to_string())
+            .unwrap_or_default();
+        let argv: Vec<String> = spec
+            .cluster
+            .fence_command
+            .iter()
+            .map(|a| a.replace("{node}", node).replace("{address}", &address))
+            .collect();
+        let (log, node) = (self.power_fencing.clone(), node.to_string());
+        tokio::spawn(async move {
+            tracing::warn!(
+                node,
+                "running fence_command {argv:?} before relocating its services"
+            );
+            let result = match argv.split_first() {
+                Some((program, args)) => {
+                    tokio::time::timeout(
+                        Duration::from_secs(60),
+                        tokio::process::Command::new(program)
+                            .args(args)
+                            .kill_on_drop(true)
+                            .status(),
+                    )
+                    .await
+                }
+                None => return,
+            };
+            let ok = matches!(result, Ok(Ok(status)) if status.success());
+            if let Ok(mut f) = log.lock() {
+                f.running.remove(&node);
+                if ok {
+                    tracing::warn!(node, "fence_command succeeded: its services may move");
+                    f.done.insert(node);
+                } else {
+                    tracing::error!(
+                        node,
+                        "fence_command failed ({result:?}): its services stay put; retrying in 5 s"
+                    );
+                    f.failed.insert(node, Instant::now());
+                }
+            }
+        });
+    }
+
     /// On the leader: runs the scheduler and commits the changes it may make now.
     pub(crate) async fn schedule(&self) {
         let proposal = self
@@ -175,6 +258,7 @@ impl Node {
                 let current: BTreeMap<String, String> = st.placements.iter().filter_map(|(s, a)| a.node.clone().map(|n| (s.clone(), n))).collect();
                 let placements = place(&Input { spec, nodes: &states, current: &current });
                 let mut changes: BTreeMap<String, (Option<String>, String)> = BTreeMap::new();
+                let mut needs_fence: Vec<String> = Vec::new();
                 for (service, p) in &placements {
                     let now = st.placements.get(service).and_then(|a| a.node.clone());
                     if now == p.node {
@@ -194,6 +278,14 @@ impl Node {
                                 tracing::debug!(service, holder = %o.node, "waiting for the previous holder to stop before placing");
                                 continue;
                             }
+                            // A down node that may still hold it must be power-fenced first
+                            // when the spec says so.
+                            let down_holders = now.iter().chain(st.observed.get(service).filter(|o| o.may_run()).map(|o| &o.node)).filter(|n| *n != new && states.get(*n) == Some(&NodeState::Down));
+                            let unfenced: Vec<String> = down_holders.filter(|n| !self.fenced(spec, n)).cloned().collect();
+                            if !unfenced.is_empty() {
+                                needs_fence.extend(unfenced);
+                                continue;
+                            }
                             changes.insert(service.clone(), (Some(new.clone()), p.reason.clone()));
                         }
                         (_, None) => {
@@ -206,6 +298,9 @@ impl Node {
                     if !spec.services.contains_key(service) {
                         changes.insert(service.clone(), (None, format!("removed from the spec (was on {})", a.node.as_deref().unwrap_or("no node"))));
                     }
+                }
+                for node in &needs_fence {
+                    self.start_power_fencing(spec, node);
                 }
                 Some(changes)
             })

@@ -278,3 +278,51 @@ fn the_checker_judges_synthetic_journals() {
         ("db", "n3", "n1")
     );
 }
+
+#[test]
+fn fence_command_must_succeed_before_services_leave_a_down_node() {
+    let aux = tempfile::tempdir().unwrap();
+    let (flag, log) = (aux.path().join("may-fence"), aux.path().join("fenced"));
+    let mut c = TestCluster::with_services(3, &three_services());
+    // The fence agent succeeds only once the flag exists, and records whom it fenced.
+    let script = format!(
+        "test -e {} && echo {{node}} >> {}",
+        flag.display(),
+        log.display()
+    );
+    let spec_path = c.path().join("quorate.toml");
+    let spec = std::fs::read_to_string(&spec_path).unwrap();
+    std::fs::write(
+        &spec_path,
+        spec.replacen(
+            "name = \"test\"",
+            &format!("name = \"test\"\nfence_command = [\"/bin/sh\", \"-c\", {script:?}]"),
+            1,
+        ),
+    )
+    .unwrap();
+    c.ok(&["lock"]);
+    let (leader, placed) = running_cluster(&mut c);
+    let (service, host) = placed.iter().find(|(_, n)| *n != leader).cloned().unwrap();
+    c.poweroff(&host);
+    // Lease long expired, but the fence agent keeps failing: the service stays put.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        c.service(&leader, &service).0.as_deref(),
+        Some(host.as_str()),
+        "no relocation before power fencing succeeds"
+    );
+    assert!(
+        c.log(&leader).contains("fence_command failed"),
+        "{}",
+        c.log(&leader)
+    );
+    std::fs::write(&flag, "").unwrap();
+    c.wait_running_elsewhere(&leader, &service, Some(&host));
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap().trim(),
+        host,
+        "the fence agent was told which node to fence"
+    );
+    assert_no_double_run(&c);
+}

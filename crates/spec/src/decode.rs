@@ -412,6 +412,7 @@ pub fn decode(root: &Node) -> Decoded {
         cluster: Cluster {
             name: String::new(),
             timings: Timings::default(),
+            fence_command: Vec::new(),
         },
         nodes: BTreeMap::new(),
         network: Network::default(),
@@ -502,7 +503,7 @@ fn finish(d: Decoder, spec: Spec, broken: BTreeSet<String>) -> Decoded {
 /// Keys of each table, for unknown-key suggestions (and a test that they match the schema).
 pub mod keys {
     /// `[cluster]`
-    pub const CLUSTER: &[&str] = &["name", "timings"];
+    pub const CLUSTER: &[&str] = &["name", "timings", "fence_command"];
     /// `[cluster.timings]`
     pub const TIMINGS: &[&str] = &["heartbeat", "election_timeout", "lease_ttl", "drift_margin"];
     /// `[nodes.NAME]`
@@ -576,10 +577,15 @@ fn cluster(d: &mut Decoder, node: &Node, path: &str) -> Option<Cluster> {
             t.finish(d, keys::TIMINGS);
         }
     }
+    let fence_command = f
+        .get("fence_command")
+        .and_then(|(n, p)| d.strings(n, &p, false))
+        .unwrap_or_default();
     f.finish(d, keys::CLUSTER);
     Some(Cluster {
         name: name?,
         timings,
+        fence_command,
     })
 }
 

@@ -38,6 +38,11 @@ pub struct Cluster {
     /// Consensus and lease timings.
     #[serde(default)]
     pub timings: Timings,
+    /// Power fencing (STONITH): argv the leader runs before it relocates services away
+    /// from an unreachable node; `{node}` and `{address}` are replaced. Relocation waits
+    /// for it to exit 0. Empty: rely on leases and the fence process alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fence_command: Vec<String>,
 }
 
 /// `[cluster.timings]` — defaults from DESIGN.md.

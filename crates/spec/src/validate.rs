@@ -187,6 +187,7 @@ pub fn validate(spec: &Spec, spans: &SpanIndex, broken: &BTreeSet<String>) -> Ve
         out: Vec::new(),
     };
     names(&mut c);
+    fence_command(&mut c);
     nodes(&mut c);
     timings(&mut c);
     network(&mut c);
@@ -337,6 +338,23 @@ fn names(c: &mut Checker<'_>) {
                 "the old name still exists",
                 format!("remove the old entry `{old}`, or drop `renamed_from`"),
             );
+        }
+    }
+}
+
+fn fence_command(c: &mut Checker<'_>) {
+    if let Some(first) = c.spec.cluster.fence_command.first() {
+        if !first.starts_with('/') {
+            c.error("spec::fence-command", "cluster.fence_command[0]", format!("fence_command program \"{first}\" is not an absolute path"), "relative program", "give the absolute path of the fence agent, e.g. \"/run/current-system/sw/bin/fence_ipmilan\"");
+        }
+        if !c
+            .spec
+            .cluster
+            .fence_command
+            .iter()
+            .any(|a| a.contains("{node}") || a.contains("{address}"))
+        {
+            c.warning("spec::fence-command", "cluster.fence_command", "fence_command never names the node ({node} or {address}): every run would fence the same machine", "no {node} placeholder", "pass {node} or {address} to the fence agent");
         }
     }
 }
