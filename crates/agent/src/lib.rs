@@ -46,6 +46,8 @@ pub struct AgentConfig {
     pub tls: TlsFiles,
     /// Control socket.
     pub socket: PathBuf,
+    /// Watchdog device for the fence process, if any.
+    pub watchdog: Option<PathBuf>,
 }
 
 /// Why the agent stopped or could not start. Start-up errors change nothing.
@@ -82,6 +84,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         raft_id,
     };
     let write_identity = setup::check_data_dir(&config.data_dir, &identity)?;
+    if let Some(dog) = &config.watchdog {
+        std::fs::OpenOptions::new().write(true).open(dog).map(drop).map_err(|e| AgentError::Input(format!("cannot open the watchdog {}: {e}\n  help: check --watchdog / QUORATE_WATCHDOG, or leave it unset", dog.display())))?;
+    }
     let tls = quorate_pki::load(&config.tls, &config.node).map_err(|e| {
         AgentError::Input(format!("TLS material for `{}`: {e}\n  help: create it with `quorate ca issue {} --ca CA_DIR --out {}`", config.node, config.node, config.data_dir.join("tls").display()))
     })?;
@@ -150,7 +155,11 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         })
     };
     let control_task = tokio::spawn(control::serve(control, node.clone()));
-    let runtime = Arc::new(Runtime::new(node.clone(), config.data_dir.clone()));
+    let runtime = Arc::new(Runtime::new(
+        node.clone(),
+        config.data_dir.clone(),
+        config.watchdog.clone(),
+    ));
     runtime.adopt_previous().await;
     let lease_task = tokio::spawn(runtime.clone().keep_lease());
     let reconcile_task = tokio::spawn(runtime.clone().reconcile_forever());

@@ -60,6 +60,8 @@ pub struct Runtime {
     given_up: Mutex<BTreeSet<String>>,
     /// Recent starts of each service, for the restart budget.
     starts: Mutex<BTreeMap<String, VecDeque<Instant>>>,
+    /// Watchdog device handed to the fence process.
+    watchdog: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -71,7 +73,7 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
-    pub(crate) fn new(node: Arc<Node>, data_dir: PathBuf) -> Self {
+    pub(crate) fn new(node: Arc<Node>, data_dir: PathBuf, watchdog: Option<PathBuf>) -> Self {
         Self {
             node,
             data_dir,
@@ -82,6 +84,7 @@ impl Runtime {
             unreported: Mutex::default(),
             given_up: Mutex::default(),
             starts: Mutex::default(),
+            watchdog,
         }
     }
 
@@ -154,8 +157,12 @@ impl Runtime {
             }
         }
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("quorate"));
-        let spawned = tokio::process::Command::new(exe)
-            .args(["fence", "--node", &self.node.name])
+        let mut command = tokio::process::Command::new(exe);
+        command.args(["fence", "--node", &self.node.name]);
+        if let Some(dog) = &self.watchdog {
+            command.arg("--watchdog").arg(dog);
+        }
+        let spawned = command
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .process_group(0)

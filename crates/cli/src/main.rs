@@ -158,6 +158,9 @@ enum Command {
         /// The node it fences.
         #[arg(long, value_name = "NAME")]
         node: String,
+        /// A watchdog device to pet while nothing is wrong (e.g. /dev/watchdog).
+        #[arg(long, value_name = "DEVICE")]
+        watchdog: Option<PathBuf>,
     },
     /// A witness workload for the sandbox and tests (journal records, HTTP answer).
     #[command(hide = true)]
@@ -218,6 +221,10 @@ pub struct AgentArgs {
     /// Control socket [default: <data-dir>/control.sock].
     #[arg(long, value_name = "PATH", env = "QUORATE_SOCKET")]
     socket: Option<PathBuf>,
+    /// Hardware watchdog the fence process pets (e.g. /dev/watchdog): if fenced
+    /// workloads cannot be confirmed dead, it stops petting and the node is reset.
+    #[arg(long, value_name = "DEVICE", env = "QUORATE_WATCHDOG")]
+    watchdog: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -241,6 +248,7 @@ impl AgentArgs {
             lock,
             node: self.node,
             data_dir: self.data_dir,
+            watchdog: self.watchdog,
         }
     }
 }
@@ -394,8 +402,8 @@ fn main() -> ExitCode {
                 Some(SandboxAction::Heal { node }) => sandbox.fault("heal", &node),
             }
         }
-        Command::Fence { node } => {
-            if quorate_fence::run(&node) == 0 {
+        Command::Fence { node, watchdog } => {
+            if quorate_fence::run(&node, watchdog.as_deref()) == 0 {
                 exit::Exit::Ok
             } else {
                 exit::Exit::Invalid

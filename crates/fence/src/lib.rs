@@ -15,6 +15,11 @@
 //! the deadline, fences, and exits. It does no allocation on the path from deadline to
 //! kill. `QUORATE_UNSAFE_NO_FENCE=1` (tests only, never in the spec) disables the kills.
 //!
+//! With a watchdog device (`--watchdog /dev/watchdog`) it pets the device every
+//! second. After fencing it keeps petting only once every killed group is confirmed
+//! gone (within 5 s); otherwise it stops, and the hardware resets the node. On a clean
+//! exit it writes the magic `V` so the device disarms.
+//!
 //! **Architecture Invariant:** depends on nothing of quorate; it must keep working
 //! when everything else on the node is stuck.
 
@@ -73,6 +78,43 @@ struct Fence {
     names: Vec<String>,
     pgids: Vec<i32>,
     armed: bool,
+    /// Groups killed and not yet confirmed gone, and since when (monotonic ns).
+    unconfirmed: Vec<i32>,
+    unconfirmed_since: u64,
+}
+
+/// How long killed groups may take to disappear before the watchdog is left to fire.
+const CONFIRM_NS: u64 = 5_000_000_000;
+
+/// True while any non-zombie process belongs to process group `pgid`.
+#[must_use]
+pub fn group_alive(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // Fields after the command name: state, ppid, pgrp, …
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next().unwrap_or("");
+        let pgrp = f.nth(1).and_then(|p| p.parse::<i32>().ok());
+        pgrp == Some(pgid) && state != "Z" && state != "X"
+    })
+}
+
+/// Whether to keep petting the watchdog: yes, unless killed groups are still
+/// alive after [`CONFIRM_NS`].
+#[must_use]
+pub fn keep_petting(unconfirmed: bool, unconfirmed_since: u64, now: u64) -> bool {
+    !unconfirmed || now.saturating_sub(unconfirmed_since) < CONFIRM_NS
 }
 
 impl Fence {
@@ -111,6 +153,8 @@ impl Fence {
             for pgid in &self.pgids {
                 let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
             }
+            self.unconfirmed.extend_from_slice(&self.pgids);
+            self.unconfirmed_since = mono_ns();
         }
         let what = if self.armed {
             "killed"
@@ -132,15 +176,31 @@ impl Fence {
 }
 
 /// Runs the fence for `node`, reading the agent's lines from stdin. Returns when the
-/// agent is gone and nothing is left to fence.
+/// agent is gone and nothing is left to fence. With `watchdog`, pets that device.
 #[must_use]
-pub fn run(node: &str) -> i32 {
+pub fn run(node: &str, watchdog: Option<&std::path::Path>) -> i32 {
+    let mut dog = match watchdog {
+        Some(path) => match std::fs::OpenOptions::new().write(true).open(path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!(
+                    "quorate fence: cannot open the watchdog {}: {e}",
+                    path.display()
+                );
+                return 2;
+            }
+        },
+        None => None,
+    };
+    let mut last_pet = 0u64;
     let mut fence = Fence {
         node: node.to_string(),
         deadline: None,
         names: Vec::with_capacity(64),
         pgids: Vec::with_capacity(64),
         armed: !disabled(),
+        unconfirmed: Vec::with_capacity(64),
+        unconfirmed_since: 0,
     };
     if !fence.armed {
         eprintln!("quorate fence: {UNSAFE_NO_FENCE}=1 — fencing is DISABLED (tests only)");
@@ -156,8 +216,25 @@ pub fn run(node: &str) -> i32 {
         if fence.deadline.is_some_and(|d| now >= d) {
             fence.fire();
         }
+        if !fence.unconfirmed.is_empty() {
+            fence.unconfirmed.retain(|g| group_alive(*g));
+        }
+        if let Some(dog) = dog.as_mut() {
+            let petting = keep_petting(!fence.unconfirmed.is_empty(), fence.unconfirmed_since, now);
+            if petting && now.saturating_sub(last_pet) >= 1_000_000_000 {
+                let _ = dog.write_all(b"1").and_then(|()| dog.flush());
+                last_pet = now;
+            } else if !petting && last_pet != u64::MAX {
+                eprintln!("quorate fence: killed workloads of node {} are still alive after 5 s: no longer petting the watchdog, the node will be reset", fence.node);
+                last_pet = u64::MAX;
+            }
+        }
         if agent_gone {
-            if fence.pgids.is_empty() {
+            if fence.pgids.is_empty() && fence.unconfirmed.is_empty() {
+                // A clean end: disarm the watchdog (the magic close).
+                if let Some(dog) = dog.as_mut() {
+                    let _ = dog.write_all(b"V");
+                }
                 return 0;
             }
             if fence.deadline.is_none() {
@@ -209,6 +286,8 @@ mod tests {
             names: Vec::new(),
             pgids: Vec::new(),
             armed: false,
+            unconfirmed: Vec::new(),
+            unconfirmed_since: 0,
         };
         f.apply("lease 123\n");
         f.apply("groups web=4242 db=4343 junk bad=x init=1\n");
@@ -217,6 +296,28 @@ mod tests {
         assert_eq!(f.names, vec!["web", "db"]);
         f.apply("groups\n");
         assert!(f.pgids.is_empty());
+    }
+
+    #[test]
+    fn the_watchdog_is_left_to_fire_only_after_unconfirmed_kills() {
+        assert!(keep_petting(false, 0, u64::MAX));
+        assert!(keep_petting(true, 1_000, 1_000 + CONFIRM_NS - 1));
+        assert!(!keep_petting(true, 1_000, 1_000 + CONFIRM_NS));
+    }
+
+    #[test]
+    fn group_alive_sees_a_live_group_and_not_a_dead_one() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = i32::try_from(child.id()).unwrap();
+        assert!(group_alive(pgid));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!group_alive(pgid));
     }
 
     #[test]
