@@ -41,4 +41,6 @@ cargo test --workspace --locked
 echo "== benchmark smoke run (numbers are not judged here; see docs/BENCHMARKS.md)"
 cargo run --quiet --locked -p quorate-bench -- spec --nodes 50 --services 500 --drbd 50 --runs 1 > /dev/null
 cargo run --quiet --locked -p quorate-bench -- cluster --formations 1 --applies 3 > /dev/null
+cargo run --quiet --locked -p quorate-bench -- scheduler --nodes 100 --services 1000 --runs 1 > /dev/null
+cargo run --quiet --locked -p quorate-bench -- failover --runs 1 > /dev/null 2>&1
 echo "== all checks passed"
