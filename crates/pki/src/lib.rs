@@ -10,8 +10,8 @@
 //! [`peer_node_name`] reads it back from a peer's certificate: a peer is accepted only
 //! as the node its certificate names.
 //!
-//! **Architecture Invariant:** knows nothing of Raft, specs or agents; it deals in
-//! node names, PEM files and rustls configs.
+//! **Architecture Invariant:** knows nothing of Raft or agents; it deals in node
+//! names (valid by the spec's naming rule), PEM files and rustls configs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -104,16 +104,10 @@ fn write_new(path: &Path, text: &str, secret: bool) -> Result<(), PkiError> {
     write(path, text.as_bytes()).map_err(io(path))
 }
 
-/// True for an RFC 1123 host label (the same rule the spec uses for node names).
+/// True for a valid node name: the spec's rule (an RFC 1123 host label).
 #[must_use]
 pub fn is_node_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
+    quorate_spec::validate::is_host_label(name)
 }
 
 fn node_params(node: &str) -> Result<CertificateParams, PkiError> {
