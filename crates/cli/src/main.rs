@@ -6,6 +6,7 @@ mod exit;
 mod pki_commands;
 mod render;
 mod sandbox;
+mod simulate;
 mod spec_commands;
 
 use std::path::PathBuf;
@@ -120,6 +121,27 @@ enum Command {
     },
     /// Print the JSON Schema of the spec (for editors and the NixOS module).
     Schema,
+    /// What if nodes fail or drain? Runs the scheduler the leader runs, offline from the
+    /// spec: where every service would run, which would have nowhere to go, and the order
+    /// of stops and starts. Exits 1 when a service would be unplaceable.
+    Simulate {
+        /// The spec: TOML, or JSON when the name ends in .json.
+        #[arg(
+            value_name = "SPEC",
+            default_value = "quorate.toml",
+            env = "QUORATE_SPEC"
+        )]
+        spec: PathBuf,
+        /// A node that fails (repeatable).
+        #[arg(long, value_name = "NODE")]
+        fail: Vec<String>,
+        /// A node that is drained (repeatable).
+        #[arg(long, value_name = "NODE")]
+        drain: Vec<String>,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run this node's agent: join the cluster of the spec's voters, serve peers over
     /// mutual TLS and the local CLI over `<data-dir>/control.sock`.
     ///
@@ -381,6 +403,12 @@ fn main() -> ExitCode {
             json,
         } => spec_commands::plan(&paths, against.as_deref(), allow_destructive, json),
         Command::Schema => spec_commands::schema(),
+        Command::Simulate {
+            spec,
+            fail,
+            drain,
+            json,
+        } => simulate::run(&spec, &fail, &drain, json),
         Command::Agent(args) => cluster_commands::agent(args.into_config()),
         Command::Status { agent, local, json } => cluster_commands::status(&agent, local, json),
         Command::Apply {

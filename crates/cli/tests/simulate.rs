@@ -1,0 +1,140 @@
+//! `quorate simulate`: the examples survive any single node failure, a DRBD service
+//! whose replicas are all down is unplaceable, and a live cluster does what the
+//! simulation predicted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::TestCluster;
+
+fn simulate(dir: &Path, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let mut all = vec!["simulate", "--json"];
+    all.extend_from_slice(args);
+    let out = Command::new(env!("CARGO_BIN_EXE_quorate"))
+        .args(&all)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn repo() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn every_example_survives_any_single_node_failure() {
+    for example in ["minimal", "homelab"] {
+        let spec = format!("examples/{example}/quorate.toml");
+        let text = std::fs::read_to_string(repo().join(&spec)).unwrap();
+        let parsed = quorate_spec::check(&text, quorate_spec::Format::Toml)
+            .spec
+            .unwrap();
+        for node in parsed.nodes.keys() {
+            let (code, r) = simulate(&repo(), &[&spec, "--fail", node]);
+            assert_eq!(code, Some(0), "{example} with {node} failed: {r:#}");
+            assert_eq!(
+                r["unplaceable"],
+                serde_json::json!([]),
+                "{example} with {node} failed: {r:#}"
+            );
+            for (service, p) in r["services"].as_object().unwrap() {
+                assert_ne!(
+                    p["after"],
+                    node.as_str(),
+                    "{service} still on the failed {node}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn drbd_replicas_all_down_is_unplaceable() {
+    let (code, r) = simulate(
+        &repo(),
+        &[
+            "examples/homelab/quorate.toml",
+            "--fail",
+            "alpha",
+            "--fail",
+            "beta",
+        ],
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        r["unplaceable"].as_array().unwrap().contains(&"db".into()),
+        "{r:#}"
+    );
+    assert!(
+        r["services"]["db"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no replica of DRBD `pgdata`"),
+        "{r:#}"
+    );
+    // Bad input: an unknown node.
+    let out = Command::new(env!("CARGO_BIN_EXE_quorate"))
+        .args([
+            "simulate",
+            "examples/homelab/quorate.toml",
+            "--fail",
+            "delta",
+        ])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`delta` is not a node"));
+}
+
+#[test]
+fn the_live_cluster_does_what_the_simulation_predicted() {
+    let services: String = ["s1", "s2", "s3", "s4"]
+        .iter()
+        .map(|s| TestCluster::demo_service(s, ""))
+        .collect();
+    let mut c = TestCluster::with_services(3, &services);
+    for n in ["n1", "n2", "n3"] {
+        c.start(n);
+    }
+    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    for s in ["s1", "s2", "s3", "s4"] {
+        c.wait_running_elsewhere(&leader, s, None);
+    }
+    let (_, before) = simulate(c.path(), &["quorate.toml"]);
+    for s in ["s1", "s2", "s3", "s4"] {
+        assert_eq!(
+            c.service(&leader, s).0.as_deref(),
+            before["services"][s]["after"].as_str(),
+            "initial placement of {s}"
+        );
+    }
+    let victim = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != leader)
+        .unwrap();
+    let (_, predicted) = simulate(c.path(), &["quorate.toml", "--fail", victim]);
+    c.poweroff(victim);
+    for s in ["s1", "s2", "s3", "s4"] {
+        let want = predicted["services"][s]["after"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        c.wait_for(
+            &format!("{s} on {want} as simulated"),
+            std::time::Duration::from_secs(30),
+            || {
+                let (node, state) = c.service(&leader, s);
+                node.as_deref() == Some(want.as_str()) && state == "running"
+            },
+        );
+    }
+}
