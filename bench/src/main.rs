@@ -420,6 +420,7 @@ fn bench_scheduler(
             spec: &spec,
             nodes: &states,
             current: &empty,
+            pins: &std::collections::BTreeMap::new(),
         });
         cold.push(start.elapsed().as_secs_f64() * 1000.0);
         placed = out;
@@ -448,6 +449,7 @@ fn bench_scheduler(
             spec: &spec,
             nodes: &states,
             current: &current,
+            pins: &std::collections::BTreeMap::new(),
         });
         failover.push(start.elapsed().as_secs_f64() * 1000.0);
         moved = out

@@ -256,7 +256,7 @@ impl Node {
                 let spec = &applied.spec;
                 let states = self.node_states(spec, &st.admin);
                 let current: BTreeMap<String, String> = st.placements.iter().filter_map(|(s, a)| a.node.clone().map(|n| (s.clone(), n))).collect();
-                let placements = place(&Input { spec, nodes: &states, current: &current });
+                let placements = place(&Input { spec, nodes: &states, current: &current, pins: &st.pins });
                 let mut changes: BTreeMap<String, (Option<String>, String)> = BTreeMap::new();
                 let mut needs_fence: Vec<String> = Vec::new();
                 for (service, p) in &placements {

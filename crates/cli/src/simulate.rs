@@ -59,6 +59,7 @@ pub fn simulate(spec: &Spec, fail: &[String], drain: &[String]) -> Simulation {
         spec,
         nodes: &all_up,
         current: &BTreeMap::new(),
+        pins: &std::collections::BTreeMap::new(),
     });
     let current: BTreeMap<String, String> = before
         .iter()
@@ -75,6 +76,7 @@ pub fn simulate(spec: &Spec, fail: &[String], drain: &[String]) -> Simulation {
         spec,
         nodes: &states,
         current: &current,
+        pins: &std::collections::BTreeMap::new(),
     });
     let moved: BTreeSet<String> = after
         .iter()

@@ -29,9 +29,10 @@ use quorate_pki::NodeTls;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+// Fast enough for hundreds of schedules, slack enough for a loaded 2-core machine.
 const TIMINGS: Timings = Timings {
-    heartbeat: Duration::from_millis(25),
-    election_timeout: Duration::from_millis(120),
+    heartbeat: Duration::from_millis(40),
+    election_timeout: Duration::from_millis(200),
 };
 const NODES: usize = 3;
 
@@ -246,7 +247,7 @@ async fn run_schedule(
         n.start(&peers).await;
     }
     let mut final_version = None;
-    for _ in 0..200 {
+    for _ in 0..400 {
         if let Some(leader) = leader_of(&nodes).await {
             if let Ok(CommandResult::Applied { version, .. }) = leader
                 .write(command(10_000, base), Duration::from_millis(500))
@@ -340,7 +341,14 @@ async fn randomized_crash_and_partition_schedules_never_lose_or_reorder_commits(
         let mut set = tokio::task::JoinSet::new();
         for &seed in batch {
             let (root_path, base) = (root_path.clone(), base.clone());
-            set.spawn(async move { run_schedule(seed, &root_path, &base).await });
+            set.spawn(async move {
+                let started = std::time::Instant::now();
+                let acked = run_schedule(seed, &root_path, &base).await;
+                if started.elapsed() > Duration::from_secs(10) {
+                    eprintln!("simulation: seed {seed} took {:?} (slow: no leader for a while after healing)", started.elapsed());
+                }
+                acked
+            });
         }
         while let Some(r) = set.join_next().await {
             total_acked += r.unwrap();

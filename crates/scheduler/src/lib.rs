@@ -54,6 +54,9 @@ pub struct Input<'a> {
     pub nodes: &'a BTreeMap<String, NodeState>,
     /// Current placements (service → node).
     pub current: &'a BTreeMap<String, String>,
+    /// Explicit placements (`quorate move`): service → node. A pinned service goes to
+    /// its node whenever that node is allowed.
+    pub pins: &'a BTreeMap<String, String>,
 }
 
 struct Board<'a> {
@@ -209,7 +212,38 @@ pub fn place(input: &Input<'_>) -> BTreeMap<String, Placement> {
                 continue;
             };
             match placement.node.clone() {
-                Some(node) if !svc.sticky => {
+                // A pinned service moves to its pin as soon as the pin accepts it.
+                Some(node) if input.pins.get(name).is_some_and(|p| *p != node) => {
+                    let pin = input
+                        .pins
+                        .get(name)
+                        .and_then(|p| spec.nodes.get_key_value(p))
+                        .map(|(k, _)| k.as_str());
+                    board.unassign(name, &node, takes_new(input, &node));
+                    match pin.filter(|p| refusal(input, &board, name, svc, p, false).is_none()) {
+                        Some(p) => {
+                            board.assign(name, p, true);
+                            out.insert(
+                                name,
+                                Placement {
+                                    node: Some(p.to_string()),
+                                    reason: format!(
+                                        "moved from {node} to {p} (pinned by quorate move)"
+                                    ),
+                                },
+                            );
+                            changed = true;
+                        }
+                        None => board.assign(
+                            name,
+                            spec.nodes
+                                .get_key_value(&node)
+                                .map_or("", |(k, _)| k.as_str()),
+                            takes_new(input, &node),
+                        ),
+                    }
+                }
+                Some(node) if !svc.sticky && !input.pins.contains_key(name) => {
                     let rank = svc
                         .prefer
                         .iter()
@@ -274,6 +308,24 @@ fn choose<'a>(
     from: Option<(&str, &str)>,
 ) -> Placement {
     let spec = input.spec;
+    let pin = input
+        .pins
+        .get(name)
+        .and_then(|p| spec.nodes.get_key_value(p))
+        .map(|(k, _)| k.as_str());
+    if let Some(p) = pin {
+        if refusal(input, board, name, svc, p, false).is_none() {
+            board.assign(name, p, true);
+            let moved = from.map_or_else(
+                || "placed on ".to_string(),
+                |(n, why)| format!("moved from {n} ({why}) to "),
+            );
+            return Placement {
+                node: Some(p.to_string()),
+                reason: format!("{moved}{p} (pinned by quorate move)"),
+            };
+        }
+    }
     let preferred = svc
         .prefer
         .iter()
@@ -320,4 +372,52 @@ fn choose<'a>(
             }
         }
     }
+}
+
+/// Why `service` may or may not run on each node, given the placements `place` made
+/// for everything else: `None` = allowed, `Some(reason)` = not allowed.
+#[must_use]
+pub fn explain(
+    input: &Input<'_>,
+    placed: &BTreeMap<String, Placement>,
+    service: &str,
+) -> BTreeMap<String, Option<String>> {
+    let spec = input.spec;
+    let Some((name, svc)) = spec.services.get_key_value(service) else {
+        return BTreeMap::new();
+    };
+    let mut board = Board {
+        anti: anti_index(spec),
+        load: BTreeMap::new(),
+        by_load: BTreeSet::new(),
+        placed: BTreeMap::new(),
+    };
+    for (other, p) in placed {
+        if other == service {
+            continue;
+        }
+        if let (Some((o, _)), Some(n)) = (
+            spec.services.get_key_value(other),
+            p.node.as_ref().and_then(|n| spec.nodes.get_key_value(n)),
+        ) {
+            board.placed.insert(o.as_str(), n.0.as_str());
+        }
+    }
+    let current = placed.get(service).and_then(|p| p.node.clone());
+    spec.nodes
+        .keys()
+        .map(|n| {
+            (
+                n.clone(),
+                refusal(
+                    input,
+                    &board,
+                    name,
+                    svc,
+                    n,
+                    current.as_deref() == Some(n.as_str()),
+                ),
+            )
+        })
+        .collect()
 }

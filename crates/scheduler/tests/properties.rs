@@ -13,6 +13,7 @@ struct World {
     spec: Spec,
     nodes: BTreeMap<String, NodeState>,
     current: BTreeMap<String, String>,
+    pins: BTreeMap<String, String>,
 }
 
 fn world() -> impl Strategy<Value = World> {
@@ -26,6 +27,7 @@ fn world() -> impl Strategy<Value = World> {
             prop::option::of((node_idx.clone(), node_idx.clone())),    // drbd replicas
             any::<bool>(),                                             // sticky
             prop::option::of(node_idx.clone()),                        // current node
+            prop::option::weighted(0.2, node_idx.clone()),             // pin (quorate move)
         );
         (prop::collection::vec(state, n_nodes), prop::collection::vec(svc, n_services))
     }).prop_map(|(states, services)| {
@@ -39,7 +41,11 @@ fn world() -> impl Strategy<Value = World> {
         let mut spec_services = BTreeMap::new();
         let mut storage = BTreeMap::new();
         let mut current = BTreeMap::new();
-        for (i, (prefer, avoid, anti, drbd, sticky, cur)) in services.iter().enumerate() {
+        let mut pins = BTreeMap::new();
+        for (i, (prefer, avoid, anti, drbd, sticky, cur, pin)) in services.iter().enumerate() {
+            if let Some(p) = pin {
+                pins.insert(format!("s{i}"), name(*p));
+            }
             let mut svc: ServiceSpec = serde_json::from_value(serde_json::json!({"kind": "process", "command": ["/bin/x"]})).unwrap();
             svc.prefer = prefer.iter().map(|p| name(*p)).collect();
             svc.avoid = avoid.iter().map(|p| name(*p)).collect();
@@ -62,7 +68,7 @@ fn world() -> impl Strategy<Value = World> {
             services: spec_services,
             storage,
         };
-        World { spec, nodes: node_states, current }
+        World { spec, nodes: node_states, current, pins }
     })
 }
 
@@ -71,6 +77,7 @@ fn run(w: &World, current: &BTreeMap<String, String>) -> BTreeMap<String, Placem
         spec: &w.spec,
         nodes: &w.nodes,
         current,
+        pins: &w.pins,
     })
 }
 
@@ -113,11 +120,24 @@ proptest! {
     }
 
     #[test]
+    fn a_pin_wins_when_its_node_is_up_and_allowed_on_its_own(w in world()) {
+        let out = run(&w, &w.current);
+        for (name, pin) in &w.pins {
+            let svc = &w.spec.services[name];
+            let statically_ok = w.nodes[pin] == NodeState::Up && !svc.avoid.contains(pin) && svc.storage.iter().all(|st| w.spec.storage[st].nodes.contains(pin));
+            let anti_neighbour = out.iter().any(|(o, p)| o != name && p.node.as_ref() == Some(pin) && (svc.anti_affinity.contains(o) || w.spec.services[o].anti_affinity.contains(name)));
+            if statically_ok && !anti_neighbour {
+                prop_assert_eq!(out[name].node.as_ref(), Some(pin), "{} pinned to {} but: {}", name, pin, out[name].reason);
+            }
+        }
+    }
+
+    #[test]
     fn a_sticky_service_on_an_allowed_node_stays(w in world()) {
         let out = run(&w, &w.current);
         for (name, node) in &w.current {
             let svc = &w.spec.services[name];
-            if svc.sticky && w.nodes[node] == NodeState::Up && !svc.avoid.contains(node) && svc.storage.iter().all(|st| w.spec.storage[st].nodes.contains(node)) {
+            if svc.sticky && !w.pins.contains_key(name) && w.nodes[node] == NodeState::Up && !svc.avoid.contains(node) && svc.storage.iter().all(|st| w.spec.storage[st].nodes.contains(node)) {
                 // It may only lose its node to anti-affinity with a service placed earlier in pass 1.
                 let kept = out[name].node.as_ref() == Some(node);
                 let blocked = w.current.iter().any(|(o, n)| o < name && n == node && (svc.anti_affinity.contains(o) || w.spec.services[o].anti_affinity.contains(name)));
@@ -141,6 +161,7 @@ fn a_failed_node_moves_its_services_to_the_preferred_survivor() {
         spec: &spec,
         nodes: &nodes,
         current: &BTreeMap::new(),
+        pins: &std::collections::BTreeMap::new(),
     });
     assert_eq!(out["web"].node.as_deref(), Some("a"));
     assert_eq!(out["web"].reason, "placed on a (preferred)");
@@ -150,6 +171,7 @@ fn a_failed_node_moves_its_services_to_the_preferred_survivor() {
         spec: &spec,
         nodes: &nodes,
         current: &current,
+        pins: &std::collections::BTreeMap::new(),
     });
     assert_eq!(out["web"].node.as_deref(), Some("c"));
     assert_eq!(out["web"].reason, "moved from a (down) to c (preferred)");
@@ -160,6 +182,7 @@ fn a_failed_node_moves_its_services_to_the_preferred_survivor() {
         spec: &spec,
         nodes: &nodes,
         current: &current,
+        pins: &std::collections::BTreeMap::new(),
     });
     assert_eq!(out["web"].node.as_deref(), Some("c"));
 }

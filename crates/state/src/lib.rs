@@ -115,6 +115,9 @@ pub struct ClusterState {
     /// Last report about each service, from the node that runs or ran it.
     #[serde(default)]
     pub observed: BTreeMap<String, Observed>,
+    /// Explicit placements (`quorate move`): service → node, until `move --clear`.
+    #[serde(default)]
+    pub pins: BTreeMap<String, String>,
 }
 
 /// A change to the cluster state, ordered by Raft.
@@ -138,6 +141,28 @@ pub enum Command {
         /// The changed assignments only.
         changes: BTreeMap<String, (Option<String>, String)>,
         /// Proposing node (the leader).
+        by: String,
+        /// Proposer's wall clock.
+        at_ms: u64,
+    },
+    /// Pin a service to a node (`quorate move`), or clear the pin (`None`).
+    Pin {
+        /// The service.
+        service: String,
+        /// The node, or `None` to clear.
+        node: Option<String>,
+        /// Proposing node.
+        by: String,
+        /// Proposer's wall clock.
+        at_ms: u64,
+    },
+    /// Set a node's operator state (drain, maintenance, or back to active).
+    SetAdmin {
+        /// The node.
+        node: String,
+        /// The new state.
+        state: AdminState,
+        /// Proposing node.
         by: String,
         /// Proposer's wall clock.
         at_ms: u64,
@@ -170,6 +195,8 @@ impl std::fmt::Display for Command {
             Self::Place { changes, by, .. } => {
                 write!(f, "place {} service(s) by {by}", changes.len())
             }
+            Self::Pin { service, node, .. } => write!(f, "pin {service} to {node:?}"),
+            Self::SetAdmin { node, state, .. } => write!(f, "set {node} to {state:?}"),
             Self::Observe { node, services, .. } => {
                 write!(f, "{node} reports {} service(s)", services.len())
             }
@@ -222,6 +249,51 @@ impl ClusterState {
     pub fn apply(&mut self, command: &Command) -> CommandResult {
         match command {
             Command::Place { changes, by, at_ms } => self.place(changes, by, *at_ms),
+            Command::Pin {
+                service,
+                node,
+                by,
+                at_ms,
+            } => {
+                let what = match node {
+                    Some(n) => {
+                        self.pins.insert(service.clone(), n.clone());
+                        format!("{service}: pinned to {n} (quorate move; `move --clear {service}` removes it)")
+                    }
+                    None => {
+                        self.pins.remove(service);
+                        format!("{service}: pin cleared; normal placement")
+                    }
+                };
+                self.event(by, *at_ms, what);
+                CommandResult::Recorded
+            }
+            Command::SetAdmin {
+                node,
+                state,
+                by,
+                at_ms,
+            } => {
+                if *state == AdminState::Active {
+                    self.admin.remove(node);
+                } else {
+                    self.admin.insert(node.clone(), *state);
+                }
+                self.event(
+                    by,
+                    *at_ms,
+                    format!(
+                        "{node}: {}",
+                        match state {
+                            AdminState::Active => "active again",
+                            AdminState::Draining => "draining: its services move away",
+                            AdminState::Maintenance =>
+                                "in maintenance: keeps what it runs, gets nothing new",
+                        }
+                    ),
+                );
+                CommandResult::Recorded
+            }
             Command::Observe {
                 node,
                 services,
@@ -292,8 +364,11 @@ impl ClusterState {
                     hash: hash.clone(),
                     version,
                 });
-                // Operator states of nodes that no longer exist are dropped.
+                // Operator states of nodes that no longer exist are dropped, and so
+                // are pins to them or of services that no longer exist.
                 self.admin.retain(|n, _| spec.nodes.contains_key(n));
+                self.pins
+                    .retain(|s, n| spec.services.contains_key(s) && spec.nodes.contains_key(n));
                 // So are reports about services that no longer exist; their assignment
                 // is kept until the leader's scheduler removes it (after the stop).
                 self.event(
