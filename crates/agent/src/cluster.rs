@@ -123,6 +123,24 @@ impl Node {
             };
             return ControlReply::Done { message };
         }
+        if let ControlRequest::Events { limit } = request {
+            // The event log is replicated: any node can answer.
+            let events = self
+                .consensus
+                .with_state(|st| {
+                    st.events
+                        .iter()
+                        .rev()
+                        .take(limit)
+                        .rev()
+                        .map(
+                            |e| json!({"seq": e.seq, "at_ms": e.at_ms, "by": e.by, "what": e.what}),
+                        )
+                        .collect()
+                })
+                .await;
+            return ControlReply::Events { events };
+        }
         if let ControlRequest::Status { local: true } = request {
             return self.status(self.is_leader()).await;
         }
@@ -134,8 +152,13 @@ impl Node {
                     lock,
                     allow_destructive,
                 } => self.apply(*spec, *lock, allow_destructive).await,
+                ControlRequest::Move { service, node } => self.move_service(&service, node).await,
+                ControlRequest::SetAdmin { node, state } => self.set_admin(&node, &state).await,
+                ControlRequest::Explain { service } => self.explain(&service).await,
                 // Answered above, on the node that was asked.
-                ControlRequest::Partition { .. } => refused(1, "partition is local to a node"),
+                ControlRequest::Partition { .. } | ControlRequest::Events { .. } => {
+                    refused(1, "answered locally")
+                }
             };
         }
         let leader = self
@@ -153,7 +176,11 @@ impl Node {
             }
             (Ok(reply), _) => reply,
             (Err(_), ControlRequest::Status { .. }) => self.status(false).await,
-            (Err(_), ControlRequest::Partition { .. }) => refused(1, "partition is local to a node"),
+            (Err(_), ControlRequest::Partition { .. } | ControlRequest::Events { .. }) => refused(1, "answered locally"),
+            (Err(why), ControlRequest::Move { .. } | ControlRequest::SetAdmin { .. } | ControlRequest::Explain { .. }) => refused(
+                4,
+                format!("no quorum: {why}; nothing was changed\n  help: a majority of voters must be up and connected; check `quorate status`"),
+            ),
             (Err(why), ControlRequest::Apply { .. }) => refused(
                 4,
                 format!("no quorum: {why}; nothing was changed\n  help: a majority of voters must be up and connected; check `quorate status`"),
@@ -298,7 +325,7 @@ impl Node {
                         name: name.clone(),
                         node,
                         state: status,
-                        pinned: None,
+                        pinned: state.pins.get(name).cloned(),
                         reason: assignment.map(|a| a.reason.clone()).unwrap_or_default(),
                     }
                 })

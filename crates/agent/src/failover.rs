@@ -321,3 +321,184 @@ impl Node {
         }
     }
 }
+
+impl Node {
+    fn refused(exit_code: u8, message: String) -> quorate_api::ControlReply {
+        quorate_api::ControlReply::Refused {
+            exit_code,
+            message,
+            changes: serde_json::Value::Null,
+        }
+    }
+
+    async fn commit(&self, command: Command, done: String) -> quorate_api::ControlReply {
+        match self.consensus.write(command, self.quorum_timeout()).await {
+            Ok(_) => quorate_api::ControlReply::Done { message: done },
+            Err(e) => Self::refused(4, format!("{e}\n  help: a majority of voters must be up and connected; check `quorate status`")),
+        }
+    }
+
+    /// On the leader: `quorate move SVC NODE` (a visible, revocable pin) or `--clear`.
+    pub(crate) async fn move_service(
+        &self,
+        service: &str,
+        node: Option<String>,
+    ) -> quorate_api::ControlReply {
+        let check = self
+            .consensus
+            .with_state(|st| {
+                let applied = st.applied.as_ref().ok_or("the cluster has no spec yet")?;
+                let spec = &applied.spec;
+                if !spec.services.contains_key(service) {
+                    return Err(format!(
+                        "no service `{service}` in the applied spec (services: {:?})",
+                        spec.services.keys().collect::<Vec<_>>()
+                    ));
+                }
+                let Some(target) = &node else {
+                    return if st.pins.contains_key(service) {
+                        Ok(())
+                    } else {
+                        Err(format!("`{service}` is not pinned; nothing to clear"))
+                    };
+                };
+                if !spec.nodes.contains_key(target) {
+                    return Err(format!(
+                        "no node `{target}` (nodes: {:?})",
+                        spec.nodes.keys().collect::<Vec<_>>()
+                    ));
+                }
+                let states = self.node_states(spec, &st.admin);
+                if states.get(target) != Some(&NodeState::Up) {
+                    return Err(format!(
+                        "`{target}` is {:?}: a service can only be moved to an up node",
+                        states.get(target).copied().unwrap_or(NodeState::Down)
+                    )
+                    .to_lowercase());
+                }
+                let current: BTreeMap<String, String> = st
+                    .placements
+                    .iter()
+                    .filter_map(|(s, a)| a.node.clone().map(|n| (s.clone(), n)))
+                    .collect();
+                let input = Input {
+                    spec,
+                    nodes: &states,
+                    current: &current,
+                    pins: &st.pins,
+                };
+                let placed = place(&input);
+                match quorate_scheduler::explain(&input, &placed, service).get(target) {
+                    Some(Some(why)) => Err(format!("`{service}` cannot run on `{target}`: {why}")),
+                    _ => Ok(()),
+                }
+            })
+            .await;
+        if let Err(why) = check {
+            return Self::refused(1, format!("{why}; nothing was changed"));
+        }
+        let done = match &node {
+            Some(n) => format!("{service} is pinned to {n}; it moves there (stop first, then start). `quorate move --clear {service}` removes the pin"),
+            None => format!("{service}'s pin is cleared; normal placement applies (it stays where it is)"),
+        };
+        self.commit(
+            Command::Pin {
+                service: service.to_string(),
+                node,
+                by: self.name.clone(),
+                at_ms: now_ms(),
+            },
+            done,
+        )
+        .await
+    }
+
+    /// On the leader: drain, undrain, maintenance on/off.
+    pub(crate) async fn set_admin(&self, node: &str, state: &str) -> quorate_api::ControlReply {
+        let admin = match state {
+            "active" => AdminState::Active,
+            "draining" => AdminState::Draining,
+            "maintenance" => AdminState::Maintenance,
+            other => {
+                return Self::refused(
+                    1,
+                    format!("unknown node state `{other}` (active, draining, maintenance)"),
+                )
+            }
+        };
+        let check = self
+            .consensus
+            .with_state(|st| {
+                let spec = &st
+                    .applied
+                    .as_ref()
+                    .ok_or("the cluster has no spec yet")?
+                    .spec;
+                if !spec.nodes.contains_key(node) {
+                    return Err(format!(
+                        "no node `{node}` (nodes: {:?})",
+                        spec.nodes.keys().collect::<Vec<_>>()
+                    ));
+                }
+                if admin == AdminState::Draining {
+                    let states = self.node_states(spec, &st.admin);
+                    if !states.iter().any(|(n, s)| n != node && *s == NodeState::Up) {
+                        return Err(format!(
+                            "draining `{node}` would leave no up node to run services"
+                        ));
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(why) = check {
+            return Self::refused(1, format!("{why}; nothing was changed"));
+        }
+        self.commit(
+            Command::SetAdmin {
+                node: node.to_string(),
+                state: admin,
+                by: self.name.clone(),
+                at_ms: now_ms(),
+            },
+            format!("{node} is now {state}"),
+        )
+        .await
+    }
+
+    /// On the leader: why `service` runs where it runs, and why not elsewhere.
+    pub(crate) async fn explain(&self, service: &str) -> quorate_api::ControlReply {
+        self.consensus
+            .with_state(|st| {
+                let Some(applied) = st.applied.as_ref() else {
+                    return Self::refused(1, "the cluster has no spec yet".into());
+                };
+                let spec = &applied.spec;
+                if !spec.services.contains_key(service) {
+                    return Self::refused(1, format!("no service `{service}` in the applied spec"));
+                }
+                let states = self.node_states(spec, &st.admin);
+                let current: BTreeMap<String, String> = st
+                    .placements
+                    .iter()
+                    .filter_map(|(s, a)| a.node.clone().map(|n| (s.clone(), n)))
+                    .collect();
+                let input = Input {
+                    spec,
+                    nodes: &states,
+                    current: &current,
+                    pins: &st.pins,
+                };
+                let placed = place(&input);
+                let assignment = st.placements.get(service);
+                quorate_api::ControlReply::Explain {
+                    service: service.to_string(),
+                    node: assignment.and_then(|a| a.node.clone()),
+                    reason: assignment.map(|a| a.reason.clone()).unwrap_or_default(),
+                    pinned: st.pins.get(service).cloned(),
+                    nodes: quorate_scheduler::explain(&input, &placed, service),
+                }
+            })
+            .await
+    }
+}

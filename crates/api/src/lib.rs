@@ -26,6 +26,30 @@ pub enum ControlRequest {
         #[serde(default)]
         local: bool,
     },
+    /// Pin a service to a node (`quorate move`), or clear its pin.
+    Move {
+        /// The service.
+        service: String,
+        /// The node; `None` clears the pin.
+        node: Option<String>,
+    },
+    /// Set a node's operator state: `active`, `draining` or `maintenance`.
+    SetAdmin {
+        /// The node.
+        node: String,
+        /// `active`, `draining` or `maintenance`.
+        state: String,
+    },
+    /// The most recent cluster decisions.
+    Events {
+        /// At most this many, newest last.
+        limit: usize,
+    },
+    /// Why a service runs where it runs, and why not on each other node.
+    Explain {
+        /// The service.
+        service: String,
+    },
     /// Cut (or restore) all peer traffic of this node: the sandbox's `partition` fault.
     Partition {
         /// True to cut, false to heal.
@@ -48,10 +72,28 @@ pub enum ControlRequest {
 pub enum ControlReply {
     /// Status report.
     Status(Box<StatusReport>),
-    /// A local change was made (partition / heal).
+    /// A change was made (partition / heal, move, drain, maintenance).
     Done {
         /// What was done.
         message: String,
+    },
+    /// Cluster decisions, oldest first.
+    Events {
+        /// Each with `seq`, `at_ms`, `by`, `what`.
+        events: Vec<serde_json::Value>,
+    },
+    /// Why a service runs where it runs.
+    Explain {
+        /// The service.
+        service: String,
+        /// Where it runs (or null).
+        node: Option<String>,
+        /// The scheduler's reason.
+        reason: String,
+        /// Its pin, if any.
+        pinned: Option<String>,
+        /// Node → `null` when it may run there, else why not.
+        nodes: std::collections::BTreeMap<String, Option<String>>,
     },
     /// The spec was committed (or was already the applied one).
     Applied {

@@ -263,7 +263,7 @@ pub fn apply(
                 _ => Exit::Invalid,
             }
         }
-        ControlReply::Status(_) | ControlReply::Done { .. } => Exit::Invalid,
+        _ => Exit::Invalid,
     }
 }
 
@@ -315,4 +315,194 @@ pub fn demo(port: Option<u16>) -> Exit {
         quorate_fence::witness("stop", &node, &service, pid);
         Exit::Ok
     })
+}
+
+/// Prints a reply to a change (move, drain, maintenance) and maps it to an exit code.
+fn done_or_refused(reply: ControlReply, json: bool) -> Exit {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reply).unwrap_or_default()
+        );
+    }
+    match reply {
+        ControlReply::Done { message } => {
+            if !json {
+                eprintln!("{message}");
+            }
+            Exit::Ok
+        }
+        ControlReply::Refused {
+            exit_code, message, ..
+        } => {
+            if !json {
+                eprintln!("{message}");
+            }
+            match exit_code {
+                3 => Exit::Destructive,
+                4 => Exit::NoQuorum,
+                _ => Exit::Invalid,
+            }
+        }
+        _ => Exit::Invalid,
+    }
+}
+
+/// `quorate move SVC NODE` / `quorate move --clear SVC`
+pub fn move_service(socket: &AgentSocket, service: &str, node: Option<String>, json: bool) -> Exit {
+    let request = ControlRequest::Move {
+        service: service.to_string(),
+        node,
+    };
+    match call(socket, &request, Duration::from_secs(15), json) {
+        Ok(reply) => done_or_refused(reply, json),
+        Err(exit) => exit,
+    }
+}
+
+/// `quorate drain|undrain NODE`, `quorate maintenance on|off NODE`. A drain waits,
+/// showing progress, until nothing runs on the node any more (unless `no_wait`).
+pub fn set_admin(socket: &AgentSocket, node: &str, state: &str, wait: bool, json: bool) -> Exit {
+    let request = ControlRequest::SetAdmin {
+        node: node.to_string(),
+        state: state.to_string(),
+    };
+    let exit = match call(socket, &request, Duration::from_secs(15), json) {
+        Ok(reply) => done_or_refused(reply, json),
+        Err(exit) => return exit,
+    };
+    if exit != Exit::Ok || state != "draining" || !wait {
+        return exit;
+    }
+    let start = std::time::Instant::now();
+    let mut last = usize::MAX;
+    loop {
+        let Ok(ControlReply::Status(r)) = call(
+            socket,
+            &ControlRequest::Status { local: false },
+            Duration::from_secs(15),
+            json,
+        ) else {
+            return Exit::NoQuorum;
+        };
+        let left: Vec<String> = r
+            .services
+            .iter()
+            .filter(|s| {
+                s.node.as_deref() == Some(node) || (s.node.is_none() && s.state == "stopping")
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        if left.is_empty() {
+            if !json {
+                eprintln!(
+                    "{node} is drained: nothing runs there ({:.1} s)",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            return Exit::Ok;
+        }
+        if left.len() != last && !json {
+            eprintln!(
+                "waiting for {} service(s) to leave {node}: {}",
+                left.len(),
+                left.join(", ")
+            );
+            last = left.len();
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            eprintln!("error: {node} still runs {} after 5 minutes; see `quorate status` and `quorate explain`", left.join(", "));
+            return Exit::Invalid;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `quorate events`
+pub fn events(socket: &AgentSocket, limit: usize, json: bool) -> Exit {
+    match call(
+        socket,
+        &ControlRequest::Events { limit },
+        Duration::from_secs(15),
+        json,
+    ) {
+        Ok(ControlReply::Events { events }) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&events).unwrap_or_default()
+                );
+            } else {
+                for e in &events {
+                    let secs = e["at_ms"].as_u64().unwrap_or(0) / 1000;
+                    let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
+                    println!(
+                        "{:>5}  {h:02}:{m:02}:{s:02} UTC  [{}] {}",
+                        e["seq"],
+                        e["by"].as_str().unwrap_or("?"),
+                        e["what"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Exit::Ok
+        }
+        Ok(other) => done_or_refused(other, json),
+        Err(exit) => exit,
+    }
+}
+
+/// `quorate explain SVC`
+pub fn explain(socket: &AgentSocket, service: &str, json: bool) -> Exit {
+    match call(
+        socket,
+        &ControlRequest::Explain {
+            service: service.to_string(),
+        },
+        Duration::from_secs(15),
+        json,
+    ) {
+        Ok(reply @ ControlReply::Explain { .. }) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&reply).unwrap_or_default()
+                );
+                return Exit::Ok;
+            }
+            if let ControlReply::Explain {
+                service,
+                node,
+                reason,
+                pinned,
+                nodes,
+            } = reply
+            {
+                println!(
+                    "{service} runs on {}: {reason}",
+                    node.as_deref().unwrap_or("no node")
+                );
+                if let Some(p) = pinned {
+                    println!("pinned to {p} by `quorate move` (clear with `quorate move --clear {service}`)");
+                }
+                println!();
+                for (n, why) in nodes {
+                    let mark = if node.as_deref() == Some(n.as_str()) {
+                        "*"
+                    } else {
+                        " "
+                    };
+                    println!(
+                        " {mark} {n:<20} {}",
+                        why.map_or_else(
+                            || "could run here".to_string(),
+                            |w| format!("not here: {w}")
+                        )
+                    );
+                }
+            }
+            Exit::Ok
+        }
+        Ok(other) => done_or_refused(other, json),
+        Err(exit) => exit,
+    }
 }

@@ -198,6 +198,85 @@ enum Command {
     /// returns once everything runs, with --detach). Then break it from another
     /// terminal: kill, pause, resume, restart, partition, heal; `down` stops it all.
     Sandbox(SandboxArgs),
+    /// Pin a service to a node — an explicit, visible placement that `status` shows —
+    /// or remove the pin with --clear. The service stops on its node, then starts on
+    /// the new one.
+    Move {
+        /// The service.
+        service: String,
+        /// The node to move it to (omit with --clear).
+        #[arg(value_name = "NODE", required_unless_present = "clear")]
+        to: Option<String>,
+        /// Remove the service's pin; it stays where it is and is placed normally again.
+        #[arg(long, conflicts_with = "to")]
+        clear: bool,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move every service off a node (for maintenance or removal); waits, showing
+    /// progress, until nothing runs there.
+    Drain {
+        /// The node to drain.
+        #[arg(value_name = "NODE")]
+        target: String,
+        /// Return once the drain is committed, without waiting.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a drained node run services again.
+    Undrain {
+        /// The node.
+        #[arg(value_name = "NODE")]
+        target: String,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Maintenance mode for a node: it keeps what it runs and gets nothing new.
+    Maintenance {
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+        /// The node.
+        #[arg(value_name = "NODE")]
+        target: String,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The cluster's decision log: what moved where and why.
+    Events {
+        /// How many of the most recent events.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why a service runs where it runs, and why not on each other node.
+    Explain {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Print it as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The cluster certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -417,6 +496,46 @@ fn main() -> ExitCode {
             allow_destructive,
             json,
         } => cluster_commands::apply(&paths, &agent, allow_destructive, json),
+        Command::Move {
+            service,
+            to,
+            clear,
+            agent,
+            json,
+        } => cluster_commands::move_service(&agent, &service, if clear { None } else { to }, json),
+        Command::Drain {
+            target,
+            no_wait,
+            agent,
+            json,
+        } => cluster_commands::set_admin(&agent, &target, "draining", !no_wait, json),
+        Command::Undrain {
+            target,
+            agent,
+            json,
+        } => cluster_commands::set_admin(&agent, &target, "active", false, json),
+        Command::Maintenance {
+            mode,
+            target,
+            agent,
+            json,
+        } => cluster_commands::set_admin(
+            &agent,
+            &target,
+            if mode == "on" {
+                "maintenance"
+            } else {
+                "active"
+            },
+            false,
+            json,
+        ),
+        Command::Events { limit, agent, json } => cluster_commands::events(&agent, limit, json),
+        Command::Explain {
+            service,
+            agent,
+            json,
+        } => cluster_commands::explain(&agent, &service, json),
         Command::Sandbox(args) => {
             let sandbox = sandbox::Sandbox::new(&args.dir);
             match args.action {
@@ -448,4 +567,27 @@ fn main() -> ExitCode {
         }
     };
     exit.into()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_subcommand_definition_is_consistent() {
+        use clap::{CommandFactory, Parser};
+        super::Cli::command().debug_assert();
+        // Subcommands are built lazily: asking each for --help builds (and checks) it.
+        fn walk(path: &mut Vec<String>, cmd: &clap::Command) {
+            for sub in cmd.get_subcommands() {
+                path.push(sub.get_name().to_string());
+                let mut argv = vec!["quorate".to_string()];
+                argv.extend(path.iter().cloned());
+                argv.push("--help".into());
+                let err = super::Cli::try_parse_from(&argv).expect_err("--help ends parsing");
+                assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp, "{argv:?}");
+                walk(path, sub);
+                path.pop();
+            }
+        }
+        walk(&mut Vec::new(), &super::Cli::command());
+    }
 }

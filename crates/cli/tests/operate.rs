@@ -1,0 +1,201 @@
+//! Operating a running cluster: move (a visible, revocable pin), drain/undrain,
+//! maintenance, events, explain — each acknowledged through Raft, none running a
+//! service twice (checked on the witness journal), bad input refused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::witness::{double_runs, runs};
+use support::TestCluster;
+
+fn q(c: &TestCluster, ask: &str, args: &[&str]) -> std::process::Output {
+    let dd = c.data_dir(ask);
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend_from_slice(&["--data-dir", dd.to_str().unwrap()]);
+    c.run(&all)
+}
+
+#[test]
+fn move_drain_maintenance_events_and_explain() {
+    let services: String = ["s1", "s2", "s3"]
+        .iter()
+        .map(|s| TestCluster::demo_service(s, ""))
+        .collect();
+    let mut c = TestCluster::with_services(3, &services);
+    for n in ["n1", "n2", "n3"] {
+        c.start(n);
+    }
+    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    let mut at = std::collections::BTreeMap::new();
+    for s in ["s1", "s2", "s3"] {
+        at.insert(s, c.wait_running_elsewhere(&leader, s, None));
+    }
+    let follower = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != leader)
+        .unwrap();
+
+    // move: stop on the old node, then start on the new one; status shows the pin.
+    let target = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != at["s1"])
+        .unwrap();
+    let out = q(&c, follower, &["move", "s1", target]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_for("s1 on its pinned node", Duration::from_secs(30), || {
+        c.service(&leader, "s1") == (Some(target.to_string()), "running".to_string())
+    });
+    let (_, r) = c.status(&leader, false);
+    let s1 = r["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "s1")
+        .unwrap()
+        .clone();
+    assert_eq!(s1["pinned"], target, "{s1:#}");
+    // explain names the pin and each node.
+    let out = q(&c, &leader, &["explain", "s1", "--json"]);
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["pinned"], target);
+    assert_eq!(e["nodes"].as_object().unwrap().len(), 3, "{e:#}");
+    // move --clear removes the pin and leaves s1 where it is.
+    assert_eq!(
+        q(&c, &leader, &["move", "--clear", "s1"]).status.code(),
+        Some(0)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, r) = c.status(&leader, false);
+    let s1 = r["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "s1")
+        .unwrap()
+        .clone();
+    assert!(s1["pinned"].is_null(), "{s1:#}");
+    assert_eq!(s1["node"], target, "no hidden leftover, no move back");
+
+    // Bad input changes nothing.
+    for (args, expected) in [
+        (vec!["move", "s1", "n9"], "no node `n9`"),
+        (vec!["move", "nope", "n1"], "no service `nope`"),
+        (vec!["move", "--clear", "s2"], "not pinned"),
+        (vec!["drain", "n9"], "no node `n9`"),
+    ] {
+        let out = q(&c, &leader, &args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(expected),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // drain waits until nothing runs on the node; undrain makes it usable again.
+    let drained = at["s2"].clone();
+    let out = q(&c, &leader, &["drain", &drained]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is drained"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, r) = c.status(&leader, false);
+    assert!(
+        r["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["node"] != drained.as_str()),
+        "{r:#}"
+    );
+    assert_eq!(
+        r["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == drained.as_str())
+            .unwrap()["state"],
+        "draining"
+    );
+    // Draining every other up node too would leave nothing: refused.
+    let others: Vec<&str> = ["n1", "n2", "n3"]
+        .into_iter()
+        .filter(|n| *n != drained)
+        .collect();
+    assert_eq!(
+        q(&c, &leader, &["drain", others[0], "--no-wait"])
+            .status
+            .code(),
+        Some(0)
+    );
+    let out = q(&c, &leader, &["drain", others[1]]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("would leave no up node"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in [drained.as_str(), others[0]] {
+        assert_eq!(q(&c, &leader, &["undrain", n]).status.code(), Some(0));
+    }
+    // maintenance on/off shows in status.
+    assert_eq!(
+        q(&c, &leader, &["maintenance", "on", follower])
+            .status
+            .code(),
+        Some(0)
+    );
+    let (_, r) = c.status(&leader, false);
+    assert_eq!(
+        r["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == follower)
+            .unwrap()["state"],
+        "maintenance"
+    );
+    assert_eq!(
+        q(&c, &leader, &["maintenance", "off", follower])
+            .status
+            .code(),
+        Some(0)
+    );
+
+    // The decision log tells the story.
+    let out = q(&c, follower, &["events", "--json"]);
+    let events: Vec<String> = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap().to_string())
+        .collect();
+    for needle in [
+        "s1: pinned to",
+        "pin cleared",
+        "draining",
+        "in maintenance",
+        "active again",
+    ] {
+        assert!(
+            events.iter().any(|e| e.contains(needle)),
+            "no event with {needle:?}: {events:#?}"
+        );
+    }
+    let bad = double_runs(&runs(&c.journal()));
+    assert!(bad.is_empty(), "{bad:#?}");
+}
