@@ -421,6 +421,7 @@ fn bench_scheduler(
             nodes: &states,
             current: &empty,
             pins: &std::collections::BTreeMap::new(),
+            failed: &std::collections::BTreeMap::new(),
         });
         cold.push(start.elapsed().as_secs_f64() * 1000.0);
         placed = out;
@@ -450,6 +451,7 @@ fn bench_scheduler(
             nodes: &states,
             current: &current,
             pins: &std::collections::BTreeMap::new(),
+            failed: &std::collections::BTreeMap::new(),
         });
         failover.push(start.elapsed().as_secs_f64() * 1000.0);
         moved = out

@@ -31,6 +31,8 @@ pub struct Node {
     clients: Mutex<BTreeMap<String, PeerClient>>,
     /// On the leader: when each node's lease was last renewed.
     pub(crate) leases: std::sync::Mutex<crate::failover::LeaseTable>,
+    /// On the leader: where each service recently failed for good, and since when.
+    pub(crate) failures: std::sync::Mutex<BTreeMap<String, BTreeMap<String, std::time::Instant>>>,
     /// On the leader: runs of the spec's fence_command.
     pub(crate) power_fencing: std::sync::Arc<std::sync::Mutex<crate::failover::PowerFencing>>,
 }
@@ -85,6 +87,7 @@ impl Node {
             clients: Mutex::default(),
             leases: std::sync::Mutex::default(),
             power_fencing: std::sync::Arc::default(),
+            failures: std::sync::Mutex::default(),
         }
     }
 

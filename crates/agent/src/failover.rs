@@ -247,6 +247,39 @@ impl Node {
         });
     }
 
+    /// On the leader: nodes where each service recently failed for good (its restart
+    /// budget spent there), remembered for the service's restart window.
+    pub(crate) fn recent_failures(
+        &self,
+        spec: &quorate_spec::Spec,
+        st: &quorate_consensus::ClusterState,
+    ) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+        let Ok(mut log) = self.failures.lock() else {
+            return BTreeMap::new();
+        };
+        for (service, o) in &st.observed {
+            let assigned_there =
+                st.placements.get(service).and_then(|a| a.node.as_deref()) == Some(o.node.as_str());
+            if o.state == "failed" && assigned_there {
+                log.entry(service.clone())
+                    .or_default()
+                    .entry(o.node.clone())
+                    .or_insert_with(Instant::now);
+            }
+        }
+        log.retain(|service, nodes| {
+            let window = spec
+                .services
+                .get(service)
+                .map_or(Duration::ZERO, |s| s.restart.window.get());
+            nodes.retain(|_, since| since.elapsed() < window);
+            !nodes.is_empty()
+        });
+        log.iter()
+            .map(|(s, nodes)| (s.clone(), nodes.keys().cloned().collect()))
+            .collect()
+    }
+
     /// On the leader: runs the scheduler and commits the changes it may make now.
     pub(crate) async fn schedule(&self) {
         let proposal = self
@@ -256,7 +289,8 @@ impl Node {
                 let spec = &applied.spec;
                 let states = self.node_states(spec, &st.admin);
                 let current: BTreeMap<String, String> = st.placements.iter().filter_map(|(s, a)| a.node.clone().map(|n| (s.clone(), n))).collect();
-                let placements = place(&Input { spec, nodes: &states, current: &current, pins: &st.pins });
+                let failed = self.recent_failures(spec, st);
+                let placements = place(&Input { spec, nodes: &states, current: &current, pins: &st.pins, failed: &failed });
                 let mut changes: BTreeMap<String, (Option<String>, String)> = BTreeMap::new();
                 let mut needs_fence: Vec<String> = Vec::new();
                 for (service, p) in &placements {
@@ -386,6 +420,7 @@ impl Node {
                     nodes: &states,
                     current: &current,
                     pins: &st.pins,
+                    failed: &self.recent_failures(spec, st),
                 };
                 let placed = place(&input);
                 match quorate_scheduler::explain(&input, &placed, service).get(target) {
@@ -488,6 +523,7 @@ impl Node {
                     nodes: &states,
                     current: &current,
                     pins: &st.pins,
+                    failed: &self.recent_failures(spec, st),
                 };
                 let placed = place(&input);
                 let assignment = st.placements.get(service);

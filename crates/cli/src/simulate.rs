@@ -60,6 +60,7 @@ pub fn simulate(spec: &Spec, fail: &[String], drain: &[String]) -> Simulation {
         nodes: &all_up,
         current: &BTreeMap::new(),
         pins: &std::collections::BTreeMap::new(),
+        failed: &std::collections::BTreeMap::new(),
     });
     let current: BTreeMap<String, String> = before
         .iter()
@@ -77,6 +78,7 @@ pub fn simulate(spec: &Spec, fail: &[String], drain: &[String]) -> Simulation {
         nodes: &states,
         current: &current,
         pins: &std::collections::BTreeMap::new(),
+        failed: &std::collections::BTreeMap::new(),
     });
     let moved: BTreeSet<String> = after
         .iter()

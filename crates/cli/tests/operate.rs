@@ -199,3 +199,69 @@ fn move_drain_maintenance_events_and_explain() {
     let bad = double_runs(&runs(&c.journal()));
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+#[test]
+fn after_orders_starts_across_the_cluster() {
+    // `second` (on n2) needs `first` (on n1), and n1 comes up 1.5 s late: without
+    // ordering `second` would start long before `first`.
+    let services = TestCluster::demo_service("first", "prefer = [\"n1\"]")
+        + &TestCluster::demo_service("second", "prefer = [\"n2\"]\nafter = [\"first\"]");
+    let mut c = TestCluster::with_services(3, &services);
+    c.start("n2");
+    c.start("n3");
+    std::thread::sleep(Duration::from_millis(1500));
+    c.start("n1");
+    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    c.wait_running_elsewhere(&leader, "second", None);
+    let all = runs(&c.journal());
+    let first = all.iter().find(|r| r.service == "first").unwrap();
+    let second = all.iter().find(|r| r.service == "second").unwrap();
+    assert!(
+        first.start < second.start,
+        "second ({}) started before first ({})",
+        second.start,
+        first.start
+    );
+}
+
+#[test]
+fn a_crashing_service_relocates_after_its_restart_budget() {
+    let crash = "\n[services.crash]\nkind = \"process\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 3\"]\nrestart = { max_restarts = 1, window = \"1m\" }\n";
+    let mut c = TestCluster::with_services(3, crash);
+    for n in ["n1", "n2", "n3"] {
+        c.start(n);
+    }
+    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    // It fails everywhere in turn, then has nowhere left to go (until the window ends).
+    c.wait_for(
+        "crash to be unplaceable after failing on every node",
+        Duration::from_secs(40),
+        || c.service(&leader, "crash").1 == "unplaceable",
+    );
+    let out = q(&c, &leader, &["events", "--json"]);
+    let events: Vec<String> = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap().to_string())
+        .collect();
+    let relocations = events
+        .iter()
+        .filter(|e| e.starts_with("crash: start on") || e.starts_with("crash: move"))
+        .count();
+    assert!(
+        relocations >= 3,
+        "placed on every node in turn: {events:#?}"
+    );
+    assert!(
+        events.iter().any(|e| e.contains("failed here recently")),
+        "{events:#?}"
+    );
+    let e: serde_json::Value =
+        serde_json::from_slice(&q(&c, &leader, &["explain", "crash", "--json"]).stdout).unwrap();
+    assert!(
+        e["nodes"].as_object().unwrap().values().all(|why| why
+            .as_str()
+            .is_some_and(|w| w.contains("failed here recently"))),
+        "{e:#}"
+    );
+}

@@ -57,6 +57,9 @@ pub struct Input<'a> {
     /// Explicit placements (`quorate move`): service → node. A pinned service goes to
     /// its node whenever that node is allowed.
     pub pins: &'a BTreeMap<String, String>,
+    /// Nodes where a service recently spent its restart budget: not chosen again for
+    /// it until the restart window has passed (Pacemaker's migration-threshold).
+    pub failed: &'a BTreeMap<String, BTreeSet<String>>,
 }
 
 struct Board<'a> {
@@ -125,6 +128,9 @@ fn refusal(
     }
     if svc.avoid.iter().any(|a| a == node) {
         return Some("avoided".into());
+    }
+    if input.failed.get(name).is_some_and(|f| f.contains(node)) {
+        return Some("failed here recently (restart budget spent)".into());
     }
     for st in &svc.storage {
         if let Some(s) = input

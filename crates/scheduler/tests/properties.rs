@@ -78,6 +78,7 @@ fn run(w: &World, current: &BTreeMap<String, String>) -> BTreeMap<String, Placem
         nodes: &w.nodes,
         current,
         pins: &w.pins,
+        failed: &BTreeMap::new(),
     })
 }
 
@@ -162,6 +163,7 @@ fn a_failed_node_moves_its_services_to_the_preferred_survivor() {
         nodes: &nodes,
         current: &BTreeMap::new(),
         pins: &std::collections::BTreeMap::new(),
+        failed: &std::collections::BTreeMap::new(),
     });
     assert_eq!(out["web"].node.as_deref(), Some("a"));
     assert_eq!(out["web"].reason, "placed on a (preferred)");
@@ -172,6 +174,7 @@ fn a_failed_node_moves_its_services_to_the_preferred_survivor() {
         nodes: &nodes,
         current: &current,
         pins: &std::collections::BTreeMap::new(),
+        failed: &std::collections::BTreeMap::new(),
     });
     assert_eq!(out["web"].node.as_deref(), Some("c"));
     assert_eq!(out["web"].reason, "moved from a (down) to c (preferred)");
@@ -183,6 +186,7 @@ fn a_failed_node_moves_its_services_to_the_preferred_survivor() {
         nodes: &nodes,
         current: &current,
         pins: &std::collections::BTreeMap::new(),
+        failed: &std::collections::BTreeMap::new(),
     });
     assert_eq!(out["web"].node.as_deref(), Some("c"));
 }
