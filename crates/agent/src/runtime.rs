@@ -40,6 +40,18 @@ fn boot_id() -> String {
         .to_string()
 }
 
+/// What the reconciler reads from the replicated state in one go.
+struct View {
+    /// Services assigned to this node.
+    assigned: BTreeSet<String>,
+    /// Their specs.
+    specs: BTreeMap<String, quorate_spec::ServiceSpec>,
+    /// Services reported running somewhere.
+    running: BTreeSet<String>,
+    /// Every service's `after` list.
+    after: BTreeMap<String, Vec<String>>,
+}
+
 struct Tracked {
     workload: Workload,
     state: &'static str,
@@ -278,12 +290,12 @@ impl Runtime {
 
     async fn reconcile(&self) {
         let me = self.node.name.clone();
-        let (assigned, specs, running, after): (
-            BTreeSet<String>,
-            BTreeMap<String, quorate_spec::ServiceSpec>,
-            BTreeSet<String>,
-            BTreeMap<String, Vec<String>>,
-        ) = self
+        let View {
+            assigned,
+            specs,
+            running,
+            after,
+        } = self
             .node
             .consensus
             .with_state(|st| {
@@ -323,7 +335,12 @@ impl Runtime {
                             .collect()
                     })
                     .unwrap_or_default();
-                (assigned, specs, running, after)
+                View {
+                    assigned,
+                    specs,
+                    running,
+                    after,
+                }
             })
             .await;
         // Starting needs a valid lease *and* a view at least as new as the lease grant.
