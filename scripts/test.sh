@@ -43,4 +43,5 @@ cargo run --quiet --locked -p quorate-bench -- spec --nodes 50 --services 500 --
 cargo run --quiet --locked -p quorate-bench -- cluster --formations 1 --applies 3 > /dev/null
 cargo run --quiet --locked -p quorate-bench -- scheduler --nodes 100 --services 1000 --runs 1 > /dev/null
 cargo run --quiet --locked -p quorate-bench -- failover --runs 1 > /dev/null 2>&1
+cargo run --quiet --locked -p quorate-bench -- operate --moves 1 --services 3 > /dev/null
 echo "== all checks passed"

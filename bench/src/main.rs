@@ -74,6 +74,17 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// Operating a 3-node cluster of real agents: a planned `quorate move` of one
+    /// service (stop, then start elsewhere) and a `quorate drain` of a node that hosts
+    /// 20 services (targets: move < 0.5 s plus the workload's own stop and start).
+    Operate {
+        /// Planned moves to time.
+        #[arg(long, default_value_t = 10)]
+        moves: usize,
+        /// Services on the drained node.
+        #[arg(long, default_value_t = 20)]
+        services: usize,
+    },
     /// Print the generated spec that `spec` measures (to reproduce or profile it).
     GenSpec {
         /// Nodes.
@@ -261,13 +272,20 @@ fn free_port() -> Result<u16, String> {
 /// Prepares spec, lock and certificates for 3 nodes, then starts the agents and
 /// returns the time until node n1 reports a leader with quorum.
 fn form_cluster(quorate: &Path) -> Result<(BenchCluster, f64), String> {
+    let web = format!("[services.web]\nkind = \"process\"\ncommand = [{:?}, \"demo\"]\nenv = {{ GENERATION = \"0\" }}\n", quorate.display().to_string());
+    form_cluster_with(quorate, &web)
+}
+
+/// Like [`form_cluster`], with `services` (TOML) in the spec; waits until every
+/// service runs.
+fn form_cluster_with(quorate: &Path, services: &str) -> Result<(BenchCluster, f64), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let port = free_port()?;
     let mut spec = format!("[cluster]\nname = \"bench\"\n[network]\nport = {port}\n");
     for i in 1..=3 {
         let _ = write!(spec, "[nodes.n{i}]\naddress = \"127.0.0.{i}\"\n");
     }
-    spec.push_str("[services.web]\nkind = \"process\"\ncommand = [\"/bin/web\", \"0\"]\n");
+    spec.push_str(services);
     std::fs::write(dir.path().join("quorate.toml"), spec).map_err(|e| e.to_string())?;
     run(quorate, dir.path(), &["lock"])?;
     run(quorate, dir.path(), &["ca", "init", "ca"])?;
@@ -357,8 +375,8 @@ fn bench_cluster(
         let spec_path = dir.join("quorate.toml");
         let text = std::fs::read_to_string(&spec_path).map_err(|e| e.to_string())?;
         let text = text.replace(
-            &format!("\"/bin/web\", \"{}\"", k - 1),
-            &format!("\"/bin/web\", \"{k}\""),
+            &format!("GENERATION = \"{}\"", k - 1),
+            &format!("GENERATION = \"{k}\""),
         );
         std::fs::write(&spec_path, text).map_err(|e| e.to_string())?;
         let start = Instant::now();
@@ -574,6 +592,95 @@ fn bench_failover(quorate: &Path, runs: usize) -> Result<serde_json::Value, Stri
     }))
 }
 
+fn status_of(quorate: &Path, dir: &Path, node: &str) -> Option<serde_json::Value> {
+    let out = Command::new(quorate)
+        .args(["status", "--json", "--data-dir", &format!("d/{node}")])
+        .current_dir(dir)
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// (node, state) of `service` in a status report.
+fn placement_of(report: &serde_json::Value, service: &str) -> Option<(String, String)> {
+    let s = report["services"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == service)?;
+    Some((
+        s["node"].as_str()?.to_string(),
+        s["state"].as_str()?.to_string(),
+    ))
+}
+
+fn bench_operate(
+    quorate: &Path,
+    moves: usize,
+    services: usize,
+) -> Result<serde_json::Value, String> {
+    let names: Vec<String> = (0..services).map(|i| format!("s{i:02}")).collect();
+    let spec: String = names.iter().map(|n| format!("[services.{n}]\nkind = \"process\"\ncommand = [{:?}, \"demo\"]\nstop_timeout = \"2s\"\nprefer = [\"n1\"]\n", quorate.display().to_string())).collect();
+    let (cluster, _) = form_cluster_with(quorate, &spec)?;
+    let dir = cluster.dir.path();
+    let start = Instant::now();
+    loop {
+        let report = status_of(quorate, dir, "n1").unwrap_or_default();
+        if names.iter().all(|n| {
+            placement_of(&report, n).is_some_and(|(node, state)| node == "n1" && state == "running")
+        }) {
+            break;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            return Err("services did not all start on n1 within 60 s".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut move_ms = Vec::new();
+    for k in 0..moves {
+        let target = if k % 2 == 0 { "n2" } else { "n3" };
+        let t0 = Instant::now();
+        run(
+            quorate,
+            dir,
+            &["move", &names[0], target, "--data-dir", "d/n1"],
+        )?;
+        loop {
+            let report = status_of(quorate, dir, "n1").unwrap_or_default();
+            if placement_of(&report, &names[0])
+                .is_some_and(|(node, state)| node == target && state == "running")
+            {
+                move_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(30) {
+                return Err(format!("{} did not reach {target} within 30 s", names[0]));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    run(
+        quorate,
+        dir,
+        &["move", "--clear", &names[0], "--data-dir", "d/n1"],
+    )?;
+    let on_n1 = placement_of(
+        &status_of(quorate, dir, "n1").unwrap_or_default(),
+        &names[1],
+    )
+    .map(|(n, _)| n);
+    let t0 = Instant::now();
+    run(quorate, dir, &["drain", "n1", "--data-dir", "d/n2"])?;
+    let drain_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let moved = names.iter().filter(|n| *n != &names[0]).count();
+    Ok(json!({
+        "bench": "operate",
+        "planned_move": stats(move_ms),
+        "planned_move_note": "from issuing `quorate move` to the service reported running on the target: stop on the old node (SIGTERM, the demo exits at once), report, start on the new one",
+        "drain": {"services_moved": moved, "first_service_was_on": on_n1, "ms": drain_ms, "note": "`quorate drain n1` returns when nothing runs on n1"},
+        "targets": {"planned_move_ms": 500},
+    }))
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let quorate = cli.quorate.unwrap_or_else(|| {
@@ -599,6 +706,9 @@ fn main() -> std::process::ExitCode {
             runs,
         } => bench_scheduler(nodes, services, runs.max(1)),
         Bench::Failover { runs } => bench_failover(&quorate, runs.max(1)),
+        Bench::Operate { moves, services } => {
+            bench_operate(&quorate, moves.max(1), services.max(1))
+        }
         Bench::GenSpec {
             nodes,
             services,
