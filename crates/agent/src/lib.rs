@@ -15,6 +15,7 @@
 mod cluster;
 mod control;
 mod failover;
+mod health;
 mod runtime;
 pub mod setup;
 

@@ -74,6 +74,8 @@ pub struct Runtime {
     starts: Mutex<BTreeMap<String, VecDeque<Instant>>>,
     /// Watchdog device handed to the fence process.
     watchdog: Option<PathBuf>,
+    /// Health-check state per running workload (updated by check tasks).
+    probes: Arc<std::sync::Mutex<BTreeMap<String, crate::health::Probe>>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -97,6 +99,7 @@ impl Runtime {
             given_up: Mutex::default(),
             starts: Mutex::default(),
             watchdog,
+            probes: Arc::default(),
         }
     }
 
@@ -378,6 +381,19 @@ impl Runtime {
                 }
             }
         }
+        // Health checks: a workload failing its check `failures` times in a row is
+        // stopped; the next tick restarts it within the restart budget, after which the
+        // service relocates.
+        let unhealthy = self.run_health_checks(&table, &specs);
+        for name in unhealthy {
+            if let Some(t) = table.remove(&name) {
+                tracing::warn!(service = %name, "health check failed: restarting it");
+                quorate_fence::witness("exit", &me, &name, t.workload.record.pid);
+                to_stop.push((name.clone(), t));
+                changes.insert(name, "failed".into());
+                changed_groups = true;
+            }
+        }
         // Starts: only under a valid lease, from a current view, and within the restart
         // budget (max_restarts within the window, after the first start).
         if lease_ok && caught_up {
@@ -451,11 +467,85 @@ impl Runtime {
             t.state = "stopping";
             t.workload.stop().await;
             tracing::info!(service = %name, "stopped");
-            changes.insert(name, "stopped".into());
+            // A failure (health check, restart budget) stays the reported state.
+            if changes.get(&name).map(String::as_str) != Some("failed") {
+                changes.insert(name, "stopped".into());
+            }
         }
         if !changes.is_empty() {
             self.unreported.lock().await.extend(changes);
         }
+    }
+
+    /// Starts due checks (as tasks) and returns the workloads that failed theirs.
+    fn run_health_checks(
+        &self,
+        table: &BTreeMap<String, Tracked>,
+        specs: &BTreeMap<String, quorate_spec::ServiceSpec>,
+    ) -> Vec<String> {
+        use quorate_spec::HealthKind;
+        let address = self
+            .node
+            .local
+            .spec
+            .nodes
+            .get(&self.node.name)
+            .map(|n| n.address.to_string())
+            .unwrap_or_default();
+        let Ok(mut probes) = self.probes.lock() else {
+            return Vec::new();
+        };
+        probes.retain(|name, _| table.contains_key(name));
+        let mut unhealthy = Vec::new();
+        for (name, t) in table {
+            let Some(health) = specs
+                .get(name)
+                .and_then(|s| s.health.clone())
+                .filter(|h| h.kind != HealthKind::Alive)
+            else {
+                continue;
+            };
+            let pid = t.workload.record.pid;
+            let probe = probes
+                .entry(name.clone())
+                .or_insert_with(|| crate::health::Probe {
+                    pid,
+                    in_flight: false,
+                    last: tokio::time::Instant::now(),
+                    failures: 0,
+                });
+            if probe.pid != pid {
+                *probe = crate::health::Probe {
+                    pid,
+                    in_flight: false,
+                    last: tokio::time::Instant::now(),
+                    failures: 0,
+                };
+            }
+            if probe.failures >= health.failures {
+                unhealthy.push(name.clone());
+                continue;
+            }
+            if probe.in_flight || probe.last.elapsed() < crate::health::first_check_after(&health) {
+                continue;
+            }
+            probe.in_flight = true;
+            probe.last = tokio::time::Instant::now();
+            let (probes, name, address) = (self.probes.clone(), name.clone(), address.clone());
+            tokio::spawn(async move {
+                let ok = crate::health::check(&health, &address).await;
+                if let Ok(mut probes) = probes.lock() {
+                    if let Some(p) = probes.get_mut(&name).filter(|p| p.pid == pid) {
+                        p.in_flight = false;
+                        p.failures = if ok { 0 } else { p.failures + 1 };
+                    }
+                }
+            });
+        }
+        for name in &unhealthy {
+            probes.remove(name);
+        }
+        unhealthy
     }
 
     /// Sends states the leader has not accepted yet.

@@ -265,3 +265,39 @@ fn a_crashing_service_relocates_after_its_restart_budget() {
         "{e:#}"
     );
 }
+
+#[test]
+fn a_failing_health_check_restarts_then_relocates_the_service() {
+    let port = support::free_port();
+    let closed = support::free_port();
+    let healthy = format!("\n[services.healthy]\nkind = \"process\"\ncommand = [{:?}, \"demo\", \"--port\", \"{port}\"]\nhealth = {{ kind = \"tcp\", address = \"{{address}}:{port}\", interval = \"200ms\", timeout = \"100ms\", failures = 2 }}\n", support::quorate_bin());
+    let sick = format!("\n[services.sick]\nkind = \"process\"\ncommand = [{:?}, \"demo\"]\nhealth = {{ kind = \"tcp\", address = \"{{address}}:{closed}\", interval = \"200ms\", timeout = \"100ms\", failures = 2 }}\nrestart = {{ max_restarts = 1, window = \"1m\" }}\n", support::quorate_bin());
+    let mut c = TestCluster::with_services(3, &(healthy + &sick));
+    for n in ["n1", "n2", "n3"] {
+        c.start(n);
+    }
+    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    c.wait_for(
+        "sick to fail its checks everywhere",
+        Duration::from_secs(40),
+        || c.service(&leader, "sick").1 == "unplaceable",
+    );
+    let all = runs(&c.journal());
+    let sick_nodes: std::collections::BTreeSet<&str> = all
+        .iter()
+        .filter(|r| r.service == "sick")
+        .map(|r| r.node.as_str())
+        .collect();
+    assert_eq!(sick_nodes.len(), 3, "tried on every node: {all:#?}");
+    assert!(
+        all.iter().filter(|r| r.service == "sick").count() >= 6,
+        "restarted once on each node before moving on: {all:#?}"
+    );
+    let healthy_runs: Vec<_> = all.iter().filter(|r| r.service == "healthy").collect();
+    assert_eq!(
+        healthy_runs.len(),
+        1,
+        "a passing check leaves the service alone: {healthy_runs:#?}"
+    );
+    assert!(healthy_runs[0].end.is_none());
+}
