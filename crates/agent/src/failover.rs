@@ -372,6 +372,36 @@ impl Node {
         }
     }
 
+    /// The leader's node states, and why `service` may or may not run on each node
+    /// given where everything else would be placed now.
+    fn explain_service(
+        &self,
+        spec: &quorate_spec::Spec,
+        st: &quorate_consensus::ClusterState,
+        service: &str,
+    ) -> (
+        BTreeMap<String, NodeState>,
+        BTreeMap<String, Option<String>>,
+    ) {
+        let states = self.node_states(spec, &st.admin);
+        let current: BTreeMap<String, String> = st
+            .placements
+            .iter()
+            .filter_map(|(s, a)| a.node.clone().map(|n| (s.clone(), n)))
+            .collect();
+        let failed = self.recent_failures(spec, st);
+        let input = Input {
+            spec,
+            nodes: &states,
+            current: &current,
+            pins: &st.pins,
+            failed: &failed,
+        };
+        let placed = place(&input);
+        let why_not = quorate_scheduler::explain(&input, &placed, service);
+        (states, why_not)
+    }
+
     /// On the leader: `quorate move SVC NODE` (a visible, revocable pin) or `--clear`.
     pub(crate) async fn move_service(
         &self,
@@ -402,7 +432,7 @@ impl Node {
                         spec.nodes.keys().collect::<Vec<_>>()
                     ));
                 }
-                let states = self.node_states(spec, &st.admin);
+                let (states, why_not) = self.explain_service(spec, st, service);
                 if states.get(target) != Some(&NodeState::Up) {
                     return Err(format!(
                         "`{target}` is {:?}: a service can only be moved to an up node",
@@ -410,20 +440,7 @@ impl Node {
                     )
                     .to_lowercase());
                 }
-                let current: BTreeMap<String, String> = st
-                    .placements
-                    .iter()
-                    .filter_map(|(s, a)| a.node.clone().map(|n| (s.clone(), n)))
-                    .collect();
-                let input = Input {
-                    spec,
-                    nodes: &states,
-                    current: &current,
-                    pins: &st.pins,
-                    failed: &self.recent_failures(spec, st),
-                };
-                let placed = place(&input);
-                match quorate_scheduler::explain(&input, &placed, service).get(target) {
+                match why_not.get(target) {
                     Some(Some(why)) => Err(format!("`{service}` cannot run on `{target}`: {why}")),
                     _ => Ok(()),
                 }
@@ -512,27 +529,14 @@ impl Node {
                 if !spec.services.contains_key(service) {
                     return Self::refused(1, format!("no service `{service}` in the applied spec"));
                 }
-                let states = self.node_states(spec, &st.admin);
-                let current: BTreeMap<String, String> = st
-                    .placements
-                    .iter()
-                    .filter_map(|(s, a)| a.node.clone().map(|n| (s.clone(), n)))
-                    .collect();
-                let input = Input {
-                    spec,
-                    nodes: &states,
-                    current: &current,
-                    pins: &st.pins,
-                    failed: &self.recent_failures(spec, st),
-                };
-                let placed = place(&input);
+                let (_, nodes) = self.explain_service(spec, st, service);
                 let assignment = st.placements.get(service);
                 quorate_api::ControlReply::Explain {
                     service: service.to_string(),
                     node: assignment.and_then(|a| a.node.clone()),
                     reason: assignment.map(|a| a.reason.clone()).unwrap_or_default(),
                     pinned: st.pins.get(service).cloned(),
-                    nodes: quorate_scheduler::explain(&input, &placed, service),
+                    nodes,
                 }
             })
             .await

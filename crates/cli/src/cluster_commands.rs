@@ -257,11 +257,7 @@ pub fn apply(
             if !json {
                 eprintln!("{message}");
             }
-            match exit_code {
-                3 => Exit::Destructive,
-                4 => Exit::NoQuorum,
-                _ => Exit::Invalid,
-            }
+            Exit::from_refusal(exit_code)
         }
         _ => Exit::Invalid,
     }
@@ -338,11 +334,7 @@ fn done_or_refused(reply: ControlReply, json: bool) -> Exit {
             if !json {
                 eprintln!("{message}");
             }
-            match exit_code {
-                3 => Exit::Destructive,
-                4 => Exit::NoQuorum,
-                _ => Exit::Invalid,
-            }
+            Exit::from_refusal(exit_code)
         }
         _ => Exit::Invalid,
     }

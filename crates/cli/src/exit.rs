@@ -13,6 +13,18 @@ pub enum Exit {
     NoQuorum = 4,
 }
 
+impl Exit {
+    /// The exit code an agent's refusal asks for (1 invalid, 3 destructive, 4 no quorum).
+    #[must_use]
+    pub fn from_refusal(code: u8) -> Self {
+        match code {
+            3 => Self::Destructive,
+            4 => Self::NoQuorum,
+            _ => Self::Invalid,
+        }
+    }
+}
+
 impl From<Exit> for std::process::ExitCode {
     fn from(e: Exit) -> Self {
         Self::from(e as u8)
