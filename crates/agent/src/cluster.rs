@@ -157,6 +157,7 @@ impl Node {
                 } => self.apply(*spec, *lock, allow_destructive).await,
                 ControlRequest::Move { service, node } => self.move_service(&service, node).await,
                 ControlRequest::SetAdmin { node, state } => self.set_admin(&node, &state).await,
+                ControlRequest::Restart { service } => self.restart_service(&service).await,
                 ControlRequest::Explain { service } => self.explain(&service).await,
                 // Answered above, on the node that was asked.
                 ControlRequest::Partition { .. } | ControlRequest::Events { .. } => {
@@ -180,7 +181,7 @@ impl Node {
             (Ok(reply), _) => reply,
             (Err(_), ControlRequest::Status { .. }) => self.status(false).await,
             (Err(_), ControlRequest::Partition { .. } | ControlRequest::Events { .. }) => refused(1, "answered locally"),
-            (Err(why), ControlRequest::Move { .. } | ControlRequest::SetAdmin { .. } | ControlRequest::Explain { .. }) => refused(
+            (Err(why), ControlRequest::Move { .. } | ControlRequest::SetAdmin { .. } | ControlRequest::Explain { .. } | ControlRequest::Restart { .. }) => refused(
                 4,
                 format!("no quorum: {why}; nothing was changed\n  help: a majority of voters must be up and connected; check `quorate status`"),
             ),

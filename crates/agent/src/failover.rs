@@ -465,6 +465,42 @@ impl Node {
         .await
     }
 
+    /// On the leader: `quorate restart SVC` — its node stops and starts it again.
+    pub(crate) async fn restart_service(&self, service: &str) -> quorate_api::ControlReply {
+        let check = self
+            .consensus
+            .with_state(
+                |st| match st.placements.get(service).and_then(|a| a.node.clone()) {
+                    Some(node) => Ok(node),
+                    None if st
+                        .applied
+                        .as_ref()
+                        .is_some_and(|a| a.spec.services.contains_key(service)) =>
+                    {
+                        Err(format!(
+                            "`{service}` runs nowhere right now; nothing to restart"
+                        ))
+                    }
+                    None => Err(format!("no service `{service}` in the applied spec")),
+                },
+            )
+            .await;
+        match check {
+            Ok(node) => {
+                self.commit(
+                    Command::Restart {
+                        service: service.to_string(),
+                        by: self.name.clone(),
+                        at_ms: now_ms(),
+                    },
+                    format!("{service} restarts on {node}"),
+                )
+                .await
+            }
+            Err(why) => Self::refused(1, format!("{why}; nothing was changed")),
+        }
+    }
+
     /// On the leader: drain, undrain, maintenance on/off.
     pub(crate) async fn set_admin(&self, node: &str, state: &str) -> quorate_api::ControlReply {
         let admin = match state {

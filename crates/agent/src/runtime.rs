@@ -50,11 +50,18 @@ struct View {
     running: BTreeSet<String>,
     /// Every service's `after` list.
     after: BTreeMap<String, Vec<String>>,
+    /// Restart generation of each service (`quorate restart`).
+    generations: BTreeMap<String, u64>,
 }
+
+/// Generation of a workload adopted from a previous agent: taken as current.
+const ADOPTED: u64 = u64::MAX;
 
 struct Tracked {
     workload: Workload,
     state: &'static str,
+    /// The restart generation it was started for.
+    generation: u64,
 }
 
 /// The node-local side of failover.
@@ -72,6 +79,8 @@ pub struct Runtime {
     given_up: Mutex<BTreeSet<String>>,
     /// Recent starts of each service, for the restart budget.
     starts: Mutex<BTreeMap<String, VecDeque<Instant>>>,
+    /// Services stopped by `quorate restart`: their next start is not counted.
+    planned_restarts: Mutex<BTreeSet<String>>,
     /// Watchdog device handed to the fence process.
     watchdog: Option<PathBuf>,
     /// Health-check state per running workload (updated by check tasks).
@@ -98,6 +107,7 @@ impl Runtime {
             unreported: Mutex::default(),
             given_up: Mutex::default(),
             starts: Mutex::default(),
+            planned_restarts: Mutex::default(),
             watchdog,
             probes: Arc::default(),
         }
@@ -148,6 +158,7 @@ impl Runtime {
                     Tracked {
                         workload,
                         state: "running",
+                        generation: ADOPTED,
                     },
                 );
             } else {
@@ -298,6 +309,7 @@ impl Runtime {
             specs,
             running,
             after,
+            generations,
         } = self
             .node
             .consensus
@@ -343,6 +355,7 @@ impl Runtime {
                     specs,
                     running,
                     after,
+                    generations: st.generations.clone(),
                 }
             })
             .await;
@@ -362,7 +375,11 @@ impl Runtime {
                 continue;
             };
             if let Some(exit) = t.workload.exited() {
-                let state = if exit == Exit::Success {
+                // An assigned service is restarted (within its budget): only giving up is
+                // reported as "failed", which is what makes the leader relocate it.
+                let state = if assigned.contains(&name) {
+                    "restarting"
+                } else if exit == Exit::Success {
                     "stopped"
                 } else {
                     "failed"
@@ -373,7 +390,16 @@ impl Runtime {
                 changed_groups = true;
                 continue;
             }
-            if !assigned.contains(&name) || (!lease_ok && !keep_without_lease) {
+            // `quorate restart`: a newer generation stops it; the next tick starts it.
+            let current = generations.get(&name).copied().unwrap_or(0);
+            if t.generation == ADOPTED {
+                t.generation = current;
+            }
+            let restart = t.generation < current;
+            if restart {
+                self.planned_restarts.lock().await.insert(name.clone());
+            }
+            if restart || !assigned.contains(&name) || (!lease_ok && !keep_without_lease) {
                 if let Some(t) = table.remove(&name) {
                     to_stop.push((name.clone(), t));
                     changes.insert(name, "stopping".into());
@@ -390,7 +416,7 @@ impl Runtime {
                 tracing::warn!(service = %name, "health check failed: restarting it");
                 quorate_fence::witness("exit", &me, &name, t.workload.record.pid);
                 to_stop.push((name.clone(), t));
-                changes.insert(name, "failed".into());
+                changes.insert(name, "restarting".into());
                 changed_groups = true;
             }
         }
@@ -408,15 +434,23 @@ impl Runtime {
                     tracing::debug!(service = %name, dependency = %waiting, "waiting for a dependency to run");
                     continue;
                 }
-                let log = starts.entry(name.clone()).or_default();
-                log.retain(|t| t.elapsed() < spec.restart.window.get());
-                if log.len() > spec.restart.max_restarts as usize {
-                    tracing::warn!(service = %name, "restarted {} times within {}: giving up on this node", spec.restart.max_restarts, spec.restart.window);
-                    given_up.insert(name.clone());
-                    changes.insert(name.clone(), "failed".into());
+                // Being stopped this tick: start again only once the stop is done.
+                if to_stop.iter().any(|(n, _)| n == name) {
                     continue;
                 }
-                log.push_back(Instant::now());
+                // A restart the operator asked for is not a failure: not counted.
+                let planned = self.planned_restarts.lock().await.remove(name);
+                let log = starts.entry(name.clone()).or_default();
+                log.retain(|t| t.elapsed() < spec.restart.window.get());
+                if !planned {
+                    if log.len() > spec.restart.max_restarts as usize {
+                        tracing::warn!(service = %name, "restarted {} times within {}: giving up on this node", spec.restart.max_restarts, spec.restart.window);
+                        given_up.insert(name.clone());
+                        changes.insert(name.clone(), "failed".into());
+                        continue;
+                    }
+                    log.push_back(Instant::now());
+                }
                 let env: BTreeMap<String, String> = [
                     ("QUORATE_NODE".to_string(), me.clone()),
                     ("QUORATE_SERVICE".to_string(), name.clone()),
@@ -440,6 +474,7 @@ impl Runtime {
                             Tracked {
                                 workload,
                                 state: "running",
+                                generation: generations.get(name).copied().unwrap_or(0),
                             },
                         );
                         changes.insert(name.clone(), "running".into());

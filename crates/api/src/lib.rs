@@ -33,6 +33,11 @@ pub enum ControlRequest {
         /// The node; `None` clears the pin.
         node: Option<String>,
     },
+    /// Restart a service where it runs.
+    Restart {
+        /// The service.
+        service: String,
+    },
     /// Set a node's operator state: `active`, `draining` or `maintenance`.
     SetAdmin {
         /// The node.

@@ -498,3 +498,18 @@ pub fn explain(socket: &AgentSocket, service: &str, json: bool) -> Exit {
         Err(exit) => exit,
     }
 }
+
+/// `quorate restart SVC`
+pub fn restart(socket: &AgentSocket, service: &str, json: bool) -> Exit {
+    match call(
+        socket,
+        &ControlRequest::Restart {
+            service: service.to_string(),
+        },
+        Duration::from_secs(15),
+        json,
+    ) {
+        Ok(reply) => done_or_refused(reply, json),
+        Err(exit) => exit,
+    }
+}

@@ -216,6 +216,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Restart a service where it runs (stop, then start on the same node). Not
+    /// counted against its restart budget.
+    Restart {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Move every service off a node (for maintenance or removal); waits, showing
     /// progress, until nothing runs there.
     Drain {
@@ -531,6 +542,11 @@ fn main() -> ExitCode {
             json,
         ),
         Command::Events { limit, agent, json } => cluster_commands::events(&agent, limit, json),
+        Command::Restart {
+            service,
+            agent,
+            json,
+        } => cluster_commands::restart(&agent, &service, json),
         Command::Explain {
             service,
             agent,

@@ -301,3 +301,59 @@ fn a_failing_health_check_restarts_then_relocates_the_service() {
     );
     assert!(healthy_runs[0].end.is_none());
 }
+
+#[test]
+fn restart_stops_and_starts_a_service_on_its_node() {
+    let services: String = ["s1", "s2"]
+        .iter()
+        .map(|s| TestCluster::demo_service(s, "restart = { max_restarts = 0, window = \"1m\" }"))
+        .collect();
+    let mut c = TestCluster::with_services(3, &services);
+    for n in ["n1", "n2", "n3"] {
+        c.start(n);
+    }
+    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    let node = c.wait_running_elsewhere(&leader, "s1", None);
+    // With max_restarts = 0 a crash would be final: an operator's restart is not a crash.
+    for _ in 0..2 {
+        let before = runs(&c.journal())
+            .iter()
+            .filter(|r| r.service == "s1")
+            .count();
+        let out = q(&c, &leader, &["restart", "s1"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c.wait_for("a new run of s1", Duration::from_secs(20), || {
+            runs(&c.journal())
+                .iter()
+                .filter(|r| r.service == "s1")
+                .count()
+                > before
+        });
+    }
+    c.wait_for("s1 running again", Duration::from_secs(20), || {
+        c.service(&leader, "s1") == (Some(node.clone()), "running".to_string())
+    });
+    let all = runs(&c.journal());
+    let s1: Vec<_> = all.iter().filter(|r| r.service == "s1").collect();
+    assert_eq!(s1.len(), 3, "{s1:#?}");
+    assert!(
+        s1.iter().all(|r| r.node == node),
+        "restarted where it ran: {s1:#?}"
+    );
+    assert!(
+        s1[0].end.is_some_and(|e| e <= s1[1].start) && s1[1].end.is_some_and(|e| e <= s1[2].start),
+        "stopped before started again: {s1:#?}"
+    );
+    assert_eq!(
+        all.iter().filter(|r| r.service == "s2").count(),
+        1,
+        "s2 untouched"
+    );
+    let out = q(&c, &leader, &["restart", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -81,7 +81,7 @@ pub struct Assignment {
 pub struct Observed {
     /// The reporting node.
     pub node: String,
-    /// `starting`, `running`, `stopping`, `stopped` or `failed`.
+    /// `starting`, `running`, `restarting`, `stopping`, `stopped` or `failed`.
     pub state: String,
     /// Reporter's wall clock, ms since the epoch.
     pub at_ms: u64,
@@ -91,7 +91,10 @@ impl Observed {
     /// True when the service may be running on the reporting node.
     #[must_use]
     pub fn may_run(&self) -> bool {
-        matches!(self.state.as_str(), "starting" | "running" | "stopping")
+        matches!(
+            self.state.as_str(),
+            "starting" | "running" | "stopping" | "restarting"
+        )
     }
 }
 
@@ -118,6 +121,9 @@ pub struct ClusterState {
     /// Explicit placements (`quorate move`): service → node, until `move --clear`.
     #[serde(default)]
     pub pins: BTreeMap<String, String>,
+    /// Restart generation of each service (`quorate restart` increments it).
+    #[serde(default)]
+    pub generations: BTreeMap<String, u64>,
 }
 
 /// A change to the cluster state, ordered by Raft.
@@ -151,6 +157,15 @@ pub enum Command {
         service: String,
         /// The node, or `None` to clear.
         node: Option<String>,
+        /// Proposing node.
+        by: String,
+        /// Proposer's wall clock.
+        at_ms: u64,
+    },
+    /// Restart a service where it runs (`quorate restart`).
+    Restart {
+        /// The service.
+        service: String,
         /// Proposing node.
         by: String,
         /// Proposer's wall clock.
@@ -196,6 +211,7 @@ impl std::fmt::Display for Command {
                 write!(f, "place {} service(s) by {by}", changes.len())
             }
             Self::Pin { service, node, .. } => write!(f, "pin {service} to {node:?}"),
+            Self::Restart { service, .. } => write!(f, "restart {service}"),
             Self::SetAdmin { node, state, .. } => write!(f, "set {node} to {state:?}"),
             Self::Observe { node, services, .. } => {
                 write!(f, "{node} reports {} service(s)", services.len())
@@ -265,6 +281,13 @@ impl ClusterState {
                         format!("{service}: pin cleared; normal placement")
                     }
                 };
+                self.event(by, *at_ms, what);
+                CommandResult::Recorded
+            }
+            Command::Restart { service, by, at_ms } => {
+                let generation = self.generations.entry(service.clone()).or_insert(0);
+                *generation += 1;
+                let what = format!("{service}: restart requested (generation {generation})");
                 self.event(by, *at_ms, what);
                 CommandResult::Recorded
             }
