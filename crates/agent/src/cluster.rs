@@ -313,8 +313,16 @@ impl Node {
                     let assignment = state.placements.get(name);
                     let observed = state.observed.get(name);
                     let node = assignment.and_then(|a| a.node.clone());
-                    let reported =
-                        |n: &str| observed.filter(|o| o.node == n).map(|o| o.state.clone());
+                    // DESIGN's status vocabulary: a restart in place shows as starting.
+                    let reported = |n: &str| {
+                        observed.filter(|o| o.node == n).map(|o| {
+                            if o.state == "restarting" {
+                                "starting".to_string()
+                            } else {
+                                o.state.clone()
+                            }
+                        })
+                    };
                     let status = match (&node, assignment) {
                         (Some(n), _) => reported(n).unwrap_or_else(|| "starting".into()),
                         (None, Some(a)) if a.reason.starts_with("unplaceable") => {
