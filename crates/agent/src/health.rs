@@ -94,12 +94,20 @@ pub struct Probe {
     pub last: tokio::time::Instant,
     /// Consecutive failed checks.
     pub failures: u32,
+    /// A check has passed since the process started (it is ready).
+    pub passed: bool,
 }
 
-/// How long after a start before the first check: one interval.
+/// How long between checks: the interval, but at most 200 ms until the first check has
+/// passed, so a starting service is reported running (and its dependents may start)
+/// soon after it is ready.
 #[must_use]
-pub fn first_check_after(health: &Health) -> Duration {
-    health.interval.get()
+pub fn next_check_after(health: &Health, ready: bool) -> Duration {
+    if ready {
+        health.interval.get()
+    } else {
+        health.interval.get().min(Duration::from_millis(200))
+    }
 }
 
 #[cfg(test)]

@@ -410,7 +410,14 @@ impl Runtime {
         // Health checks: a workload failing its check `failures` times in a row is
         // stopped; the next tick restarts it within the restart budget, after which the
         // service relocates.
-        let unhealthy = self.run_health_checks(&table, &specs);
+        let (unhealthy, ready) = self.run_health_checks(&table, &specs);
+        // A service with a health check is running once a check has passed.
+        for name in ready {
+            if let Some(t) = table.get_mut(&name) {
+                t.state = "running";
+                changes.insert(name, "running".into());
+            }
+        }
         for name in unhealthy {
             if let Some(t) = table.remove(&name) {
                 tracing::warn!(service = %name, "health check failed: restarting it");
@@ -469,15 +476,25 @@ impl Runtime {
                 match Workload::start(name, spec, &env) {
                     Ok(workload) => {
                         tracing::info!(service = %name, pid = workload.record.pid, "started");
+                        // With a health check it is "starting" until a check passes.
+                        let state = if spec
+                            .health
+                            .as_ref()
+                            .is_some_and(|h| h.kind != quorate_spec::HealthKind::Alive)
+                        {
+                            "starting"
+                        } else {
+                            "running"
+                        };
                         table.insert(
                             name.clone(),
                             Tracked {
                                 workload,
-                                state: "running",
+                                state,
                                 generation: generations.get(name).copied().unwrap_or(0),
                             },
                         );
-                        changes.insert(name.clone(), "running".into());
+                        changes.insert(name.clone(), state.into());
                         changed_groups = true;
                     }
                     Err(e) => {
@@ -517,7 +534,7 @@ impl Runtime {
         &self,
         table: &BTreeMap<String, Tracked>,
         specs: &BTreeMap<String, quorate_spec::ServiceSpec>,
-    ) -> Vec<String> {
+    ) -> (Vec<String>, Vec<String>) {
         use quorate_spec::HealthKind;
         let address = self
             .node
@@ -528,10 +545,11 @@ impl Runtime {
             .map(|n| n.address.to_string())
             .unwrap_or_default();
         let Ok(mut probes) = self.probes.lock() else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
         probes.retain(|name, _| table.contains_key(name));
         let mut unhealthy = Vec::new();
+        let mut ready = Vec::new();
         for (name, t) in table {
             let Some(health) = specs
                 .get(name)
@@ -548,6 +566,7 @@ impl Runtime {
                     in_flight: false,
                     last: tokio::time::Instant::now(),
                     failures: 0,
+                    passed: false,
                 });
             if probe.pid != pid {
                 *probe = crate::health::Probe {
@@ -555,13 +574,19 @@ impl Runtime {
                     in_flight: false,
                     last: tokio::time::Instant::now(),
                     failures: 0,
+                    passed: false,
                 };
             }
             if probe.failures >= health.failures {
                 unhealthy.push(name.clone());
                 continue;
             }
-            if probe.in_flight || probe.last.elapsed() < crate::health::first_check_after(&health) {
+            if probe.passed && t.state == "starting" {
+                ready.push(name.clone());
+            }
+            if probe.in_flight
+                || probe.last.elapsed() < crate::health::next_check_after(&health, probe.passed)
+            {
                 continue;
             }
             probe.in_flight = true;
@@ -573,6 +598,7 @@ impl Runtime {
                     if let Some(p) = probes.get_mut(&name).filter(|p| p.pid == pid) {
                         p.in_flight = false;
                         p.failures = if ok { 0 } else { p.failures + 1 };
+                        p.passed |= ok;
                     }
                 }
             });
@@ -580,7 +606,7 @@ impl Runtime {
         for name in &unhealthy {
             probes.remove(name);
         }
-        unhealthy
+        (unhealthy, ready)
     }
 
     /// Sends states the leader has not accepted yet.

@@ -204,8 +204,15 @@ fn move_drain_maintenance_events_and_explain() {
 fn after_orders_starts_across_the_cluster() {
     // `second` (on n2) needs `first` (on n1), and n1 comes up 1.5 s late: without
     // ordering `second` would start long before `first`.
-    let services = TestCluster::demo_service("first", "prefer = [\"n1\"]")
-        + &TestCluster::demo_service("second", "prefer = [\"n2\"]\nafter = [\"first\"]");
+    // `first` reports running once its health check passes (it listens), so the
+    // order is strict: first's start record, its bind, the check, then second.
+    let port = support::free_port();
+    let first = format!(
+        "\n[services.first]\nkind = \"process\"\ncommand = [{:?}, \"demo\", \"--port\", \"{port}\"]\nprefer = [\"n1\"]\nhealth = {{ kind = \"tcp\", address = \"{{address}}:{port}\", interval = \"1s\", timeout = \"200ms\" }}\n",
+        support::quorate_bin()
+    );
+    let services =
+        first + &TestCluster::demo_service("second", "prefer = [\"n2\"]\nafter = [\"first\"]");
     let mut c = TestCluster::with_services(3, &services);
     c.start("n2");
     c.start("n3");
