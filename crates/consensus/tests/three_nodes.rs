@@ -260,9 +260,12 @@ async fn logs_are_compacted_and_a_lagging_node_catches_up_from_a_snapshot() {
             leader = nodes.iter().find(|n| n.id() == id).unwrap().clone();
             match leader.write(command.clone(), Duration::from_secs(5)).await {
                 Ok(_) => break,
-                Err(e) if attempts < 5 => {
+                Err(e) if attempts < 20 => {
+                    // Right after an election the nodes' view of the leader can lag:
+                    // give it a moment, as a real client would.
                     attempts += 1;
                     eprintln!("write {k}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => panic!("write {k}: {e}; status {:?}", leader.status()),
             }
