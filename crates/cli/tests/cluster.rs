@@ -62,10 +62,7 @@ fn five_nodes_form_from_a_cold_start() {
 #[test]
 fn killing_the_leader_keeps_the_cluster_writable_and_the_node_catches_up() {
     let mut c = TestCluster::new(3);
-    for n in ["n1", "n2", "n3"] {
-        c.start(n);
-    }
-    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    let leader = c.start_all();
     c.kill(&leader);
     let survivors: Vec<&str> = ["n1", "n2", "n3"]
         .into_iter()
@@ -99,10 +96,7 @@ fn killing_the_leader_keeps_the_cluster_writable_and_the_node_catches_up() {
 #[test]
 fn a_follower_crash_is_reported_down_and_tolerated() {
     let mut c = TestCluster::new(3);
-    for n in ["n1", "n2", "n3"] {
-        c.start(n);
-    }
-    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    let leader = c.start_all();
     let follower = ["n1", "n2", "n3"]
         .into_iter()
         .find(|n| *n != leader)
@@ -133,10 +127,7 @@ fn a_follower_crash_is_reported_down_and_tolerated() {
 #[test]
 fn without_quorum_apply_is_refused_nothing_changes_and_the_cluster_recovers() {
     let mut c = TestCluster::new(3);
-    for n in ["n1", "n2", "n3"] {
-        c.start(n);
-    }
-    c.wait_agreed(&["n1", "n2", "n3"], 1);
+    c.start_all();
     c.kill("n2");
     c.kill("n3");
     c.edit_spec(SERVICE);
@@ -326,10 +317,7 @@ fn the_harness_leaves_no_process_behind() {
 #[test]
 fn apply_of_an_invalid_or_foreign_lock_is_refused() {
     let mut c = TestCluster::new(3);
-    for n in ["n1", "n2", "n3"] {
-        c.start(n);
-    }
-    c.wait_agreed(&["n1", "n2", "n3"], 1);
+    c.start_all();
     // A lock allocated from scratch in another order does not continue the cluster's.
     c.edit_spec(SERVICE);
     let lock_path = c.path().join("quorate.lock");
@@ -367,10 +355,7 @@ fn apply_of_an_invalid_or_foreign_lock_is_refused() {
 #[test]
 fn a_node_added_by_apply_joins_as_a_voter_and_a_removed_one_leaves() {
     let mut c = TestCluster::new(3);
-    for n in ["n1", "n2", "n3"] {
-        c.start(n);
-    }
-    c.wait_agreed(&["n1", "n2", "n3"], 1);
+    c.start_all();
     // Add n4 to the spec (and give it a certificate), apply, then start it.
     c.edit_spec("\n[nodes.n4]\naddress = \"127.0.0.4\"\n");
     let out = c.data_dir("n4").join("tls");
@@ -441,10 +426,7 @@ fn a_node_added_by_apply_joins_as_a_voter_and_a_removed_one_leaves() {
 #[test]
 fn apply_refuses_a_destructive_change_unless_allowed() {
     let mut c = TestCluster::new(3);
-    for n in ["n1", "n2", "n3"] {
-        c.start(n);
-    }
-    c.wait_agreed(&["n1", "n2", "n3"], 1);
+    c.start_all();
     c.edit_spec("\n[storage.media]\nkind = \"gluster\"\nnodes = [\"n1\", \"n2\", \"n3\"]\n\n[services.web]\nkind = \"process\"\ncommand = [\"/bin/web\"]\nstorage = [\"media\"]\n");
     let dd = c.data_dir("n2");
     let dd = dd.to_str().unwrap();

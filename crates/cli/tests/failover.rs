@@ -20,10 +20,7 @@ fn three_services() -> String {
 
 /// A formed 3-node cluster with s1..s3 running (one per node); returns (leader, placements).
 fn running_cluster(c: &mut TestCluster) -> (String, Vec<(String, String)>) {
-    for n in ["n1", "n2", "n3"] {
-        c.start(n);
-    }
-    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    let leader = c.start_all();
     let mut placed = Vec::new();
     for s in ["s1", "s2", "s3"] {
         placed.push((s.to_string(), c.wait_running_elsewhere(&leader, s, None)));

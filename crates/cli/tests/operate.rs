@@ -25,10 +25,7 @@ fn move_drain_maintenance_events_and_explain() {
         .map(|s| TestCluster::demo_service(s, ""))
         .collect();
     let mut c = TestCluster::with_services(3, &services);
-    for n in ["n1", "n2", "n3"] {
-        c.start(n);
-    }
-    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    let leader = c.start_all();
     let mut at = std::collections::BTreeMap::new();
     for s in ["s1", "s2", "s3"] {
         at.insert(s, c.wait_running_elsewhere(&leader, s, None));
@@ -235,10 +232,7 @@ fn after_orders_starts_across_the_cluster() {
 fn a_crashing_service_relocates_after_its_restart_budget() {
     let crash = "\n[services.crash]\nkind = \"process\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 3\"]\nrestart = { max_restarts = 1, window = \"1m\" }\n";
     let mut c = TestCluster::with_services(3, crash);
-    for n in ["n1", "n2", "n3"] {
-        c.start(n);
-    }
-    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    let leader = c.start_all();
     // It fails everywhere in turn, then has nowhere left to go (until the window ends).
     c.wait_for(
         "crash to be unplaceable after failing on every node",
@@ -280,10 +274,7 @@ fn a_failing_health_check_restarts_then_relocates_the_service() {
     let healthy = format!("\n[services.healthy]\nkind = \"process\"\ncommand = [{:?}, \"demo\", \"--port\", \"{port}\"]\nhealth = {{ kind = \"tcp\", address = \"{{address}}:{port}\", interval = \"200ms\", timeout = \"100ms\", failures = 2 }}\n", support::quorate_bin());
     let sick = format!("\n[services.sick]\nkind = \"process\"\ncommand = [{:?}, \"demo\"]\nhealth = {{ kind = \"tcp\", address = \"{{address}}:{closed}\", interval = \"200ms\", timeout = \"100ms\", failures = 2 }}\nrestart = {{ max_restarts = 1, window = \"1m\" }}\n", support::quorate_bin());
     let mut c = TestCluster::with_services(3, &(healthy + &sick));
-    for n in ["n1", "n2", "n3"] {
-        c.start(n);
-    }
-    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    let leader = c.start_all();
     c.wait_for(
         "sick to fail its checks everywhere",
         Duration::from_secs(40),
@@ -316,10 +307,7 @@ fn restart_stops_and_starts_a_service_on_its_node() {
         .map(|s| TestCluster::demo_service(s, "restart = { max_restarts = 0, window = \"1m\" }"))
         .collect();
     let mut c = TestCluster::with_services(3, &services);
-    for n in ["n1", "n2", "n3"] {
-        c.start(n);
-    }
-    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    let leader = c.start_all();
     let node = c.wait_running_elsewhere(&leader, "s1", None);
     // With max_restarts = 0 a crash would be final: an operator's restart is not a crash.
     for _ in 0..2 {

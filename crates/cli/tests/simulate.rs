@@ -102,10 +102,7 @@ fn the_live_cluster_does_what_the_simulation_predicted() {
         .map(|s| TestCluster::demo_service(s, ""))
         .collect();
     let mut c = TestCluster::with_services(3, &services);
-    for n in ["n1", "n2", "n3"] {
-        c.start(n);
-    }
-    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    let leader = c.start_all();
     for s in ["s1", "s2", "s3", "s4"] {
         c.wait_running_elsewhere(&leader, s, None);
     }

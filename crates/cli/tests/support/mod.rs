@@ -146,6 +146,17 @@ impl TestCluster {
         self.agents.insert(name.to_string(), child);
     }
 
+    /// Starts every node's agent and waits until all agree on a leader with quorum at
+    /// spec version 1; returns the leader.
+    pub fn start_all(&mut self) -> String {
+        let names = self.names.clone();
+        for n in &names {
+            self.start(n);
+        }
+        let all: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.wait_agreed(&all, 1)
+    }
+
     /// kill -9 and reap.
     pub fn kill(&mut self, name: &str) {
         if let Some(mut child) = self.agents.remove(name) {
