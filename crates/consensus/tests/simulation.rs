@@ -113,10 +113,18 @@ impl SimNode {
         .await
         .unwrap();
         consensus.set_peers(peers.clone());
+        let mut attempts = 0;
         let listener = loop {
             match TcpListener::bind(self.addr).await {
                 Ok(l) => break l,
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(_) if attempts < 500 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!(
+                    "node {} could not re-bind {} after 5 s: {e}",
+                    self.id, self.addr
+                ),
             }
         };
         let service = Arc::new(PeerService::new(consensus.clone(), Arc::new(NoApp)));
@@ -178,7 +186,11 @@ async fn run_schedule(
         let name = format!("n{}", i + 1);
         let tls_dir = root.join("tls").join(&name);
         let tls = quorate_pki::load(&quorate_pki::TlsFiles::in_dir(&tls_dir), &name).unwrap();
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        // Each node of each schedule gets its own loopback address. A crashed node
+        // re-binds its old port; on a shared 127.0.0.1 a peer's outgoing connection
+        // could hold that port as its local end and the restart would never bind.
+        let ip = format!("127.{}.{}.{}", 1 + (seed / 250) % 200, seed % 250, i + 1);
+        let addr = std::net::TcpListener::bind((ip.as_str(), 0))
             .unwrap()
             .local_addr()
             .unwrap();
