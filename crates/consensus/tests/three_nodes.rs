@@ -82,11 +82,12 @@ async fn wait_leader(nodes: &[&Consensus]) -> u64 {
     panic!("no agreed leader");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_form_replicate_and_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca");
-    quorate_pki::init_ca(&ca, "t").unwrap();
+/// Listeners for n1..n3 on loopback, with the membership and name→id map they imply.
+async fn bind_three() -> (
+    Vec<TcpListener>,
+    BTreeMap<u64, PeerNode>,
+    BTreeMap<String, u64>,
+) {
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
     let mut peers = BTreeMap::new();
@@ -103,6 +104,15 @@ async fn three_nodes_form_replicate_and_restart() {
         peers.insert((*name).to_string(), id);
         listeners.push(l);
     }
+    (listeners, members, peers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_replicate_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    quorate_pki::init_ca(&ca, "t").unwrap();
+    let (listeners, members, peers) = bind_three().await;
     let mut nodes = Vec::new();
     let mut servers = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
@@ -205,22 +215,7 @@ async fn logs_are_compacted_and_a_lagging_node_catches_up_from_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
     quorate_pki::init_ca(&ca, "t").unwrap();
-    let mut listeners = Vec::new();
-    let mut members = BTreeMap::new();
-    let mut peers = BTreeMap::new();
-    for (i, name) in ["n1", "n2", "n3"].iter().enumerate() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let id = i as u64 + 1;
-        members.insert(
-            id,
-            PeerNode {
-                name: (*name).into(),
-                addr: l.local_addr().unwrap().to_string(),
-            },
-        );
-        peers.insert((*name).to_string(), id);
-        listeners.push(l);
-    }
+    let (listeners, members, peers) = bind_three().await;
     let mut nodes = Vec::new();
     let mut servers = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
