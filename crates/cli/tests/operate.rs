@@ -175,12 +175,7 @@ fn move_drain_maintenance_events_and_explain() {
     );
 
     // The decision log tells the story.
-    let out = q(&c, follower, &["events", "--json"]);
-    let events: Vec<String> = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
-        .unwrap()
-        .iter()
-        .map(|e| e["what"].as_str().unwrap().to_string())
-        .collect();
+    let events = event_whats(&c, follower);
     for needle in [
         "s1: pinned to",
         "pin cleared",
@@ -228,6 +223,16 @@ fn after_orders_starts_across_the_cluster() {
     );
 }
 
+/// The `what` of every entry in `quorate events --json`, as asked on `node`.
+fn event_whats(c: &TestCluster, node: &str) -> Vec<String> {
+    let out = q(c, node, &["events", "--json"]);
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn a_crashing_service_relocates_after_its_restart_budget() {
     let crash = "\n[services.crash]\nkind = \"process\"\ncommand = [\"/bin/sh\", \"-c\", \"exit 3\"]\nrestart = { max_restarts = 1, window = \"1m\" }\n";
@@ -239,12 +244,7 @@ fn a_crashing_service_relocates_after_its_restart_budget() {
         Duration::from_secs(40),
         || c.service(&leader, "crash").1 == "unplaceable",
     );
-    let out = q(&c, &leader, &["events", "--json"]);
-    let events: Vec<String> = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
-        .unwrap()
-        .iter()
-        .map(|e| e["what"].as_str().unwrap().to_string())
-        .collect();
+    let events = event_whats(&c, &leader);
     let relocations = events
         .iter()
         .filter(|e| e.starts_with("crash: start on") || e.starts_with("crash: move"))
