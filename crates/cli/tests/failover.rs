@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::witness::{double_runs, runs};
+use support::witness::{double_runs, runs, Run};
 use support::TestCluster;
 
 fn three_services() -> String {
@@ -68,6 +68,13 @@ fn power_loss(host_is_leader: bool) {
     assert_no_double_run(&c);
 }
 
+/// The first run of `service` on `node` in the witness journal.
+fn first_run<'a>(all: &'a [Run], service: &str, node: &str) -> &'a Run {
+    all.iter()
+        .find(|r| r.service == service && r.node == node)
+        .unwrap_or_else(|| panic!("no run of {service} on {node}: {all:#?}"))
+}
+
 #[test]
 fn power_loss_of_a_follower_moves_its_service() {
     power_loss(false);
@@ -86,14 +93,8 @@ fn a_paused_agent_is_fenced_before_its_service_starts_elsewhere() {
     c.signal(&host, "-STOP");
     let new_host = c.wait_running_elsewhere(&leader, &service, Some(&host));
     let all = runs(&c.journal());
-    let old = all
-        .iter()
-        .find(|r| r.service == service && r.node == host)
-        .unwrap();
-    let new = all
-        .iter()
-        .find(|r| r.service == service && r.node == new_host)
-        .unwrap();
+    let old = first_run(&all, &service, &host);
+    let new = first_run(&all, &service, &new_host);
     let fenced_at = old
         .end
         .expect("the paused node's workload was stopped by its fence");
@@ -152,14 +153,8 @@ fn an_isolated_node_stops_its_workload_before_the_majority_starts_a_copy() {
     partition(&c, &host, true);
     let new_host = c.wait_running_elsewhere(&leader, &service, Some(&host));
     let all = runs(&c.journal());
-    let old = all
-        .iter()
-        .find(|r| r.service == service && r.node == host)
-        .unwrap();
-    let new = all
-        .iter()
-        .find(|r| r.service == service && r.node == new_host)
-        .unwrap();
+    let old = first_run(&all, &service, &host);
+    let new = first_run(&all, &service, &new_host);
     assert!(
         old.end.is_some_and(|e| e < new.start),
         "isolated copy {old:?} must end before {new:?}"
