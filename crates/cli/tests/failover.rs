@@ -12,10 +12,7 @@ use support::witness::{double_runs, runs, Run};
 use support::TestCluster;
 
 fn three_services() -> String {
-    ["s1", "s2", "s3"]
-        .iter()
-        .map(|s| TestCluster::demo_service(s, ""))
-        .collect()
+    TestCluster::demo_services(&["s1", "s2", "s3"])
 }
 
 /// A formed 3-node cluster with s1..s3 running (one per node); returns (leader, placements).

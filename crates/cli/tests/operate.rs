@@ -20,11 +20,7 @@ fn q(c: &TestCluster, ask: &str, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn move_drain_maintenance_events_and_explain() {
-    let services: String = ["s1", "s2", "s3"]
-        .iter()
-        .map(|s| TestCluster::demo_service(s, ""))
-        .collect();
-    let mut c = TestCluster::with_services(3, &services);
+    let mut c = TestCluster::with_services(3, &TestCluster::demo_services(&["s1", "s2", "s3"]));
     let leader = c.start_all();
     let mut at = std::collections::BTreeMap::new();
     for s in ["s1", "s2", "s3"] {

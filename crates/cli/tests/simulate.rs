@@ -97,11 +97,8 @@ fn drbd_replicas_all_down_is_unplaceable() {
 
 #[test]
 fn the_live_cluster_does_what_the_simulation_predicted() {
-    let services: String = ["s1", "s2", "s3", "s4"]
-        .iter()
-        .map(|s| TestCluster::demo_service(s, ""))
-        .collect();
-    let mut c = TestCluster::with_services(3, &services);
+    let mut c =
+        TestCluster::with_services(3, &TestCluster::demo_services(&["s1", "s2", "s3", "s4"]));
     let leader = c.start_all();
     for s in ["s1", "s2", "s3", "s4"] {
         c.wait_running_elsewhere(&leader, s, None);

@@ -44,6 +44,11 @@ impl TestCluster {
         format!("\n[services.{name}]\nkind = \"process\"\ncommand = [{:?}, \"demo\"]\nstop_timeout = \"2s\"\n{extra}\n", quorate_bin())
     }
 
+    /// [`demo_service`](Self::demo_service) for each name, with no extra keys.
+    pub fn demo_services(names: &[&str]) -> String {
+        names.iter().map(|s| Self::demo_service(s, "")).collect()
+    }
+
     /// Like [`new`](Self::new), with `services` (TOML) appended to the spec.
     pub fn with_services(n: usize, services: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
