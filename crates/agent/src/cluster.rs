@@ -101,6 +101,11 @@ impl Node {
         self.local.spec.cluster.timings.lease_ttl.as_millis()
     }
 
+    /// The current leader's name, when this node knows one.
+    pub(crate) fn leader_name(&self) -> Option<String> {
+        self.consensus.leader().map(|(_, peer)| peer.name)
+    }
+
     pub(crate) fn is_leader(&self) -> bool {
         self.consensus.status().leader == Some(self.consensus.id())
     }

@@ -221,10 +221,12 @@ impl Node {
                 Some((program, args)) => {
                     tokio::time::timeout(
                         Duration::from_secs(60),
-                        tokio::process::Command::new(program)
-                            .args(args)
-                            .kill_on_drop(true)
-                            .status(),
+                        quorate_drivers::without_service_manager_env(
+                            &mut tokio::process::Command::new(program),
+                        )
+                        .args(args)
+                        .kill_on_drop(true)
+                        .status(),
                     )
                     .await
                 }

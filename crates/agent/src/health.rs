@@ -26,15 +26,17 @@ pub async fn check(health: &Health, node_address: &str) -> bool {
             HealthKind::Exec => match health.command.split_first() {
                 Some((program, args)) => {
                     let args: Vec<String> = args.iter().map(|a| fill(a)).collect();
-                    tokio::process::Command::new(fill(program))
-                        .args(args)
-                        .stdin(std::process::Stdio::null())
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::null())
-                        .kill_on_drop(true)
-                        .status()
-                        .await
-                        .is_ok_and(|s| s.success())
+                    quorate_drivers::without_service_manager_env(&mut tokio::process::Command::new(
+                        fill(program),
+                    ))
+                    .args(args)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .status()
+                    .await
+                    .is_ok_and(|s| s.success())
                 }
                 None => false,
             },

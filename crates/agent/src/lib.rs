@@ -16,6 +16,7 @@ mod cluster;
 mod control;
 mod failover;
 mod health;
+mod notify;
 mod runtime;
 pub mod setup;
 
@@ -127,6 +128,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             .collect(),
     );
     let members = voters(spec, &local.lock);
+    let cluster_name = spec.cluster.name.clone();
 
     let node = Arc::new(Node::new(
         config.node.clone(),
@@ -165,8 +167,18 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let lease_task = tokio::spawn(runtime.clone().keep_lease());
     let reconcile_task = tokio::spawn(runtime.clone().reconcile_forever());
 
+    let readiness = tokio::spawn(notify::report(
+        node.clone(),
+        cluster_name,
+        timings.election_timeout * 6,
+    ));
+    let watchdog = tokio::spawn(notify::pet_watchdog());
+
     wait_for_signal().await;
     tracing::info!("stopping");
+    notify::stopping();
+    readiness.abort();
+    watchdog.abort();
     duties.abort();
     joining.abort();
     lease_task.abort();

@@ -185,6 +185,7 @@ impl Runtime {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("quorate"));
         let mut command = tokio::process::Command::new(exe);
         command.args(["fence", "--node", &self.node.name]);
+        quorate_drivers::without_service_manager_env(&mut command);
         if let Some(dog) = &self.watchdog {
             command.arg("--watchdog").arg(dog);
         }

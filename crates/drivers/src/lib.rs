@@ -17,6 +17,21 @@ use nix::unistd::Pid;
 use quorate_spec::{ServiceKind, ServiceSpec};
 use serde::{Deserialize, Serialize};
 
+/// Environment variables that belong to the agent's own systemd unit (sd_notify socket,
+/// watchdog) and must not leak into the processes it starts: a workload that speaks
+/// sd_notify would otherwise talk to the agent's unit.
+pub const SERVICE_MANAGER_ENV: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
+/// Removes [`SERVICE_MANAGER_ENV`] from a command's environment.
+pub fn without_service_manager_env(
+    command: &mut tokio::process::Command,
+) -> &mut tokio::process::Command {
+    for var in SERVICE_MANAGER_ENV {
+        command.env_remove(var);
+    }
+    command
+}
+
 /// Why a workload could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
@@ -95,7 +110,8 @@ impl Workload {
         }
         let (program, args) = spec.command.split_first().ok_or(DriverError::NoCommand)?;
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args)
+        without_service_manager_env(&mut cmd)
+            .args(args)
             .envs(&spec.env)
             .envs(env)
             .stdin(std::process::Stdio::null())

@@ -207,7 +207,7 @@ impl TestCluster {
         );
     }
 
-    /// SIGSTOP / SIGCONT of the node's agent only.
+    /// Sends a signal (`-STOP`, `-CONT`, `-TERM`, …) to the node's agent only.
     pub fn signal(&self, name: &str, signal: &str) {
         let pid = self.pid(name).unwrap();
         assert!(Command::new("kill")
