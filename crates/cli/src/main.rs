@@ -121,6 +121,26 @@ enum Command {
     },
     /// Print the JSON Schema of the spec (for editors and the NixOS module).
     Schema,
+    /// The files one node needs, generated from spec + lock: DRBD resources
+    /// (etc/drbd.d/<name>.res) and systemd drop-ins for the units quorate manages
+    /// (etc/systemd/system/<unit>.d/50-quorate.conf).
+    ///
+    /// Without --out it lists them; with --out DIR it writes them under DIR mirroring
+    /// their target paths (DIR=/ installs them). Same inputs, same bytes. Refuses a
+    /// missing or out-of-date lock: every number comes from the lock.
+    Render {
+        #[command(flatten)]
+        paths: SpecPaths,
+        /// The node to render for.
+        #[arg(long, value_name = "NAME", env = "QUORATE_NODE")]
+        node: String,
+        /// Write the files under this directory.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Print the file list as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// What if nodes fail or drain? Runs the scheduler the leader runs, offline from the
     /// spec: where every service would run, which would have nowhere to go, and the order
     /// of stops and starts. Exits 1 when a service would be unplaceable.
@@ -493,6 +513,12 @@ fn main() -> ExitCode {
             json,
         } => spec_commands::plan(&paths, against.as_deref(), allow_destructive, json),
         Command::Schema => spec_commands::schema(),
+        Command::Render {
+            paths,
+            node,
+            out,
+            json,
+        } => spec_commands::render_node(&paths, &node, out.as_deref(), json),
         Command::Simulate {
             spec,
             fail,

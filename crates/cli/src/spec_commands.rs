@@ -1,4 +1,4 @@
-//! `check`, `lock`, `plan`, `schema`: the commands that work on the spec and lock
+//! `check`, `lock`, `plan`, `schema`, `render`: the commands that work on the spec and lock
 //! files alone, without a running cluster.
 
 use std::path::Path;
@@ -282,5 +282,73 @@ pub fn schema() -> Exit {
         "{}",
         serde_json::to_string_pretty(&quorate_spec::json_schema()).unwrap_or_default()
     );
+    Exit::Ok
+}
+
+/// `quorate render`: this node's generated files, listed or written under `out`.
+pub fn render_node(paths: &SpecPaths, node: &str, out: Option<&Path>, json: bool) -> Exit {
+    let loaded = match load_spec(&paths.spec, json, false) {
+        Ok(l) => l,
+        Err(exit) => return exit,
+    };
+    let lock_path = paths.lock_path();
+    let lock = match read_lock(&lock_path, json) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            report_error(&format!("no lock at {}: run `quorate lock {}` first (render takes every number from the lock)", lock_path.display(), paths.spec.display()), json);
+            return Exit::Invalid;
+        }
+        Err(exit) => return exit,
+    };
+    match quorate_plan::plan(Some(&lock), None, &loaded.spec) {
+        Ok(plan) if !plan.lock_changes => {}
+        Ok(_) => {
+            report_error(&format!("{} is out of date for this spec: run `quorate lock {}` first, so that the files carry the locked numbers", lock_path.display(), paths.spec.display()), json);
+            return Exit::Invalid;
+        }
+        Err(e) => {
+            report_error(&e.to_string(), json);
+            return Exit::Invalid;
+        }
+    }
+    let files = match quorate_render::node_files(&loaded.spec, &lock, node) {
+        Ok(files) => files,
+        Err(e) => {
+            report_error(&e.to_string(), json);
+            return Exit::Invalid;
+        }
+    };
+    if let Some(dir) = out {
+        for file in &files {
+            let target = dir.join(&file.path);
+            let written = target
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| quorate_files::write_atomic(&target, file.contents.as_bytes()));
+            if let Err(e) = written {
+                report_error(&format!("cannot write {}: {e}", target.display()), json);
+                return Exit::Invalid;
+            }
+        }
+    }
+    if json {
+        let listed: Vec<_> = files
+            .iter()
+            .map(|f| json!({"path": f.path, "purpose": f.purpose, "bytes": f.contents.len()}))
+            .collect();
+        println!(
+            "{}",
+            json!({"node": node, "out": out.map(|d| d.display().to_string()), "files": listed})
+        );
+    } else {
+        for f in &files {
+            println!("{:<50} {}", f.path, f.purpose);
+        }
+        match out {
+            Some(dir) => say!("wrote {} file(s) for node `{node}` under {}", files.len(), dir.display()),
+            None if files.is_empty() => say!("node `{node}` needs no generated files (no DRBD storage, no systemd-managed services)"),
+            None => say!("{} file(s) for node `{node}`; write them with --out DIR", files.len()),
+        }
+    }
     Exit::Ok
 }

@@ -412,6 +412,22 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
+impl ServiceSpec {
+    /// The systemd unit that runs this service: `unit` for `systemd`,
+    /// `container@NAME.service` for `nspawn` (NixOS declarative containers; for a plain
+    /// `systemd-nspawn@NAME.service` use kind `systemd` with that unit),
+    /// `microvm@NAME.service` for `microvm` (microvm.nix); `None` for `process`.
+    #[must_use]
+    pub fn unit_name(&self) -> Option<String> {
+        match self.kind {
+            ServiceKind::Process => None,
+            ServiceKind::Systemd => self.unit.clone(),
+            ServiceKind::Nspawn => Some(format!("container@{}.service", self.container.as_ref()?)),
+            ServiceKind::Microvm => Some(format!("microvm@{}.service", self.vm.as_ref()?)),
+        }
+    }
+}
+
 impl Spec {
     /// Names of the voting nodes, sorted.
     pub fn voters(&self) -> impl Iterator<Item = &str> {
