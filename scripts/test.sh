@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Packages the tests use. Idempotent: only missing ones are installed.
-PACKAGES=(iproute2)
+PACKAGES=(iproute2 nix-bin)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,0 +1,484 @@
+# The quorate NixOS module: `services.quorate`.
+#
+# The cluster spec is written in Nix under `services.quorate.settings` (the same keys as
+# quorate.toml, RFC 42 style: common keys are typed options, everything else is free-form
+# JSON). The module writes it to /etc/quorate/cluster.json, installs the lock file next to
+# it, checks both with quorate's own `check` and `lock --check` at build time (a bad spec
+# fails `nixos-rebuild build` with quorate's error text) and runs the agent as a
+# `Type=notify` systemd service with a watchdog.
+#
+# Evaluating the options, /etc files, firewall and unit settings needs nixpkgs' `lib`
+# only; `pkgs` is used for the package, the unit's PATH and the build-time check.
+{ config, lib, pkgs, ... }:
+
+let
+  inherit (lib) mkOption mkEnableOption mkIf types literalExpression;
+
+  cfg = config.services.quorate;
+  settings = cfg.settings;
+
+  # A JSON value, as `pkgs.formats.json` defines it (without needing pkgs).
+  jsonValue =
+    let
+      valueType = types.nullOr (types.oneOf [
+        types.bool
+        types.int
+        types.float
+        types.str
+        types.path
+        (types.attrsOf valueType)
+        (types.listOf valueType)
+      ]) // { description = "JSON value"; };
+    in
+    valueType;
+  freeform = types.attrsOf jsonValue;
+
+  hostLabel = types.strMatching "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?";
+  optionalStr = description: mkOption {
+    type = types.nullOr types.str;
+    default = null;
+    inherit description;
+  };
+  names = description: mkOption {
+    type = types.nullOr (types.listOf types.str);
+    default = null;
+    inherit description;
+  };
+
+  nodeType = types.submodule {
+    freeformType = freeform;
+    options = {
+      address = mkOption {
+        type = types.str;
+        example = "192.168.1.11";
+        description = "The node's IP address on the cluster network (the port is `network.port`).";
+      };
+      voter = mkOption {
+        type = types.nullOr types.bool;
+        default = null;
+        description = "Whether the node votes in the cluster's quorum (quorate's default: true).";
+      };
+      labels = mkOption {
+        type = types.nullOr (types.attrsOf types.str);
+        default = null;
+        example = { rack = "a"; disk = "ssd"; };
+        description = "Free-form labels for placement rules.";
+      };
+    };
+  };
+
+  serviceType = types.submodule {
+    freeformType = freeform;
+    options = {
+      kind = mkOption {
+        type = types.enum [ "process" "systemd" "nspawn" "microvm" ];
+        description = "What runs the service: a systemd unit, an nspawn container, a MicroVM, or a process the agent starts.";
+      };
+      unit = optionalStr "kind = systemd: the unit quorate starts and stops (it must not be started by anything else).";
+      container = optionalStr "kind = nspawn: the container name (`container@NAME.service`).";
+      vm = optionalStr "kind = microvm: the MicroVM name (`microvm@NAME.service`).";
+      prefer = names "Nodes preferred for this service, in order.";
+      avoid = names "Nodes this service runs on only when nothing else is left.";
+      after = names "Services that must run (anywhere in the cluster) before this one starts.";
+      anti_affinity = names "Services that must never run on the same node as this one.";
+      storage = names "Storage resources this service needs (attached before it starts).";
+      ip = optionalStr "A floating address `addr/prefix` that follows the service.";
+      interface = optionalStr "The interface the floating address is added to.";
+    };
+  };
+
+  storageType = types.submodule {
+    freeformType = freeform;
+    options = {
+      kind = mkOption {
+        type = types.enum [ "drbd" "gluster" "ceph-rbd" "cephfs" ];
+        description = "Replicated storage kind.";
+      };
+      nodes = names "Replica nodes.";
+      mount = optionalStr "Where the service's node mounts it.";
+      device = optionalStr "drbd: the backing block device on each replica node.";
+    };
+  };
+
+  # Option defaults of `null` mean "not set": they are left out of cluster.json so that
+  # quorate's own defaults apply.
+  withoutNulls = value:
+    if builtins.isAttrs value then
+      lib.mapAttrs (_: withoutNulls) (lib.filterAttrs (_: v: v != null) value)
+    else if builtins.isList value then
+      map withoutNulls value
+    else
+      value;
+
+  # JSON with one key per line, so that quorate's errors point at a readable line of
+  # /etc/quorate/cluster.json.
+  prettyJSON = indent: value:
+    let inner = indent + "  "; in
+    if builtins.isAttrs value && value != { } then
+      "{\n" + lib.concatStringsSep ",\n" (lib.mapAttrsToList
+        (k: v: "${inner}${builtins.toJSON k}: ${prettyJSON inner v}")
+        value) + "\n${indent}}"
+    else if builtins.isList value && value != [ ] then
+      "[\n" + lib.concatMapStringsSep ",\n" (v: inner + prettyJSON inner v) value + "\n${indent}]"
+    else
+      builtins.toJSON value;
+
+  specText = prettyJSON "" (withoutNulls settings) + "\n";
+
+  lock = if cfg.lockFile == null then null else builtins.fromJSON (builtins.readFile cfg.lockFile);
+
+  nodeNames = builtins.attrNames settings.nodes;
+  serviceNames = builtins.attrNames settings.services;
+  storageNames = builtins.attrNames settings.storage;
+  network = settings.network;
+  clusterPort = if network.port == null then 7400 else network.port;
+  wireguard = network.transport == "wireguard";
+
+  storageOnThisNode = kind:
+    lib.filterAttrs
+      (_: s: s.kind == kind && (s.nodes == null || builtins.elem cfg.nodeName s.nodes))
+      settings.storage;
+  drbdHere = storageOnThisNode "drbd";
+  glusterHere = storageOnThisNode "gluster";
+  lockedStorage = name: if lock == null then null else lock.storage.${name} or null;
+  drbdPortsHere = lib.filter (p: p != null) (lib.mapAttrsToList
+    (name: _: (lockedStorage name).drbd.port or null)
+    (lib.filterAttrs
+      (name: s: s.kind == "drbd"
+        && (builtins.elem cfg.nodeName (if s.nodes == null then [ ] else s.nodes)
+          || ((lockedStorage name).drbd.tie_breaker or null) == cfg.nodeName))
+      settings.storage));
+  wgPort = if lock == null then null else lock.nodes.${cfg.nodeName}.wg_port or null;
+
+  referenceChecks = lib.flatten (lib.mapAttrsToList
+    (svc: s:
+      map
+        (field:
+          let listed = if s.${field} == null then [ ] else s.${field}; in
+          map
+            (node: {
+              assertion = builtins.elem node nodeNames;
+              message = "services.quorate.settings.services.${svc}.${field}: unknown node `${node}` (nodes: ${lib.concatStringsSep ", " nodeNames}).";
+            })
+            listed)
+        [ "prefer" "avoid" ]
+      ++ [
+        (map
+          (st: {
+            assertion = builtins.elem st storageNames;
+            message = "services.quorate.settings.services.${svc}.storage: unknown storage `${st}` (storage: ${lib.concatStringsSep ", " storageNames}).";
+          })
+          (if s.storage == null then [ ] else s.storage))
+        (map
+          (dep: {
+            assertion = builtins.elem dep serviceNames;
+            message = "services.quorate.settings.services.${svc}.after: unknown service `${dep}`.";
+          })
+          (if s.after == null then [ ] else s.after))
+      ])
+    settings.services);
+
+  inStore = path: path != null && lib.hasPrefix builtins.storeDir (toString path);
+
+  # Runs quorate's own checks on the generated spec and the lock at build time.
+  checkedSpec = pkgs.runCommand "quorate-${settings.cluster.name}-checked"
+    {
+      nativeBuildInputs = [ cfg.package ];
+      passAsFile = [ "spec" ];
+      spec = specText;
+    }
+    ''
+      cp "$specPath" cluster.json
+      cp ${cfg.lockFile} quorate.lock
+      quorate check cluster.json
+      quorate lock --check cluster.json
+      mkdir -p $out && cp cluster.json quorate.lock $out/
+    '';
+
+  # This node's generated files (`quorate render`): DRBD resources and systemd drop-ins
+  # for the units quorate manages, from the checked spec and lock.
+  nodeFiles = pkgs.runCommand "quorate-${cfg.nodeName}-files" { nativeBuildInputs = [ cfg.package ]; } ''
+    mkdir -p $out
+    quorate render ${checkedSpec}/cluster.json --lock ${checkedSpec}/quorate.lock \
+      --node ${cfg.nodeName} --out $out
+  '';
+
+  # systemd services quorate starts and stops: never started at boot.
+  managedUnits = lib.filter (u: u != null && lib.hasSuffix ".service" u)
+    (lib.mapAttrsToList (_: s: if s.kind == "systemd" then s.unit else null) settings.services);
+in
+{
+  options.services.quorate = {
+    enable = mkEnableOption "the quorate cluster agent";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.quorate;
+      defaultText = literalExpression "pkgs.quorate (from quorate's overlay or flake)";
+      description = "The quorate package.";
+    };
+
+    settings = mkOption {
+      description = ''
+        The cluster spec, with the keys of quorate.toml (see `quorate schema`). It is the
+        same on every node; put it in a file that every host imports.
+      '';
+      default = { };
+      example = literalExpression ''
+        {
+          cluster.name = "homelab";
+          nodes.alpha.address = "192.168.1.11";
+          nodes.beta.address = "192.168.1.12";
+          nodes.gamma.address = "192.168.1.13";
+          services.web = { kind = "systemd"; unit = "nginx.service"; ip = "192.168.1.51/24"; interface = "eth0"; };
+        }
+      '';
+      type = types.submodule {
+        freeformType = freeform;
+        options = {
+          cluster = mkOption {
+            description = "`[cluster]`: name and timings.";
+            type = types.submodule {
+              freeformType = freeform;
+              options.name = mkOption {
+                type = hostLabel;
+                example = "homelab";
+                description = "The cluster's name (lowercase letters, digits and `-`).";
+              };
+            };
+          };
+          nodes = mkOption {
+            type = types.attrsOf nodeType;
+            default = { };
+            description = "`[nodes.<name>]`: every machine of the cluster, by host name.";
+          };
+          services = mkOption {
+            type = types.attrsOf serviceType;
+            default = { };
+            description = "`[services.<name>]`: what the cluster keeps running on exactly one node.";
+          };
+          storage = mkOption {
+            type = types.attrsOf storageType;
+            default = { };
+            description = "`[storage.<name>]`: replicated storage that follows its service.";
+          };
+          network = mkOption {
+            default = { };
+            description = "`[network]`: transport and port.";
+            type = types.submodule {
+              freeformType = freeform;
+              options = {
+                transport = mkOption {
+                  type = types.nullOr (types.enum [ "direct" "wireguard" ]);
+                  default = null;
+                  description = "`direct` (quorate's default) or `wireguard`.";
+                };
+                overlay = optionalStr "Overlay network (CIDR) for the WireGuard mesh.";
+                port = mkOption {
+                  type = types.nullOr types.port;
+                  default = null;
+                  description = "Cluster RPC port (quorate's default: 7400).";
+                };
+              };
+            };
+          };
+        };
+      };
+    };
+
+    generatedSpec = mkOption {
+      type = types.str;
+      readOnly = true;
+      default = specText;
+      defaultText = literalExpression "builtins.toJSON config.services.quorate.settings (unset keys left out)";
+      description = "The spec as written to /etc/quorate/cluster.json (what `nix run .#lock` locks).";
+    };
+
+    lockFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = literalExpression "./quorate.lock";
+      description = ''
+        quorate.lock: the stable numbers (Raft ids, DRBD minors and ports, WireGuard ports)
+        allocated for this spec. Create and update it with `nix run .#lock -- HOST` and
+        commit it next to flake.lock.
+      '';
+    };
+
+    nodeName = mkOption {
+      type = types.str;
+      default = config.networking.hostName;
+      defaultText = literalExpression "config.networking.hostName";
+      description = "This machine's name in `settings.nodes`.";
+    };
+
+    dataDir = mkOption {
+      type = types.str;
+      default = "/var/lib/quorate";
+      description = "The agent's state: Raft log, identity, control socket.";
+    };
+
+    tls = {
+      ca = mkOption {
+        type = types.str;
+        default = "${cfg.dataDir}/tls/ca.pem";
+        defaultText = literalExpression ''"''${dataDir}/tls/ca.pem"'';
+        description = "The cluster CA certificate (`quorate ca init`).";
+      };
+      cert = mkOption {
+        type = types.str;
+        default = "${cfg.dataDir}/tls/node.pem";
+        defaultText = literalExpression ''"''${dataDir}/tls/node.pem"'';
+        description = "This node's certificate (`quorate ca issue NODE`).";
+      };
+      key = mkOption {
+        type = types.str;
+        default = "${cfg.dataDir}/tls/node.key";
+        defaultText = literalExpression ''"''${dataDir}/tls/node.key"'';
+        description = "This node's private key: a file outside the Nix store (sops-nix, agenix, or written once by hand).";
+      };
+    };
+
+    watchdog = {
+      device = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "/dev/watchdog";
+        description = "A hardware watchdog the fence process pets; the node is reset if fenced workloads cannot be confirmed dead.";
+      };
+      serviceTimeout = mkOption {
+        type = types.str;
+        default = "10s";
+        description = "systemd's `WatchdogSec` for the agent: systemd restarts an agent that stops answering.";
+      };
+    };
+
+    openFirewall = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Open exactly the ports this node needs: the cluster port, its DRBD resources' ports, its WireGuard port, glusterd.";
+    };
+  };
+
+  config = mkIf cfg.enable (lib.mkMerge [
+  {
+    # Only quorate starts the units it manages.
+    systemd.services = lib.genAttrs (map (lib.removeSuffix ".service") managedUnits)
+      (_: { wantedBy = lib.mkForce [ ]; });
+  }
+  {
+    assertions = [
+      {
+        assertion = settings.nodes ? ${cfg.nodeName};
+        message = "services.quorate.nodeName: `${cfg.nodeName}` is not a node in services.quorate.settings.nodes (nodes: ${lib.concatStringsSep ", " nodeNames}); set services.quorate.nodeName or add the node.";
+      }
+      {
+        assertion = cfg.lockFile != null;
+        message = "services.quorate.lockFile is not set: create it with `nix run .#lock -- ${cfg.nodeName}` and set services.quorate.lockFile = ./quorate.lock.";
+      }
+      {
+        assertion = lock == null || (lock.cluster or null) == settings.cluster.name;
+        message = "services.quorate.lockFile belongs to cluster `${toString (lock.cluster or "?")}`, not `${settings.cluster.name}`: run `nix run .#lock` again.";
+      }
+      {
+        assertion = lock == null || !(settings.nodes ? ${cfg.nodeName}) || (lock.nodes or { }) ? ${cfg.nodeName};
+        message = "services.quorate.lockFile has no numbers for node `${cfg.nodeName}`: the lock is out of date; run `nix run .#lock -- ${cfg.nodeName}`.";
+      }
+      {
+        assertion = !(inStore cfg.tls.key);
+        message = "services.quorate.tls.key points into the Nix store, which every local user can read: keep it outside (sops-nix, agenix, or ${cfg.dataDir}/tls).";
+      }
+    ] ++ referenceChecks;
+
+    environment.etc."quorate/cluster.json".text = specText;
+    environment.etc."quorate/quorate.lock" = mkIf (cfg.lockFile != null) { source = cfg.lockFile; };
+
+    # A bad spec or stale lock fails the system build with quorate's own error text.
+    system.checks = mkIf (cfg.lockFile != null) [ checkedSpec ];
+
+    systemd.tmpfiles.rules = [ "d ${cfg.dataDir} 0700 root root -" ];
+
+    # `quorate render` output: drop-ins (Restart=no) for the units quorate manages, and
+    # the DRBD resources this node holds or tie-breaks.
+    systemd.packages = mkIf (cfg.lockFile != null) [ nodeFiles ];
+    environment.etc."drbd.d" = mkIf (cfg.lockFile != null && drbdPortsHere != [ ]) {
+      source = "${nodeFiles}/etc/drbd.d";
+    };
+    environment.etc."drbd.conf" = mkIf (drbdPortsHere != [ ]) {
+      text = lib.mkDefault "global { usage-count no; }\ninclude \"/etc/drbd.d/*.res\";\n";
+    };
+
+
+    networking.firewall = mkIf cfg.openFirewall {
+      allowedTCPPorts = [ clusterPort ] ++ drbdPortsHere
+        ++ lib.optionals (glusterHere != { }) [ 24007 24008 ];
+      allowedUDPPorts = lib.optional (wireguard && wgPort != null) wgPort;
+      # glusterd gives each brick a port from 49152 up.
+      allowedTCPPortRanges = lib.optional (glusterHere != { }) {
+        from = 49152;
+        to = 49152 + builtins.length (builtins.attrNames glusterHere) - 1;
+      };
+    };
+
+    systemd.services.quorate = {
+      description = "quorate cluster agent (node ${cfg.nodeName})";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      # Spec or lock changes restart the agent; services it runs elsewhere keep running.
+      restartTriggers = [ specText ] ++ lib.optional (cfg.lockFile != null) cfg.lockFile;
+      path = [ pkgs.iproute2 pkgs.util-linux pkgs.kmod ]
+        ++ lib.optional (drbdHere != { } || drbdPortsHere != [ ]) pkgs.drbd
+        ++ lib.optional (glusterHere != { }) pkgs.glusterfs
+        ++ lib.optional (pkgs ? arping) pkgs.arping;
+      environment = {
+        QUORATE_SPEC = "/etc/quorate/cluster.json";
+        QUORATE_LOCK = "/etc/quorate/quorate.lock";
+        QUORATE_NODE = cfg.nodeName;
+        QUORATE_DATA_DIR = cfg.dataDir;
+        QUORATE_CA = cfg.tls.ca;
+        QUORATE_CERT = cfg.tls.cert;
+        QUORATE_KEY = cfg.tls.key;
+        RUST_LOG = "info";
+      } // lib.optionalAttrs (cfg.watchdog.device != null) {
+        QUORATE_WATCHDOG = cfg.watchdog.device;
+      };
+      serviceConfig = {
+        Type = "notify";
+        NotifyAccess = "main";
+        ExecStart = "${cfg.package}/bin/quorate agent";
+        Restart = "always";
+        RestartSec = "2s";
+        WatchdogSec = cfg.watchdog.serviceTimeout;
+        TimeoutStopSec = "30s";
+        UMask = "0077";
+        # Hardening that leaves what the agent must do: manage units over D-Bus, add
+        # addresses (netlink), mount filesystems *visibly to other units* and run
+        # drbdadm/gluster. Everything that would give the agent its own mount namespace
+        # (ProtectSystem, ProtectHome, PrivateTmp, PrivateDevices, ProtectKernelTunables,
+        # ProtectControlGroups, ReadWritePaths) is left out on purpose: mounts made in a
+        # private namespace would be invisible to the services that need them.
+        NoNewPrivileges = true;
+        LockPersonality = true;
+        RestrictRealtime = true;
+        RestrictSUIDSGID = true;
+        SystemCallArchitectures = "native";
+        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" "AF_NETLINK" "AF_PACKET" ];
+        CapabilityBoundingSet = [
+          "CAP_SYS_ADMIN" # mount, DRBD ioctls
+          "CAP_NET_ADMIN" # floating addresses
+          "CAP_NET_RAW" # gratuitous ARP
+          "CAP_NET_BIND_SERVICE"
+          "CAP_KILL" # fencing workloads
+          "CAP_SYS_MODULE" # drbdadm loads the drbd module
+          "CAP_DAC_OVERRIDE"
+          "CAP_CHOWN"
+          "CAP_FOWNER"
+          "CAP_SETUID" # process workloads may drop privileges
+          "CAP_SETGID"
+        ];
+      };
+    };
+  }
+  ]);
+}
