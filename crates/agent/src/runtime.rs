@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quorate_drivers::{Exit, Workload, WorkloadRecord};
+use quorate_drivers::{Exit, UnitBus, Workload, WorkloadRecord};
 use quorate_fence::mono_ns;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -85,6 +85,8 @@ pub struct Runtime {
     watchdog: Option<PathBuf>,
     /// Health-check state per running workload (updated by check tasks).
     probes: Arc<std::sync::Mutex<BTreeMap<String, crate::health::Probe>>>,
+    /// systemd over D-Bus, for unit-backed services (connected on first use).
+    units: UnitBus,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -110,11 +112,40 @@ impl Runtime {
             planned_restarts: Mutex::default(),
             watchdog,
             probes: Arc::default(),
+            units: UnitBus::default(),
         }
     }
 
     fn ttl(&self) -> Duration {
         self.node.local.spec.cluster.timings.lease_ttl.get()
+    }
+
+    /// The service's floating address on this node: its `interface`, else the one that
+    /// holds the node's cluster address.
+    async fn floating_ip(
+        &self,
+        spec: &quorate_spec::ServiceSpec,
+    ) -> Result<Option<quorate_drivers::FloatingIp>, quorate_drivers::FloatingIpError> {
+        let Some(address) = spec.ip else {
+            return Ok(None);
+        };
+        let interface = match &spec.interface {
+            Some(interface) => interface.clone(),
+            None => {
+                let mine = self
+                    .node
+                    .local
+                    .spec
+                    .nodes
+                    .get(&self.node.name)
+                    .map(|n| n.address);
+                match mine {
+                    Some(addr) => quorate_drivers::FloatingIp::interface_holding(addr).await?,
+                    None => return Ok(None),
+                }
+            }
+        };
+        Ok(Some(quorate_drivers::FloatingIp { address, interface }))
     }
 
     /// True while this node's lease is valid.
@@ -146,11 +177,16 @@ impl Runtime {
         let valid = lease.boot_id == boot_id() && mono_ns() < lease.deadline_ns;
         let mut table = self.workloads.lock().await;
         for record in records {
-            if !quorate_drivers::pid_alive(record.pid) {
-                continue;
-            }
             let spec = self.node.local.spec.services.get(&record.service);
-            let mut workload = Workload::adopt(record.clone(), spec);
+            let floating = match spec {
+                Some(spec) => self.floating_ip(spec).await.ok().flatten(),
+                None => None,
+            };
+            let Some(mut workload) =
+                Workload::adopt(record.clone(), spec, &self.units, floating).await
+            else {
+                continue;
+            };
             if valid {
                 tracing::info!(service = %record.service, pid = record.pid, "adopted a workload that still runs under a valid lease");
                 table.insert(
@@ -163,12 +199,27 @@ impl Runtime {
                 );
             } else {
                 tracing::warn!(service = %record.service, pid = record.pid, "killing a workload whose lease expired while the agent was down");
-                workload.kill();
-                quorate_fence::witness("fence", &self.node.name, &record.service, record.pgid);
+                workload.kill().await;
+                quorate_fence::witness("fence", &self.node.name, &record.service, record.pid);
             }
         }
         if valid {
             self.deadline_ns.store(lease.deadline_ns, Ordering::SeqCst);
+        }
+        // A floating address this node holds for a service it does not run under a
+        // valid lease is stale (left by a crash or power loss): it goes.
+        for (name, spec) in &self.node.local.spec.services {
+            if table.contains_key(name) {
+                continue;
+            }
+            if let Ok(Some(ip)) = self.floating_ip(spec).await {
+                if ip.present().await.unwrap_or(false) {
+                    tracing::warn!(service = %name, address = %ip.address, "removing a stale floating address");
+                    if let Err(e) = ip.remove().await {
+                        tracing::error!("cannot remove {}: {e}", ip.address);
+                    }
+                }
+            }
         }
         drop(table);
         self.persist_workloads().await;
@@ -239,10 +290,33 @@ impl Runtime {
             };
             let groups: Vec<String> = table
                 .iter()
-                .filter(|(s, _)| exclusive(s))
+                .filter(|(s, t)| exclusive(s) && t.workload.unit().is_none())
                 .map(|(s, t)| format!("{s}={}", t.workload.record.pgid))
                 .collect();
-            format!("groups {}\n", groups.join(" "))
+            let units: Vec<String> = table
+                .iter()
+                .filter(|(s, _)| exclusive(s))
+                .filter_map(|(s, t)| {
+                    Some(format!(
+                        "{s}={}/{}",
+                        t.workload.unit()?,
+                        t.workload.record.pid
+                    ))
+                })
+                .collect();
+            let ips: Vec<String> = table
+                .iter()
+                .filter_map(|(s, t)| {
+                    let ip = t.workload.floating_ip()?;
+                    Some(format!("{s}={},{}", ip.interface, ip.address))
+                })
+                .collect();
+            format!(
+                "groups {}\nunits {}\nips {}\n",
+                groups.join(" "),
+                units.join(" "),
+                ips.join(" ")
+            )
         };
         self.tell_fence(&line).await;
     }
@@ -375,7 +449,7 @@ impl Runtime {
             let Some(t) = table.get_mut(&name) else {
                 continue;
             };
-            if let Some(exit) = t.workload.exited() {
+            if let Some(exit) = t.workload.exited().await {
                 // An assigned service is restarted (within its budget): only giving up is
                 // reported as "failed", which is what makes the leader relocate it.
                 let state = if assigned.contains(&name) {
@@ -474,7 +548,11 @@ impl Runtime {
                     ),
                 ]
                 .into();
-                match Workload::start(name, spec, &env) {
+                let started = match self.floating_ip(spec).await {
+                    Ok(floating) => Workload::start(name, spec, &env, &self.units, floating).await,
+                    Err(e) => Err(e.into()),
+                };
+                match started {
                     Ok(workload) => {
                         tracing::info!(service = %name, pid = workload.record.pid, "started");
                         // With a health check it is "starting" until a check passes.

@@ -266,10 +266,12 @@ pub fn apply(
 /// `quorate demo`: a witness workload for the sandbox and the tests. It appends
 /// `start`/`alive`/`stop` records (CLOCK_MONOTONIC) to `QUORATE_WITNESS_JOURNAL` and,
 /// with `--port`, answers HTTP with the node it runs on.
-pub fn demo(port: Option<u16>) -> Exit {
+pub fn demo(port: Option<u16>, bind: Option<String>) -> Exit {
     let node = std::env::var("QUORATE_NODE").unwrap_or_else(|_| "?".into());
     let service = std::env::var("QUORATE_SERVICE").unwrap_or_else(|_| "demo".into());
-    let address = std::env::var("QUORATE_NODE_ADDRESS").unwrap_or_else(|_| "127.0.0.1".into());
+    let address = bind.unwrap_or_else(|| {
+        std::env::var("QUORATE_NODE_ADDRESS").unwrap_or_else(|_| "127.0.0.1".into())
+    });
     let pid = i32::try_from(std::process::id()).unwrap_or(0);
     let Some(rt) = runtime() else {
         return Exit::Invalid;

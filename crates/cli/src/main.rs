@@ -210,6 +210,10 @@ enum Command {
         /// Answer HTTP on QUORATE_NODE_ADDRESS:PORT with "<service> on <node>".
         #[arg(long)]
         port: Option<u16>,
+        /// Listen on this address instead of QUORATE_NODE_ADDRESS (e.g. 0.0.0.0, to
+        /// answer on a floating address too).
+        #[arg(long, value_name = "ADDR", requires = "port")]
+        bind: Option<String>,
     },
     /// A local cluster to watch and break: nodes n1..nN on 127.0.0.1..N, each a real
     /// agent with its own data dir, fence and certificate, running demo services.
@@ -598,7 +602,7 @@ fn main() -> ExitCode {
                 exit::Exit::Invalid
             }
         }
-        Command::Demo { port } => cluster_commands::demo(port),
+        Command::Demo { port, bind } => cluster_commands::demo(port, bind),
         Command::Ca(CaCommand::Init { dir, cluster }) => pki_commands::ca_init(&dir, &cluster),
         Command::Ca(CaCommand::Sign { csr, ca, out }) => {
             pki_commands::ca_sign(&ca, &csr, out.as_deref())

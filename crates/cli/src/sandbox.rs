@@ -160,7 +160,8 @@ impl Sandbox {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        for g in groups {
+        // Only real groups: 0 would be our own group (units have none).
+        for g in groups.iter().filter(|g| g.pgid > 1) {
             let _ = killpg(Pid::from_raw(g.pgid), Signal::SIGKILL);
         }
         f.agents.insert(node.to_string(), 0);

@@ -6,16 +6,50 @@
 //! stop signal to the group, waits `stop_timeout`, then SIGKILLs the group. The agent
 //! reaps its own children (PID 1 on these machines reaps orphans slowly).
 //!
+//! The unit driver (kinds `systemd`, `nspawn` → `container@NAME.service`, `microvm` →
+//! `microvm@NAME.service`) asks systemd over D-Bus to start and stop the unit and waits
+//! for the job's result; the unit's `ActiveState` tells whether it still runs. How it
+//! stops (signals, timeouts) is the unit's own configuration.
+//!
 //! **Architecture Invariant:** drivers know nothing of Raft, leases or placement; the
 //! agent decides what runs, drivers only do it.
+
+pub mod floating_ip;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub use floating_ip::{FloatingIp, FloatingIpError};
+
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use quorate_spec::{ServiceKind, ServiceSpec};
+use quorate_systemd::{ActiveState, Systemd, SystemdError};
 use serde::{Deserialize, Serialize};
+
+/// How long a unit's start or stop job may take (systemd's own default timeouts are
+/// 90 s; it enforces them and reports the job as failed).
+pub const UNIT_JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The connection to systemd, made on first use: a node that runs only processes never
+/// needs D-Bus. A failed connection is retried on the next use.
+#[derive(Debug, Default)]
+pub struct UnitBus {
+    systemd: tokio::sync::OnceCell<Systemd>,
+}
+
+impl UnitBus {
+    /// The connection.
+    ///
+    /// # Errors
+    /// systemd cannot be reached over D-Bus.
+    pub async fn get(&self) -> Result<&Systemd, DriverError> {
+        self.systemd
+            .get_or_try_init(Systemd::connect)
+            .await
+            .map_err(DriverError::from)
+    }
+}
 
 /// Environment variables that belong to the agent's own systemd unit (sd_notify socket,
 /// watchdog) and must not leak into the processes it starts: a workload that speaks
@@ -50,6 +84,18 @@ pub enum DriverError {
     /// The spec has no command.
     #[error("the service has no command")]
     NoCommand,
+    /// systemd refused, failed or could not be reached.
+    #[error(transparent)]
+    Systemd(Box<SystemdError>),
+    /// The floating address could not be added.
+    #[error("floating address: {0}")]
+    FloatingIp(#[from] FloatingIpError),
+}
+
+impl From<SystemdError> for DriverError {
+    fn from(e: SystemdError) -> Self {
+        Self::Systemd(Box::new(e))
+    }
 }
 
 /// What a node records about a running workload, so that a restarted agent can find it.
@@ -57,10 +103,14 @@ pub enum DriverError {
 pub struct WorkloadRecord {
     /// Service name.
     pub service: String,
-    /// Process id of the leader of its group.
+    /// Process id of the leader of its group (a unit's main PID as systemd sees it,
+    /// 0 when unknown).
     pub pid: i32,
-    /// Process group id (equal to `pid`).
+    /// Process group id (equal to `pid`; 0 for units).
     pub pgid: i32,
+    /// The systemd unit, for unit-backed workloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 /// One running workload.
@@ -68,9 +118,22 @@ pub struct WorkloadRecord {
 pub struct Workload {
     /// What is recorded about it.
     pub record: WorkloadRecord,
-    child: Option<tokio::process::Child>,
-    stop_signal: Signal,
-    stop_timeout: Duration,
+    backend: Backend,
+    /// The floating address added before it started, removed after it stops.
+    floating: Option<FloatingIp>,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Process {
+        child: Option<tokio::process::Child>,
+        stop_signal: Signal,
+        stop_timeout: Duration,
+    },
+    Unit {
+        systemd: Systemd,
+        unit: String,
+    },
 }
 
 /// How a workload ended.
@@ -95,19 +158,73 @@ fn signal_of(name: Option<&str>) -> Signal {
 }
 
 impl Workload {
-    /// Starts `service` on this node.
+    /// Starts `service` on this node: a process, or its systemd unit (waiting for the
+    /// start job's result).
     ///
     /// # Errors
-    /// Unsupported kind, no command, or a program that cannot be started.
-    pub fn start(
+    /// No command, a program that cannot be started, an unknown unit, a failed start
+    /// job, or systemd out of reach.
+    pub async fn start(
+        service: &str,
+        spec: &ServiceSpec,
+        env: &BTreeMap<String, String>,
+        bus: &UnitBus,
+        floating: Option<FloatingIp>,
+    ) -> Result<Self, DriverError> {
+        // Start order: (storage → mount →) ip → service; undone in reverse on failure.
+        if let Some(ip) = &floating {
+            ip.add().await?;
+        }
+        let started = if spec.kind == ServiceKind::Process {
+            Self::start_process(service, spec, env)
+        } else {
+            Self::start_unit(service, spec, bus).await
+        };
+        match started {
+            Ok(mut workload) => {
+                workload.floating = floating;
+                Ok(workload)
+            }
+            Err(e) => {
+                if let Some(ip) = &floating {
+                    let _ = ip.remove().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_unit(
+        service: &str,
+        spec: &ServiceSpec,
+        bus: &UnitBus,
+    ) -> Result<Self, DriverError> {
+        let unit = spec
+            .unit_name()
+            .ok_or_else(|| DriverError::Unsupported(format!("{:?}", spec.kind).to_lowercase()))?;
+        let systemd = bus.get().await?.clone();
+        systemd.start(&unit, UNIT_JOB_TIMEOUT).await?;
+        let pid = systemd
+            .state(&unit)
+            .await
+            .map_or(0, |s| i32::try_from(s.main_pid).unwrap_or(0));
+        Ok(Self {
+            record: WorkloadRecord {
+                service: service.to_string(),
+                pid,
+                pgid: 0,
+                unit: Some(unit.clone()),
+            },
+            backend: Backend::Unit { systemd, unit },
+            floating: None,
+        })
+    }
+
+    fn start_process(
         service: &str,
         spec: &ServiceSpec,
         env: &BTreeMap<String, String>,
     ) -> Result<Self, DriverError> {
-        if spec.kind != ServiceKind::Process {
-            let kind = format!("{:?}", spec.kind).to_lowercase();
-            return Err(DriverError::Unsupported(kind));
-        }
         let (program, args) = spec.command.split_first().ok_or(DriverError::NoCommand)?;
         let mut cmd = tokio::process::Command::new(program);
         without_service_manager_env(&mut cmd)
@@ -130,73 +247,175 @@ impl Workload {
                 service: service.to_string(),
                 pid,
                 pgid: pid,
+                unit: None,
             },
-            child: Some(child),
-            stop_signal: signal_of(spec.stop_signal.as_deref()),
-            stop_timeout: spec
-                .stop_timeout
-                .map_or(Duration::from_secs(10), quorate_spec::SpecDuration::get),
+            backend: Backend::Process {
+                child: Some(child),
+                stop_signal: signal_of(spec.stop_signal.as_deref()),
+                stop_timeout: spec
+                    .stop_timeout
+                    .map_or(Duration::from_secs(10), quorate_spec::SpecDuration::get),
+            },
+            floating: None,
         })
     }
 
-    /// Takes over a workload started by a previous agent process (not our child).
-    #[must_use]
-    pub fn adopt(record: WorkloadRecord, spec: Option<&ServiceSpec>) -> Self {
-        Self {
+    /// Takes over a workload started by a previous agent process, or `None` when it no
+    /// longer runs. A unit whose state cannot be read (systemd out of reach) is taken
+    /// over as running, so that it is stopped or fenced rather than forgotten.
+    pub async fn adopt(
+        record: WorkloadRecord,
+        spec: Option<&ServiceSpec>,
+        bus: &UnitBus,
+        floating: Option<FloatingIp>,
+    ) -> Option<Self> {
+        if let Some(unit) = record.unit.clone() {
+            let systemd = bus.get().await.ok()?.clone();
+            if let Ok(state) = systemd.state(&unit).await {
+                if !state.active.may_run() {
+                    return None;
+                }
+            }
+            return Some(Self {
+                record,
+                backend: Backend::Unit { systemd, unit },
+                floating,
+            });
+        }
+        if !pid_alive(record.pid) {
+            return None;
+        }
+        Some(Self {
             record,
-            child: None,
-            stop_signal: signal_of(spec.and_then(|s| s.stop_signal.as_deref())),
-            stop_timeout: spec
-                .and_then(|s| s.stop_timeout)
-                .map_or(Duration::from_secs(10), quorate_spec::SpecDuration::get),
-        }
-    }
-
-    /// Whether the process has ended (reaping it when it is our child).
-    pub fn exited(&mut self) -> Option<Exit> {
-        match &mut self.child {
-            Some(child) => match child.try_wait() {
-                Ok(Some(status)) => Some(if status.success() {
-                    Exit::Success
-                } else {
-                    Exit::Failure
-                }),
-                Ok(None) => None,
-                Err(_) => Some(Exit::Failure),
+            backend: Backend::Process {
+                child: None,
+                stop_signal: signal_of(spec.and_then(|s| s.stop_signal.as_deref())),
+                stop_timeout: spec
+                    .and_then(|s| s.stop_timeout)
+                    .map_or(Duration::from_secs(10), quorate_spec::SpecDuration::get),
             },
-            None => (!pid_alive(self.record.pid)).then_some(Exit::Failure),
+            floating,
+        })
+    }
+
+    /// The floating address that goes with it.
+    #[must_use]
+    pub fn floating_ip(&self) -> Option<&FloatingIp> {
+        self.floating.as_ref()
+    }
+
+    async fn release_ip(&self) {
+        if let Some(ip) = &self.floating {
+            if let Err(e) = ip.remove().await {
+                tracing::warn!("cannot remove the floating address {}: {e}", ip.address);
+            }
         }
     }
 
-    /// Sends the stop signal to the group, waits up to the stop timeout, then SIGKILLs it.
+    /// The systemd unit behind this workload, if it is one.
+    #[must_use]
+    pub fn unit(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Unit { unit, .. } => Some(unit),
+            Backend::Process { .. } => None,
+        }
+    }
+
+    /// Whether the workload has ended (reaping it when it is our child). A unit that
+    /// is inactive has ended with success, a failed one with failure; while systemd
+    /// cannot be asked, nothing is concluded.
+    pub async fn exited(&mut self) -> Option<Exit> {
+        match &mut self.backend {
+            Backend::Process { child, .. } => match child {
+                Some(child) => match child.try_wait() {
+                    Ok(Some(status)) => Some(if status.success() {
+                        Exit::Success
+                    } else {
+                        Exit::Failure
+                    }),
+                    Ok(None) => None,
+                    Err(_) => Some(Exit::Failure),
+                },
+                None => (!pid_alive(self.record.pid)).then_some(Exit::Failure),
+            },
+            Backend::Unit { systemd, unit } => match systemd.state(unit).await {
+                Ok(state) => match state.active {
+                    ActiveState::Inactive => Some(Exit::Success),
+                    ActiveState::Failed => Some(Exit::Failure),
+                    _ => None,
+                },
+                Err(SystemdError::UnknownUnit(_)) => Some(Exit::Failure),
+                Err(_) => None,
+            },
+        }
+    }
+
+    /// Stops the workload: a process group gets its stop signal, then SIGKILL after the
+    /// stop timeout; a unit is stopped by systemd (SIGKILLed if the job fails).
     pub async fn stop(&mut self) {
+        self.stop_service().await;
+        self.release_ip().await;
+    }
+
+    async fn stop_service(&mut self) {
+        let (stop_signal, stop_timeout) = match &self.backend {
+            Backend::Process {
+                stop_signal,
+                stop_timeout,
+                ..
+            } => (*stop_signal, *stop_timeout),
+            Backend::Unit { systemd, unit } => {
+                if let Err(e) = systemd.stop(unit, UNIT_JOB_TIMEOUT).await {
+                    tracing::warn!(unit = %unit, "stop failed ({e}): killing it");
+                    let _ = systemd.kill(unit, Signal::SIGKILL as i32).await;
+                }
+                return;
+            }
+        };
+        if self.record.pgid <= 1 {
+            return;
+        }
         let group = Pid::from_raw(self.record.pgid);
-        if self.exited().is_some() {
+        if self.exited().await.is_some() {
             let _ = killpg(group, Signal::SIGKILL);
             return;
         }
-        let _ = killpg(group, self.stop_signal);
-        let deadline = tokio::time::Instant::now() + self.stop_timeout;
+        let _ = killpg(group, stop_signal);
+        let deadline = tokio::time::Instant::now() + stop_timeout;
         while tokio::time::Instant::now() < deadline {
-            if self.exited().is_some() {
+            if self.exited().await.is_some() {
                 // The leader exited; make sure no forked process of the group survives.
                 let _ = killpg(group, Signal::SIGKILL);
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.kill();
+        self.kill_service().await;
         for _ in 0..100 {
-            if self.exited().is_some() {
+            if self.exited().await.is_some() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    /// SIGKILLs the whole group now.
-    pub fn kill(&mut self) {
-        let _ = killpg(Pid::from_raw(self.record.pgid), Signal::SIGKILL);
+    /// SIGKILLs every process of the workload now, and removes its floating address.
+    pub async fn kill(&mut self) {
+        self.kill_service().await;
+        self.release_ip().await;
+    }
+
+    async fn kill_service(&mut self) {
+        match &self.backend {
+            // Never group 0 or 1: that would be our own group, or everything.
+            Backend::Process { .. } if self.record.pgid > 1 => {
+                let _ = killpg(Pid::from_raw(self.record.pgid), Signal::SIGKILL);
+            }
+            Backend::Process { .. } => {}
+            Backend::Unit { systemd, unit } => {
+                let _ = systemd.kill(unit, Signal::SIGKILL as i32).await;
+            }
+        }
     }
 }
 
@@ -233,8 +452,16 @@ mod tests {
             "trap '' TERM; sleep 1000 & echo $! > {}; wait",
             pidfile.display()
         );
-        let mut w =
-            Workload::start("svc", &spec(&["/bin/sh", "-c", &script]), &BTreeMap::new()).unwrap();
+        let bus = UnitBus::default();
+        let mut w = Workload::start(
+            "svc",
+            &spec(&["/bin/sh", "-c", &script]),
+            &BTreeMap::new(),
+            &bus,
+            None,
+        )
+        .await
+        .unwrap();
         let mut child_pid = None;
         for _ in 0..100 {
             if let Ok(text) = std::fs::read_to_string(&pidfile) {
@@ -246,9 +473,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let child_pid = child_pid.expect("the forked child started");
-        assert!(w.exited().is_none());
+        assert!(w.exited().await.is_none());
         w.stop().await;
-        assert!(w.exited().is_some(), "the workload ended");
+        assert!(w.exited().await.is_some(), "the workload ended");
         for _ in 0..100 {
             if !pid_alive(child_pid) {
                 break;
@@ -264,19 +491,27 @@ mod tests {
     #[tokio::test]
     async fn env_and_exit_status_are_reported() {
         let env = [("QUORATE_NODE".to_string(), "n1".to_string())].into();
+        let bus = UnitBus::default();
         let mut ok = Workload::start(
             "a",
             &spec(&["/bin/sh", "-c", "test \"$QUORATE_NODE\" = n1"]),
             &env,
+            &bus,
+            None,
         )
+        .await
         .unwrap();
-        let mut bad = Workload::start("b", &spec(&["/bin/sh", "-c", "exit 3"]), &env).unwrap();
+        let mut bad = Workload::start("b", &spec(&["/bin/sh", "-c", "exit 3"]), &env, &bus, None)
+            .await
+            .unwrap();
         let mut results = (None, None);
         for _ in 0..200 {
-            results = (
-                results.0.or_else(|| ok.exited()),
-                results.1.or_else(|| bad.exited()),
-            );
+            if results.0.is_none() {
+                results.0 = ok.exited().await;
+            }
+            if results.1.is_none() {
+                results.1 = bad.exited().await;
+            }
             if results.0.is_some() && results.1.is_some() {
                 break;
             }
@@ -285,14 +520,22 @@ mod tests {
         assert_eq!(results, (Some(Exit::Success), Some(Exit::Failure)));
     }
 
-    #[test]
-    fn other_kinds_are_refused_clearly() {
+    #[tokio::test]
+    async fn a_unit_without_systemd_is_a_clear_error() {
         let s: ServiceSpec =
             serde_json::from_value(serde_json::json!({"kind": "systemd", "unit": "x.service"}))
                 .unwrap();
-        let err = Workload::start("x", &s, &BTreeMap::new()).unwrap_err();
+        std::env::set_var(
+            "DBUS_SYSTEM_BUS_ADDRESS",
+            "unix:path=/nonexistent/quorate-test-bus",
+        );
+        let err = Workload::start("x", &s, &BTreeMap::new(), &UnitBus::default(), None)
+            .await
+            .unwrap_err();
         assert!(
-            err.to_string().contains("no driver for kind `systemd`"),
+            err.to_string().contains(
+                "cannot reach systemd over D-Bus at unix:path=/nonexistent/quorate-test-bus"
+            ),
             "{err}"
         );
     }

@@ -6,22 +6,29 @@
 //! ```text
 //! lease <deadline, CLOCK_MONOTONIC nanoseconds>
 //! groups <service>=<pgid> <service>=<pgid> …
+//! units <service>=<unit>/<main pid> <service>=<unit>/<main pid> …
+//! ips <service>=<interface>,<addr/prefix> …
 //! ```
 //!
 //! When the deadline passes (agent paused, hung, partitioned) the fence SIGKILLs every
-//! listed process group and appends a `fence` record per service to the witness
-//! journal when one is configured (`QUORATE_WITNESS_JOURNAL`): a SIGKILLed workload
-//! cannot log its own stop. When the pipe closes (the agent died) it keeps waiting for
+//! listed process group, then asks systemd over D-Bus to SIGKILL and stop every listed
+//! unit (retrying every second until systemd confirms they are down), removes the
+//! services' floating addresses (`ip addr del`) so that the node stops answering for
+//! them, and appends a
+//! `fence` record per service to the witness journal when one is configured
+//! (`QUORATE_WITNESS_JOURNAL`): a SIGKILLed workload cannot log its own stop. When the pipe closes (the agent died) it keeps waiting for
 //! the deadline, fences, and exits. It does no allocation on the path from deadline to
-//! kill. `QUORATE_UNSAFE_NO_FENCE=1` (tests only, never in the spec) disables the kills.
+//! kill of process groups (units need D-Bus, which allocates; they come second).
+//! `QUORATE_UNSAFE_NO_FENCE=1` (tests only, never in the spec) disables the kills.
 //!
 //! With a watchdog device (`--watchdog /dev/watchdog`) it pets the device every
 //! second. After fencing it keeps petting only once every killed group is confirmed
 //! gone (within 5 s); otherwise it stops, and the hardware resets the node. On a clean
 //! exit it writes the magic `V` so the device disarms.
 //!
-//! **Architecture Invariant:** depends on nothing of quorate; it must keep working
-//! when everything else on the node is stuck.
+//! **Architecture Invariant:** depends on nothing of quorate but the D-Bus client of
+//! systemd (`quorate-systemd`); it must keep working when everything else on the node
+//! is stuck.
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -81,6 +88,12 @@ struct Fence {
     /// Groups killed and not yet confirmed gone, and since when (monotonic ns).
     unconfirmed: Vec<i32>,
     unconfirmed_since: u64,
+    /// Exclusive systemd units: (service, unit, main pid as systemd reported it).
+    units: Vec<(String, String, i32)>,
+    /// Units fenced and not yet confirmed down by systemd.
+    unconfirmed_units: Vec<String>,
+    /// Floating addresses of exclusive services: (interface, addr/prefix).
+    ips: Vec<(String, String)>,
 }
 
 /// How long killed groups may take to disappear before the watchdog is left to fire.
@@ -126,6 +139,27 @@ impl Fence {
                     self.deadline = Some(d);
                 }
             }
+            Some("ips") => {
+                self.ips = words
+                    .take(MAX_GROUPS)
+                    .filter_map(|w| {
+                        let (_, rest) = w.split_once('=')?;
+                        let (interface, address) = rest.split_once(',')?;
+                        Some((interface.to_owned(), address.to_owned()))
+                    })
+                    .collect();
+            }
+            Some("units") => {
+                self.units = words
+                    .take(MAX_GROUPS)
+                    .filter_map(|w| {
+                        let (service, rest) = w.split_once('=')?;
+                        let (unit, pid) = rest.rsplit_once('/')?;
+                        let pid = pid.parse().ok()?;
+                        (!unit.is_empty()).then(|| (service.to_owned(), unit.to_owned(), pid))
+                    })
+                    .collect();
+            }
             Some("groups") => {
                 self.names.clear();
                 self.pgids.clear();
@@ -146,7 +180,7 @@ impl Fence {
 
     /// The deadline has passed: kill everything listed. No allocation before the kills.
     fn fire(&mut self) {
-        if self.pgids.is_empty() {
+        if self.pgids.is_empty() && self.units.is_empty() && self.ips.is_empty() {
             return;
         }
         if self.armed {
@@ -155,6 +189,20 @@ impl Fence {
             }
             self.unconfirmed.extend_from_slice(&self.pgids);
             self.unconfirmed_since = mono_ns();
+            self.unconfirmed_units
+                .extend(self.units.iter().map(|(_, unit, _)| unit.clone()));
+            self.unconfirmed_units = stop_units(std::mem::take(&mut self.unconfirmed_units));
+            for (interface, address) in &self.ips {
+                let removed = std::process::Command::new("ip")
+                    .args(["addr", "del", address, "dev", interface])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+                eprintln!(
+                    "quorate fence: lease of node {} expired: removed {address} from {interface} ({})",
+                    self.node,
+                    if removed.is_ok_and(|s| s.success()) { "done" } else { "was not there" }
+                );
+            }
         }
         let what = if self.armed {
             "killed"
@@ -170,9 +218,55 @@ impl Fence {
                 self.node
             );
         }
+        for (name, unit, pid) in &self.units {
+            if self.armed {
+                witness("fence", &self.node, name, *pid);
+            }
+            eprintln!(
+                "quorate fence: lease of node {} expired: {what} {name} (unit {unit})",
+                self.node
+            );
+        }
         self.names.clear();
         self.pgids.clear();
+        self.units.clear();
+        self.ips.clear();
     }
+}
+
+/// Asks systemd to SIGKILL and stop each unit; returns those not confirmed down (all of
+/// them when systemd cannot be reached within a few seconds).
+fn stop_units(units: Vec<String>) -> Vec<String> {
+    if units.is_empty() {
+        return units;
+    }
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return units;
+    };
+    runtime.block_on(async {
+        let attempt = async {
+            let systemd = quorate_systemd::Systemd::connect().await.ok()?;
+            let mut left = Vec::new();
+            for unit in &units {
+                let _ = systemd.kill(unit, Signal::SIGKILL as i32).await;
+                let _ = systemd.stop(unit, std::time::Duration::from_secs(3)).await;
+                match systemd.state(unit).await {
+                    Ok(state) if !state.active.may_run() => {}
+                    Err(quorate_systemd::SystemdError::UnknownUnit(_)) => {}
+                    _ => left.push(unit.clone()),
+                }
+            }
+            Some(left)
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), attempt)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| units.clone())
+    })
 }
 
 /// Runs the fence for `node`, reading the agent's lines from stdin. Returns when the
@@ -201,6 +295,9 @@ pub fn run(node: &str, watchdog: Option<&std::path::Path>) -> i32 {
         armed: !disabled(),
         unconfirmed: Vec::with_capacity(64),
         unconfirmed_since: 0,
+        units: Vec::new(),
+        unconfirmed_units: Vec::new(),
+        ips: Vec::new(),
     };
     if !fence.armed {
         eprintln!("quorate fence: {UNSAFE_NO_FENCE}=1 — fencing is DISABLED (tests only)");
@@ -219,8 +316,12 @@ pub fn run(node: &str, watchdog: Option<&std::path::Path>) -> i32 {
         if !fence.unconfirmed.is_empty() {
             fence.unconfirmed.retain(|g| group_alive(*g));
         }
+        if !fence.unconfirmed_units.is_empty() {
+            fence.unconfirmed_units = stop_units(std::mem::take(&mut fence.unconfirmed_units));
+        }
         if let Some(dog) = dog.as_mut() {
-            let petting = keep_petting(!fence.unconfirmed.is_empty(), fence.unconfirmed_since, now);
+            let unconfirmed = !fence.unconfirmed.is_empty() || !fence.unconfirmed_units.is_empty();
+            let petting = keep_petting(unconfirmed, fence.unconfirmed_since, now);
             if petting && now.saturating_sub(last_pet) >= 1_000_000_000 {
                 let _ = dog.write_all(b"1").and_then(|()| dog.flush());
                 last_pet = now;
@@ -230,7 +331,12 @@ pub fn run(node: &str, watchdog: Option<&std::path::Path>) -> i32 {
             }
         }
         if agent_gone {
-            if fence.pgids.is_empty() && fence.unconfirmed.is_empty() {
+            if fence.pgids.is_empty()
+                && fence.units.is_empty()
+                && fence.ips.is_empty()
+                && fence.unconfirmed.is_empty()
+                && fence.unconfirmed_units.is_empty()
+            {
                 // A clean end: disarm the watchdog (the magic close).
                 if let Some(dog) = dog.as_mut() {
                     let _ = dog.write_all(b"V");
@@ -288,8 +394,21 @@ mod tests {
             armed: false,
             unconfirmed: Vec::new(),
             unconfirmed_since: 0,
+            units: Vec::new(),
+            unconfirmed_units: Vec::new(),
+            ips: Vec::new(),
         };
         f.apply("lease 123\n");
+        f.apply("ips web=eth0,10.0.0.5/24 bad=eth0 junk\n");
+        assert_eq!(f.ips, vec![("eth0".to_owned(), "10.0.0.5/24".to_owned())]);
+        f.apply("units web=nginx.service/17 hass=container@hass.service/0 bad=/3 nopid=x.service junk\n");
+        assert_eq!(
+            f.units,
+            vec![
+                ("web".to_owned(), "nginx.service".to_owned(), 17),
+                ("hass".to_owned(), "container@hass.service".to_owned(), 0)
+            ]
+        );
         f.apply("groups web=4242 db=4343 junk bad=x init=1\n");
         assert_eq!(f.deadline, Some(123));
         assert_eq!(f.pgids, vec![4242, 4343]);

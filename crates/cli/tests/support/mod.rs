@@ -22,6 +22,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+pub mod netns;
 pub mod witness;
 
 pub struct TestCluster {
@@ -31,6 +32,8 @@ pub struct TestCluster {
     agents: BTreeMap<String, Child>,
     /// Extra environment for every agent (and so its fence and workloads).
     pub env: Vec<(String, String)>,
+    /// The network namespace each node's agent runs in (none: the host's loopback).
+    pub netns: BTreeMap<String, String>,
 }
 
 impl TestCluster {
@@ -51,15 +54,30 @@ impl TestCluster {
 
     /// Like [`new`](Self::new), with `services` (TOML) appended to the spec.
     pub fn with_services(n: usize, services: &str) -> Self {
+        let addresses: Vec<String> = (1..=n).map(|i| format!("127.0.0.{i}")).collect();
+        Self::build(&addresses, services, free_port())
+    }
+
+    /// Nodes n1..nN in the namespaces of `lab` (agents started inside them), at its
+    /// addresses.
+    pub fn in_netns(lab: &netns::NetLab, services: &str) -> Self {
+        let addresses: Vec<String> = (1..=lab.nodes.len()).map(netns::NetLab::address).collect();
+        let mut c = Self::build(&addresses, services, 7400);
+        c.netns = c
+            .names
+            .iter()
+            .cloned()
+            .zip(lab.nodes.iter().cloned())
+            .collect();
+        c
+    }
+
+    fn build(addresses: &[String], services: &str, port: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let names: Vec<String> = (1..=addresses.len()).map(|i| format!("n{i}")).collect();
         let mut spec = format!("[cluster]\nname = \"test\"\n\n[network]\nport = {port}\n");
-        for (i, name) in names.iter().enumerate() {
-            spec.push_str(&format!(
-                "\n[nodes.{name}]\naddress = \"127.0.0.{}\"\n",
-                i + 1
-            ));
+        for (name, address) in names.iter().zip(addresses) {
+            spec.push_str(&format!("\n[nodes.{name}]\naddress = \"{address}\"\n"));
         }
         spec.push_str(services);
         std::fs::write(dir.path().join("quorate.toml"), spec).unwrap();
@@ -70,6 +88,7 @@ impl TestCluster {
             names,
             agents: BTreeMap::new(),
             env: vec![("QUORATE_WITNESS_JOURNAL".into(), journal)],
+            netns: BTreeMap::new(),
         };
         c.ok(&["lock"]);
         c.ok(&["ca", "init", "ca", "--cluster", "test"]);
@@ -125,12 +144,27 @@ impl TestCluster {
 
     /// Starts the agent of `name` (log in `<name>.log`).
     pub fn start(&mut self, name: &str) {
+        self.start_with(name, &[]);
+    }
+
+    /// Starts the node's agent with `extra` environment on top of [`env`](Self::env)
+    /// (e.g. the D-Bus address of that node's own systemd).
+    pub fn start_with(&mut self, name: &str, extra: &[(String, String)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.path().join(format!("{name}.log")))
             .unwrap();
-        let child = Command::new(quorate_bin())
+        // In a namespace: `ip netns exec` execs the agent, so the pid stays the agent's.
+        let mut command = match self.netns.get(name) {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, quorate_bin()]);
+                c
+            }
+            None => Command::new(quorate_bin()),
+        };
+        let child = command
             .args([
                 "agent",
                 "--spec",
@@ -143,6 +177,7 @@ impl TestCluster {
             .current_dir(self.path())
             .env("QUORATE_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -184,6 +219,8 @@ impl TestCluster {
                 v.as_array().map(|a| {
                     a.iter()
                         .filter_map(|r| r["pgid"].as_i64().and_then(|p| i32::try_from(p).ok()))
+                        // Units have no group of ours (0): `kill -- -0` would hit the test.
+                        .filter(|pgid| *pgid > 1)
                         .collect()
                 })
             })

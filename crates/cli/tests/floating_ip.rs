@@ -1,0 +1,88 @@
+//! A floating address follows its service between hosts: each node is its own network
+//! namespace on a switch (support/netns.rs). The address is added on the node that
+//! runs the service, answers there, and moves — after power loss of that node, and
+//! after its agent dies (then its fence process removes the address).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::netns::{self, NetLab};
+use support::{quorate_bin, witness, TestCluster};
+
+const FLOATING: &str = "10.88.0.100/24";
+
+/// Waits until HTTP on the floating address (from the switch) answers `expected`.
+fn answer(cluster: &TestCluster, lab: &NetLab, expected: &str) {
+    cluster.wait_for(
+        &format!("the floating address to answer `{expected}`"),
+        Duration::from_secs(20),
+        || lab.http_get("10.88.0.100", 8080).as_deref() == Some(expected),
+    );
+}
+
+#[test]
+fn a_floating_ip_moves_with_its_service_and_answers_on_the_new_node() {
+    if let Some(why) = netns::unavailable() {
+        eprintln!("SKIPPED: network namespaces unavailable: {why}");
+        return;
+    }
+    let lab = NetLab::new(3);
+    let services = format!(
+        "\n[services.web]\nkind = \"process\"\ncommand = [{:?}, \"demo\", \"--port\", \"8080\", \"--bind\", \"0.0.0.0\"]\nstop_timeout = \"2s\"\nip = \"{FLOATING}\"\ninterface = \"eth0\"\n\n[services.api]\nkind = \"process\"\ncommand = [{:?}, \"demo\"]\nstop_timeout = \"2s\"\nip = \"10.88.0.101/24\"\n",
+        quorate_bin(),
+        quorate_bin()
+    );
+    let mut cluster = TestCluster::in_netns(&lab, &services);
+    cluster.start_all();
+    let index = |node: &str| node.trim_start_matches('n').parse::<usize>().unwrap();
+    let holders =
+        |address: &str| -> Vec<usize> { (1..=3).filter(|i| lab.holds(*i, address)).collect() };
+
+    let first = cluster.wait_running_elsewhere("n1", "web", None);
+    assert_eq!(holders(FLOATING), vec![index(&first)]);
+    answer(&cluster, &lab, &format!("web on {first}"));
+    // Without `interface`, the address goes on the interface of the node's address.
+    let api = cluster.wait_running_elsewhere("n1", "api", None);
+    assert_eq!(holders("10.88.0.101/24"), vec![index(&api)]);
+
+    // Power loss of web's node: its agent, fence and workloads die and its cable is cut.
+    let ask = if first == "n1" { "n2" } else { "n1" };
+    cluster.poweroff(&first);
+    lab.link(index(&first), false);
+    let second = cluster.wait_running_elsewhere(ask, "web", Some(&first));
+    answer(&cluster, &lab, &format!("web on {second}"));
+    assert!(lab.holds(index(&second), FLOATING));
+
+    // The first node comes back: it drops the address it held when it lost power.
+    lab.link(index(&first), true);
+    cluster.start(&first);
+    cluster.wait_agreed(&["n1", "n2", "n3"], 1);
+    cluster.wait_for(
+        "the restarted node to drop its stale address",
+        Duration::from_secs(10),
+        || !lab.holds(index(&first), FLOATING),
+    );
+    assert_eq!(holders(FLOATING), vec![index(&second)]);
+
+    // web's new agent dies alone (kill -9): its fence SIGKILLs web and removes the
+    // address when the lease runs out; web and its address move to the last node.
+    let ask = (1..=3)
+        .map(|i| format!("n{i}"))
+        .find(|n| *n != second)
+        .unwrap();
+    cluster.kill(&second);
+    let third = cluster.wait_running_elsewhere(&ask, "web", Some(&second));
+    cluster.wait_for(
+        "the fence to remove the address",
+        Duration::from_secs(20),
+        || !lab.holds(index(&second), FLOATING),
+    );
+    answer(&cluster, &lab, &format!("web on {third}"));
+    assert_eq!(holders(FLOATING), vec![index(&third)]);
+
+    let doubles = witness::double_runs(&witness::runs(&cluster.journal()));
+    assert!(doubles.is_empty(), "{doubles:#?}");
+}
