@@ -164,6 +164,7 @@ impl Node {
                 ControlRequest::SetAdmin { node, state } => self.set_admin(&node, &state).await,
                 ControlRequest::Restart { service } => self.restart_service(&service).await,
                 ControlRequest::Explain { service } => self.explain(&service).await,
+                ControlRequest::SchedulerInput => self.scheduler_input().await,
                 // Answered above, on the node that was asked.
                 ControlRequest::Partition { .. } | ControlRequest::Events { .. } => {
                     refused(1, "answered locally")
@@ -186,7 +187,7 @@ impl Node {
             (Ok(reply), _) => reply,
             (Err(_), ControlRequest::Status { .. }) => self.status(false).await,
             (Err(_), ControlRequest::Partition { .. } | ControlRequest::Events { .. }) => refused(1, "answered locally"),
-            (Err(why), ControlRequest::Move { .. } | ControlRequest::SetAdmin { .. } | ControlRequest::Explain { .. } | ControlRequest::Restart { .. }) => refused(
+            (Err(why), ControlRequest::Move { .. } | ControlRequest::SetAdmin { .. } | ControlRequest::Explain { .. } | ControlRequest::Restart { .. } | ControlRequest::SchedulerInput) => refused(
                 4,
                 format!("no quorum: {why}; nothing was changed\n  help: a majority of voters must be up and connected; check `quorate status`"),
             ),

@@ -556,6 +556,29 @@ impl Node {
         .await
     }
 
+    /// On the leader: the input its scheduler places from, for `simulate --live`.
+    pub(crate) async fn scheduler_input(&self) -> quorate_api::ControlReply {
+        self.consensus
+            .with_state(|st| {
+                let Some(applied) = st.applied.as_ref() else {
+                    return Self::refused(1, "the cluster has no spec yet".into());
+                };
+                let spec = &applied.spec;
+                quorate_api::ControlReply::SchedulerInput(Box::new(quorate_api::SchedulerView {
+                    spec: spec.clone(),
+                    nodes: self.node_states(spec, &st.admin),
+                    current: st
+                        .placements
+                        .iter()
+                        .filter_map(|(s, a)| a.node.clone().map(|n| (s.clone(), n)))
+                        .collect(),
+                    pins: st.pins.clone(),
+                    failed: self.recent_failures(spec, st),
+                }))
+            })
+            .await
+    }
+
     /// On the leader: why `service` runs where it runs, and why not elsewhere.
     pub(crate) async fn explain(&self, service: &str) -> quorate_api::ControlReply {
         self.consensus

@@ -55,6 +55,8 @@ pub enum ControlRequest {
         /// The service.
         service: String,
     },
+    /// What the leader's scheduler works from now (for `quorate simulate --live`).
+    SchedulerInput,
     /// Cut (or restore) all peer traffic of this node: the sandbox's `partition` fault.
     Partition {
         /// True to cut, false to heal.
@@ -100,6 +102,8 @@ pub enum ControlReply {
         /// Node → `null` when it may run there, else why not.
         nodes: std::collections::BTreeMap<String, Option<String>>,
     },
+    /// What the leader's scheduler works from.
+    SchedulerInput(Box<SchedulerView>),
     /// The spec was committed (or was already the applied one).
     Applied {
         /// Applied spec version.
@@ -121,6 +125,21 @@ pub enum ControlReply {
         #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
         changes: serde_json::Value,
     },
+}
+
+/// The leader's scheduler input: the applied spec and the live state it places from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SchedulerView {
+    /// The applied spec.
+    pub spec: Spec,
+    /// Each node's state.
+    pub nodes: std::collections::BTreeMap<String, quorate_scheduler::NodeState>,
+    /// Where each service is placed now.
+    pub current: std::collections::BTreeMap<String, String>,
+    /// `quorate move` pins.
+    pub pins: std::collections::BTreeMap<String, String>,
+    /// Nodes where a service recently spent its restart budget.
+    pub failed: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// `quorate status --json`.

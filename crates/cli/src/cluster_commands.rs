@@ -58,7 +58,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 /// Calls the agent; prints an unreachable agent as exit 4.
-fn call(
+pub(crate) fn call(
     socket: &AgentSocket,
     request: &ControlRequest,
     timeout: Duration,

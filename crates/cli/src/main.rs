@@ -141,11 +141,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// What if nodes fail or drain? Runs the scheduler the leader runs, offline from the
-    /// spec: where every service would run, which would have nowhere to go, and the order
-    /// of stops and starts. Exits 1 when a service would be unplaceable.
+    /// What if nodes fail or drain? Runs the scheduler the leader runs: offline from the
+    /// spec (every node up, nothing placed yet), or with --live from the running
+    /// cluster's state (its applied spec, node states, placements, pins and recent
+    /// failures). Prints where every service would run, which would have nowhere to
+    /// go, and the order of stops and starts. Exits 1 when a service would be
+    /// unplaceable.
     Simulate {
-        /// The spec: TOML, or JSON when the name ends in .json.
+        /// The spec: TOML, or JSON when the name ends in .json (ignored with --live).
         #[arg(
             value_name = "SPEC",
             default_value = "quorate.toml",
@@ -158,6 +161,11 @@ enum Command {
         /// A node that is drained (repeatable).
         #[arg(long, value_name = "NODE")]
         drain: Vec<String>,
+        /// Start from the live cluster, asked through the local agent.
+        #[arg(long)]
+        live: bool,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
         /// Print the result as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -527,8 +535,10 @@ fn main() -> ExitCode {
             spec,
             fail,
             drain,
+            live,
+            agent,
             json,
-        } => simulate::run(&spec, &fail, &drain, json),
+        } => simulate::run(&spec, live.then_some(&agent), &fail, &drain, json),
         Command::Agent(args) => cluster_commands::agent(args.into_config()),
         Command::Status { agent, local, json } => cluster_commands::status(&agent, local, json),
         Command::Apply {

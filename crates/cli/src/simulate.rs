@@ -1,9 +1,11 @@
 //! `quorate simulate`: what-if on the same pure scheduler the leader runs, offline
-//! from the spec — like Pacemaker's `crm_simulate` or Proxmox's HA simulator.
+//! from the spec or from the live cluster's state — like Pacemaker's `crm_simulate`
+//! or Proxmox's HA simulator.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use quorate_api::{ControlReply, ControlRequest, SchedulerView};
 use quorate_scheduler::{place, Input, NodeState, Placement};
 use quorate_spec::Spec;
 use serde_json::json;
@@ -47,26 +49,39 @@ pub struct Simulation {
     pub starts: Vec<(String, String)>,
 }
 
-/// Runs the scheduler with every node up, then again with `fail` down and `drain` draining.
+/// The offline starting point: every node up, nothing placed, no pins or failures.
 #[must_use]
-pub fn simulate(spec: &Spec, fail: &[String], drain: &[String]) -> Simulation {
-    let all_up: BTreeMap<String, NodeState> = spec
-        .nodes
-        .keys()
-        .map(|n| (n.clone(), NodeState::Up))
-        .collect();
+pub fn offline(spec: &Spec) -> SchedulerView {
+    SchedulerView {
+        spec: spec.clone(),
+        nodes: spec
+            .nodes
+            .keys()
+            .map(|n| (n.clone(), NodeState::Up))
+            .collect(),
+        current: BTreeMap::new(),
+        pins: BTreeMap::new(),
+        failed: BTreeMap::new(),
+    }
+}
+
+/// Runs the scheduler from `start` (offline, or the live cluster's state), then again
+/// with `fail` down and `drain` draining.
+#[must_use]
+pub fn simulate(start: &SchedulerView, fail: &[String], drain: &[String]) -> Simulation {
+    let spec = &start.spec;
     let before = place(&Input {
         spec,
-        nodes: &all_up,
-        current: &BTreeMap::new(),
-        pins: &std::collections::BTreeMap::new(),
-        failed: &std::collections::BTreeMap::new(),
+        nodes: &start.nodes,
+        current: &start.current,
+        pins: &start.pins,
+        failed: &start.failed,
     });
     let current: BTreeMap<String, String> = before
         .iter()
         .filter_map(|(s, p)| p.node.clone().map(|n| (s.clone(), n)))
         .collect();
-    let mut states = all_up;
+    let mut states = start.nodes.clone();
     for n in drain {
         states.insert(n.clone(), NodeState::Draining);
     }
@@ -77,8 +92,8 @@ pub fn simulate(spec: &Spec, fail: &[String], drain: &[String]) -> Simulation {
         spec,
         nodes: &states,
         current: &current,
-        pins: &std::collections::BTreeMap::new(),
-        failed: &std::collections::BTreeMap::new(),
+        pins: &start.pins,
+        failed: &start.failed,
     });
     let moved: BTreeSet<String> = after
         .iter()
@@ -104,11 +119,41 @@ pub fn simulate(spec: &Spec, fail: &[String], drain: &[String]) -> Simulation {
 }
 
 /// `quorate simulate`
-pub fn run(spec_path: &Path, fail: &[String], drain: &[String], json: bool) -> Exit {
-    let spec = match crate::spec_commands::load_checked(spec_path, json) {
-        Ok(s) => s,
-        Err(exit) => return exit,
+pub fn run(
+    spec_path: &Path,
+    live: Option<&crate::cluster_commands::AgentSocket>,
+    fail: &[String],
+    drain: &[String],
+    json: bool,
+) -> Exit {
+    let start = match live {
+        Some(agent) => {
+            match crate::cluster_commands::call(
+                agent,
+                &ControlRequest::SchedulerInput,
+                std::time::Duration::from_secs(15),
+                json,
+            ) {
+                Ok(ControlReply::SchedulerInput(view)) => *view,
+                Ok(ControlReply::Refused {
+                    exit_code, message, ..
+                }) => {
+                    eprintln!("error: {message}");
+                    return Exit::from_refusal(exit_code);
+                }
+                Ok(_) => {
+                    eprintln!("error: unexpected reply from the agent");
+                    return Exit::Invalid;
+                }
+                Err(exit) => return exit,
+            }
+        }
+        None => match crate::spec_commands::load_checked(spec_path, json) {
+            Ok(spec) => offline(&spec),
+            Err(exit) => return exit,
+        },
     };
+    let spec = &start.spec;
     for n in fail.iter().chain(drain) {
         if !spec.nodes.contains_key(n) {
             let known: Vec<&String> = spec.nodes.keys().collect();
@@ -116,7 +161,11 @@ pub fn run(spec_path: &Path, fail: &[String], drain: &[String], json: bool) -> E
             return Exit::Invalid;
         }
     }
-    let sim = simulate(&spec, fail, drain);
+    let sim = simulate(&start, fail, drain);
+    let source = match live {
+        Some(_) => format!("the live cluster `{}`", spec.cluster.name),
+        None => spec_path.display().to_string(),
+    };
     let unplaceable: Vec<&String> = sim
         .after
         .iter()
@@ -138,6 +187,7 @@ pub fn run(spec_path: &Path, fail: &[String], drain: &[String], json: bool) -> E
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
+                "live": live.is_some(),
                 "failed": fail,
                 "draining": drain,
                 "services": placements,
@@ -149,8 +199,7 @@ pub fn run(spec_path: &Path, fail: &[String], drain: &[String], json: bool) -> E
         );
     } else {
         println!(
-            "quorate simulate: {} with {}{}\n",
-            spec_path.display(),
+            "quorate simulate: {source} with {}{}\n",
             if fail.is_empty() {
                 "no failures".to_string()
             } else {

@@ -132,3 +132,62 @@ fn the_live_cluster_does_what_the_simulation_predicted() {
         );
     }
 }
+
+/// `--live` starts from the cluster's real state — here a pin the spec does not know —
+/// and the cluster then does what it predicted.
+#[test]
+fn simulate_live_starts_from_pins_and_placements_and_the_cluster_follows_it() {
+    let services = ["s1", "s2", "s3", "s4"];
+    let mut c = TestCluster::with_services(3, &TestCluster::demo_services(&services));
+    let leader = c.start_all();
+    for s in services {
+        c.wait_running_elsewhere(&leader, s, None);
+    }
+    let data_dir = c.data_dir(&leader);
+    let data_dir = data_dir.to_str().unwrap();
+    // Pin s2 to the leader (a `move`): the live state now differs from the spec's.
+    c.ok(&["move", "s2", &leader, "--data-dir", data_dir]);
+    c.wait_for(
+        "s2 on the leader",
+        std::time::Duration::from_secs(20),
+        || c.service(&leader, "s2") == (Some(leader.clone()), "running".to_owned()),
+    );
+    let victim = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != leader)
+        .unwrap();
+    let (code, predicted) = simulate(
+        c.path(),
+        &["--live", "--data-dir", data_dir, "--fail", victim],
+    );
+    assert_eq!(code, Some(0), "{predicted}");
+    assert_eq!(predicted["live"], true);
+    for s in services {
+        assert_eq!(
+            predicted["services"][s]["before"].as_str(),
+            c.service(&leader, s).0.as_deref(),
+            "live placement of {s}"
+        );
+    }
+    assert_eq!(
+        predicted["services"]["s2"]["after"].as_str(),
+        Some(leader.as_str())
+    );
+    c.poweroff(victim);
+    for s in services {
+        let want = predicted["services"][s]["after"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_ne!(want, victim);
+        c.wait_for(
+            &format!("{s} on {want} as simulated live"),
+            std::time::Duration::from_secs(30),
+            || c.service(&leader, s) == (Some(want.clone()), "running".to_owned()),
+        );
+    }
+
+    // Without an agent to ask: exit 4 and a clear error.
+    let (code, _) = simulate(c.path(), &["--live", "--data-dir", "/nonexistent"]);
+    assert_eq!(code, Some(4));
+}
