@@ -345,6 +345,7 @@ impl Node {
                         state: status,
                         pinned: state.pins.get(name).cloned(),
                         reason: assignment.map(|a| a.reason.clone()).unwrap_or_default(),
+                        reported: observed.map(|o| format!("{}: {}", o.node, o.state)),
                     }
                 })
                 .collect(),

@@ -44,6 +44,8 @@ fn boot_id() -> String {
 struct View {
     /// Services assigned to this node.
     assigned: BTreeSet<String>,
+    /// Services the replicated state says may run here (this node's own last reports).
+    claimed: BTreeSet<String>,
     /// Their specs.
     specs: BTreeMap<String, quorate_spec::ServiceSpec>,
     /// Services reported running somewhere.
@@ -381,6 +383,7 @@ impl Runtime {
         let me = self.node.name.clone();
         let View {
             assigned,
+            claimed,
             specs,
             running,
             after,
@@ -425,8 +428,15 @@ impl Runtime {
                             .collect()
                     })
                     .unwrap_or_default();
+                let claimed = st
+                    .observed
+                    .iter()
+                    .filter(|(_, o)| o.node == me && o.may_run())
+                    .map(|(s, _)| s.clone())
+                    .collect();
                 View {
                     assigned,
+                    claimed,
                     specs,
                     running,
                     after,
@@ -587,6 +597,16 @@ impl Runtime {
             given_up.retain(|s| assigned.contains(s));
             starts.retain(|s, _| assigned.contains(s));
         }
+        // The cluster's record says this node may run a service it neither runs nor is
+        // assigned (a report from a stale view, e.g. "restarting" while it was paused):
+        // correct it, or it would stand forever and block the service's new holder.
+        for service in &claimed {
+            if !table.contains_key(service) && !assigned.contains(service) {
+                changes
+                    .entry(service.clone())
+                    .or_insert_with(|| "stopped".into());
+            }
+        }
         drop(table);
         if changed_groups {
             self.update_fence_groups().await;
@@ -694,7 +714,9 @@ impl Runtime {
         if pending.is_empty() {
             return;
         }
-        if self.node.observe(pending.clone()).await {
+        let reported = self.node.observe(pending.clone()).await;
+        tracing::debug!(?pending, reported, "reported service states");
+        if reported {
             let mut unreported = self.unreported.lock().await;
             for (k, v) in pending {
                 if unreported.get(&k) == Some(&v) {

@@ -207,6 +207,10 @@ pub struct ServiceStatus {
     /// Why it is where it is (the scheduler's reason).
     #[serde(default)]
     pub reason: String,
+    /// The last report the cluster recorded about it: which node said what
+    /// (e.g. `n2: running`), or null before any report.
+    #[serde(default)]
+    pub reported: Option<String>,
 }
 
 /// One storage resource in [`StatusReport`].

@@ -25,6 +25,9 @@ pub const MAX_FRAME: usize = 64 << 20;
 /// Time allowed for a TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a client may take to connect and finish its TLS handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Transport errors.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -279,6 +282,21 @@ impl PeerClient {
             });
         }
         let peer = self.node.clone();
+        // Connecting (TCP + TLS handshake) gets its own, longer budget: bounding it by a
+        // short RPC timeout (a 100 ms heartbeat) would abandon every handshake that
+        // takes longer on a loaded machine, and never reconnect.
+        if self.conn.is_none() {
+            match tokio::time::timeout(timeout.max(CONNECT_TIMEOUT), self.connect()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(NetError::Timeout {
+                        peer,
+                        after: timeout.max(CONNECT_TIMEOUT),
+                    })
+                }
+            }
+        }
         let result = tokio::time::timeout(timeout, async {
             let conn = self.connect().await?;
             write_frame(conn, request, &peer).await?;

@@ -323,14 +323,26 @@ impl ClusterState {
                 at_ms,
             } => {
                 for (service, state) in services {
-                    self.observed.insert(
-                        service.clone(),
-                        Observed {
-                            node: node.clone(),
-                            state: state.clone(),
-                            at_ms: *at_ms,
-                        },
-                    );
+                    let incoming = Observed {
+                        node: node.clone(),
+                        state: state.clone(),
+                        at_ms: *at_ms,
+                    };
+                    // Nodes report only changes, so a stale report must not replace a
+                    // current one: a late "restarting"/"stopped" from the old holder (a
+                    // resumed or healed node) would hide the new holder for good.
+                    // - the assigned holder's own report stands against other nodes';
+                    // - a node that no longer runs it must not hide one that may.
+                    let assigned = self.placements.get(service).and_then(|a| a.node.as_deref());
+                    let stale = self.observed.get(service).is_some_and(|current| {
+                        current.node != *node
+                            && ((assigned == Some(current.node.as_str())
+                                && assigned != Some(node.as_str()))
+                                || (current.may_run() && !incoming.may_run()))
+                    });
+                    if !stale {
+                        self.observed.insert(service.clone(), incoming);
+                    }
                 }
                 CommandResult::Recorded
             }
@@ -475,6 +487,39 @@ fn short(hash: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_stop_from_the_old_holder_does_not_hide_the_new_one() {
+        let mut st = ClusterState::default();
+        let observe = |node: &str, state: &str, at_ms| Command::Observe {
+            node: node.into(),
+            services: [("web".to_owned(), state.to_owned())].into(),
+            at_ms,
+        };
+        st.apply(&observe("n1", "running", 1));
+        st.apply(&observe("n2", "running", 2));
+        // n1 resumes after being fenced and reports the exit of its old instance.
+        st.apply(&observe("n1", "failed", 3));
+        assert_eq!(st.observed["web"].node, "n2");
+        assert_eq!(st.observed["web"].state, "running");
+        // Once web is placed on n2, a stale "restarting" from n1 does not hide n2 either.
+        st.placements.insert(
+            "web".into(),
+            Assignment {
+                node: Some("n2".into()),
+                reason: "test".into(),
+                epoch: 1,
+            },
+        );
+        st.apply(&observe("n1", "restarting", 3));
+        assert_eq!(st.observed["web"].node, "n2");
+        st.placements.remove("web");
+        // The holder's own reports always count, and a node starting it always counts.
+        st.apply(&observe("n2", "stopped", 4));
+        assert_eq!(st.observed["web"].state, "stopped");
+        st.apply(&observe("n3", "starting", 5));
+        assert_eq!(st.observed["web"].node, "n3");
+    }
 
     fn spec(name: &str, nodes: usize) -> Spec {
         let mut text = format!("[cluster]\nname = \"{name}\"\n");
