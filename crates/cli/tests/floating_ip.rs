@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::netns::{self, NetLab};
+use quorate_lab::netns::{self, Network as NetLab};
 use support::{quorate_bin, witness, TestCluster};
 
 const FLOATING: &str = "10.88.0.100/24";
@@ -29,7 +29,7 @@ fn a_floating_ip_moves_with_its_service_and_answers_on_the_new_node() {
         eprintln!("SKIPPED: network namespaces unavailable: {why}");
         return;
     }
-    let lab = NetLab::new(3);
+    let lab = NetLab::new("qtip", 3).unwrap();
     let services = format!(
         "\n[services.web]\nkind = \"process\"\ncommand = [{:?}, \"demo\", \"--port\", \"8080\", \"--bind\", \"0.0.0.0\"]\nstop_timeout = \"2s\"\nip = \"{FLOATING}\"\ninterface = \"eth0\"\n\n[services.api]\nkind = \"process\"\ncommand = [{:?}, \"demo\"]\nstop_timeout = \"2s\"\nip = \"10.88.0.101/24\"\n",
         quorate_bin(),
@@ -51,13 +51,13 @@ fn a_floating_ip_moves_with_its_service_and_answers_on_the_new_node() {
     // Power loss of web's node: its agent, fence and workloads die and its cable is cut.
     let ask = if first == "n1" { "n2" } else { "n1" };
     cluster.poweroff(&first);
-    lab.link(index(&first), false);
+    lab.link(index(&first), false).unwrap();
     let second = cluster.wait_running_elsewhere(ask, "web", Some(&first));
     answer(&cluster, &lab, &format!("web on {second}"));
     assert!(lab.holds(index(&second), FLOATING));
 
     // The first node comes back: it drops the address it held when it lost power.
-    lab.link(index(&first), true);
+    lab.link(index(&first), true).unwrap();
     cluster.start(&first);
     cluster.wait_agreed(&["n1", "n2", "n3"], 1);
     cluster.wait_for(

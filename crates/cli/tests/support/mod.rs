@@ -22,7 +22,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub mod netns;
 pub mod witness;
 
 pub struct TestCluster {
@@ -60,8 +59,10 @@ impl TestCluster {
 
     /// Nodes n1..nN in the namespaces of `lab` (agents started inside them), at its
     /// addresses.
-    pub fn in_netns(lab: &netns::NetLab, services: &str) -> Self {
-        let addresses: Vec<String> = (1..=lab.nodes.len()).map(netns::NetLab::address).collect();
+    pub fn in_netns(lab: &quorate_lab::netns::Network, services: &str) -> Self {
+        let addresses: Vec<String> = (1..=lab.nodes.len())
+            .map(quorate_lab::netns::Network::address)
+            .collect();
         let mut c = Self::build(&addresses, services, 7400);
         c.netns = c
             .names
@@ -208,36 +209,8 @@ impl TestCluster {
     /// Power loss: kill -9 of the node's agent, its fence and its workloads together,
     /// and a `poweroff` record in the journal (nothing on that node can log any more).
     pub fn poweroff(&mut self, name: &str) {
-        let dd = self.data_dir(name);
-        let fence: Option<i32> = std::fs::read_to_string(dd.join("fence.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse().ok());
-        let groups: Vec<i32> = std::fs::read(dd.join("workloads.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| {
-                v.as_array().map(|a| {
-                    a.iter()
-                        .filter_map(|r| r["pgid"].as_i64().and_then(|p| i32::try_from(p).ok()))
-                        // Units have no group of ours (0): `kill -- -0` would hit the test.
-                        .filter(|pgid| *pgid > 1)
-                        .collect()
-                })
-            })
-            .unwrap_or_default();
         self.kill(name);
-        if let Some(f) = fence {
-            let _ = Command::new("kill")
-                .args(["-9", &f.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
-        for g in groups {
-            let _ = Command::new("kill")
-                .args(["-9", "--", &format!("-{g}")])
-                .stderr(Stdio::null())
-                .status();
-        }
+        quorate_lab::cluster::kill_fence_and_workloads(&self.data_dir(name));
         witness::append(
             &self.journal(),
             &format!("poweroff {} {name} - 0", witness::mono_ns()),

@@ -1,0 +1,197 @@
+//! `quorate-lab bench failover`: per fault kind, the time from the fault to the
+//! service's `start` record on another node (the witness writes it as it starts
+//! serving), plus cold formation and planned move. Medians, p90 and max over runs.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::checker::mono_ns;
+use crate::cluster::{LabCluster, Options};
+
+/// Median, p90 and max of a sample, in ms.
+#[must_use]
+pub fn stats(mut ms: Vec<f64>) -> Value {
+    if ms.is_empty() {
+        return Value::Null;
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        // Nearest-rank percentile.
+        let rank = (q * ms.len() as f64).ceil().max(1.0) as usize;
+        ms[rank.min(ms.len()) - 1]
+    };
+    json!({"runs": ms.len(), "median": at(0.5), "p90": at(0.9), "max": ms[ms.len() - 1]})
+}
+
+const SERVICE: &str = "s1";
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Puts the service on the leader (`on_leader`) or on a follower, then clears the pin
+/// so that it stays there as any placed service does. Returns (host, leader).
+fn place_for(cluster: &LabCluster, on_leader: bool) -> Result<(String, String), String> {
+    let leader = cluster.leader().ok_or("no leader")?;
+    let host = cluster.host_of(SERVICE).ok_or("s1 does not run")?;
+    if (host == leader) == on_leader {
+        return Ok((host, leader));
+    }
+    let target = if on_leader {
+        leader.clone()
+    } else {
+        cluster
+            .names
+            .iter()
+            .find(|n| **n != leader)
+            .cloned()
+            .ok_or("no follower")?
+    };
+    if !cluster.move_service(SERVICE, Some(&target)) {
+        return Err("move refused".into());
+    }
+    let t0 = Instant::now();
+    while cluster.host_of(SERVICE).as_deref() != Some(target.as_str()) {
+        if t0.elapsed() > LIMIT {
+            return Err(format!("s1 did not reach {target}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.move_service(SERVICE, None);
+    Ok((target, leader))
+}
+
+fn measure_failover(
+    cluster: &mut LabCluster,
+    power_loss: bool,
+    on_leader: bool,
+) -> Result<f64, String> {
+    cluster.wait_healthy(LIMIT)?;
+    let (host, _) = place_for(cluster, on_leader)?;
+    cluster.wait_healthy(LIMIT)?;
+    let t0 = mono_ns();
+    if power_loss {
+        cluster.poweroff(&host)?;
+    } else {
+        cluster.link(&host, false)?;
+    }
+    let started = Instant::now();
+    let result = loop {
+        if let Some((t, _)) = cluster.started_elsewhere(SERVICE, &host, t0) {
+            break Ok((t - t0) as f64 / 1e6);
+        }
+        if started.elapsed() > LIMIT {
+            break Err(format!("s1 did not start elsewhere within {LIMIT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    if power_loss {
+        cluster.power_on(&host)?;
+    } else {
+        cluster.link(&host, true)?;
+    }
+    cluster.wait_healthy(LIMIT)?;
+    result
+}
+
+fn measure_move(cluster: &LabCluster) -> Result<f64, String> {
+    cluster.wait_healthy(LIMIT)?;
+    let host = cluster.host_of(SERVICE).ok_or("s1 does not run")?;
+    let target = cluster
+        .names
+        .iter()
+        .find(|n| **n != host)
+        .cloned()
+        .ok_or("no other node")?;
+    let t0 = mono_ns();
+    if !cluster.move_service(SERVICE, Some(&target)) {
+        return Err("move refused".into());
+    }
+    let started = Instant::now();
+    loop {
+        if let Some((t, node)) = cluster.started_elsewhere(SERVICE, &host, t0) {
+            if node == target {
+                cluster.move_service(SERVICE, None);
+                return Ok((t - t0) as f64 / 1e6);
+            }
+        }
+        if started.elapsed() > LIMIT {
+            return Err(format!("s1 did not reach {target}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs the failover benchmark: `runs` of each measurement on a 3-node lab.
+///
+/// # Errors
+/// The lab cannot be made or a measurement times out.
+pub fn failover(
+    options: &Options,
+    runs: usize,
+    mut say: impl FnMut(&str),
+) -> Result<Value, String> {
+    let mut formation = Vec::new();
+    for _ in 0..runs.min(5) {
+        let mut cluster = LabCluster::new(options.clone())?;
+        formation.push(cluster.start_all(LIMIT)?.as_secs_f64() * 1000.0);
+    }
+    say(&format!("formation: {}", stats(formation.clone())));
+    let mut cluster = LabCluster::new(options.clone())?;
+    cluster.start_all(LIMIT)?;
+    let mut results = serde_json::Map::new();
+    for (name, power_loss, on_leader) in [
+        ("power-loss/non-leader host", true, false),
+        ("power-loss/leader host", true, true),
+        ("isolation/non-leader host", false, false),
+        ("isolation/leader host", false, true),
+    ] {
+        let mut sample = Vec::new();
+        for _ in 0..runs {
+            sample.push(measure_failover(&mut cluster, power_loss, on_leader)?);
+        }
+        let s = stats(sample);
+        say(&format!("{name}: {s}"));
+        results.insert(name.to_owned(), s);
+    }
+    let mut moves = Vec::new();
+    for _ in 0..runs {
+        moves.push(measure_move(&cluster)?);
+    }
+    say(&format!("planned move: {}", stats(moves.clone())));
+    Ok(json!({
+        "bench": "lab failover",
+        "nodes": options.nodes,
+        "note": "ms from the fault (CLOCK_MONOTONIC) to the witness's `start` record on another node; default timings (heartbeat 100ms, election 1s, lease 1.5s + 500ms drift margin)",
+        "formation_ms": stats(formation),
+        "failover_ms": results,
+        "planned_move_ms": stats(moves),
+        "targets": {"non-leader median ms": 2000, "leader median ms": 3000},
+    }))
+}
+
+/// The benchmark's result as a markdown table.
+#[must_use]
+pub fn markdown(result: &Value) -> String {
+    let row = |name: &str, s: &Value| {
+        format!(
+            "| {name} | {:.0} | {:.0} | {:.0} | {} |\n",
+            s["median"].as_f64().unwrap_or(f64::NAN),
+            s["p90"].as_f64().unwrap_or(f64::NAN),
+            s["max"].as_f64().unwrap_or(f64::NAN),
+            s["runs"]
+        )
+    };
+    let mut out = String::from(
+        "| measurement | median ms | p90 ms | max ms | runs |\n|---|---|---|---|---|\n",
+    );
+    out.push_str(&row(
+        "cold formation (quorum + every service running)",
+        &result["formation_ms"],
+    ));
+    if let Some(map) = result["failover_ms"].as_object() {
+        for (name, s) in map {
+            out.push_str(&row(&format!("failover after {name}"), s));
+        }
+    }
+    out.push_str(&row("planned move", &result["planned_move_ms"]));
+    out
+}

@@ -1,0 +1,335 @@
+//! The safety checker, independent of the agent code: it judges a run only from what
+//! actually happened.
+//!
+//! The witness journal is one host file that every workload, fence process and agent
+//! appends to (O_APPEND), one record per line:
+//! `<kind> <CLOCK_MONOTONIC ns> <node> <service> <pid>` with kind `start`, `alive`,
+//! `stop` (the workload), `exit` (its agent saw it end), `fence` (the fence process
+//! killed it — a SIGKILLed workload cannot log its own stop) and `poweroff` (the lab cut
+//! the node's power: everything on it ended).
+//!
+//! The client record holds the operations the lab submitted, one JSON object per line:
+//! `{"t": ns, "op": "move", "service": "s1", "node": "n2", "acked": true}` (`node`
+//! null for `move --clear`).
+//!
+//! It reports (a) any overlap of run intervals of one service on two nodes (DESIGN
+//! invariant 1), (b) any acknowledged operation not in effect once the faults have
+//! healed (invariant 2), (c) per-service downtime.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// CLOCK_MONOTONIC now, ns (the clock the workloads and fences write).
+#[must_use]
+pub fn mono_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(t.tv_nsec()).unwrap_or(0)
+    })
+}
+
+/// Appends one line to a journal or record file.
+///
+/// # Errors
+/// The file cannot be opened or written.
+pub fn append(path: &Path, line: &str) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(format!("{line}\n").as_bytes())
+}
+
+/// One run of a service on a node: from `start` to the first of `stop`, `exit`,
+/// `fence` (same node and pid) or `poweroff` of the node; open while none came.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Run {
+    /// The service.
+    pub service: String,
+    /// The node.
+    pub node: String,
+    /// Its pid as it logged it.
+    pub pid: i64,
+    /// `start` time.
+    pub start: u64,
+    /// End time, if it ended.
+    pub end: Option<u64>,
+}
+
+/// The runs in a journal, by start time.
+#[must_use]
+pub fn runs(journal: &Path) -> Vec<Run> {
+    runs_of(&std::fs::read_to_string(journal).unwrap_or_default())
+}
+
+/// The runs in journal text, by start time. Malformed lines are skipped.
+#[must_use]
+pub fn runs_of(text: &str) -> Vec<Run> {
+    let mut open: BTreeMap<(String, i64), Run> = BTreeMap::new();
+    let mut done = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [kind, t, node, service, pid] = f[..] else {
+            continue;
+        };
+        let Ok(t) = t.parse::<u64>() else {
+            continue;
+        };
+        let pid = pid.parse::<i64>().unwrap_or(0);
+        match kind {
+            "start" => {
+                open.insert(
+                    (node.to_string(), pid),
+                    Run {
+                        service: service.into(),
+                        node: node.into(),
+                        pid,
+                        start: t,
+                        end: None,
+                    },
+                );
+            }
+            "stop" | "exit" | "fence" => {
+                if let Some(mut r) = open.remove(&(node.to_string(), pid)) {
+                    r.end = Some(t);
+                    done.push(r);
+                }
+            }
+            "poweroff" => {
+                let keys: Vec<(String, i64)> =
+                    open.keys().filter(|(n, _)| n == node).cloned().collect();
+                for k in keys {
+                    if let Some(mut r) = open.remove(&k) {
+                        r.end = Some(t);
+                        done.push(r);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    done.extend(open.into_values());
+    done.sort_by_key(|r| r.start);
+    done
+}
+
+/// Pairs of runs of the same service on different nodes that overlap in time.
+#[must_use]
+pub fn double_runs(runs: &[Run]) -> Vec<(Run, Run)> {
+    let mut out = Vec::new();
+    for (i, a) in runs.iter().enumerate() {
+        for b in &runs[i + 1..] {
+            if a.service == b.service && a.node != b.node {
+                let a_end = a.end.unwrap_or(u64::MAX);
+                let b_end = b.end.unwrap_or(u64::MAX);
+                if a.start < b_end && b.start < a_end {
+                    out.push((a.clone(), b.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One operation the lab's client submitted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operation {
+    /// When it was submitted (CLOCK_MONOTONIC ns).
+    pub t: u64,
+    /// `move` (with `node`) or `clear` (a `move --clear`).
+    pub op: String,
+    /// The service.
+    pub service: String,
+    /// The target node of a move.
+    pub node: Option<String>,
+    /// Whether the cluster acknowledged it (committed through Raft).
+    pub acked: bool,
+}
+
+/// The operations in a client record file.
+#[must_use]
+pub fn operations(path: &Path) -> Vec<Operation> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// An acknowledged operation whose effect is not what the cluster shows after healing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LostOperation {
+    /// The last acknowledged operation on the service.
+    pub operation: Operation,
+    /// The pin the healed cluster shows.
+    pub found: Option<String>,
+}
+
+/// Checks that, for every service, the pin the healed cluster shows (`pins`: service →
+/// pinned node) is the effect of its last acknowledged operation — or of an operation
+/// submitted after it whose outcome was unknown (not acknowledged, maybe committed).
+#[must_use]
+pub fn lost_operations(
+    ops: &[Operation],
+    pins: &BTreeMap<String, Option<String>>,
+) -> Vec<LostOperation> {
+    let mut by_service: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
+    for op in ops {
+        by_service.entry(&op.service).or_default().push(op);
+    }
+    let mut lost = Vec::new();
+    for (service, mut list) in by_service {
+        list.sort_by_key(|o| o.t);
+        let Some(last_acked) = list.iter().rposition(|o| o.acked) else {
+            continue;
+        };
+        let allowed: Vec<Option<String>> = list[last_acked..]
+            .iter()
+            .enumerate()
+            .filter(|(i, o)| *i == 0 || !o.acked)
+            .map(|(_, o)| o.node.clone())
+            .collect();
+        let found = pins.get(service).cloned().flatten();
+        if !allowed.contains(&found) {
+            lost.push(LostOperation {
+                operation: list[last_acked].clone(),
+                found,
+            });
+        }
+    }
+    lost
+}
+
+/// How long each service had no run anywhere, between `from` and `to` (ns).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Downtime {
+    /// Total ms without a run.
+    pub total_ms: u64,
+    /// The longest gap, ms.
+    pub longest_ms: u64,
+    /// Number of gaps.
+    pub gaps: usize,
+}
+
+/// Per-service downtime between `from` and `to`, from the runs.
+#[must_use]
+pub fn downtime(runs: &[Run], from: u64, to: u64) -> BTreeMap<String, Downtime> {
+    let mut by_service: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
+    for r in runs {
+        by_service
+            .entry(&r.service)
+            .or_default()
+            .push((r.start, r.end.unwrap_or(u64::MAX)));
+    }
+    let mut out = BTreeMap::new();
+    for (service, mut spans) in by_service {
+        spans.sort_unstable();
+        let mut d = Downtime::default();
+        let mut covered = from;
+        for (start, end) in spans {
+            if start > covered && covered < to {
+                let gap = (start.min(to) - covered) / 1_000_000;
+                d.total_ms += gap;
+                d.longest_ms = d.longest_ms.max(gap);
+                d.gaps += 1;
+            }
+            covered = covered.max(end);
+        }
+        if covered < to {
+            let gap = (to - covered) / 1_000_000;
+            d.total_ms += gap;
+            d.longest_ms = d.longest_ms.max(gap);
+            d.gaps += 1;
+        }
+        out.insert(service.to_owned(), d);
+    }
+    out
+}
+
+/// The checker's verdict on one lab run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Verdict {
+    /// Runs of one service on two nodes at once (invariant 1).
+    pub double_runs: Vec<(Run, Run)>,
+    /// Acknowledged operations not in effect after healing (invariant 2).
+    pub lost_operations: Vec<LostOperation>,
+    /// Per-service downtime.
+    pub downtime: BTreeMap<String, Downtime>,
+    /// Runs seen.
+    pub runs: usize,
+}
+
+impl Verdict {
+    /// True when no invariant was violated.
+    #[must_use]
+    pub fn ok(&self) -> bool {
+        self.double_runs.is_empty() && self.lost_operations.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_runs_on_two_nodes_are_caught_and_fences_end_runs() {
+        let journal = "start 10 n1 web 100\nstart 20 n2 web 200\nstop 30 n1 web 100\n";
+        let doubles = double_runs(&runs_of(journal));
+        assert_eq!(doubles.len(), 1);
+        assert_eq!(
+            (doubles[0].0.node.as_str(), doubles[0].1.node.as_str()),
+            ("n1", "n2")
+        );
+
+        let fenced = "start 10 n1 web 100\nfence 15 n1 web 100\nstart 20 n2 web 200\n";
+        assert!(double_runs(&runs_of(fenced)).is_empty());
+        let powered_off = "start 10 n1 web 100\npoweroff 15 n1 - 0\nstart 20 n2 web 200\n";
+        assert!(double_runs(&runs_of(powered_off)).is_empty());
+        // A fence for another pid does not end the run.
+        let wrong_pid = "start 10 n1 web 100\nfence 15 n1 web 999\nstart 20 n2 web 200\n";
+        assert_eq!(double_runs(&runs_of(wrong_pid)).len(), 1);
+        // The same node restarting it is not a double run; garbage is skipped.
+        let same_node = "start 10 n1 web 1\nstart 12 n1 web 2\njunk line\n";
+        assert!(double_runs(&runs_of(same_node)).is_empty());
+    }
+
+    fn op(t: u64, node: Option<&str>, acked: bool) -> Operation {
+        Operation {
+            t,
+            op: if node.is_some() { "move" } else { "clear" }.into(),
+            service: "s1".into(),
+            node: node.map(Into::into),
+            acked,
+        }
+    }
+
+    #[test]
+    fn an_acknowledged_move_must_be_in_effect_unless_a_later_unknown_one_won() {
+        let pins = |p: Option<&str>| -> BTreeMap<String, Option<String>> {
+            [("s1".to_owned(), p.map(Into::into))].into()
+        };
+        let ops = [op(1, Some("n1"), true), op(2, Some("n2"), true)];
+        assert!(lost_operations(&ops, &pins(Some("n2"))).is_empty());
+        let lost = lost_operations(&ops, &pins(Some("n1")));
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].operation.t, 2);
+        // A later unacknowledged move may or may not have been committed.
+        let ops = [op(1, Some("n1"), true), op(2, Some("n3"), false)];
+        assert!(lost_operations(&ops, &pins(Some("n1"))).is_empty());
+        assert!(lost_operations(&ops, &pins(Some("n3"))).is_empty());
+        assert_eq!(lost_operations(&ops, &pins(None)).len(), 1);
+        // An acknowledged clear means no pin.
+        let ops = [op(1, Some("n1"), true), op(2, None, true)];
+        assert!(lost_operations(&ops, &pins(None)).is_empty());
+    }
+
+    #[test]
+    fn downtime_counts_the_gaps_between_runs() {
+        let runs = runs_of("start 1000000 n1 a 1\nstop 5000000 n1 a 1\nstart 8000000 n2 a 2\n");
+        let d = &downtime(&runs, 0, 10_000_000)["a"];
+        assert_eq!((d.total_ms, d.longest_ms, d.gaps), (4, 3, 2));
+    }
+}

@@ -1,0 +1,515 @@
+//! A cluster of real `quorate agent` processes, each in its node's network namespace
+//! with its own data dir (and so its own fence process and workloads), and the faults
+//! the lab makes on it. Every process and namespace goes when it drops.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::checker::{self, Operation};
+use crate::netns::Network;
+
+/// How a lab cluster is made.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Number of nodes (each a network namespace).
+    pub nodes: usize,
+    /// Number of witness services (`s1`…).
+    pub services: usize,
+    /// The `quorate` binary.
+    pub quorate: PathBuf,
+    /// Extra environment for every agent (e.g. `QUORATE_UNSAFE_NO_FENCE=1`).
+    pub env: Vec<(String, String)>,
+    /// Namespace name prefix.
+    pub prefix: String,
+}
+
+/// The `quorate` binary beside the running executable (target/…/quorate), else on PATH.
+#[must_use]
+pub fn default_quorate() -> PathBuf {
+    if let Ok(path) = std::env::var("QUORATE_BIN") {
+        return PathBuf::from(path);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let dir = exe.parent()?;
+            // Test binaries live in target/<profile>/deps.
+            [dir.join("quorate"), dir.parent()?.join("quorate")]
+                .into_iter()
+                .find(|p| p.exists())
+        })
+        .unwrap_or_else(|| PathBuf::from("quorate"))
+}
+
+/// SIGKILLs what an agent left running, as its data dir records it: the fence process
+/// (`fence.pid`) and the workloads' process groups (`workloads.json`). The agent itself
+/// must be killed by the caller first (or it would start them again).
+pub fn kill_fence_and_workloads(data_dir: &Path) {
+    let fence: Option<i32> = std::fs::read_to_string(data_dir.join("fence.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
+    let groups: Vec<i32> = std::fs::read(data_dir.join("workloads.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            v.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|r| r["pgid"].as_i64().and_then(|p| i32::try_from(p).ok()))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    if let Some(f) = fence.filter(|f| *f > 1) {
+        let _ = kill(Pid::from_raw(f), Signal::SIGKILL);
+    }
+    // Never group 0 or 1 (ours, or everything): units have no group of ours.
+    for g in groups.into_iter().filter(|g| *g > 1) {
+        let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+    }
+}
+
+/// A running lab cluster.
+#[derive(Debug)]
+pub struct LabCluster {
+    /// The network.
+    pub net: Network,
+    /// The work directory: spec, lock, CA, data dirs, journal, client record, logs.
+    pub dir: tempfile::TempDir,
+    /// Node names `n1`…
+    pub names: Vec<String>,
+    /// Service names `s1`…
+    pub services: Vec<String>,
+    options: Options,
+    agents: BTreeMap<String, Child>,
+    paused: std::collections::BTreeSet<String>,
+}
+
+impl LabCluster {
+    /// Makes the network, the spec, the lock, the CA and one certificate per node.
+    ///
+    /// # Errors
+    /// Namespaces cannot be made, or a `quorate` command fails.
+    pub fn new(options: Options) -> Result<Self, String> {
+        let net = Network::new(&options.prefix, options.nodes)?;
+        let mut dir = tempfile::Builder::new()
+            .prefix("quorate-lab-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        // QUORATE_LAB_KEEP=1 keeps the work dir (logs, journal) for a post-mortem.
+        if std::env::var("QUORATE_LAB_KEEP").is_ok_and(|v| v == "1") {
+            dir.disable_cleanup(true);
+        }
+        let names: Vec<String> = (1..=options.nodes).map(|i| format!("n{i}")).collect();
+        let services: Vec<String> = (1..=options.services).map(|i| format!("s{i}")).collect();
+        let mut spec = String::from("[cluster]\nname = \"lab\"\n\n[network]\nport = 7400\n");
+        for (i, name) in names.iter().enumerate() {
+            spec.push_str(&format!(
+                "\n[nodes.{name}]\naddress = \"{}\"\n",
+                Network::address(i + 1)
+            ));
+        }
+        for s in &services {
+            spec.push_str(&format!(
+                "\n[services.{s}]\nkind = \"process\"\ncommand = [{:?}, \"demo\"]\nstop_timeout = \"2s\"\n",
+                options.quorate.display().to_string()
+            ));
+        }
+        std::fs::write(dir.path().join("quorate.toml"), spec).map_err(|e| e.to_string())?;
+        let cluster = Self {
+            net,
+            dir,
+            names,
+            services,
+            options,
+            agents: BTreeMap::new(),
+            paused: std::collections::BTreeSet::new(),
+        };
+        cluster.quorate_ok(&["lock"])?;
+        cluster.quorate_ok(&["ca", "init", "ca", "--cluster", "lab"])?;
+        for name in &cluster.names {
+            let out = cluster.data_dir(name).join("tls");
+            cluster.quorate_ok(&[
+                "ca",
+                "issue",
+                name,
+                "--ca",
+                "ca",
+                "--out",
+                &out.to_string_lossy(),
+            ])?;
+        }
+        Ok(cluster)
+    }
+
+    /// The work directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A node's data dir.
+    #[must_use]
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.path().join("d").join(name)
+    }
+
+    /// The witness journal.
+    #[must_use]
+    pub fn journal(&self) -> PathBuf {
+        self.path().join("journal")
+    }
+
+    /// The client record (operations submitted, acknowledged or not).
+    #[must_use]
+    pub fn client_record(&self) -> PathBuf {
+        self.path().join("client.jsonl")
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map_or(0, |i| i + 1)
+    }
+
+    fn quorate(&self, args: &[&str]) -> Result<Output, String> {
+        Command::new(&self.options.quorate)
+            .args(args)
+            .current_dir(self.path())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.options.quorate.display()))
+    }
+
+    fn quorate_ok(&self, args: &[&str]) -> Result<Output, String> {
+        let out = self.quorate(args)?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(format!(
+                "quorate {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Starts a node's agent inside its namespace.
+    ///
+    /// # Errors
+    /// The agent cannot be spawned.
+    pub fn start(&mut self, name: &str) -> Result<(), String> {
+        let ns = &self.net.nodes[self.index(name) - 1];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path().join(format!("{name}.log")))
+            .map_err(|e| e.to_string())?;
+        // `ip netns exec` execs the agent: the child's pid is the agent's.
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&self.options.quorate)
+            .args([
+                "agent",
+                "--spec",
+                "quorate.toml",
+                "--node",
+                name,
+                "--data-dir",
+            ])
+            .arg(self.data_dir(name))
+            .current_dir(self.path())
+            .env(
+                "QUORATE_LOG",
+                std::env::var("QUORATE_LAB_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env("QUORATE_WITNESS_JOURNAL", self.journal())
+            .envs(
+                self.options
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start the agent of {name}: {e}"))?;
+        self.agents.insert(name.to_owned(), child);
+        Ok(())
+    }
+
+    /// Starts every agent and waits until the cluster is healthy; returns how long
+    /// that took (cold formation: quorum and every service running).
+    ///
+    /// # Errors
+    /// An agent cannot start, or the cluster is not healthy within `limit`.
+    pub fn start_all(&mut self, limit: Duration) -> Result<Duration, String> {
+        let t0 = Instant::now();
+        for name in self.names.clone() {
+            self.start(&name)?;
+        }
+        self.wait_healthy(limit)?;
+        Ok(t0.elapsed())
+    }
+
+    /// Whether the node's agent process is running (not killed by the lab).
+    #[must_use]
+    pub fn is_running(&self, name: &str) -> bool {
+        self.agents.contains_key(name)
+    }
+
+    /// The agent's pid.
+    #[must_use]
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.agents.get(name).map(Child::id)
+    }
+
+    /// kill -9 of the agent only (its fence and workloads live on).
+    pub fn kill_agent(&mut self, name: &str) {
+        if let Some(mut child) = self.agents.remove(name) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Power loss: the agent, its fence and its workloads die at once, the cable is
+    /// cut, and a `poweroff` record goes to the journal (nothing there can log now).
+    ///
+    /// # Errors
+    /// The link cannot be cut.
+    pub fn poweroff(&mut self, name: &str) -> Result<(), String> {
+        self.kill_agent(name);
+        kill_fence_and_workloads(&self.data_dir(name));
+        let _ = checker::append(
+            &self.journal(),
+            &format!("poweroff {} {name} - 0", checker::mono_ns()),
+        );
+        self.net.link(self.index(name), false)
+    }
+
+    /// Power back on after [`poweroff`](Self::poweroff) (or start after a kill).
+    ///
+    /// # Errors
+    /// The link or the agent cannot come back.
+    pub fn power_on(&mut self, name: &str) -> Result<(), String> {
+        self.net.link(self.index(name), true)?;
+        if !self.is_running(name) {
+            self.start(name)?;
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP (`pause = true`) or SIGCONT of the agent only.
+    pub fn pause(&mut self, name: &str, pause: bool) {
+        if pause {
+            self.paused.insert(name.to_owned());
+        } else {
+            self.paused.remove(name);
+        }
+        if let Some(pid) = self.pid(name).and_then(|p| i32::try_from(p).ok()) {
+            let signal = if pause {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            };
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// Cuts (`up = false`) or restores a node's cable.
+    ///
+    /// # Errors
+    /// A failing `ip` command.
+    pub fn link(&self, name: &str, up: bool) -> Result<(), String> {
+        self.net.link(self.index(name), up)
+    }
+
+    /// Splits the network with `minority` on one side.
+    ///
+    /// # Errors
+    /// A failing `ip` command.
+    pub fn split(&self, minority: &[String]) -> Result<(), String> {
+        let idx: Vec<usize> = minority.iter().map(|n| self.index(n)).collect();
+        self.net.split(&idx)
+    }
+
+    /// `quorate status --json` through a node's agent, if it answers.
+    #[must_use]
+    pub fn status(&self, name: &str) -> Option<serde_json::Value> {
+        let dd = self.data_dir(name);
+        let out = self
+            .quorate(&["status", "--json", "--data-dir", &dd.to_string_lossy()])
+            .ok()?;
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// A status with quorum from any running node.
+    #[must_use]
+    pub fn quorate_status(&self) -> Option<serde_json::Value> {
+        self.names
+            .iter()
+            .filter(|n| self.is_running(n) && !self.paused.contains(*n))
+            .filter_map(|n| self.status(n))
+            .find(|s| s["quorum"] == true)
+    }
+
+    /// The leader, as a node with quorum reports it.
+    #[must_use]
+    pub fn leader(&self) -> Option<String> {
+        self.quorate_status()?["leader"].as_str().map(str::to_owned)
+    }
+
+    /// Where a service runs, if it runs.
+    #[must_use]
+    pub fn host_of(&self, service: &str) -> Option<String> {
+        let status = self.quorate_status()?;
+        status["services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == service && s["state"] == "running")
+            .and_then(|s| s["node"].as_str().map(str::to_owned))
+    }
+
+    /// Waits until every running agent answers with quorum and the same leader, and
+    /// the leader's view has every node up and every service running — twice in a row,
+    /// 300 ms apart (a freshly restarted node is not counted healthy by a stale view).
+    ///
+    /// # Errors
+    /// Not healthy within `limit` (with the last status seen).
+    pub fn wait_healthy(&self, limit: Duration) -> Result<(), String> {
+        let t0 = Instant::now();
+        let mut last = serde_json::Value::Null;
+        let mut good_in_a_row = 0;
+        while t0.elapsed() < limit {
+            let statuses: Vec<serde_json::Value> = self
+                .names
+                .iter()
+                .filter(|n| self.is_running(n))
+                .map(|n| self.status(n).unwrap_or_default())
+                .collect();
+            let leaders: std::collections::BTreeSet<String> = statuses
+                .iter()
+                .map(|s| s["leader"].as_str().unwrap_or("").to_owned())
+                .collect();
+            let all_agree = statuses.iter().all(|s| s["quorum"] == true)
+                && leaders.len() == 1
+                && !leaders.contains("");
+            let healthy = all_agree
+                && statuses.first().is_some_and(|s| {
+                    let nodes_up = s["nodes"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().all(|n| n["state"] == "up"));
+                    let running = s["services"].as_array().is_some_and(|a| {
+                        a.len() == self.services.len() && a.iter().all(|x| x["state"] == "running")
+                    });
+                    nodes_up && running
+                });
+            if healthy {
+                good_in_a_row += 1;
+                if good_in_a_row >= 2 {
+                    return Ok(());
+                }
+            } else {
+                good_in_a_row = 0;
+                last = statuses.into_iter().next().unwrap_or_default();
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Err(format!("not healthy within {limit:?}; last status: {last}"))
+    }
+
+    /// `quorate move` (or `move --clear` with `node = None`) through a running node,
+    /// recorded in the client record with whether it was acknowledged.
+    pub fn move_service(&self, service: &str, node: Option<&str>) -> bool {
+        // Through a node that answers (a paused agent would hold the CLI until timeout).
+        let Some(via) = self
+            .names
+            .iter()
+            .find(|n| self.is_running(n) && !self.paused.contains(*n))
+        else {
+            return false;
+        };
+        let dd = self.data_dir(via).to_string_lossy().into_owned();
+        let mut args = vec!["move", service];
+        match node {
+            Some(n) => args.push(n),
+            None => args.push("--clear"),
+        }
+        args.extend(["--data-dir", &dd]);
+        let t = checker::mono_ns();
+        let acked = self.quorate(&args).is_ok_and(|o| o.status.success());
+        let op = Operation {
+            t,
+            op: if node.is_some() { "move" } else { "clear" }.into(),
+            service: service.to_owned(),
+            node: node.map(str::to_owned),
+            acked,
+        };
+        if let Ok(line) = serde_json::to_string(&op) {
+            let _ = checker::append(&self.client_record(), &line);
+        }
+        acked
+    }
+
+    /// The pins the cluster shows now: service → pinned node.
+    #[must_use]
+    pub fn pins(&self) -> Option<BTreeMap<String, Option<String>>> {
+        let status = self.quorate_status()?;
+        Some(
+            status["services"]
+                .as_array()?
+                .iter()
+                .filter_map(|s| {
+                    Some((
+                        s["name"].as_str()?.to_owned(),
+                        s["pinned"].as_str().map(str::to_owned),
+                    ))
+                })
+                .collect(),
+        )
+    }
+
+    /// The checker's verdict on everything so far (run it after healing).
+    #[must_use]
+    pub fn verdict(&self, from: u64) -> checker::Verdict {
+        let runs = checker::runs(&self.journal());
+        let ops = checker::operations(&self.client_record());
+        let pins = self.pins().unwrap_or_default();
+        checker::Verdict {
+            double_runs: checker::double_runs(&runs),
+            lost_operations: checker::lost_operations(&ops, &pins),
+            downtime: checker::downtime(&runs, from, checker::mono_ns()),
+            runs: runs.len(),
+        }
+    }
+
+    /// The time of the first `start` of `service` after `after` on a node other than
+    /// `not_on`, from the journal.
+    #[must_use]
+    pub fn started_elsewhere(
+        &self,
+        service: &str,
+        not_on: &str,
+        after: u64,
+    ) -> Option<(u64, String)> {
+        checker::runs(&self.journal())
+            .into_iter()
+            .find(|r| r.service == service && r.node != not_on && r.start > after)
+            .map(|r| (r.start, r.node))
+    }
+}
+
+impl Drop for LabCluster {
+    fn drop(&mut self) {
+        for name in self.names.clone() {
+            self.pause(&name, false);
+            let _ = self.poweroff(&name);
+        }
+        // Network's drop kills whatever is left in the namespaces and deletes them.
+    }
+}

@@ -1,0 +1,220 @@
+//! Faults and seeded random schedules of them. Each fault is injected, held for a
+//! while (during which the lab may submit operations), healed, and followed by a wait
+//! until the cluster is healthy again. The same seed gives the same schedule.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::cluster::LabCluster;
+
+/// What breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// kill -9 of the node's agent, fence and workloads, cable cut; back on after.
+    PowerLoss,
+    /// The node's cable is cut, then plugged back.
+    Isolate,
+    /// Two sides: the minority (2 of 5, 1 of 3) on a second bridge.
+    Split,
+    /// SIGSTOP of the agent, then SIGCONT.
+    Pause,
+    /// kill -9 of the agent only (fence and workloads live on), then started again.
+    Restart,
+    /// The cable goes down and up several times quickly.
+    Flap,
+    /// Delay and loss with `tc netem` (skipped where the kernel lacks it).
+    Netem,
+}
+
+impl FaultKind {
+    /// All kinds.
+    pub const ALL: [Self; 7] = [
+        Self::PowerLoss,
+        Self::Isolate,
+        Self::Split,
+        Self::Pause,
+        Self::Restart,
+        Self::Flap,
+        Self::Netem,
+    ];
+}
+
+/// Who it hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// The current leader.
+    Leader,
+    /// A node that is not the leader.
+    Follower,
+}
+
+/// One fault as it happened.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultRecord {
+    /// Sequence number.
+    pub n: usize,
+    /// What.
+    pub kind: FaultKind,
+    /// Leader or follower.
+    pub target: Target,
+    /// The node(s) hit.
+    pub nodes: Vec<String>,
+    /// How long it was held, ms.
+    pub held_ms: u64,
+    /// Operations submitted while it was held: (service, node or clear, acknowledged).
+    pub operations: Vec<(String, Option<String>, bool)>,
+    /// How long the cluster took to be healthy again after healing, ms.
+    pub recovered_ms: u64,
+}
+
+/// A schedule run's outcome.
+#[derive(Debug, Serialize)]
+pub struct ScheduleReport {
+    /// The seed.
+    pub seed: u64,
+    /// Faults injected.
+    pub faults: Vec<FaultRecord>,
+    /// Kinds skipped, with why.
+    pub skipped: Vec<(FaultKind, String)>,
+}
+
+/// The kinds usable on this cluster and machine, and the skipped ones with why.
+#[must_use]
+pub fn usable_kinds(cluster: &LabCluster) -> (Vec<FaultKind>, Vec<(FaultKind, String)>) {
+    let mut usable = Vec::new();
+    let mut skipped = Vec::new();
+    for kind in FaultKind::ALL {
+        match kind {
+            FaultKind::Split if cluster.names.len() < 5 => skipped.push((
+                kind,
+                "a 2+3 split needs 5 nodes (with 3, isolating one node is the split)".into(),
+            )),
+            FaultKind::Netem => match cluster.net.netem(1, 1, 0) {
+                Ok(()) => {
+                    cluster.net.clear_netem(1);
+                    usable.push(kind);
+                }
+                Err(why) => skipped.push((kind, format!("{why} (kernel without sch_netem)"))),
+            },
+            _ => usable.push(kind),
+        }
+    }
+    (usable, skipped)
+}
+
+fn pick_target(cluster: &LabCluster, rng: &mut fastrand::Rng) -> Option<(Target, String)> {
+    let t0 = Instant::now();
+    let leader = loop {
+        match cluster.leader() {
+            Some(leader) => break leader,
+            None if t0.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            None => return None,
+        }
+    };
+    if rng.u8(0..3) == 0 {
+        return Some((Target::Leader, leader));
+    }
+    let followers: Vec<&String> = cluster.names.iter().filter(|n| **n != leader).collect();
+    let pick = followers.get(rng.usize(0..followers.len().max(1)))?;
+    Some((Target::Follower, (*pick).clone()))
+}
+
+/// Injects `count` random faults (seeded), each healed and recovered from before the
+/// next; submits random `move`s during some of them.
+///
+/// # Errors
+/// A fault cannot be made or healed, or the cluster does not recover within `recover`.
+pub fn run_schedule(
+    cluster: &mut LabCluster,
+    count: usize,
+    seed: u64,
+    recover: Duration,
+    mut progress: impl FnMut(&FaultRecord),
+) -> Result<ScheduleReport, String> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (kinds, skipped) = usable_kinds(cluster);
+    let mut faults = Vec::new();
+    for n in 0..count {
+        let kind = kinds[rng.usize(0..kinds.len())];
+        let (target, node) = pick_target(cluster, &mut rng)
+            .ok_or_else(|| format!("fault {n}: no node with quorum answers"))?;
+        let held = Duration::from_millis(rng.u64(500..3000));
+        let mut nodes = vec![node.clone()];
+        match kind {
+            FaultKind::PowerLoss => cluster.poweroff(&node)?,
+            FaultKind::Isolate | FaultKind::Flap => cluster.link(&node, false)?,
+            FaultKind::Split => {
+                let other = cluster
+                    .names
+                    .iter()
+                    .filter(|x| **x != node)
+                    .nth(rng.usize(0..cluster.names.len() - 1))
+                    .cloned()
+                    .unwrap_or_default();
+                nodes.push(other);
+                cluster.split(&nodes)?;
+            }
+            FaultKind::Pause => cluster.pause(&node, true),
+            FaultKind::Restart => cluster.kill_agent(&node),
+            FaultKind::Netem => {
+                let i = cluster.names.iter().position(|x| *x == node).unwrap_or(0) + 1;
+                cluster.net.netem(i, rng.u32(20..200), rng.u32(0..30))?;
+            }
+        }
+        let t0 = Instant::now();
+        let mut operations = Vec::new();
+        while t0.elapsed() < held {
+            if kind == FaultKind::Flap {
+                std::thread::sleep(Duration::from_millis(150));
+                let up = (t0.elapsed().as_millis() / 150).is_multiple_of(2);
+                cluster.link(&node, up)?;
+            } else if rng.u8(0..4) == 0 && !cluster.services.is_empty() {
+                let service = cluster.services[rng.usize(0..cluster.services.len())].clone();
+                let to = if rng.bool() {
+                    Some(cluster.names[rng.usize(0..cluster.names.len())].clone())
+                } else {
+                    None
+                };
+                let acked = cluster.move_service(&service, to.as_deref());
+                operations.push((service, to, acked));
+            } else {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        // Heal.
+        match kind {
+            FaultKind::PowerLoss | FaultKind::Restart => cluster.power_on(&node)?,
+            FaultKind::Isolate | FaultKind::Flap | FaultKind::Split => cluster.net.heal()?,
+            FaultKind::Pause => cluster.pause(&node, false),
+            FaultKind::Netem => {
+                let i = cluster.names.iter().position(|x| *x == node).unwrap_or(0) + 1;
+                cluster.net.clear_netem(i);
+            }
+        }
+        let healing = Instant::now();
+        cluster
+            .wait_healthy(recover)
+            .map_err(|e| format!("fault {n} ({kind:?} of {node}) did not recover: {e}"))?;
+        let record = FaultRecord {
+            n,
+            kind,
+            target,
+            nodes,
+            held_ms: u64::try_from(held.as_millis()).unwrap_or(u64::MAX),
+            operations,
+            recovered_ms: u64::try_from(healing.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        progress(&record);
+        faults.push(record);
+    }
+    Ok(ScheduleReport {
+        seed,
+        faults,
+        skipped,
+    })
+}

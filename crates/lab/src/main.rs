@@ -1,0 +1,311 @@
+//! `quorate-lab`: the fault lab's command line (root required).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use quorate_lab::cluster::{default_quorate, LabCluster, Options};
+use quorate_lab::{bench, checker, faults, netns};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "quorate-lab",
+    version,
+    about = "The fault lab: real agents in network namespaces, real faults, an independent checker.",
+    long_about = "The fault lab: a cluster whose nodes are network namespaces on a bridge, each \
+running a real `quorate agent` with its fence and witness workloads. Faults are real: power \
+loss, cut cables, 2+3 splits, paused agents, agent restarts, flapping links, and netem delay/loss \
+where the kernel has it. The checker judges a run from the witness journal and the client record \
+alone: a service on two nodes at once, or an acknowledged operation lost, fails the run (exit 1).
+
+Examples (as root):
+  quorate-lab run --nodes 3 --faults 20 --seed 7
+  quorate-lab run --nodes 5 --faults 50 --json > report.json
+  quorate-lab soak --minutes 30 --seed 1
+  quorate-lab bench failover --runs 10 --markdown table.md
+  quorate-lab check journal --client client.jsonl
+  quorate-lab cleanup"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct LabArgs {
+    /// Nodes (each a network namespace).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Witness services.
+    #[arg(long, default_value_t = 4)]
+    services: usize,
+    /// The quorate binary [default: beside quorate-lab, else on PATH].
+    #[arg(long, value_name = "PATH")]
+    quorate: Option<PathBuf>,
+    /// Run the agents with fencing disabled (QUORATE_UNSAFE_NO_FENCE=1): the checker
+    /// should then catch double runs. For testing the checker only.
+    #[arg(long)]
+    unsafe_no_fence: bool,
+}
+
+impl LabArgs {
+    fn options(&self) -> Options {
+        let mut env = Vec::new();
+        if self.unsafe_no_fence {
+            env.push(("QUORATE_UNSAFE_NO_FENCE".to_owned(), "1".to_owned()));
+        }
+        Options {
+            nodes: self.nodes,
+            services: self.services,
+            quorate: self.quorate.clone().unwrap_or_else(default_quorate),
+            env,
+            prefix: netns::PREFIX.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A seeded random schedule of faults, then the checker's verdict.
+    Run {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// How many faults.
+        #[arg(long, default_value_t = 20)]
+        faults: usize,
+        /// Seed of the schedule (same seed, same schedule).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Random faults until the time is up, then the verdict.
+    Soak {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// How long.
+        #[arg(long)]
+        minutes: u64,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Run the checker on a journal (and a client record) from an earlier run.
+    Check {
+        /// The witness journal.
+        journal: PathBuf,
+        /// The client record.
+        #[arg(long, value_name = "FILE")]
+        client: Option<PathBuf>,
+    },
+    /// Remove namespaces and processes a killed lab left behind.
+    Cleanup,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Fault → service running elsewhere, per fault kind; formation; planned move.
+    Failover {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Runs per measurement.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Also write the result as a markdown table to this file.
+        #[arg(long, value_name = "FILE")]
+        markdown: Option<PathBuf>,
+    },
+}
+
+fn schedule(lab: &LabArgs, faults: usize, minutes: Option<u64>, seed: u64, json: bool) -> ExitCode {
+    if let Some(why) = netns::unavailable() {
+        eprintln!("error: the lab needs network namespaces: {why}");
+        return ExitCode::from(2);
+    }
+    let mut options = lab.options();
+    options.services = options.services.max(1);
+    let result = (|| -> Result<(faults::ScheduleReport, checker::Verdict, PathBuf), String> {
+        let mut cluster = LabCluster::new(options)?;
+        let from = checker::mono_ns();
+        let formed = cluster.start_all(Duration::from_secs(60))?;
+        eprintln!(
+            "lab: {} nodes formed in {formed:?} ({})",
+            cluster.names.len(),
+            cluster.path().display()
+        );
+        let deadline = minutes.map(|m| Instant::now() + Duration::from_secs(m * 60));
+        let mut report = faults::ScheduleReport {
+            seed,
+            faults: Vec::new(),
+            skipped: Vec::new(),
+        };
+        let mut round = 0u64;
+        loop {
+            let batch = if deadline.is_some() { 10 } else { faults };
+            let part = faults::run_schedule(
+                &mut cluster,
+                batch,
+                seed.wrapping_add(round),
+                Duration::from_secs(60),
+                |f| {
+                    eprintln!("fault {:>3}: {:?} of {:?} ({:?}) held {} ms, {} op(s), healthy again after {} ms", report.faults.len() + f.n, f.kind, f.nodes, f.target, f.held_ms, f.operations.len(), f.recovered_ms);
+                },
+            )?;
+            report.skipped = part.skipped;
+            report.faults.extend(part.faults);
+            round += 1;
+            match deadline {
+                Some(d) if Instant::now() < d => continue,
+                _ => break,
+            }
+        }
+        for (kind, why) in &report.skipped {
+            eprintln!("skipped {kind:?}: {why}");
+        }
+        let verdict = cluster.verdict(from);
+        let kept = cluster.path().to_owned();
+        Ok((report, verdict, kept))
+    })();
+    match result {
+        Ok((report, verdict, dir)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": verdict.ok(), "schedule": report, "verdict": verdict})
+                );
+            } else {
+                println!(
+                    "{} faults (seed {}), {} runs checked",
+                    report.faults.len(),
+                    report.seed,
+                    verdict.runs
+                );
+                for (service, d) in &verdict.downtime {
+                    println!(
+                        "  {service}: down {} ms in {} gap(s), longest {} ms",
+                        d.total_ms, d.gaps, d.longest_ms
+                    );
+                }
+                for (a, b) in &verdict.double_runs {
+                    println!("VIOLATION (invariant 1): {} ran on {} (pid {}, {}..{:?}) and {} (pid {}, {}..{:?}) at once", a.service, a.node, a.pid, a.start, a.end, b.node, b.pid, b.start, b.end);
+                }
+                for lost in &verdict.lost_operations {
+                    println!("VIOLATION (invariant 2): acknowledged {:?} not in effect (cluster shows pin {:?})", lost.operation, lost.found);
+                }
+                println!(
+                    "{}",
+                    if verdict.ok() {
+                        "OK: no violation"
+                    } else {
+                        "FAILED"
+                    }
+                );
+            }
+            let _ = dir;
+            if verdict.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            lab,
+            faults,
+            seed,
+            json,
+        } => schedule(&lab, faults, None, seed, json),
+        Command::Soak {
+            lab,
+            minutes,
+            seed,
+            json,
+        } => schedule(&lab, 0, Some(minutes), seed, json),
+        Command::Bench(BenchCommand::Failover {
+            lab,
+            runs,
+            markdown,
+        }) => {
+            if let Some(why) = netns::unavailable() {
+                eprintln!("error: the lab needs network namespaces: {why}");
+                return ExitCode::from(2);
+            }
+            let mut options = lab.options();
+            options.services = 1;
+            match bench::failover(&options, runs, |line| eprintln!("{line}")) {
+                Ok(result) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&result).unwrap_or_default()
+                    );
+                    if let Some(path) = markdown {
+                        if let Err(e) = std::fs::write(&path, bench::markdown(&result)) {
+                            eprintln!("error: cannot write {}: {e}", path.display());
+                            return ExitCode::from(1);
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Check { journal, client } => {
+            if !journal.exists() {
+                eprintln!("error: no journal at {}", journal.display());
+                return ExitCode::from(2);
+            }
+            let runs = checker::runs(&journal);
+            let doubles = checker::double_runs(&runs);
+            let ops = client
+                .as_deref()
+                .map(checker::operations)
+                .unwrap_or_default();
+            println!("{} runs, {} operations", runs.len(), ops.len());
+            for (a, b) in &doubles {
+                println!(
+                    "VIOLATION (invariant 1): {} on {} and {} at once: {a:?} / {b:?}",
+                    a.service, a.node, b.node
+                );
+            }
+            if doubles.is_empty() {
+                println!("OK: no service ran on two nodes at once");
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Command::Cleanup => {
+            let removed = netns::cleanup(netns::PREFIX);
+            println!(
+                "removed {} namespace(s){}",
+                removed.len(),
+                if removed.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", removed.join(" "))
+                }
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
