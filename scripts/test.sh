@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Packages the tests use. Idempotent: only missing ones are installed.
-PACKAGES=(iproute2 nix-bin systemd systemd-container dbus iputils-arping)
+PACKAGES=(iproute2 nix-bin systemd systemd-container dbus iputils-arping drbd-utils)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -37,6 +37,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo build --workspace --locked
+# Namespaces or processes a killed earlier lab run left behind would disturb the tests.
+./target/debug/quorate-lab cleanup
 cargo test --workspace --locked
 echo "== benchmark smoke run (numbers are not judged here; see docs/BENCHMARKS.md)"
 cargo run --quiet --locked -p quorate-bench -- spec --nodes 50 --services 500 --drbd 50 --runs 1 > /dev/null
@@ -44,4 +46,5 @@ cargo run --quiet --locked -p quorate-bench -- cluster --formations 1 --applies 
 cargo run --quiet --locked -p quorate-bench -- scheduler --nodes 100 --services 1000 --runs 1 > /dev/null
 cargo run --quiet --locked -p quorate-bench -- failover --runs 1 > /dev/null 2>&1
 cargo run --quiet --locked -p quorate-bench -- operate --moves 1 --services 3 > /dev/null
+./target/debug/quorate-lab bench failover --runs 1 > /dev/null 2>&1
 echo "== all checks passed"

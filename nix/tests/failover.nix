@@ -35,7 +35,7 @@ pkgs.testers.runNixOSTest {
 
     # One CA and a certificate per node, made on alpha as an operator would, then
     # delivered to each node's data dir (secret tooling does this in production).
-    alpha.succeed("quorate ca init /root/ca")
+    alpha.succeed("quorate ca init /root/ca --cluster vmtest")
     for name, m in nodes.items():
         alpha.succeed(f"quorate ca issue {name} --ca /root/ca --out /root/tls-{name}")
         bundle = alpha.succeed(f"tar -C /root/tls-{name} -c . | base64 -w0").strip()
