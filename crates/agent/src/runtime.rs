@@ -46,6 +46,8 @@ struct View {
     assigned: BTreeSet<String>,
     /// Services the replicated state says may run here (this node's own last reports).
     claimed: BTreeSet<String>,
+    /// Storage steps of each assigned service on this node, in start order.
+    storage: BTreeMap<String, Vec<quorate_drivers::StorageStep>>,
     /// Their specs.
     specs: BTreeMap<String, quorate_spec::ServiceSpec>,
     /// Services reported running somewhere.
@@ -89,6 +91,8 @@ pub struct Runtime {
     probes: Arc<std::sync::Mutex<BTreeMap<String, crate::health::Probe>>>,
     /// systemd over D-Bus, for unit-backed services (connected on first use).
     units: UnitBus,
+    /// Runs drbdadm, mount and friends for the storage steps.
+    storage_runner: Arc<dyn quorate_drivers::Runner>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -115,6 +119,7 @@ impl Runtime {
             watchdog,
             probes: Arc::default(),
             units: UnitBus::default(),
+            storage_runner: Arc::new(quorate_drivers::SystemRunner),
         }
     }
 
@@ -184,8 +189,25 @@ impl Runtime {
                 Some(spec) => self.floating_ip(spec).await.ok().flatten(),
                 None => None,
             };
-            let Some(mut workload) =
-                Workload::adopt(record.clone(), spec, &self.units, floating).await
+            let steps = self
+                .node
+                .consensus
+                .with_state(|st| {
+                    st.applied
+                        .as_ref()
+                        .map(|a| storage_steps(&a.spec, &a.lock, &record.service, &self.node.name))
+                })
+                .await
+                .unwrap_or_default();
+            let Some(mut workload) = Workload::adopt(
+                record.clone(),
+                spec,
+                &self.units,
+                floating,
+                steps,
+                self.storage_runner.clone(),
+            )
+            .await
             else {
                 continue;
             };
@@ -384,6 +406,7 @@ impl Runtime {
         let View {
             assigned,
             claimed,
+            storage,
             specs,
             running,
             after,
@@ -434,9 +457,20 @@ impl Runtime {
                     .filter(|(_, o)| o.node == me && o.may_run())
                     .map(|(s, _)| s.clone())
                     .collect();
+                let storage = st
+                    .applied
+                    .as_ref()
+                    .map(|a| {
+                        assigned
+                            .iter()
+                            .map(|s| (s.clone(), storage_steps(&a.spec, &a.lock, s, &me)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 View {
                     assigned,
                     claimed,
+                    storage,
                     specs,
                     running,
                     after,
@@ -558,8 +592,20 @@ impl Runtime {
                     ),
                 ]
                 .into();
+                let steps = storage.get(name).cloned().unwrap_or_default();
                 let started = match self.floating_ip(spec).await {
-                    Ok(floating) => Workload::start(name, spec, &env, &self.units, floating).await,
+                    Ok(floating) => {
+                        Workload::start(
+                            name,
+                            spec,
+                            &env,
+                            &self.units,
+                            floating,
+                            steps,
+                            self.storage_runner.clone(),
+                        )
+                        .await
+                    }
                     Err(e) => Err(e.into()),
                 };
                 match started {
@@ -754,6 +800,49 @@ fn stop_rank(service: &str, after: &BTreeMap<String, Vec<String>>) -> usize {
             .unwrap_or(0)
     }
     depth(service, after, after.len())
+}
+
+/// The storage steps of `service` on `node`, in the spec's order: DRBD resources with
+/// their locked minor, GlusterFS volumes mounted from the node's own address. Ceph
+/// kinds are not attached by this version (`check` says so).
+fn storage_steps(
+    spec: &quorate_spec::Spec,
+    lock: &quorate_lock::Lock,
+    service: &str,
+    node: &str,
+) -> Vec<quorate_drivers::StorageStep> {
+    use quorate_drivers::StorageStep;
+    use quorate_spec::StorageKind;
+    let Some(svc) = spec.services.get(service) else {
+        return Vec::new();
+    };
+    let address = spec
+        .nodes
+        .get(node)
+        .map(|n| n.address.to_string())
+        .unwrap_or_default();
+    svc.storage
+        .iter()
+        .filter_map(|name| {
+            let st = spec.storage.get(name)?;
+            match st.kind {
+                StorageKind::Drbd => Some(StorageStep::Drbd {
+                    resource: name.clone(),
+                    minor: lock.storage.get(name)?.drbd.as_ref()?.minor,
+                    disk: st.device.clone()?,
+                    fs: st.fs.clone().unwrap_or_else(|| "ext4".into()),
+                    mount: st.mount.clone(),
+                }),
+                StorageKind::Gluster => Some(StorageStep::Gluster {
+                    resource: name.clone(),
+                    volume: st.volume.clone().unwrap_or_else(|| name.clone()),
+                    server: address.clone(),
+                    mount: st.mount.clone()?,
+                }),
+                StorageKind::CephRbd | StorageKind::Cephfs => None,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -15,11 +15,15 @@
 //! agent decides what runs, drivers only do it.
 
 pub mod floating_ip;
+pub mod runner;
+pub mod storage;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use floating_ip::{FloatingIp, FloatingIpError};
+pub use runner::{CommandOutput, RecordedRunner, Runner, SystemRunner};
+pub use storage::{StorageError, StorageStep};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -90,6 +94,9 @@ pub enum DriverError {
     /// The floating address could not be added.
     #[error("floating address: {0}")]
     FloatingIp(#[from] FloatingIpError),
+    /// A storage or mount step failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 impl From<SystemdError> for DriverError {
@@ -121,6 +128,9 @@ pub struct Workload {
     backend: Backend,
     /// The floating address added before it started, removed after it stops.
     floating: Option<FloatingIp>,
+    /// Storage attached before it started (in order), detached after it stops.
+    storage: Vec<StorageStep>,
+    runner: std::sync::Arc<dyn Runner>,
 }
 
 #[derive(Debug)]
@@ -170,10 +180,25 @@ impl Workload {
         env: &BTreeMap<String, String>,
         bus: &UnitBus,
         floating: Option<FloatingIp>,
+        storage: Vec<StorageStep>,
+        runner: std::sync::Arc<dyn Runner>,
     ) -> Result<Self, DriverError> {
-        // Start order: (storage → mount →) ip → service; undone in reverse on failure.
+        // Start order: storage → mount → ip → service; undone in reverse on failure.
+        for (i, step) in storage.iter().enumerate() {
+            if let Err(e) = step.attach(runner.as_ref()).await {
+                for done in storage[..i].iter().rev() {
+                    let _ = done.detach(runner.as_ref()).await;
+                }
+                return Err(e.into());
+            }
+        }
         if let Some(ip) = &floating {
-            ip.add().await?;
+            if let Err(e) = ip.add().await {
+                for done in storage.iter().rev() {
+                    let _ = done.detach(runner.as_ref()).await;
+                }
+                return Err(e.into());
+            }
         }
         let started = if spec.kind == ServiceKind::Process {
             Self::start_process(service, spec, env)
@@ -183,11 +208,16 @@ impl Workload {
         match started {
             Ok(mut workload) => {
                 workload.floating = floating;
+                workload.storage = storage;
+                workload.runner = runner;
                 Ok(workload)
             }
             Err(e) => {
                 if let Some(ip) = &floating {
                     let _ = ip.remove().await;
+                }
+                for done in storage.iter().rev() {
+                    let _ = done.detach(runner.as_ref()).await;
                 }
                 Err(e)
             }
@@ -217,6 +247,8 @@ impl Workload {
             },
             backend: Backend::Unit { systemd, unit },
             floating: None,
+            storage: Vec::new(),
+            runner: std::sync::Arc::new(SystemRunner),
         })
     }
 
@@ -257,6 +289,8 @@ impl Workload {
                     .map_or(Duration::from_secs(10), quorate_spec::SpecDuration::get),
             },
             floating: None,
+            storage: Vec::new(),
+            runner: std::sync::Arc::new(SystemRunner),
         })
     }
 
@@ -268,6 +302,8 @@ impl Workload {
         spec: Option<&ServiceSpec>,
         bus: &UnitBus,
         floating: Option<FloatingIp>,
+        storage: Vec<StorageStep>,
+        runner: std::sync::Arc<dyn Runner>,
     ) -> Option<Self> {
         if let Some(unit) = record.unit.clone() {
             let systemd = bus.get().await.ok()?.clone();
@@ -280,6 +316,8 @@ impl Workload {
                 record,
                 backend: Backend::Unit { systemd, unit },
                 floating,
+                storage,
+                runner,
             });
         }
         if !pid_alive(record.pid) {
@@ -295,6 +333,8 @@ impl Workload {
                     .map_or(Duration::from_secs(10), quorate_spec::SpecDuration::get),
             },
             floating,
+            storage,
+            runner,
         })
     }
 
@@ -355,6 +395,15 @@ impl Workload {
     pub async fn stop(&mut self) {
         self.stop_service().await;
         self.release_ip().await;
+        self.detach_storage().await;
+    }
+
+    async fn detach_storage(&self) {
+        for step in self.storage.iter().rev() {
+            if let Err(e) = step.detach(self.runner.as_ref()).await {
+                tracing::warn!("{e}");
+            }
+        }
     }
 
     async fn stop_service(&mut self) {
@@ -403,6 +452,7 @@ impl Workload {
     pub async fn kill(&mut self) {
         self.kill_service().await;
         self.release_ip().await;
+        self.detach_storage().await;
     }
 
     async fn kill_service(&mut self) {
@@ -459,6 +509,8 @@ mod tests {
             &BTreeMap::new(),
             &bus,
             None,
+            Vec::new(),
+            std::sync::Arc::new(SystemRunner),
         )
         .await
         .unwrap();
@@ -498,12 +550,22 @@ mod tests {
             &env,
             &bus,
             None,
+            Vec::new(),
+            std::sync::Arc::new(SystemRunner),
         )
         .await
         .unwrap();
-        let mut bad = Workload::start("b", &spec(&["/bin/sh", "-c", "exit 3"]), &env, &bus, None)
-            .await
-            .unwrap();
+        let mut bad = Workload::start(
+            "b",
+            &spec(&["/bin/sh", "-c", "exit 3"]),
+            &env,
+            &bus,
+            None,
+            Vec::new(),
+            std::sync::Arc::new(SystemRunner),
+        )
+        .await
+        .unwrap();
         let mut results = (None, None);
         for _ in 0..200 {
             if results.0.is_none() {
@@ -529,9 +591,17 @@ mod tests {
             "DBUS_SYSTEM_BUS_ADDRESS",
             "unix:path=/nonexistent/quorate-test-bus",
         );
-        let err = Workload::start("x", &s, &BTreeMap::new(), &UnitBus::default(), None)
-            .await
-            .unwrap_err();
+        let err = Workload::start(
+            "x",
+            &s,
+            &BTreeMap::new(),
+            &UnitBus::default(),
+            None,
+            Vec::new(),
+            std::sync::Arc::new(SystemRunner),
+        )
+        .await
+        .unwrap_err();
         assert!(
             err.to_string().contains(
                 "cannot reach systemd over D-Bus at unix:path=/nonexistent/quorate-test-bus"
