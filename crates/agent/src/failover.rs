@@ -556,6 +556,64 @@ impl Node {
         .await
     }
 
+    /// On the leader, every few seconds: makes every GlusterFS volume of the applied
+    /// spec exist and run (peer probe, create, start) through the local glusterd.
+    /// Idempotent, so it also repairs a volume someone stopped.
+    pub(crate) async fn ensure_gluster_volumes_forever(&self) {
+        let runner = quorate_drivers::SystemRunner;
+        let mut reported: BTreeMap<String, String> = BTreeMap::new();
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if !self.is_leader() {
+                continue;
+            }
+            let (volumes, local) = self
+                .consensus
+                .with_state(|st| {
+                    let Some(applied) = st.applied.as_ref() else {
+                        return (Vec::new(), String::new());
+                    };
+                    let spec = &applied.spec;
+                    let address = |n: &String| spec.nodes.get(n).map(|x| x.address.to_string());
+                    let volumes: Vec<quorate_drivers::GlusterVolume> = spec
+                        .storage
+                        .iter()
+                        .filter(|(_, s)| s.kind == quorate_spec::StorageKind::Gluster)
+                        .filter_map(|(name, s)| {
+                            let brick = s.brick.clone()?;
+                            Some(quorate_drivers::GlusterVolume {
+                                resource: name.clone(),
+                                volume: s.volume.clone().unwrap_or_else(|| name.clone()),
+                                bricks: s
+                                    .nodes
+                                    .iter()
+                                    .filter_map(|n| Some((address(n)?, brick.clone())))
+                                    .collect(),
+                                arbiter: false,
+                            })
+                        })
+                        .collect();
+                    (volumes, address(&self.name).unwrap_or_default())
+                })
+                .await;
+            for volume in volumes {
+                let outcome = match volume.ensure(&runner, &local).await {
+                    Ok(()) => "ready".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                // Log changes only (the loop runs every 2 s).
+                if reported.get(&volume.resource) != Some(&outcome) {
+                    if outcome == "ready" {
+                        tracing::info!(storage = %volume.resource, "GlusterFS volume `{}` is created and started", volume.volume);
+                    } else {
+                        tracing::warn!(storage = %volume.resource, "{outcome}");
+                    }
+                    reported.insert(volume.resource.clone(), outcome);
+                }
+            }
+        }
+    }
+
     /// On the leader: the input its scheduler places from, for `simulate --live`.
     pub(crate) async fn scheduler_input(&self) -> quorate_api::ControlReply {
         self.consensus

@@ -157,6 +157,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             }
         })
     };
+    let volumes = {
+        let node = node.clone();
+        tokio::spawn(async move { node.ensure_gluster_volumes_forever().await })
+    };
     let control_task = tokio::spawn(control::serve(control, node.clone()));
     let runtime = Arc::new(Runtime::new(
         node.clone(),
@@ -180,6 +184,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     readiness.abort();
     watchdog.abort();
     duties.abort();
+    volumes.abort();
     joining.abort();
     lease_task.abort();
     reconcile_task.abort();

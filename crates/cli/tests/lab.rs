@@ -22,6 +22,8 @@ fn options(nodes: usize, services: usize, prefix: &str) -> Options {
         quorate: support::quorate_bin().into(),
         env: Vec::new(),
         prefix: prefix.to_owned(),
+        gluster: false,
+        extra_spec: String::new(),
     }
 }
 

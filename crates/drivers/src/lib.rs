@@ -15,6 +15,7 @@
 //! agent decides what runs, drivers only do it.
 
 pub mod floating_ip;
+pub mod gluster;
 pub mod runner;
 pub mod storage;
 
@@ -22,6 +23,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use floating_ip::{FloatingIp, FloatingIpError};
+pub use gluster::GlusterVolume;
 pub use runner::{CommandOutput, RecordedRunner, Runner, SystemRunner};
 pub use storage::{StorageError, StorageStep};
 

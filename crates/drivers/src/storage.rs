@@ -20,6 +20,9 @@ pub const STORAGE_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a mount may take before the start fails.
 pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a service waits for its GlusterFS volume to be created and started.
+pub const VOLUME_WAIT: Duration = Duration::from_secs(60);
+
 /// Why a storage step failed. Nothing was formatted or overwritten.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -228,6 +231,29 @@ impl StorageStep {
                 mount,
                 ..
             } => {
+                // The leader creates the volume; wait (a while) until it is started.
+                let deadline = tokio::time::Instant::now() + VOLUME_WAIT;
+                loop {
+                    let info = run(
+                        runner,
+                        resource,
+                        "gluster",
+                        &["--mode=script", "volume", "info", volume],
+                        MOUNT_TIMEOUT,
+                    )
+                    .await?;
+                    if info.success() && info.stdout.contains("Status: Started") {
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(StorageError::Command {
+                            resource: resource.to_owned(),
+                            command: format!("gluster volume info {volume}"),
+                            reason: format!("volume not started within {VOLUME_WAIT:?} (is glusterd running on every replica node?)"),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
                 let source = format!("{server}:/{volume}");
                 mount_fs(runner, resource, &source, mount, "glusterfs").await
             }
@@ -477,11 +503,22 @@ mod tests {
             server: "10.0.0.1".into(),
             mount: "/srv/media".into(),
         };
-        let r = RecordedRunner::default().answer("mountpoint", CommandOutput::failed(32, ""));
+        let r = RecordedRunner::default()
+            .answer(
+                "gluster --mode=script volume info",
+                CommandOutput::ok("Status: Created"),
+            )
+            .answer(
+                "gluster --mode=script volume info",
+                CommandOutput::ok("Status: Started"),
+            )
+            .answer("mountpoint", CommandOutput::failed(32, ""));
         step.attach(&r).await.unwrap();
         assert_eq!(
             r.calls(),
             [
+                "gluster --mode=script volume info media",
+                "gluster --mode=script volume info media",
                 "mountpoint -q /srv/media",
                 "mkdir -p /srv/media",
                 "mount -t glusterfs 10.0.0.1:/media /srv/media",

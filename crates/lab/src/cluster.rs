@@ -26,6 +26,13 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Namespace name prefix.
     pub prefix: String,
+    /// Run a glusterd on every node, each in its own mount namespace (private
+    /// /var/lib/glusterd, /var/log/glusterfs, /run and brick directory), with the
+    /// agent inside that namespace too. Bricks are at [`LabCluster::brick_path`].
+    pub gluster: bool,
+    /// TOML appended to the generated spec (more services, storage); `@DIR@` stands
+    /// for the lab's work directory.
+    pub extra_spec: String,
 }
 
 /// The `quorate` binary beside the running executable (target/…/quorate), else on PATH.
@@ -86,6 +93,8 @@ pub struct LabCluster {
     pub services: Vec<String>,
     options: Options,
     agents: BTreeMap<String, Child>,
+    /// Persistent mount namespaces per node (gluster labs), under a private mount.
+    mount_ns: Option<PathBuf>,
     paused: std::collections::BTreeSet<String>,
 }
 
@@ -119,14 +128,21 @@ impl LabCluster {
                 options.quorate.display().to_string()
             ));
         }
+        spec.push_str(
+            &options
+                .extra_spec
+                .replace("@DIR@", &dir.path().to_string_lossy()),
+        );
         std::fs::write(dir.path().join("quorate.toml"), spec).map_err(|e| e.to_string())?;
-        let cluster = Self {
+        let gluster = options.gluster;
+        let mut cluster = Self {
             net,
             dir,
             names,
             services,
             options,
             agents: BTreeMap::new(),
+            mount_ns: None,
             paused: std::collections::BTreeSet::new(),
         };
         cluster.quorate_ok(&["lock"])?;
@@ -143,7 +159,115 @@ impl LabCluster {
                 &out.to_string_lossy(),
             ])?;
         }
+        if gluster {
+            cluster.start_glusterds()?;
+        }
         Ok(cluster)
+    }
+
+    /// The brick directory path (the same on every node; each node's mount namespace
+    /// has its own directory there).
+    #[must_use]
+    pub fn brick_path(&self) -> PathBuf {
+        self.path().join("brick")
+    }
+
+    fn node_ns_file(&self, name: &str) -> Option<PathBuf> {
+        self.mount_ns.as_ref().map(|d| d.join(name))
+    }
+
+    /// A command run inside node `name`'s namespaces (network, and mount when it has one).
+    #[must_use]
+    pub fn on_node(&self, name: &str) -> Command {
+        let ns = &self.net.nodes[self.index(name) - 1];
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{ns}"));
+        if let Some(file) = self.node_ns_file(name) {
+            c.arg(format!("--mount={}", file.display()));
+            // Entering a mount namespace resets the working directory.
+            c.arg(format!("--wd={}", self.path().display()));
+        }
+        c.arg("--");
+        c
+    }
+
+    fn start_glusterds(&mut self) -> Result<(), String> {
+        let sh = |script: &str| -> Result<(), String> {
+            let out = Command::new("sh")
+                .args(["-ec", script])
+                .output()
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{script}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        };
+        let nsdir = self.path().join("mntns");
+        std::fs::create_dir_all(&nsdir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(self.brick_path()).map_err(|e| e.to_string())?;
+        // nsfs files must live on a private mount.
+        sh(&format!(
+            "mount --bind {0} {0} && mount --make-private {0}",
+            nsdir.display()
+        ))?;
+        self.mount_ns = Some(nsdir.clone());
+        for name in self.names.clone() {
+            let node_dir = self.path().join("gl").join(&name);
+            for sub in ["log", "run", "brick"] {
+                std::fs::create_dir_all(node_dir.join(sub)).map_err(|e| e.to_string())?;
+            }
+            let file = nsdir.join(&name);
+            std::fs::write(&file, b"").map_err(|e| e.to_string())?;
+            sh(&format!(
+                "cp -a /var/lib/glusterd {d}/lib && unshare --mount={f} --propagation private sh -ec 'mount --bind {d}/lib /var/lib/glusterd; mount --bind {d}/log /var/log/glusterfs; mount --bind {d}/run /run; mount --bind {d}/brick {b}'",
+                d = node_dir.display(),
+                f = file.display(),
+                b = self.brick_path().display()
+            ))?;
+            self.start_glusterd(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Starts node `name`'s glusterd and waits until it answers.
+    ///
+    /// # Errors
+    /// glusterd does not start or answer within 30 s.
+    pub fn start_glusterd(&self, name: &str) -> Result<(), String> {
+        let out = self
+            .on_node(name)
+            .args([
+                "glusterd",
+                "-p",
+                "/run/glusterd.pid",
+                "--log-level",
+                "WARNING",
+            ])
+            .output()
+            .map_err(|e| format!("cannot run glusterd: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "glusterd on {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) {
+            let ok = self
+                .on_node(name)
+                .args(["gluster", "--mode=script", "pool", "list"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!("glusterd on {name} did not answer within 30 s"))
     }
 
     /// The work directory.
@@ -203,15 +327,14 @@ impl LabCluster {
     /// # Errors
     /// The agent cannot be spawned.
     pub fn start(&mut self, name: &str) -> Result<(), String> {
-        let ns = &self.net.nodes[self.index(name) - 1];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.path().join(format!("{name}.log")))
             .map_err(|e| e.to_string())?;
-        // `ip netns exec` execs the agent: the child's pid is the agent's.
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
+        // `nsenter` execs the agent: the child's pid is the agent's.
+        let child = self
+            .on_node(name)
             .arg(&self.options.quorate)
             .args([
                 "agent",
@@ -285,6 +408,10 @@ impl LabCluster {
     pub fn poweroff(&mut self, name: &str) -> Result<(), String> {
         self.kill_agent(name);
         kill_fence_and_workloads(&self.data_dir(name));
+        // Everything else the host ran (glusterd, bricks, FUSE clients) dies with it.
+        for pid in crate::netns::pids_in(&self.net.nodes[self.index(name) - 1]) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
         let _ = checker::append(
             &self.journal(),
             &format!("poweroff {} {name} - 0", checker::mono_ns()),
@@ -298,6 +425,9 @@ impl LabCluster {
     /// The link or the agent cannot come back.
     pub fn power_on(&mut self, name: &str) -> Result<(), String> {
         self.net.link(self.index(name), true)?;
+        if self.options.gluster && !self.is_running(name) {
+            self.start_glusterd(name)?;
+        }
         if !self.is_running(name) {
             self.start(name)?;
         }
@@ -405,7 +535,7 @@ impl LabCluster {
                         .as_array()
                         .is_some_and(|a| a.iter().all(|n| n["state"] == "up"));
                     let running = s["services"].as_array().is_some_and(|a| {
-                        a.len() == self.services.len() && a.iter().all(|x| x["state"] == "running")
+                        a.len() >= self.services.len() && a.iter().all(|x| x["state"] == "running")
                     });
                     nodes_up && running
                 });
@@ -509,6 +639,13 @@ impl Drop for LabCluster {
         for name in self.names.clone() {
             self.pause(&name, false);
             let _ = self.poweroff(&name);
+        }
+        // Release the nodes' mount namespaces (their mounts go with them).
+        if let Some(nsdir) = &self.mount_ns {
+            for name in &self.names {
+                let _ = Command::new("umount").arg(nsdir.join(name)).output();
+            }
+            let _ = Command::new("umount").arg(nsdir).output();
         }
         // Network's drop kills whatever is left in the namespaces and deletes them.
     }

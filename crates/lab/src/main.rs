@@ -61,6 +61,8 @@ impl LabArgs {
             quorate: self.quorate.clone().unwrap_or_else(default_quorate),
             env,
             prefix: netns::PREFIX.to_owned(),
+            gluster: false,
+            extra_spec: String::new(),
         }
     }
 }

@@ -76,17 +76,43 @@ pub fn namespaces(prefix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Kills every process in the namespace and deletes it.
+/// The processes in network namespace `ns` (by the inode of its /run/netns file).
+#[must_use]
+pub fn pids_in(ns: &str) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(format!("/run/netns/{ns}")) else {
+        return Vec::new();
+    };
+    let wanted = format!("net:[{}]", meta.ino());
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| {
+                    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                        .is_ok_and(|link| link.to_string_lossy() == wanted)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills every process in the namespace (until none is left, up to 5 s) and deletes it.
 pub fn remove(ns: &str) {
-    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            if let Ok(pid) = pid.parse::<i32>() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+    let t0 = std::time::Instant::now();
+    loop {
+        let pids = pids_in(ns);
+        if pids.is_empty() || t0.elapsed() > std::time::Duration::from_secs(5) {
+            break;
         }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let _ = Command::new("ip").args(["netns", "del", ns]).output();
 }
