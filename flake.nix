@@ -37,6 +37,7 @@
       checks = forAllSystems (pkgs: {
         package = pkgs.quorate;
         failover = import ./nix/tests/failover.nix { inherit pkgs; module = self.nixosModules.default; };
+        drbd = import ./nix/tests/drbd.nix { inherit pkgs; module = self.nixosModules.default; };
       });
 
       devShells = forAllSystems (pkgs: {

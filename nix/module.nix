@@ -428,7 +428,8 @@ in
       # Spec or lock changes restart the agent; services it runs elsewhere keep running.
       restartTriggers = [ specText ] ++ lib.optional (cfg.lockFile != null) cfg.lockFile;
       path = [ pkgs.iproute2 pkgs.util-linux pkgs.kmod ]
-        ++ lib.optional (drbdHere != { } || drbdPortsHere != [ ]) pkgs.drbd
+        # The storage steps run drbdadm, blkid, mkfs and mount.
+        ++ lib.optionals (drbdHere != { } || drbdPortsHere != [ ]) [ pkgs.drbd pkgs.e2fsprogs pkgs.xfsprogs ]
         ++ lib.optional (glusterHere != { }) pkgs.glusterfs
         ++ lib.optional (pkgs ? arping) pkgs.arping;
       environment = {

@@ -170,6 +170,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     runtime.adopt_previous().await;
     let lease_task = tokio::spawn(runtime.clone().keep_lease());
     let reconcile_task = tokio::spawn(runtime.clone().reconcile_forever());
+    let drbd_task = tokio::spawn(runtime.clone().keep_drbd_up());
 
     let readiness = tokio::spawn(notify::report(
         node.clone(),
@@ -188,6 +189,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     joining.abort();
     lease_task.abort();
     reconcile_task.abort();
+    drbd_task.abort();
     control_task.abort();
     server.abort();
     consensus.shutdown().await;

@@ -155,6 +155,62 @@ impl Runtime {
         Ok(Some(quorate_drivers::FloatingIp { address, interface }))
     }
 
+    /// Keeps every DRBD resource this node holds a replica of, or tie-breaks, up
+    /// (secondary) so that it replicates and counts for DRBD's quorum, whether or not
+    /// it runs the service. Never takes one down. Logs changes of outcome only.
+    pub(crate) async fn keep_drbd_up(self: Arc<Self>) {
+        let mut reported: BTreeMap<String, String> = BTreeMap::new();
+        loop {
+            let me = self.node.name.clone();
+            let resources: Vec<(String, Option<String>)> = self
+                .node
+                .consensus
+                .with_state(|st| {
+                    let Some(applied) = st.applied.as_ref() else {
+                        return Vec::new();
+                    };
+                    applied
+                        .spec
+                        .storage
+                        .iter()
+                        .filter(|(_, s)| s.kind == quorate_spec::StorageKind::Drbd)
+                        .filter_map(|(name, s)| {
+                            let drbd = applied.lock.storage.get(name)?.drbd.as_ref()?;
+                            if s.nodes.contains(&me) {
+                                Some((name.clone(), s.device.clone()))
+                            } else if drbd.tie_breaker.as_deref() == Some(me.as_str()) {
+                                Some((name.clone(), None))
+                            } else {
+                                None
+                            }
+                        })
+                        .collect()
+                })
+                .await;
+            for (resource, disk) in resources {
+                let outcome = match quorate_drivers::drbd_up(
+                    self.storage_runner.as_ref(),
+                    &resource,
+                    disk.as_deref(),
+                )
+                .await
+                {
+                    Ok(()) => "up".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                if reported.get(&resource) != Some(&outcome) {
+                    if outcome == "up" {
+                        tracing::info!(storage = %resource, "DRBD resource is up on this node");
+                    } else {
+                        tracing::warn!(storage = %resource, "{outcome}");
+                    }
+                    reported.insert(resource, outcome);
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
+
     /// True while this node's lease is valid.
     pub fn lease_valid(&self) -> bool {
         mono_ns() < self.deadline_ns.load(Ordering::SeqCst)

@@ -166,30 +166,34 @@ fn example_cluster_json_is_the_homelab_toml_and_passes_check_and_lock_check() {
 }
 
 #[test]
-fn the_vm_tests_lock_is_up_to_date() {
+fn the_vm_tests_locks_are_up_to_date() {
     let Some(lib) = nixpkgs_lib() else { return };
-    let cluster = repo().join("nix/tests/failover-cluster.nix");
-    let spec_text = eval_host(
-        &lib,
-        &host(&cluster, "alpha", ""),
-        &["--arg", "specOnly", "true"],
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("cluster.json");
-    std::fs::write(&spec, spec_text.as_str().unwrap()).unwrap();
-    let lock = repo().join("nix/tests/failover.lock");
-    let out = quorate(&[
-        "lock",
-        "--check",
-        spec.to_str().unwrap(),
-        "--lock",
-        lock.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "nix/tests/failover.lock is stale: {out:?}"
-    );
+    for (cluster, lock) in [
+        ("failover-cluster.nix", "failover.lock"),
+        ("drbd-cluster.nix", "drbd.lock"),
+    ] {
+        let cluster = repo().join("nix/tests").join(cluster);
+        let spec_text = eval_host(
+            &lib,
+            &host(&cluster, "alpha", ""),
+            &["--arg", "specOnly", "true"],
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().join("cluster.json");
+        std::fs::write(&spec, spec_text.as_str().unwrap()).unwrap();
+        let lock = repo().join("nix/tests").join(lock);
+        let out = quorate(&[
+            "lock",
+            "--check",
+            spec.to_str().unwrap(),
+            "--lock",
+            lock.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{} is stale: {out:?}", lock.display());
+        let check = quorate(&["check", spec.to_str().unwrap()]);
+        assert!(check.status.success(), "{check:?}");
+    }
 }
 
 #[test]

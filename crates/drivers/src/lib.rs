@@ -25,7 +25,7 @@ use std::time::Duration;
 pub use floating_ip::{FloatingIp, FloatingIpError};
 pub use gluster::GlusterVolume;
 pub use runner::{CommandOutput, RecordedRunner, Runner, SystemRunner};
-pub use storage::{StorageError, StorageStep};
+pub use storage::{drbd_up, StorageError, StorageStep};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;

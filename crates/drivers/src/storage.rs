@@ -178,43 +178,7 @@ impl StorageStep {
                 ..
             } => {
                 let t = STORAGE_COMMAND_TIMEOUT;
-                let configured = run(runner, resource, "drbdadm", &["status", resource], t)
-                    .await?
-                    .success();
-                if configured {
-                    run_ok(runner, resource, "drbdadm", &["adjust", resource], t).await?;
-                } else {
-                    let exists = run(runner, resource, "test", &["-b", disk], t)
-                        .await?
-                        .success();
-                    if !exists {
-                        return Err(StorageError::NoBackingDevice {
-                            resource: resource.to_owned(),
-                            device: disk.clone(),
-                        });
-                    }
-                    let has_metadata = run(runner, resource, "drbdadm", &["dump-md", resource], t)
-                        .await?
-                        .success();
-                    if !has_metadata {
-                        if let Some(found) = signature(runner, resource, disk).await? {
-                            return Err(StorageError::ExistingData {
-                                resource: resource.to_owned(),
-                                device: disk.clone(),
-                                found,
-                            });
-                        }
-                        run_ok(
-                            runner,
-                            resource,
-                            "drbdadm",
-                            &["create-md", "--force", resource],
-                            t,
-                        )
-                        .await?;
-                    }
-                    run_ok(runner, resource, "drbdadm", &["up", resource], t).await?;
-                }
+                drbd_up(runner, resource, Some(disk)).await?;
                 run_ok(runner, resource, "drbdadm", &["primary", resource], t).await?;
                 let device = format!("/dev/drbd{minor}");
                 if let Some(target) = mount {
@@ -296,6 +260,61 @@ impl StorageStep {
         }
         Ok(())
     }
+}
+
+/// Brings a DRBD resource up on this node (secondary), as every replica node and the
+/// tie-breaker keep it: `adjust` when it is configured; else, with a backing `disk`,
+/// the disk must exist and metadata is created only when it has none and holds no
+/// other data, then `up`. The diskless tie-breaker (`disk = None`) is just brought up.
+///
+/// # Errors
+/// A missing backing device, data without metadata, or a failing command.
+pub async fn drbd_up(
+    runner: &dyn Runner,
+    resource: &str,
+    disk: Option<&str>,
+) -> Result<(), StorageError> {
+    let t = STORAGE_COMMAND_TIMEOUT;
+    let configured = run(runner, resource, "drbdadm", &["status", resource], t)
+        .await?
+        .success();
+    if configured {
+        run_ok(runner, resource, "drbdadm", &["adjust", resource], t).await?;
+        return Ok(());
+    }
+    if let Some(disk) = disk {
+        let exists = run(runner, resource, "test", &["-b", disk], t)
+            .await?
+            .success();
+        if !exists {
+            return Err(StorageError::NoBackingDevice {
+                resource: resource.to_owned(),
+                device: disk.to_owned(),
+            });
+        }
+        let has_metadata = run(runner, resource, "drbdadm", &["dump-md", resource], t)
+            .await?
+            .success();
+        if !has_metadata {
+            if let Some(found) = signature(runner, resource, disk).await? {
+                return Err(StorageError::ExistingData {
+                    resource: resource.to_owned(),
+                    device: disk.to_owned(),
+                    found,
+                });
+            }
+            run_ok(
+                runner,
+                resource,
+                "drbdadm",
+                &["create-md", "--force", resource],
+                t,
+            )
+            .await?;
+        }
+    }
+    run_ok(runner, resource, "drbdadm", &["up", resource], t).await?;
+    Ok(())
 }
 
 async fn mount_fs(
@@ -479,6 +498,16 @@ mod tests {
             );
         let err = drbd().attach(&r).await.unwrap_err();
         assert!(err.to_string().contains("timed out after"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_diskless_tie_breaker_is_only_brought_up() {
+        let r = RecordedRunner::default().answer(
+            "drbdadm status",
+            CommandOutput::failed(10, "No such resource"),
+        );
+        drbd_up(&r, "pgdata", None).await.unwrap();
+        assert_eq!(r.calls(), ["drbdadm status pgdata", "drbdadm up pgdata"]);
     }
 
     #[tokio::test]
