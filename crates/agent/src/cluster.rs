@@ -285,10 +285,28 @@ impl Node {
         let storage = spec
             .storage
             .iter()
-            .map(|(name, s)| StorageStatus {
-                name: name.clone(),
-                kind: s.kind.name().into(),
-                replicas: s.nodes.clone(),
+            .map(|(name, s)| {
+                let prefix = format!("{}{name}/", crate::runtime::STORAGE_REPORT);
+                StorageStatus {
+                    name: name.clone(),
+                    kind: s.kind.name().into(),
+                    replicas: s.nodes.clone(),
+                    attached_on: spec
+                        .services
+                        .iter()
+                        .filter(|(_, svc)| svc.storage.contains(name))
+                        .find_map(|(svc, _)| {
+                            let o = state.observed.get(svc)?;
+                            (o.state == "running").then(|| o.node.clone())
+                        }),
+                    health: state
+                        .observed
+                        .iter()
+                        .filter_map(|(key, o)| {
+                            Some((key.strip_prefix(&prefix)?.to_owned(), o.state.clone()))
+                        })
+                        .collect(),
+                }
             })
             .collect();
         let applied = state.applied.as_ref();

@@ -171,6 +171,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let lease_task = tokio::spawn(runtime.clone().keep_lease());
     let reconcile_task = tokio::spawn(runtime.clone().reconcile_forever());
     let drbd_task = tokio::spawn(runtime.clone().keep_drbd_up());
+    let gluster_task = tokio::spawn(runtime.clone().watch_gluster());
 
     let readiness = tokio::spawn(notify::report(
         node.clone(),
@@ -190,6 +191,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     lease_task.abort();
     reconcile_task.abort();
     drbd_task.abort();
+    gluster_task.abort();
     control_task.abort();
     server.abort();
     consensus.shutdown().await;

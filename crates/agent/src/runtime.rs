@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quorate_drivers::{Exit, UnitBus, Workload, WorkloadRecord};
+use quorate_drivers::{CommandOutput, Exit, UnitBus, Workload, WorkloadRecord};
 use quorate_fence::mono_ns;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
@@ -93,7 +93,13 @@ pub struct Runtime {
     units: UnitBus,
     /// Runs drbdadm, mount and friends for the storage steps.
     storage_runner: Arc<dyn quorate_drivers::Runner>,
+    /// Storage health last queued for the leader, by report key.
+    storage_reported: Mutex<BTreeMap<String, String>>,
 }
+
+/// Key prefix of storage health reports in the replicated observations:
+/// `storage/<name>/<node>`.
+pub(crate) const STORAGE_REPORT: &str = "storage/";
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -120,6 +126,7 @@ impl Runtime {
             probes: Arc::default(),
             units: UnitBus::default(),
             storage_runner: Arc::new(quorate_drivers::SystemRunner),
+            storage_reported: Mutex::default(),
         }
     }
 
@@ -187,6 +194,10 @@ impl Runtime {
                         .collect()
                 })
                 .await;
+            for (resource, _) in &resources {
+                let health = self.drbd_health(resource).await;
+                self.report_storage(resource, health).await;
+            }
             for (resource, disk) in resources {
                 let outcome = match quorate_drivers::drbd_up(
                     self.storage_runner.as_ref(),
@@ -208,6 +219,109 @@ impl Runtime {
                 }
             }
             tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
+
+    /// `drbdsetup status RES --statistics`, on one line (role, disk, peers, out-of-sync).
+    async fn drbd_health(&self, resource: &str) -> String {
+        match self
+            .storage_runner
+            .run(
+                "drbdsetup",
+                &["status", resource, "--statistics"],
+                Duration::from_secs(10),
+            )
+            .await
+        {
+            Ok(out) if out.success() => out.stdout.split_whitespace().collect::<Vec<_>>().join(" "),
+            Ok(out) => format!("not up: {}", out.stderr.trim()),
+            Err(e) => format!("cannot ask drbdsetup: {e}"),
+        }
+    }
+
+    /// Queues a storage health report (sent with the service reports) when it changed.
+    async fn report_storage(&self, resource: &str, health: String) {
+        let key = format!("{STORAGE_REPORT}{resource}/{}", self.node.name);
+        let mut last = self.storage_reported.lock().await;
+        if last.get(&key) != Some(&health) {
+            last.insert(key.clone(), health.clone());
+            self.unreported.lock().await.insert(key, health);
+        }
+    }
+
+    /// Reports what this node sees of its GlusterFS bricks every 10 s: whether its own
+    /// brick is online and how many entries wait for heal.
+    pub(crate) async fn watch_gluster(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let me = self.node.name.clone();
+            let (volumes, address) = self
+                .node
+                .consensus
+                .with_state(|st| {
+                    let Some(applied) = st.applied.as_ref() else {
+                        return (Vec::new(), String::new());
+                    };
+                    let spec = &applied.spec;
+                    let volumes: Vec<(String, String)> = spec
+                        .storage
+                        .iter()
+                        .filter(|(_, s)| {
+                            s.kind == quorate_spec::StorageKind::Gluster && s.nodes.contains(&me)
+                        })
+                        .map(|(n, s)| (n.clone(), s.volume.clone().unwrap_or_else(|| n.clone())))
+                        .collect();
+                    let address = spec
+                        .nodes
+                        .get(&me)
+                        .map(|n| n.address.to_string())
+                        .unwrap_or_default();
+                    (volumes, address)
+                })
+                .await;
+            for (resource, volume) in volumes {
+                let status = self
+                    .storage_runner
+                    .run(
+                        "gluster",
+                        &["--mode=script", "volume", "status", &volume, "detail"],
+                        Duration::from_secs(20),
+                    )
+                    .await;
+                let online = status.ok().filter(CommandOutput::success).map(|out| {
+                    // Blocks of "Brick : Brick ADDR:/path" … "Online : Y".
+                    let mut mine = false;
+                    let mut online = None;
+                    for line in out.stdout.lines() {
+                        let line = line.trim();
+                        if line.starts_with("Brick ") && line.contains(':') {
+                            mine = line.contains(&format!("{address}:"));
+                        } else if mine && line.starts_with("Online") {
+                            online = Some(line.ends_with('Y'));
+                            mine = false;
+                        }
+                    }
+                    online
+                });
+                let volume_spec = quorate_drivers::GlusterVolume {
+                    resource: resource.clone(),
+                    volume: volume.clone(),
+                    bricks: Vec::new(),
+                    arbiter: false,
+                };
+                let heal = volume_spec.heal_pending(self.storage_runner.as_ref()).await;
+                let health = match (online.flatten(), heal) {
+                    (Some(up), Ok(pending)) => format!(
+                        "brick {}, {pending} entries waiting for heal",
+                        if up { "online" } else { "OFFLINE" }
+                    ),
+                    (Some(up), Err(_)) => {
+                        format!("brick {}", if up { "online" } else { "OFFLINE" })
+                    }
+                    (None, _) => "volume not started (or glusterd not answering)".to_owned(),
+                };
+                self.report_storage(&resource, health).await;
+            }
         }
     }
 

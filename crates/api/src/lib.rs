@@ -222,6 +222,14 @@ pub struct StorageStatus {
     pub kind: String,
     /// Replica nodes.
     pub replicas: Vec<String>,
+    /// The node where it is attached (DRBD primary / mounted): where a running service
+    /// that uses it runs, or null.
+    #[serde(default)]
+    pub attached_on: Option<String>,
+    /// What each node last reported about it (DRBD: role, disk, peers, out-of-sync;
+    /// GlusterFS: its brick online, entries waiting for heal).
+    #[serde(default)]
+    pub health: std::collections::BTreeMap<String, String>,
 }
 
 /// Why the agent could not be asked.

@@ -143,9 +143,21 @@ fn print_status(r: &StatusReport) {
         }
     }
     if !r.storage.is_empty() {
-        println!("\n{:<20} {:<10} REPLICAS", "STORAGE", "KIND");
+        println!(
+            "\n{:<20} {:<10} {:<12} REPLICAS",
+            "STORAGE", "KIND", "ATTACHED"
+        );
         for s in &r.storage {
-            println!("{:<20} {:<10} {}", s.name, s.kind, s.replicas.join(", "));
+            println!(
+                "{:<20} {:<10} {:<12} {}",
+                s.name,
+                s.kind,
+                s.attached_on.as_deref().unwrap_or("-"),
+                s.replicas.join(", ")
+            );
+            for (node, health) in &s.health {
+                println!("{:<20} {node}: {health}", "");
+            }
         }
     }
 }

@@ -63,6 +63,23 @@ fn a_gluster_volume_follows_its_service_and_keeps_every_acknowledged_write() {
     });
 
     let host = cluster.host_of("w").unwrap();
+    // status shows the volume attached where w runs, and every brick online.
+    wait(
+        "storage health from every node",
+        Duration::from_secs(60),
+        || {
+            let Some(status) = cluster.quorate_status() else {
+                return false;
+            };
+            let media = &status["storage"][0];
+            media["attached_on"] == host.as_str()
+                && ["n1", "n2", "n3"].iter().all(|n| {
+                    media["health"][n]
+                        .as_str()
+                        .is_some_and(|h| h.starts_with("brick online"))
+                })
+        },
+    );
     cluster.poweroff(&host).unwrap();
     let acknowledged: Vec<u64> = acks(&dir);
     let mut moved = String::new();
