@@ -589,7 +589,7 @@ impl Node {
                                     .iter()
                                     .filter_map(|n| Some((address(n)?, brick.clone())))
                                     .collect(),
-                                arbiter: false,
+                                arbiter: s.arbiter,
                             })
                         })
                         .collect();

@@ -240,6 +240,7 @@ fn storage(kind: StorageKind, nodes: Vec<String>) -> StorageSpec {
         fs: None,
         brick: None,
         volume: None,
+        arbiter: false,
         renamed_from: None,
     }
 }

@@ -550,6 +550,7 @@ pub mod keys {
         "fs",
         "brick",
         "volume",
+        "arbiter",
         "renamed_from",
     ];
 }
@@ -785,6 +786,10 @@ fn storage(d: &mut Decoder, mut f: Fields<'_>) -> Option<StorageSpec> {
     let fs = opt_string(&mut f, d, "fs");
     let brick = opt_string(&mut f, d, "brick");
     let volume = opt_string(&mut f, d, "volume");
+    let arbiter = f
+        .get("arbiter")
+        .and_then(|(n, p)| d.bool(n, &p))
+        .unwrap_or(false);
     let renamed_from = opt_string(&mut f, d, "renamed_from");
     let size = f.get("size").and_then(|(n, p)| d.size(n, &p));
     f.finish(d, keys::STORAGE);
@@ -797,6 +802,7 @@ fn storage(d: &mut Decoder, mut f: Fields<'_>) -> Option<StorageSpec> {
         fs,
         brick,
         volume,
+        arbiter,
         renamed_from,
     })
 }

@@ -397,6 +397,10 @@ pub struct StorageSpec {
     /// gluster: volume name (default: the storage name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<String>,
+    /// gluster: with 3 nodes, the last one holds only an arbiter brick (metadata, no
+    /// data): two full copies plus a tie-breaker for split-brain.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub arbiter: bool,
     /// The storage's previous name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renamed_from: Option<String>,
@@ -410,6 +414,11 @@ fn yes() -> bool {
 #[allow(clippy::trivially_copy_pass_by_ref)]
 fn is_true(b: &bool) -> bool {
     *b
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl ServiceSpec {

@@ -1063,10 +1063,23 @@ fn storage(c: &mut Checker<'_>) {
             }
         }
 
+        if st.arbiter && st.kind == StorageKind::Gluster && distinct.len() != 3 {
+            c.error(
+                "spec::replicas",
+                &at("arbiter"),
+                format!(
+                    "GlusterFS storage `{name}` has an arbiter but {} node(s); an arbiter volume has exactly 3 (2 data + 1 arbiter)",
+                    distinct.len()
+                ),
+                "needs exactly 3 nodes",
+                "list 3 nodes (the last holds the arbiter brick), or remove `arbiter`",
+            );
+        }
         for (key, owner, present) in [
             ("device", StorageKind::Drbd, st.device.is_some()),
             ("brick", StorageKind::Gluster, st.brick.is_some()),
             ("volume", StorageKind::Gluster, st.volume.is_some()),
+            ("arbiter", StorageKind::Gluster, st.arbiter),
         ] {
             if present && owner != st.kind {
                 c.error(
