@@ -25,7 +25,10 @@ Examples (as root):
   quorate-lab soak --minutes 30 --seed 1
   quorate-lab bench failover --runs 10 --markdown table.md
   quorate-lab check journal --client client.jsonl
-  quorate-lab cleanup"
+  quorate-lab cleanup
+
+Environment: QUORATE_LAB_KEEP=1 keeps the work dir (spec, logs, journal, client record)
+for a post-mortem; QUORATE_LAB_LOG sets the agents' log filter (default info)."
 )]
 struct Cli {
     #[command(subcommand)]
