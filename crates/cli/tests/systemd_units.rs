@@ -51,7 +51,10 @@ fn systemd_and_nspawn_units_start_move_and_fail_over_through_dbus() {
                 // An nspawn-style template unit: container@hass.service is an instance.
                 ("container@.service", witness_unit(&n, "%i", &journal)),
             ];
-            let ct = SystemdContainer::boot(&units, &[shared.as_path()]);
+            // nspawn gives the container its own /tmp: bind what it must see there
+            // (the journal's directory, and the binary when it lives under /tmp).
+            let bin_dir = std::path::Path::new(quorate_bin()).parent().unwrap();
+            let ct = SystemdContainer::boot(&units, &[shared.as_path(), bin_dir]);
             (n, ct)
         })
         .collect();
