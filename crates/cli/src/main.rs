@@ -508,7 +508,27 @@ enum CertCommand {
     },
 }
 
+/// `quorate status | head` closes the pipe early: printing then fails with EPIPE, which
+/// `println!` turns into a panic. Like other Unix tools, end quietly instead (exit 141,
+/// as if killed by SIGPIPE); any other panic is reported as usual.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let exit = match cli.command {
         Command::Check { paths, json } => spec_commands::check(&paths, json),

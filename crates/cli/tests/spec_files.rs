@@ -364,3 +364,36 @@ fn json_spec_means_the_same_as_toml() {
         toml_lock
     );
 }
+
+/// `quorate … | head` closes the pipe early: quorate ends quietly (exit 141, like a
+/// SIGPIPE), without a panic message.
+#[test]
+fn a_closed_stdout_pipe_ends_quietly() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = String::from("[cluster]\nname = \"big\"\n");
+    for i in 1..=3 {
+        spec.push_str(&format!("[nodes.n{i}]\naddress = \"10.0.0.{i}\"\n"));
+    }
+    for i in 0..3000 {
+        spec.push_str(&format!(
+            "[services.service-with-a-long-name-{i}]\nkind = \"process\"\ncommand = [\"/bin/true\"]\n"
+        ));
+    }
+    std::fs::write(dir.path().join("quorate.toml"), spec).unwrap();
+    // The plan of 3000 new services is far more than a pipe buffer holds.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quorate"))
+        .args(["plan", "--json", "quorate.toml"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The read end is dropped here: the next writes fail with EPIPE.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{err}");
+}
