@@ -507,6 +507,9 @@ pub enum PeerMessage {
     Observe {
         /// Service → state.
         services: BTreeMap<String, String>,
+        /// Service → the placement epoch the sender had applied.
+        #[serde(default)]
+        epochs: BTreeMap<String, u64>,
     },
 }
 
@@ -528,8 +531,8 @@ impl quorate_consensus::AppHandler for PeerApp {
                 Some(applied) => json!({ "ok": true, "applied": applied }),
                 None => json!({ "ok": false }),
             },
-            Ok(PeerMessage::Observe { services }) => {
-                json!({ "ok": self.0.record_observed(&peer, services).await })
+            Ok(PeerMessage::Observe { services, epochs }) => {
+                json!({ "ok": self.0.record_observed(&peer, services, epochs).await })
             }
             Err(e) => serde_json::to_value(refused(1, format!("bad peer message: {e}")))
                 .unwrap_or_default(),

@@ -100,6 +100,7 @@ impl Node {
         &self,
         node: &str,
         services: BTreeMap<String, String>,
+        epochs: BTreeMap<String, u64>,
     ) -> bool {
         if !self.is_leader() {
             return false;
@@ -107,6 +108,7 @@ impl Node {
         let command = Command::Observe {
             node: node.to_string(),
             services,
+            epochs,
             at_ms: now_ms(),
         };
         self.consensus
@@ -117,8 +119,19 @@ impl Node {
 
     /// On any node: sends this node's service states to the leader.
     pub(crate) async fn observe(&self, services: BTreeMap<String, String>) -> bool {
+        // Each report says which placement it answers: the epoch of the service's
+        // placement as this node has applied it now.
+        let epochs: BTreeMap<String, u64> = self
+            .consensus
+            .with_state(|st| {
+                services
+                    .keys()
+                    .filter_map(|s| Some((s.clone(), st.placements.get(s)?.epoch)))
+                    .collect()
+            })
+            .await;
         if self.is_leader() {
-            return self.record_observed(&self.name, services).await;
+            return self.record_observed(&self.name, services, epochs).await;
         }
         let Some((_, leader)) = self.consensus.leader() else {
             return false;
@@ -127,7 +140,7 @@ impl Node {
             .call_peer(
                 "observe",
                 &leader,
-                &PeerMessage::Observe { services },
+                &PeerMessage::Observe { services, epochs },
                 self.lease_ttl(),
             )
             .await;
@@ -309,6 +322,17 @@ impl Node {
                             changes.insert(service.clone(), (None, format!("stopping on {old} before it moves to {new}: {}", p.reason)));
                         }
                         (_, Some(new)) => {
+                            // A service that left a live node starts elsewhere only once
+                            // that node confirmed the stop order (a report answering it).
+                            if let Some((x, stop_epoch)) = st.placements.get(service).and_then(|a| a.stopping.clone()) {
+                                let confirmed = x == *new
+                                    || states.get(&x) == Some(&NodeState::Down)
+                                    || st.observed.get(service).is_some_and(|o| o.node == x && !o.may_run() && o.epoch >= stop_epoch);
+                                if !confirmed {
+                                    tracing::debug!(service, holder = %x, "waiting for the previous holder to confirm the stop");
+                                    continue;
+                                }
+                            }
                             let elsewhere = st.observed.get(service).filter(|o| o.node != *new && o.may_run() && states.get(&o.node) != Some(&NodeState::Down));
                             if let Some(o) = elsewhere {
                                 tracing::debug!(service, holder = %o.node, "waiting for the previous holder to stop before placing");

@@ -46,6 +46,9 @@ struct View {
     assigned: BTreeSet<String>,
     /// Services the replicated state says may run here (this node's own last reports).
     claimed: BTreeSet<String>,
+    /// Stop orders to this node not yet answered by a report at their epoch, with the
+    /// state to confirm (this node's last non-running report, else "stopped").
+    unconfirmed_stops: BTreeMap<String, String>,
     /// Storage steps of each assigned service on this node, in start order.
     storage: BTreeMap<String, Vec<quorate_drivers::StorageStep>>,
     /// Their specs.
@@ -576,6 +579,7 @@ impl Runtime {
         let View {
             assigned,
             claimed,
+            unconfirmed_stops,
             storage,
             specs,
             running,
@@ -637,9 +641,28 @@ impl Runtime {
                             .collect()
                     })
                     .unwrap_or_default();
+                let unconfirmed_stops = st
+                    .placements
+                    .iter()
+                    .filter_map(|(s, a)| {
+                        let (holder, epoch) = a.stopping.as_ref()?;
+                        if a.node.is_some() || *holder != me {
+                            return None;
+                        }
+                        let last = st.observed.get(s).filter(|o| o.node == me);
+                        if last.is_some_and(|o| !o.may_run() && o.epoch >= *epoch) {
+                            return None;
+                        }
+                        let state = last
+                            .filter(|o| !o.may_run())
+                            .map_or_else(|| "stopped".to_owned(), |o| o.state.clone());
+                        Some((s.clone(), state))
+                    })
+                    .collect();
                 View {
                     assigned,
                     claimed,
+                    unconfirmed_stops,
                     storage,
                     specs,
                     running,
@@ -821,6 +844,13 @@ impl Runtime {
                 changes
                     .entry(service.clone())
                     .or_insert_with(|| "stopped".into());
+            }
+        }
+        // The leader waits for this node to answer a stop order at its epoch before the
+        // service may start elsewhere: confirm it once nothing runs here.
+        for (service, state) in unconfirmed_stops {
+            if !table.contains_key(&service) && !to_stop.iter().any(|(n, _)| *n == service) {
+                changes.entry(service).or_insert(state);
             }
         }
         drop(table);

@@ -74,6 +74,12 @@ pub struct Assignment {
     pub epoch: u64,
     /// Why, in a sentence.
     pub reason: String,
+    /// While `node` is None after the service left a node: that node and the epoch of
+    /// the stop order. The node must confirm it stopped (a report at that epoch or
+    /// later) before the service may start anywhere else — unless it is down (its
+    /// lease expired, so it is fenced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopping: Option<(String, u64)>,
 }
 
 /// What a node reported about a service it runs or ran.
@@ -85,6 +91,9 @@ pub struct Observed {
     pub state: String,
     /// Reporter's wall clock, ms since the epoch.
     pub at_ms: u64,
+    /// The service's placement epoch the reporter had applied when it reported.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 impl Observed {
@@ -188,6 +197,9 @@ pub enum Command {
         node: String,
         /// Service → state.
         services: BTreeMap<String, String>,
+        /// Service → the placement epoch the reporter had applied (absent: 0).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        epochs: BTreeMap<String, u64>,
         /// Reporter's wall clock.
         at_ms: u64,
     },
@@ -320,6 +332,7 @@ impl ClusterState {
             Command::Observe {
                 node,
                 services,
+                epochs,
                 at_ms,
             } => {
                 for (service, state) in services {
@@ -327,6 +340,7 @@ impl ClusterState {
                         node: node.clone(),
                         state: state.clone(),
                         at_ms: *at_ms,
+                        epoch: epochs.get(service).copied().unwrap_or(0),
                     };
                     // Nodes report only changes, so a stale report must not replace a
                     // current one: a late "restarting"/"stopped" from the old holder (a
@@ -447,6 +461,15 @@ impl ClusterState {
                     node: node.clone(),
                     epoch,
                     reason: reason.clone(),
+                    // Leaving a node: it must confirm the stop. Still stopped: keep it.
+                    stopping: match (node, &previous) {
+                        (Some(_), _) => None,
+                        (None, Some(p)) => Some((p.clone(), epoch)),
+                        (None, None) => self
+                            .placements
+                            .get(service)
+                            .and_then(|a| a.stopping.clone()),
+                    },
                 },
             );
             let what = match (&previous, node) {
@@ -489,11 +512,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn leaving_a_node_records_a_stop_order_that_outlives_reason_changes() {
+        let text = "[cluster]\nname = \"lab\"\n[nodes.n1]\naddress = \"127.0.0.1\"\n[nodes.n2]\naddress = \"127.0.0.2\"\n[nodes.n3]\naddress = \"127.0.0.3\"\n[services.web]\nkind = \"process\"\ncommand = [\"/bin/true\"]\n";
+        let s = quorate_spec::check(text, quorate_spec::Format::Toml)
+            .spec
+            .unwrap();
+        let l = lock(&s);
+        let mut st = ClusterState::default();
+        st.apply(&Command::Bootstrap {
+            spec: Box::new(s),
+            lock: Box::new(l),
+            by: "n1".into(),
+            at_ms: 0,
+        });
+        let place = |st: &mut ClusterState, node: Option<&str>, reason: &str| {
+            let changes: BTreeMap<String, (Option<String>, String)> =
+                [("web".to_owned(), (node.map(Into::into), reason.to_owned()))].into();
+            st.place(&changes, "n9", 0);
+        };
+        place(&mut st, Some("n1"), "placed");
+        assert_eq!(st.placements["web"].stopping, None);
+        place(&mut st, None, "stopping on n1 before it moves");
+        let order = st.placements["web"].stopping.clone().unwrap();
+        assert_eq!(order, ("n1".to_owned(), st.placements["web"].epoch));
+        // A new reason while still stopped keeps the original order (and its epoch).
+        place(&mut st, None, "unplaceable: no node left");
+        assert_eq!(st.placements["web"].stopping, Some(order));
+        place(&mut st, Some("n2"), "moved");
+        assert_eq!(st.placements["web"].stopping, None);
+    }
+
+    #[test]
     fn a_late_stop_from_the_old_holder_does_not_hide_the_new_one() {
         let mut st = ClusterState::default();
         let observe = |node: &str, state: &str, at_ms| Command::Observe {
             node: node.into(),
             services: [("web".to_owned(), state.to_owned())].into(),
+            epochs: BTreeMap::new(),
             at_ms,
         };
         st.apply(&observe("n1", "running", 1));
@@ -508,6 +563,7 @@ mod tests {
             Assignment {
                 node: Some("n2".into()),
                 reason: "test".into(),
+                stopping: None,
                 epoch: 1,
             },
         );
