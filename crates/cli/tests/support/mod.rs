@@ -353,5 +353,29 @@ impl Drop for TestCluster {
         for n in names {
             self.kill(&n);
         }
+        // A workload started in the instant before its agent was killed may not be in
+        // workloads.json yet: every process this cluster started carries its journal
+        // path in its environment, so none outlives the test.
+        let marker = format!(
+            "QUORATE_WITNESS_JOURNAL={}",
+            self.journal().to_string_lossy()
+        );
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let carries = std::fs::read(entry.path().join("environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()));
+            if carries && pid != i32::try_from(std::process::id()).unwrap_or(0) {
+                let _ = Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
     }
 }
