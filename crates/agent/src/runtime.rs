@@ -786,6 +786,13 @@ impl Runtime {
                 ]
                 .into();
                 let steps = storage.get(name).cloned().unwrap_or_default();
+                // Tell the fence first: should this agent die between the start and the
+                // next 'groups'/'units' line, the fence still ends what it started.
+                self.tell_fence(&format!(
+                    "starting {name}={}\n",
+                    spec.unit_name().unwrap_or_default()
+                ))
+                .await;
                 let started = match self.floating_ip(spec).await {
                     Ok(floating) => {
                         Workload::start(

@@ -8,7 +8,13 @@
 //! groups <service>=<pgid> <service>=<pgid> …
 //! units <service>=<unit>/<main pid> <service>=<unit>/<main pid> …
 //! ips <service>=<interface>,<addr/prefix> …
+//! starting <service>=<unit or nothing>
 //! ```
+//!
+//! `starting` comes before the agent starts a service; the next `groups`/`units` line
+//! settles it. If the deadline passes first (the agent died in between), the fence also
+//! kills every process of this node that carries `QUORATE_SERVICE=<service>` in its
+//! environment (and stops the unit, if any), so nothing the agent started escapes.
 //!
 //! When the deadline passes (agent paused, hung, partitioned) the fence SIGKILLs every
 //! listed process group, then asks systemd over D-Bus to SIGKILL and stop every listed
@@ -94,6 +100,9 @@ struct Fence {
     unconfirmed_units: Vec<String>,
     /// Floating addresses of exclusive services: (interface, addr/prefix).
     ips: Vec<(String, String)>,
+    /// Services the agent announced it is starting, not yet in a groups/units line:
+    /// (service, unit or empty).
+    starting: Vec<(String, String)>,
 }
 
 /// How long killed groups may take to disappear before the watchdog is left to fire.
@@ -139,6 +148,13 @@ impl Fence {
                     self.deadline = Some(d);
                 }
             }
+            Some("starting") => {
+                if let Some((service, unit)) = words.next().and_then(|w| w.split_once('=')) {
+                    if self.starting.len() < MAX_GROUPS {
+                        self.starting.push((service.to_owned(), unit.to_owned()));
+                    }
+                }
+            }
             Some("ips") => {
                 self.ips = words
                     .take(MAX_GROUPS)
@@ -161,6 +177,8 @@ impl Fence {
                     .collect();
             }
             Some("groups") => {
+                // The agent lists what runs now: announced starts are settled.
+                self.starting.clear();
                 self.names.clear();
                 self.pgids.clear();
                 for word in words.take(MAX_GROUPS) {
@@ -180,7 +198,11 @@ impl Fence {
 
     /// The deadline has passed: kill everything listed. No allocation before the kills.
     fn fire(&mut self) {
-        if self.pgids.is_empty() && self.units.is_empty() && self.ips.is_empty() {
+        if self.pgids.is_empty()
+            && self.units.is_empty()
+            && self.ips.is_empty()
+            && self.starting.is_empty()
+        {
             return;
         }
         if self.armed {
@@ -191,6 +213,20 @@ impl Fence {
             self.unconfirmed_since = mono_ns();
             self.unconfirmed_units
                 .extend(self.units.iter().map(|(_, unit, _)| unit.clone()));
+            for (service, unit) in std::mem::take(&mut self.starting) {
+                let killed = kill_service_processes(&self.node, &service);
+                if !unit.is_empty() {
+                    self.unconfirmed_units.push(unit.clone());
+                }
+                if killed > 0 || !unit.is_empty() {
+                    witness("fence", &self.node, &service, 0);
+                }
+                eprintln!(
+                    "quorate fence: lease of node {} expired while {service} was starting: killed {killed} process(es){}",
+                    self.node,
+                    if unit.is_empty() { String::new() } else { format!(", stopping {unit}") }
+                );
+            }
             self.unconfirmed_units = stop_units(std::mem::take(&mut self.unconfirmed_units));
             for (interface, address) in &self.ips {
                 let removed = std::process::Command::new("ip")
@@ -232,6 +268,43 @@ impl Fence {
         self.units.clear();
         self.ips.clear();
     }
+}
+
+/// SIGKILLs every process (and its process group) whose environment says it is
+/// `service` of `node` (`QUORATE_SERVICE` and `QUORATE_NODE`, which the agent gives
+/// every workload). Returns how many it found.
+fn kill_service_processes(node: &str, service: &str) -> usize {
+    let want_service = format!("QUORATE_SERVICE={service}");
+    let want_node = format!("QUORATE_NODE={node}");
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if u32::try_from(pid).is_ok_and(|p| p == me) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+        if vars.contains(&want_service.as_bytes()) && vars.contains(&want_node.as_bytes()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            if pid > 1 {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            killed += 1;
+        }
+    }
+    killed
 }
 
 /// Asks systemd to SIGKILL and stop each unit; returns those not confirmed down (all of
@@ -298,6 +371,7 @@ pub fn run(node: &str, watchdog: Option<&std::path::Path>) -> i32 {
         units: Vec::new(),
         unconfirmed_units: Vec::new(),
         ips: Vec::new(),
+        starting: Vec::new(),
     };
     if !fence.armed {
         eprintln!("quorate fence: {UNSAFE_NO_FENCE}=1 — fencing is DISABLED (tests only)");
@@ -334,6 +408,7 @@ pub fn run(node: &str, watchdog: Option<&std::path::Path>) -> i32 {
             if fence.pgids.is_empty()
                 && fence.units.is_empty()
                 && fence.ips.is_empty()
+                && fence.starting.is_empty()
                 && fence.unconfirmed.is_empty()
                 && fence.unconfirmed_units.is_empty()
             {
@@ -397,8 +472,18 @@ mod tests {
             units: Vec::new(),
             unconfirmed_units: Vec::new(),
             ips: Vec::new(),
+            starting: Vec::new(),
         };
         f.apply("lease 123\n");
+        f.apply("starting web=\n");
+        f.apply("starting hass=container@hass.service\n");
+        assert_eq!(
+            f.starting,
+            vec![
+                ("web".to_owned(), String::new()),
+                ("hass".to_owned(), "container@hass.service".to_owned())
+            ]
+        );
         f.apply("ips web=eth0,10.0.0.5/24 bad=eth0 junk\n");
         assert_eq!(f.ips, vec![("eth0".to_owned(), "10.0.0.5/24".to_owned())]);
         f.apply("units web=nginx.service/17 hass=container@hass.service/0 bad=/3 nopid=x.service junk\n");
@@ -415,6 +500,48 @@ mod tests {
         assert_eq!(f.names, vec!["web", "db"]);
         f.apply("groups\n");
         assert!(f.pgids.is_empty());
+    }
+
+    #[test]
+    fn a_service_announced_as_starting_is_killed_by_its_environment() {
+        let service = format!("fence-test-{}", std::process::id());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("QUORATE_SERVICE", &service)
+            .env("QUORATE_NODE", "nfence")
+            .spawn()
+            .unwrap();
+        // Another node's process with the same service name is left alone.
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .env("QUORATE_SERVICE", &service)
+            .env("QUORATE_NODE", "nother")
+            .spawn()
+            .unwrap();
+        let mut f = Fence {
+            node: "nfence".into(),
+            deadline: Some(0),
+            names: Vec::new(),
+            pgids: Vec::new(),
+            armed: true,
+            unconfirmed: Vec::new(),
+            unconfirmed_since: 0,
+            units: Vec::new(),
+            unconfirmed_units: Vec::new(),
+            ips: Vec::new(),
+            starting: Vec::new(),
+        };
+        f.apply(&format!("starting {service}=\n"));
+        f.fire();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "the announced workload was killed");
+        assert!(
+            matches!(other.try_wait(), Ok(None)),
+            "another node's process survived"
+        );
+        other.kill().unwrap();
+        other.wait().unwrap();
+        assert!(f.starting.is_empty());
     }
 
     #[test]
