@@ -140,6 +140,23 @@ pub fn keep_petting(unconfirmed: bool, unconfirmed_since: u64, now: u64) -> bool
 }
 
 impl Fence {
+    /// A fence for `node` with nothing to fence yet; `armed = false` only logs.
+    fn new(node: &str, armed: bool) -> Self {
+        Self {
+            node: node.to_string(),
+            deadline: None,
+            names: Vec::with_capacity(64),
+            pgids: Vec::with_capacity(64),
+            armed,
+            unconfirmed: Vec::with_capacity(64),
+            unconfirmed_since: 0,
+            units: Vec::new(),
+            unconfirmed_units: Vec::new(),
+            ips: Vec::new(),
+            starting: Vec::new(),
+        }
+    }
+
     fn apply(&mut self, line: &str) {
         let mut words = line.split_whitespace();
         match words.next() {
@@ -360,19 +377,7 @@ pub fn run(node: &str, watchdog: Option<&std::path::Path>) -> i32 {
         None => None,
     };
     let mut last_pet = 0u64;
-    let mut fence = Fence {
-        node: node.to_string(),
-        deadline: None,
-        names: Vec::with_capacity(64),
-        pgids: Vec::with_capacity(64),
-        armed: !disabled(),
-        unconfirmed: Vec::with_capacity(64),
-        unconfirmed_since: 0,
-        units: Vec::new(),
-        unconfirmed_units: Vec::new(),
-        ips: Vec::new(),
-        starting: Vec::new(),
-    };
+    let mut fence = Fence::new(node, !disabled());
     if !fence.armed {
         eprintln!("quorate fence: {UNSAFE_NO_FENCE}=1 — fencing is DISABLED (tests only)");
     }
@@ -461,19 +466,7 @@ mod tests {
 
     #[test]
     fn lines_set_the_deadline_and_the_groups() {
-        let mut f = Fence {
-            node: "n1".into(),
-            deadline: None,
-            names: Vec::new(),
-            pgids: Vec::new(),
-            armed: false,
-            unconfirmed: Vec::new(),
-            unconfirmed_since: 0,
-            units: Vec::new(),
-            unconfirmed_units: Vec::new(),
-            ips: Vec::new(),
-            starting: Vec::new(),
-        };
+        let mut f = Fence::new("n1", false);
         f.apply("lease 123\n");
         f.apply("starting web=\n");
         f.apply("starting hass=container@hass.service\n");
@@ -518,19 +511,8 @@ mod tests {
             .env("QUORATE_NODE", "nother")
             .spawn()
             .unwrap();
-        let mut f = Fence {
-            node: "nfence".into(),
-            deadline: Some(0),
-            names: Vec::new(),
-            pgids: Vec::new(),
-            armed: true,
-            unconfirmed: Vec::new(),
-            unconfirmed_since: 0,
-            units: Vec::new(),
-            unconfirmed_units: Vec::new(),
-            ips: Vec::new(),
-            starting: Vec::new(),
-        };
+        let mut f = Fence::new("nfence", true);
+        f.deadline = Some(0);
         f.apply(&format!("starting {service}=\n"));
         f.fire();
         let status = child.wait().unwrap();
