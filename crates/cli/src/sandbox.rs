@@ -137,7 +137,7 @@ impl Sandbox {
 
     /// Kill -9 of a node's agent, fence and workloads: a power loss.
     fn power_off(&self, node: &str, f: &mut SandboxFile) {
-        use nix::sys::signal::{kill, killpg, Signal};
+        use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
         let dd = self.data_dir(node);
         if let Some(pid) = f.agents.get(node).copied().filter(|p| *p > 0) {
@@ -160,9 +160,8 @@ impl Sandbox {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        // Only real groups: 0 would be our own group (units have none).
-        for g in groups.iter().filter(|g| g.pgid > 1) {
-            let _ = killpg(Pid::from_raw(g.pgid), Signal::SIGKILL);
+        for g in &groups {
+            quorate_drivers::signal_group(g.pgid, Signal::SIGKILL);
         }
         f.agents.insert(node.to_string(), 0);
     }

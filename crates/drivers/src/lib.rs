@@ -423,20 +423,20 @@ impl Workload {
                 return;
             }
         };
-        if self.record.pgid <= 1 {
+        let group = self.record.pgid;
+        if group <= 1 {
             return;
         }
-        let group = Pid::from_raw(self.record.pgid);
         if self.exited().await.is_some() {
-            let _ = killpg(group, Signal::SIGKILL);
+            signal_group(group, Signal::SIGKILL);
             return;
         }
-        let _ = killpg(group, stop_signal);
+        signal_group(group, stop_signal);
         let deadline = tokio::time::Instant::now() + stop_timeout;
         while tokio::time::Instant::now() < deadline {
             if self.exited().await.is_some() {
                 // The leader exited; make sure no forked process of the group survives.
-                let _ = killpg(group, Signal::SIGKILL);
+                signal_group(group, Signal::SIGKILL);
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -459,15 +459,19 @@ impl Workload {
 
     async fn kill_service(&mut self) {
         match &self.backend {
-            // Never group 0 or 1: that would be our own group, or everything.
-            Backend::Process { .. } if self.record.pgid > 1 => {
-                let _ = killpg(Pid::from_raw(self.record.pgid), Signal::SIGKILL);
-            }
-            Backend::Process { .. } => {}
+            Backend::Process { .. } => signal_group(self.record.pgid, Signal::SIGKILL),
             Backend::Unit { systemd, unit } => {
                 let _ = systemd.kill(unit, Signal::SIGKILL as i32).await;
             }
         }
+    }
+}
+
+/// Sends `signal` to process group `pgid` — never to group 0 or 1, which would be the
+/// caller's own group or every process (unit-backed workloads record pgid 0).
+pub fn signal_group(pgid: i32, signal: Signal) {
+    if pgid > 1 {
+        let _ = killpg(Pid::from_raw(pgid), signal);
     }
 }
 
