@@ -8,7 +8,7 @@ mod support;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use support::TestCluster;
+use support::{processes_with_env, TestCluster};
 
 /// Receives notify datagrams until `done` holds for one of them; returns all of them.
 fn receive_until(
@@ -30,18 +30,6 @@ fn receive_until(
         }
     }
     panic!("no matching notification within {limit:?}; got {seen:?}");
-}
-
-/// Processes whose environment holds `needle`.
-fn processes_with_env(needle: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
-        })
-        .collect()
 }
 
 fn children_of(parent: u32) -> Vec<u32> {

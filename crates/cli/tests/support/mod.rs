@@ -13,6 +13,19 @@ pub fn quorate_bin() -> &'static str {
     env!("CARGO_BIN_EXE_quorate")
 }
 
+/// Processes whose environment holds exactly `var` (`NAME=value`).
+pub fn processes_with_env(var: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == var.as_bytes()))
+        })
+        .collect()
+}
+
 /// A free TCP port on loopback (for `network.port`; each test gets its own).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -360,17 +373,8 @@ impl Drop for TestCluster {
             "QUORATE_WITNESS_JOURNAL={}",
             self.journal().to_string_lossy()
         );
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|p| p.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let carries = std::fs::read(entry.path().join("environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == marker.as_bytes()));
-            if carries && pid != i32::try_from(std::process::id()).unwrap_or(0) {
+        for pid in processes_with_env(&marker) {
+            if pid != std::process::id() {
                 let _ = Command::new("kill")
                     .args(["-9", &pid.to_string()])
                     .stderr(Stdio::null())
