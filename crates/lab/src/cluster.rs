@@ -80,6 +80,57 @@ pub fn kill_fence_and_workloads(data_dir: &Path) {
     }
 }
 
+/// Node `name`'s data dir in a cluster work dir: `<dir>/d/<name>`.
+#[must_use]
+pub fn node_data_dir(dir: &Path, name: &str) -> PathBuf {
+    dir.join("d").join(name)
+}
+
+/// Prepares a cluster work dir whose `quorate.toml` is written: locks it, creates the
+/// CA (`<dir>/ca`, named `cluster`) and one certificate per node in its data dir's
+/// `tls/`. Used by the lab and by the loopback test clusters.
+///
+/// # Errors
+/// A `quorate` command fails (its stderr is in the message).
+pub fn lock_and_certify(
+    quorate: &Path,
+    dir: &Path,
+    cluster: &str,
+    nodes: &[String],
+) -> Result<(), String> {
+    let run = |args: &[&str]| -> Result<(), String> {
+        let out = Command::new(quorate)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", quorate.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "quorate {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    run(&["lock"])?;
+    run(&["ca", "init", "ca", "--cluster", cluster])?;
+    for name in nodes {
+        let tls = node_data_dir(dir, name).join("tls");
+        run(&[
+            "ca",
+            "issue",
+            name,
+            "--ca",
+            "ca",
+            "--out",
+            &tls.to_string_lossy(),
+        ])?;
+    }
+    Ok(())
+}
+
 /// A running lab cluster.
 #[derive(Debug)]
 pub struct LabCluster {
@@ -145,20 +196,12 @@ impl LabCluster {
             mount_ns: None,
             paused: std::collections::BTreeSet::new(),
         };
-        cluster.quorate_ok(&["lock"])?;
-        cluster.quorate_ok(&["ca", "init", "ca", "--cluster", "lab"])?;
-        for name in &cluster.names {
-            let out = cluster.data_dir(name).join("tls");
-            cluster.quorate_ok(&[
-                "ca",
-                "issue",
-                name,
-                "--ca",
-                "ca",
-                "--out",
-                &out.to_string_lossy(),
-            ])?;
-        }
+        lock_and_certify(
+            &cluster.options.quorate,
+            cluster.path(),
+            "lab",
+            &cluster.names,
+        )?;
         if gluster {
             cluster.start_glusterds()?;
         }
@@ -279,7 +322,7 @@ impl LabCluster {
     /// A node's data dir.
     #[must_use]
     pub fn data_dir(&self, name: &str) -> PathBuf {
-        self.path().join("d").join(name)
+        node_data_dir(self.path(), name)
     }
 
     /// The witness journal.
@@ -307,19 +350,6 @@ impl LabCluster {
             .current_dir(self.path())
             .output()
             .map_err(|e| format!("cannot run {}: {e}", self.options.quorate.display()))
-    }
-
-    fn quorate_ok(&self, args: &[&str]) -> Result<Output, String> {
-        let out = self.quorate(args)?;
-        if out.status.success() {
-            Ok(out)
-        } else {
-            Err(format!(
-                "quorate {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
     }
 
     /// Starts a node's agent inside its namespace.

@@ -104,20 +104,13 @@ impl TestCluster {
             env: vec![("QUORATE_WITNESS_JOURNAL".into(), journal)],
             netns: BTreeMap::new(),
         };
-        c.ok(&["lock"]);
-        c.ok(&["ca", "init", "ca", "--cluster", "test"]);
-        for name in &c.names {
-            let out = c.data_dir(name).join("tls");
-            c.ok(&[
-                "ca",
-                "issue",
-                name,
-                "--ca",
-                "ca",
-                "--out",
-                out.to_str().unwrap(),
-            ]);
-        }
+        quorate_lab::cluster::lock_and_certify(
+            Path::new(quorate_bin()),
+            c.path(),
+            "test",
+            &c.names,
+        )
+        .unwrap();
         c
     }
 
@@ -126,7 +119,7 @@ impl TestCluster {
     }
 
     pub fn data_dir(&self, name: &str) -> PathBuf {
-        self.path().join("d").join(name)
+        quorate_lab::cluster::node_data_dir(self.path(), name)
     }
 
     pub fn log(&self, name: &str) -> String {
