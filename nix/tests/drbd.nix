@@ -31,22 +31,7 @@ pkgs.testers.runNixOSTest {
     gamma = { };
   };
 
-  testScript = ''
-    import json
-
-    nodes = {"alpha": alpha, "beta": beta, "gamma": gamma}
-    start_all()
-    for m in nodes.values():
-        m.wait_for_unit("multi-user.target")
-
-    alpha.succeed("quorate ca init /root/ca --cluster vmdrbd")
-    for name, m in nodes.items():
-        alpha.succeed(f"quorate ca issue {name} --ca /root/ca --out /root/tls-{name}")
-        bundle = alpha.succeed(f"tar -C /root/tls-{name} -c . | base64 -w0").strip()
-        m.succeed(f"mkdir -p /var/lib/quorate/tls && echo {bundle} | base64 -d | tar -C /var/lib/quorate/tls -x")
-        m.succeed("systemctl restart quorate.service")
-    for m in nodes.values():
-        m.wait_for_unit("quorate.service")
+  testScript = import ./bootstrap.nix "vmdrbd" + ''
 
     # The rendered resource is installed and valid on every DRBD node.
     for m in nodes.values():

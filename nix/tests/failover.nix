@@ -25,26 +25,7 @@ pkgs.testers.runNixOSTest {
     gamma = { };
   };
 
-  testScript = ''
-    import json
-
-    nodes = {"alpha": alpha, "beta": beta, "gamma": gamma}
-    start_all()
-    for m in nodes.values():
-        m.wait_for_unit("multi-user.target")
-
-    # One CA and a certificate per node, made on alpha as an operator would, then
-    # delivered to each node's data dir (secret tooling does this in production).
-    alpha.succeed("quorate ca init /root/ca --cluster vmtest")
-    for name, m in nodes.items():
-        alpha.succeed(f"quorate ca issue {name} --ca /root/ca --out /root/tls-{name}")
-        bundle = alpha.succeed(f"tar -C /root/tls-{name} -c . | base64 -w0").strip()
-        m.succeed(f"mkdir -p /var/lib/quorate/tls && echo {bundle} | base64 -d | tar -C /var/lib/quorate/tls -x")
-        m.succeed("systemctl restart quorate.service")
-
-    # Type=notify: the unit is active once the agent has joined the cluster.
-    for m in nodes.values():
-        m.wait_for_unit("quorate.service")
+  testScript = import ./bootstrap.nix "vmtest" + ''
 
     def status(m):
         return json.loads(m.succeed("quorate status --json"))
