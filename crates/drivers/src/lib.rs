@@ -492,6 +492,25 @@ pub fn pid_alive(pid: i32) -> bool {
 mod tests {
     use super::*;
 
+    /// A start without floating address or storage steps.
+    async fn start_bare(
+        service: &str,
+        spec: &ServiceSpec,
+        env: &BTreeMap<String, String>,
+        bus: &UnitBus,
+    ) -> Result<Workload, DriverError> {
+        Workload::start(
+            service,
+            spec,
+            env,
+            bus,
+            None,
+            Vec::new(),
+            std::sync::Arc::new(SystemRunner),
+        )
+        .await
+    }
+
     fn spec(command: &[&str]) -> ServiceSpec {
         serde_json::from_value(
             serde_json::json!({"kind": "process", "command": command, "stop_timeout": "300ms"}),
@@ -509,14 +528,11 @@ mod tests {
             pidfile.display()
         );
         let bus = UnitBus::default();
-        let mut w = Workload::start(
+        let mut w = start_bare(
             "svc",
             &spec(&["/bin/sh", "-c", &script]),
             &BTreeMap::new(),
             &bus,
-            None,
-            Vec::new(),
-            std::sync::Arc::new(SystemRunner),
         )
         .await
         .unwrap();
@@ -550,28 +566,17 @@ mod tests {
     async fn env_and_exit_status_are_reported() {
         let env = [("QUORATE_NODE".to_string(), "n1".to_string())].into();
         let bus = UnitBus::default();
-        let mut ok = Workload::start(
+        let mut ok = start_bare(
             "a",
             &spec(&["/bin/sh", "-c", "test \"$QUORATE_NODE\" = n1"]),
             &env,
             &bus,
-            None,
-            Vec::new(),
-            std::sync::Arc::new(SystemRunner),
         )
         .await
         .unwrap();
-        let mut bad = Workload::start(
-            "b",
-            &spec(&["/bin/sh", "-c", "exit 3"]),
-            &env,
-            &bus,
-            None,
-            Vec::new(),
-            std::sync::Arc::new(SystemRunner),
-        )
-        .await
-        .unwrap();
+        let mut bad = start_bare("b", &spec(&["/bin/sh", "-c", "exit 3"]), &env, &bus)
+            .await
+            .unwrap();
         let mut results = (None, None);
         for _ in 0..200 {
             if results.0.is_none() {
@@ -597,17 +602,9 @@ mod tests {
             "DBUS_SYSTEM_BUS_ADDRESS",
             "unix:path=/nonexistent/quorate-test-bus",
         );
-        let err = Workload::start(
-            "x",
-            &s,
-            &BTreeMap::new(),
-            &UnitBus::default(),
-            None,
-            Vec::new(),
-            std::sync::Arc::new(SystemRunner),
-        )
-        .await
-        .unwrap_err();
+        let err = start_bare("x", &s, &BTreeMap::new(), &UnitBus::default())
+            .await
+            .unwrap_err();
         assert!(
             err.to_string().contains(
                 "cannot reach systemd over D-Bus at unix:path=/nonexistent/quorate-test-bus"
