@@ -275,19 +275,61 @@ pub fn apply(
     }
 }
 
+/// What `quorate demo` does; the adversarial switches make it misbehave the way real
+/// workloads do, for the tests that attack invariant 1.
+#[derive(Debug, Default)]
+pub struct DemoOptions {
+    /// Answer HTTP on this port.
+    pub port: Option<u16>,
+    /// Listen address instead of QUORATE_NODE_ADDRESS.
+    pub bind: Option<String>,
+    /// Ignore SIGTERM/SIGINT.
+    pub ignore_term: bool,
+    /// Keep running this long after SIGTERM.
+    pub stop_delay: Option<Duration>,
+    /// Fork a `setsid` child that keeps writing this workload's `alive` records.
+    pub escape: bool,
+    /// Journal records under this service name.
+    pub witness_as: Option<String>,
+    /// This process is the escaped child of that pid.
+    pub escaped_from: Option<i32>,
+}
+
 /// `quorate demo`: a witness workload for the sandbox and the tests. It appends
 /// `start`/`alive`/`stop` records (CLOCK_MONOTONIC) to `QUORATE_WITNESS_JOURNAL` and,
 /// with `--port`, answers HTTP with the node it runs on.
-pub fn demo(port: Option<u16>, bind: Option<String>) -> Exit {
+pub fn demo(options: &DemoOptions) -> Exit {
     let node = std::env::var("QUORATE_NODE").unwrap_or_else(|_| "?".into());
-    let service = std::env::var("QUORATE_SERVICE").unwrap_or_else(|_| "demo".into());
-    let address = bind.unwrap_or_else(|| {
+    let service = options.witness_as.clone().unwrap_or_else(|| {
+        std::env::var("QUORATE_SERVICE").unwrap_or_else(|_| "demo".into())
+    });
+    let address = options.bind.clone().unwrap_or_else(|| {
         std::env::var("QUORATE_NODE_ADDRESS").unwrap_or_else(|_| "127.0.0.1".into())
     });
     let pid = i32::try_from(std::process::id()).unwrap_or(0);
+    if let Some(parent) = options.escaped_from {
+        // The escaped child: it speaks for its parent's run until something kills it.
+        loop {
+            quorate_fence::witness("alive", &node, &service, parent);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    if options.escape {
+        let mut child = std::process::Command::new("setsid");
+        child
+            .arg(std::env::current_exe().unwrap_or_else(|_| "quorate".into()))
+            .args(["demo", "--escaped-from", &pid.to_string(), "--witness-as", &service])
+            .stdin(std::process::Stdio::null());
+        if let Err(e) = child.spawn() {
+            eprintln!("demo {service}: cannot start the escaping child: {e}");
+            return Exit::Invalid;
+        }
+    }
     let Some(rt) = runtime() else {
         return Exit::Invalid;
     };
+    let port = options.port;
+    let (ignore_term, stop_delay) = (options.ignore_term, options.stop_delay);
     rt.block_on(async move {
         use tokio::io::AsyncWriteExt;
         use tokio::signal::unix::{signal, SignalKind};
@@ -315,11 +357,21 @@ pub fn demo(port: Option<u16>, bind: Option<String>) -> Exit {
             });
         }
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut stop_at: Option<tokio::time::Instant> = None;
         loop {
-            tokio::select! {
-                _ = tick.tick() => quorate_fence::witness("alive", &node, &service, pid),
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+            let asked = tokio::select! {
+                _ = tick.tick() => {
+                    quorate_fence::witness("alive", &node, &service, pid);
+                    false
+                }
+                _ = term.recv() => true,
+                _ = int.recv() => true,
+            };
+            if asked && !ignore_term && stop_at.is_none() {
+                stop_at = Some(tokio::time::Instant::now() + stop_delay.unwrap_or_default());
+            }
+            if stop_at.is_some_and(|at| tokio::time::Instant::now() >= at) {
+                break;
             }
         }
         quorate_fence::witness("stop", &node, &service, pid);

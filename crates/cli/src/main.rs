@@ -222,6 +222,23 @@ enum Command {
         /// answer on a floating address too).
         #[arg(long, value_name = "ADDR", requires = "port")]
         bind: Option<String>,
+        /// Adversarial: ignore SIGTERM and SIGINT (only SIGKILL ends it).
+        #[arg(long)]
+        ignore_term: bool,
+        /// Adversarial: after SIGTERM, keep running this long before stopping ("3s").
+        #[arg(long, value_name = "DURATION")]
+        stop_delay: Option<quorate_spec::SpecDuration>,
+        /// Adversarial: fork a `setsid` child that keeps writing this workload's
+        /// `alive` records until it is killed (escapes its process group).
+        #[arg(long)]
+        escape: bool,
+        /// Write journal records under this service name instead of QUORATE_SERVICE
+        /// (a renamed service is still the same workload for the checker).
+        #[arg(long, value_name = "NAME")]
+        witness_as: Option<String>,
+        /// Internal: the escaped child of `--escape`, writing as this pid.
+        #[arg(long, value_name = "PID", hide = true)]
+        escaped_from: Option<i32>,
     },
     /// A local cluster to watch and break: nodes n1..nN on 127.0.0.1..N, each a real
     /// agent with its own data dir, fence and certificate, running demo services.
@@ -632,7 +649,23 @@ fn main() -> ExitCode {
                 exit::Exit::Invalid
             }
         }
-        Command::Demo { port, bind } => cluster_commands::demo(port, bind),
+        Command::Demo {
+            port,
+            bind,
+            ignore_term,
+            stop_delay,
+            escape,
+            witness_as,
+            escaped_from,
+        } => cluster_commands::demo(&cluster_commands::DemoOptions {
+            port,
+            bind,
+            ignore_term,
+            stop_delay: stop_delay.map(quorate_spec::SpecDuration::get),
+            escape,
+            witness_as,
+            escaped_from,
+        }),
         Command::Ca(CaCommand::Init { dir, cluster }) => pki_commands::ca_init(&dir, &cluster),
         Command::Ca(CaCommand::Sign { csr, ca, out }) => {
             pki_commands::ca_sign(&ca, &csr, out.as_deref())

@@ -432,6 +432,10 @@ impl Workload {
             return;
         }
         signal_group(group, stop_signal);
+        tracing::info!(
+            service = %self.record.service,
+            "stopping: stop signal sent ({stop_signal}), SIGKILL after {stop_timeout:?}"
+        );
         let deadline = tokio::time::Instant::now() + stop_timeout;
         while tokio::time::Instant::now() < deadline {
             if self.exited().await.is_some() {

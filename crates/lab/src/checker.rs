@@ -44,7 +44,11 @@ pub fn append(path: &Path, line: &str) -> std::io::Result<()> {
 }
 
 /// One run of a service on a node: from `start` to the first of `stop`, `exit`,
-/// `fence` (same node and pid) or `poweroff` of the node; open while none came.
+/// `fence` (same node and pid, or pid 0 for every run of the service there) or
+/// `poweroff` of the node; open while none came.
+///
+/// An end is a claim, not a fact: a `stop` or `alive` record of the same workload
+/// after it means the run never ended, which [`Journal::problems`] reports.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Run {
     /// The service.
@@ -59,30 +63,95 @@ pub struct Run {
     pub end: Option<u64>,
 }
 
+/// A journal as the checker reads it: the runs, and every record that contradicts
+/// them or cannot be read (each one fails the run; see [`Journal::problems`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Journal {
+    /// The runs, by start time.
+    pub runs: Vec<Run>,
+    /// What the checker cannot accept: an empty journal, a line that is not a record,
+    /// a record without a node or service, a record of a workload after its run was
+    /// said to have ended, a pid that starts again while its run is open.
+    pub problems: Vec<String>,
+}
+
 /// The runs in a journal, by start time.
 #[must_use]
 pub fn runs(journal: &Path) -> Vec<Run> {
-    runs_of(&std::fs::read_to_string(journal).unwrap_or_default())
+    read_journal(journal).runs
 }
 
-/// The runs in journal text, by start time. Malformed lines are skipped.
+/// The journal at `path`, judged ([`judge_journal`]); a missing file is empty.
+#[must_use]
+pub fn read_journal(path: &Path) -> Journal {
+    judge_journal(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+/// The runs in journal text, by start time (see [`judge_journal`] for the problems).
 #[must_use]
 pub fn runs_of(text: &str) -> Vec<Run> {
+    judge_journal(text).runs
+}
+
+type EndedRuns = BTreeMap<(String, i64), (String, u64, String)>;
+
+/// Ends `run` at `t` (by the record kind `why`) and remembers it, so that a later
+/// record of the same workload shows it never ended.
+fn end_run(mut run: Run, t: u64, why: &str, done: &mut Vec<Run>, ended: &mut EndedRuns) {
+    ended.insert(
+        (run.node.clone(), run.pid),
+        (run.service.clone(), t, why.to_owned()),
+    );
+    run.end = Some(t);
+    done.push(run);
+}
+
+/// Reads journal text into runs and problems. Nothing is skipped silently.
+#[must_use]
+pub fn judge_journal(text: &str) -> Journal {
     let mut open: BTreeMap<(String, i64), Run> = BTreeMap::new();
+    // Ended runs by (node, pid): (service, end time, what ended it).
+    let mut ended = EndedRuns::new();
     let mut done = Vec::new();
-    for line in text.lines() {
+    let mut problems = Vec::new();
+    let mut records = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
         let f: Vec<&str> = line.split_whitespace().collect();
-        let [kind, t, node, service, pid] = f[..] else {
+        let parsed = match f[..] {
+            [kind, t, node, service, pid] => t
+                .parse::<u64>()
+                .ok()
+                .zip(pid.parse::<i64>().ok())
+                .map(|(t, pid)| (kind, t, node, service, pid)),
+            _ => None,
+        };
+        let Some((kind, t, node, service, pid)) = parsed else {
+            problems.push(format!("line {n} is not a witness record: {line:?}"));
             continue;
         };
-        let Ok(t) = t.parse::<u64>() else {
+        records += 1;
+        if node == "?" || node.is_empty() || (kind != "poweroff" && (service == "?" || service == "-")) {
+            problems.push(format!(
+                "line {n} has no node or service identity (QUORATE_NODE/QUORATE_SERVICE missing?): {line:?}"
+            ));
             continue;
-        };
-        let pid = pid.parse::<i64>().unwrap_or(0);
+        }
+        let key = (node.to_string(), pid);
         match kind {
             "start" => {
+                if let Some(prev) = open.get(&key) {
+                    problems.push(format!(
+                        "line {n}: pid {pid} on {node} starts {service} while its run of {} (started at {}) never ended",
+                        prev.service, prev.start
+                    ));
+                }
+                ended.remove(&key);
                 open.insert(
-                    (node.to_string(), pid),
+                    key,
                     Run {
                         service: service.into(),
                         node: node.into(),
@@ -92,37 +161,67 @@ pub fn runs_of(text: &str) -> Vec<Run> {
                     },
                 );
             }
-            "stop" | "exit" | "fence" => {
-                if let Some(mut r) = open.remove(&(node.to_string(), pid)) {
-                    r.end = Some(t);
-                    done.push(r);
+            "alive" | "stop" => {
+                if let Some((svc, at, why)) = ended.get(&key).filter(|(_, at, _)| t > *at) {
+                    problems.push(format!(
+                        "line {n}: {svc} on {node} (pid {pid}) wrote `{kind}` at {t}, after its run was ended by `{why}` at {at}: it never ended"
+                    ));
+                }
+                if kind == "stop" {
+                    if let Some(run) = open.remove(&key) {
+                        end_run(run, t, "stop", &mut done, &mut ended);
+                    }
+                }
+            }
+            "exit" | "fence" => {
+                if pid == 0 && kind == "fence" {
+                    // A fence of a workload it knew only by name ("starting"): every
+                    // open run of that service on that node.
+                    let keys: Vec<(String, i64)> = open
+                        .iter()
+                        .filter(|((nd, _), r)| nd == node && r.service == service)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in keys {
+                        if let Some(run) = open.remove(&k) {
+                            end_run(run, t, kind, &mut done, &mut ended);
+                        }
+                    }
+                } else if let Some(run) = open.remove(&key) {
+                    end_run(run, t, kind, &mut done, &mut ended);
                 }
             }
             "poweroff" => {
                 let keys: Vec<(String, i64)> =
-                    open.keys().filter(|(n, _)| n == node).cloned().collect();
+                    open.keys().filter(|(nd, _)| nd == node).cloned().collect();
                 for k in keys {
-                    if let Some(mut r) = open.remove(&k) {
-                        r.end = Some(t);
-                        done.push(r);
+                    if let Some(run) = open.remove(&k) {
+                        end_run(run, t, "poweroff", &mut done, &mut ended);
                     }
                 }
             }
-            _ => {}
+            other => problems.push(format!("line {n}: unknown record kind `{other}`: {line:?}")),
         }
+    }
+    if records == 0 {
+        problems.push("the journal is empty: nothing was witnessed, so nothing can be judged".to_owned());
     }
     done.extend(open.into_values());
     done.sort_by_key(|r| r.start);
-    done
+    Journal {
+        runs: done,
+        problems,
+    }
 }
 
-/// Pairs of runs of the same service on different nodes that overlap in time.
+/// Pairs of runs of the same service that overlap in time: on two nodes (DESIGN
+/// invariant 1), or on one node (a second copy started before the first ended).
 #[must_use]
 pub fn double_runs(runs: &[Run]) -> Vec<(Run, Run)> {
     let mut out = Vec::new();
     for (i, a) in runs.iter().enumerate() {
         for b in &runs[i + 1..] {
-            if a.service == b.service && a.node != b.node {
+            if a.service == b.service && (a.node != b.node || a.pid != b.pid) {
                 let a_end = a.end.unwrap_or(u64::MAX);
                 let b_end = b.end.unwrap_or(u64::MAX);
                 if a.start < b_end && b.start < a_end {
@@ -131,6 +230,24 @@ pub fn double_runs(runs: &[Run]) -> Vec<(Run, Run)> {
             }
         }
     }
+    out
+}
+
+/// Every safety violation in a journal, in words: overlapping runs and journal
+/// problems. Empty means the journal shows no double run.
+#[must_use]
+pub fn violations(journal: &Path) -> Vec<String> {
+    let j = read_journal(journal);
+    let mut out: Vec<String> = double_runs(&j.runs)
+        .into_iter()
+        .map(|(a, b)| {
+            format!(
+                "{} ran twice: on {} (pid {}, {}..{:?}) and on {} (pid {}, {}..{:?})",
+                a.service, a.node, a.pid, a.start, a.end, b.node, b.pid, b.start, b.end
+            )
+        })
+        .collect();
+    out.extend(j.problems);
     out
 }
 
@@ -260,13 +377,17 @@ pub struct Verdict {
     pub downtime: BTreeMap<String, Downtime>,
     /// Runs seen.
     pub runs: usize,
+    /// Journal records the checker cannot accept ([`Journal::problems`]).
+    pub journal_problems: Vec<String>,
 }
 
 impl Verdict {
     /// True when no invariant was violated.
     #[must_use]
     pub fn ok(&self) -> bool {
-        self.double_runs.is_empty() && self.lost_operations.is_empty()
+        self.double_runs.is_empty()
+            && self.lost_operations.is_empty()
+            && self.journal_problems.is_empty()
     }
 }
 
@@ -291,9 +412,55 @@ mod tests {
         // A fence for another pid does not end the run.
         let wrong_pid = "start 10 n1 web 100\nfence 15 n1 web 999\nstart 20 n2 web 200\n";
         assert_eq!(double_runs(&runs_of(wrong_pid)).len(), 1);
-        // The same node restarting it is not a double run; garbage is skipped.
-        let same_node = "start 10 n1 web 1\nstart 12 n1 web 2\njunk line\n";
+        // The same node restarting it after a stop is not a double run.
+        let same_node = "start 10 n1 web 1\nexit 11 n1 web 1\nstart 12 n1 web 2\n";
         assert!(double_runs(&runs_of(same_node)).is_empty());
+    }
+
+    #[test]
+    fn a_second_copy_on_the_same_node_is_a_double_run() {
+        let j = judge_journal("start 10 n1 web 1\nstart 12 n1 web 2\n");
+        assert_eq!(double_runs(&j.runs).len(), 1);
+    }
+
+    #[test]
+    fn a_record_after_the_end_of_a_run_means_it_never_ended() {
+        // The fence said it killed pid 100, but the workload kept writing.
+        let j = judge_journal("start 10 n1 web 100\nfence 15 n1 web 100\nalive 16 n1 web 100\n");
+        assert_eq!(j.problems.len(), 1, "{:?}", j.problems);
+        assert!(j.problems[0].contains("never ended"), "{:?}", j.problems);
+        // Its own stop after a poweroff is as bad.
+        let j = judge_journal("start 10 n1 web 100\npoweroff 15 n1 - 0\nstop 20 n1 web 100\n");
+        assert_eq!(j.problems.len(), 1, "{:?}", j.problems);
+        // A record written before the end is fine.
+        let j = judge_journal("start 10 n1 web 100\nalive 14 n1 web 100\nexit 15 n1 web 100\n");
+        assert!(j.problems.is_empty(), "{:?}", j.problems);
+    }
+
+    #[test]
+    fn a_fence_by_name_ends_every_run_of_the_service_on_that_node() {
+        let j = judge_journal(
+            "start 10 n1 web 100\nstart 11 n1 db 101\nfence 15 n1 web 0\nstart 20 n2 web 200\n",
+        );
+        assert!(double_runs(&j.runs).is_empty());
+        assert_eq!(j.runs.iter().filter(|r| r.end.is_none()).count(), 2);
+    }
+
+    #[test]
+    fn unreadable_anonymous_or_empty_journals_fail() {
+        assert_eq!(judge_journal("").problems.len(), 1);
+        assert!(judge_journal("junk line\n").problems[0].contains("not a witness record"));
+        let j = judge_journal("start 10 ? web 100\n");
+        assert!(j.problems.iter().any(|p| p.contains("identity")), "{:?}", j.problems);
+        assert!(j.runs.is_empty());
+        let j = judge_journal("start 10 n1 web 100\nbogus 11 n1 web 100\n");
+        assert!(j.problems.iter().any(|p| p.contains("unknown record kind")));
+    }
+
+    #[test]
+    fn a_pid_starting_again_while_its_run_is_open_is_a_problem() {
+        let j = judge_journal("start 10 n1 web 100\nstart 20 n1 db 100\n");
+        assert!(j.problems.iter().any(|p| p.contains("never ended")), "{:?}", j.problems);
     }
 
     fn op(t: u64, node: Option<&str>, acked: bool) -> Operation {

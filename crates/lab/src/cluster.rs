@@ -634,17 +634,30 @@ impl LabCluster {
         )
     }
 
-    /// The checker's verdict on everything so far (run it after healing).
+    /// The checker's verdict on everything so far (run it after healing). A status
+    /// that cannot be read after healing is a failure, not "no pins".
     #[must_use]
     pub fn verdict(&self, from: u64) -> checker::Verdict {
-        let runs = checker::runs(&self.journal());
+        let journal = checker::read_journal(&self.journal());
         let ops = checker::operations(&self.client_record());
-        let pins = self.pins().unwrap_or_default();
+        let mut problems = journal.problems;
+        let lost = match self.pins() {
+            Some(pins) => checker::lost_operations(&ops, &pins),
+            None if ops.iter().any(|o| o.acked) => {
+                problems.push(
+                    "the healed cluster's status could not be read: acknowledged operations cannot be checked"
+                        .to_owned(),
+                );
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
         checker::Verdict {
-            double_runs: checker::double_runs(&runs),
-            lost_operations: checker::lost_operations(&ops, &pins),
-            downtime: checker::downtime(&runs, from, checker::mono_ns()),
-            runs: runs.len(),
+            double_runs: checker::double_runs(&journal.runs),
+            lost_operations: lost,
+            downtime: checker::downtime(&journal.runs, from, checker::mono_ns()),
+            runs: journal.runs.len(),
+            journal_problems: problems,
         }
     }
 

@@ -202,6 +202,9 @@ fn schedule(lab: &LabArgs, faults: usize, minutes: Option<u64>, seed: u64, json:
                 for (a, b) in &verdict.double_runs {
                     println!("VIOLATION (invariant 1): {} ran on {} (pid {}, {}..{:?}) and {} (pid {}, {}..{:?}) at once", a.service, a.node, a.pid, a.start, a.end, b.node, b.pid, b.start, b.end);
                 }
+                for problem in &verdict.journal_problems {
+                    println!("VIOLATION (checker): {problem}");
+                }
                 for lost in &verdict.lost_operations {
                     println!("VIOLATION (invariant 2): acknowledged {:?} not in effect (cluster shows pin {:?})", lost.operation, lost.found);
                 }
@@ -279,21 +282,24 @@ fn main() -> ExitCode {
                 eprintln!("error: no journal at {}", journal.display());
                 return ExitCode::from(2);
             }
-            let runs = checker::runs(&journal);
-            let doubles = checker::double_runs(&runs);
+            let judged = checker::read_journal(&journal);
+            let doubles = checker::double_runs(&judged.runs);
             let ops = client
                 .as_deref()
                 .map(checker::operations)
                 .unwrap_or_default();
-            println!("{} runs, {} operations", runs.len(), ops.len());
+            println!("{} runs, {} operations", judged.runs.len(), ops.len());
             for (a, b) in &doubles {
                 println!(
                     "VIOLATION (invariant 1): {} on {} and {} at once: {a:?} / {b:?}",
                     a.service, a.node, b.node
                 );
             }
-            if doubles.is_empty() {
-                println!("OK: no service ran on two nodes at once");
+            for problem in &judged.problems {
+                println!("VIOLATION (checker): {problem}");
+            }
+            if doubles.is_empty() && judged.problems.is_empty() {
+                println!("OK: no service ran twice and every run's end is credible");
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

@@ -46,6 +46,9 @@ pub struct TestCluster {
     pub env: Vec<(String, String)>,
     /// The network namespace each node's agent runs in (none: the host's loopback).
     pub netns: BTreeMap<String, String>,
+    /// A node's own spec file (relative to the cluster dir), when it is not
+    /// `quorate.toml`: a node whose local file differs from the applied spec.
+    pub spec_of: BTreeMap<String, String>,
 }
 
 impl TestCluster {
@@ -103,6 +106,7 @@ impl TestCluster {
             agents: BTreeMap::new(),
             env: vec![("QUORATE_WITNESS_JOURNAL".into(), journal)],
             netns: BTreeMap::new(),
+            spec_of: BTreeMap::new(),
         };
         quorate_lab::cluster::lock_and_certify(
             Path::new(quorate_bin()),
@@ -175,7 +179,7 @@ impl TestCluster {
             .args([
                 "agent",
                 "--spec",
-                "quorate.toml",
+                self.spec_of.get(name).map_or("quorate.toml", String::as_str),
                 "--node",
                 name,
                 "--data-dir",
@@ -217,6 +221,17 @@ impl TestCluster {
     pub fn poweroff(&mut self, name: &str) {
         self.kill(name);
         quorate_lab::cluster::kill_fence_and_workloads(&self.data_dir(name));
+        // Power loss ends every process of the node, also one that left its process
+        // group: all of this cluster's processes that say they belong to the node.
+        let on_node = processes_with_env(&format!("QUORATE_NODE={name}"));
+        for pid in processes_with_env(&self.marker()) {
+            if on_node.contains(&pid) && pid != std::process::id() {
+                let _ = Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
         witness::append(
             &self.journal(),
             &format!("poweroff {} {name} - 0", witness::mono_ns()),
@@ -235,6 +250,19 @@ impl TestCluster {
 
     pub fn journal(&self) -> PathBuf {
         self.path().join("journal")
+    }
+
+    /// The environment entry every process of this cluster carries.
+    fn marker(&self) -> String {
+        format!(
+            "QUORATE_WITNESS_JOURNAL={}",
+            self.journal().to_string_lossy()
+        )
+    }
+
+    /// Every violation the checker finds in the journal (empty: none).
+    pub fn violations(&self) -> Vec<String> {
+        witness::violations(&self.journal())
     }
 
     /// Where `service` runs and in what state, as `name`'s status (through the leader) says.
@@ -362,11 +390,7 @@ impl Drop for TestCluster {
         // A workload started in the instant before its agent was killed may not be in
         // workloads.json yet: every process this cluster started carries its journal
         // path in its environment, so none outlives the test.
-        let marker = format!(
-            "QUORATE_WITNESS_JOURNAL={}",
-            self.journal().to_string_lossy()
-        );
-        for pid in processes_with_env(&marker) {
+        for pid in processes_with_env(&self.marker()) {
             if pid != std::process::id() {
                 let _ = Command::new("kill")
                     .args(["-9", &pid.to_string()])

@@ -3,7 +3,7 @@
 
 // Each test binary uses a different part of it.
 #[allow(unused_imports)]
-pub use quorate_lab::checker::{double_runs, mono_ns, runs, Run};
+pub use quorate_lab::checker::{double_runs, mono_ns, runs, violations, Run};
 
 /// Appends a record to a witness journal (the harness's `poweroff` records).
 pub fn append(journal: &std::path::Path, line: &str) {

@@ -1,0 +1,170 @@
+//! Issue "never twice, on every path": workloads and faults that try to make one
+//! service run on two nodes at once. Real agents and fences on loopback; the verdict
+//! comes from the independent checker (support/witness.rs → quorate_lab::checker),
+//! which also fails on any record a workload writes after its run was said to end.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::TestCluster;
+
+/// A demo service with extra `demo` arguments and spec keys.
+fn adversary(name: &str, demo_args: &[&str], extra: &str) -> String {
+    let args: String = demo_args.iter().map(|a| format!(", {a:?}")).collect();
+    format!(
+        "\n[services.{name}]\nkind = \"process\"\ncommand = [{:?}, \"demo\"{args}]\n{extra}\n",
+        support::quorate_bin()
+    )
+}
+
+fn assert_never_twice(c: &TestCluster) {
+    let bad = c.violations();
+    assert!(
+        bad.is_empty(),
+        "the checker found violations:\n{}\njournal:\n{}",
+        bad.join("\n"),
+        std::fs::read_to_string(c.journal()).unwrap_or_default()
+    );
+}
+
+fn other_than<'a>(names: &'a [String], not: &[&str]) -> &'a str {
+    names
+        .iter()
+        .find(|n| !not.contains(&n.as_str()))
+        .map(String::as_str)
+        .unwrap()
+}
+
+/// Path 1: a workload that ignores SIGTERM is being stopped (move) when its agent is
+/// paused. Its fence must still hold it: it stays in the fence's lists until its stop
+/// is confirmed, so at the deadline the fence kills it before the new node starts it.
+#[test]
+fn a_workload_that_ignores_sigterm_stays_fenced_while_it_stops() {
+    let mut c = TestCluster::with_services(
+        3,
+        &adversary("stubborn", &["--ignore-term"], "stop_timeout = \"60s\""),
+    );
+    let leader = c.start_all();
+    let host = c.wait_running_elsewhere(&leader, "stubborn", None);
+    let target = other_than(&c.names, &[&host]).to_owned();
+    c.ok(&["move", "stubborn", &target, "--data-dir", c.data_dir(&leader).to_str().unwrap()]);
+    c.wait_for(
+        "the host to start stopping stubborn",
+        Duration::from_secs(20),
+        || c.log(&host).contains("stopping: stop signal sent"),
+    );
+    c.signal(&host, "-STOP");
+    let survivors: Vec<String> = c.names.iter().filter(|n| **n != host).cloned().collect();
+    c.wait_running_elsewhere(&survivors[0], "stubborn", Some(&host));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_never_twice(&c);
+    c.signal(&host, "-CONT");
+}
+
+/// Path 6: a workload whose child leaves its process group with setsid() must still be
+/// stopped completely (its cgroup), and fenced completely.
+#[test]
+fn a_setsid_child_cannot_outlive_a_stop_or_a_fence() {
+    let mut c = TestCluster::with_services(3, &adversary("escaper", &["--escape"], "stop_timeout = \"2s\""));
+    let leader = c.start_all();
+    let host = c.wait_running_elsewhere(&leader, "escaper", None);
+    let target = other_than(&c.names, &[&host]).to_owned();
+    c.ok(&["move", "escaper", &target, "--data-dir", c.data_dir(&leader).to_str().unwrap()]);
+    let second = c.wait_running_elsewhere(&leader, "escaper", Some(&host));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_never_twice(&c);
+    // Now its agent pauses: the fence must take the escaped child too.
+    if second == leader {
+        return;
+    }
+    c.signal(&second, "-STOP");
+    c.wait_running_elsewhere(&leader, "escaper", Some(&second));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_never_twice(&c);
+    c.signal(&second, "-CONT");
+}
+
+/// Path 3: lease timings come from the applied spec, not from a node's local file. A
+/// node whose local file says lease_ttl = 30s must still be fenced at the cluster's
+/// 1.5 s, before the leader restarts its service elsewhere.
+#[test]
+fn a_node_with_a_longer_local_lease_ttl_is_fenced_at_the_clusters() {
+    let mut c = TestCluster::with_services(3, &adversary("db", &[], "prefer = [\"n3\"]\nstop_timeout = \"2s\""));
+    let spec = std::fs::read_to_string(c.path().join("quorate.toml")).unwrap();
+    let long = spec.replacen(
+        "name = \"test\"",
+        "name = \"test\"\n\n[cluster.timings]\nlease_ttl = \"30s\"",
+        1,
+    );
+    std::fs::write(c.path().join("n3.toml"), long).unwrap();
+    std::fs::copy(c.path().join("quorate.lock"), c.path().join("n3.lock")).unwrap();
+    c.spec_of.insert("n3".into(), "n3.toml".into());
+    c.start("n1");
+    c.start("n2");
+    let leader = c.wait_agreed(&["n1", "n2"], 1);
+    c.start("n3");
+    c.wait_agreed(&["n1", "n2", "n3"], 1);
+    c.wait_for("db to run on n3", Duration::from_secs(30), || {
+        c.service(&leader, "db") == (Some("n3".into()), "running".into())
+    });
+    c.signal("n3", "-STOP");
+    c.wait_running_elsewhere(&leader, "db", Some("n3"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_never_twice(&c);
+    c.signal("n3", "-CONT");
+}
+
+/// Path 8: a renamed service is the same workload; the new name starts only once the
+/// old instance confirmed its stop, even when it stops slowly and the new name prefers
+/// another node.
+#[test]
+fn a_renamed_service_starts_only_after_the_old_name_stopped() {
+    let mut c = TestCluster::with_services(
+        3,
+        &adversary("old", &["--witness-as", "db", "--stop-delay", "3s"], "prefer = [\"n1\"]\nstop_timeout = \"20s\""),
+    );
+    let leader = c.start_all();
+    c.wait_for("old to run on n1", Duration::from_secs(30), || {
+        c.service(&leader, "old") == (Some("n1".into()), "running".into())
+    });
+    let spec = std::fs::read_to_string(c.path().join("quorate.toml")).unwrap();
+    let renamed = spec
+        .replace("[services.old]", "[services.new]\nrenamed_from = \"old\"")
+        .replace("prefer = [\"n1\"]", "prefer = [\"n2\"]");
+    std::fs::write(c.path().join("quorate.toml"), renamed).unwrap();
+    c.ok(&["lock"]);
+    c.ok(&["apply", "--data-dir", c.data_dir(&leader).to_str().unwrap()]);
+    c.wait_running_elsewhere(&leader, "new", Some("n1"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_never_twice(&c);
+}
+
+/// Path 8: a removed service that stops slowly, re-added at once under its name on
+/// another node, does not run twice.
+#[test]
+fn a_removed_service_is_gone_before_it_can_come_back() {
+    let slow = adversary("db", &["--stop-delay", "3s"], "prefer = [\"n1\"]\nstop_timeout = \"20s\"");
+    let mut c = TestCluster::with_services(3, &slow);
+    let leader = c.start_all();
+    c.wait_for("db to run on n1", Duration::from_secs(30), || {
+        c.service(&leader, "db") == (Some("n1".into()), "running".into())
+    });
+    let path = c.path().join("quorate.toml");
+    let with_db = std::fs::read_to_string(&path).unwrap();
+    let without_db = with_db.replace(&slow, "");
+    let dd = c.data_dir(&leader);
+    std::fs::write(&path, &without_db).unwrap();
+    c.ok(&["lock"]);
+    let o = c.run(&["apply", "--allow-destructive", "--data-dir", dd.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&path, with_db.replace("prefer = [\"n1\"]", "prefer = [\"n2\"]")).unwrap();
+    c.ok(&["lock"]);
+    c.ok(&["apply", "--data-dir", dd.to_str().unwrap()]);
+    c.wait_running_elsewhere(&leader, "db", Some("n1"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_never_twice(&c);
+}
