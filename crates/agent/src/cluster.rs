@@ -31,6 +31,9 @@ pub struct Node {
     clients: Mutex<BTreeMap<String, PeerClient>>,
     /// On the leader: when each node's lease was last renewed.
     pub(crate) leases: std::sync::Mutex<crate::failover::LeaseTable>,
+    /// The applied spec's timings, refreshed whenever the applied spec changes
+    /// ([`Node::refresh_applied`]): lease grants and expiries use these.
+    pub(crate) applied_timings: std::sync::Mutex<Option<quorate_spec::Timings>>,
     /// On the leader: where each service recently failed for good, and since when.
     pub(crate) failures: std::sync::Mutex<BTreeMap<String, BTreeMap<String, std::time::Instant>>>,
     /// On the leader: runs of the spec's fence_command.
@@ -86,6 +89,7 @@ impl Node {
             partition,
             clients: Mutex::default(),
             leases: std::sync::Mutex::default(),
+            applied_timings: std::sync::Mutex::default(),
             power_fencing: std::sync::Arc::default(),
             failures: std::sync::Mutex::default(),
         }
@@ -443,6 +447,17 @@ impl Node {
         }
     }
 
+    /// Copies what every node needs at hand from the applied spec (its timings).
+    pub async fn refresh_applied(&self) {
+        let timings = self
+            .consensus
+            .with_state(|st| st.applied.as_ref().map(|a| a.spec.cluster.timings.clone()))
+            .await;
+        if let Ok(mut t) = self.applied_timings.lock() {
+            *t = timings;
+        }
+    }
+
     /// Leader duties, called periodically: bootstrap the spec from the local files when
     /// the cluster has none (DESIGN invariant 7's one exception), and bring Raft's voters
     /// in line with the applied spec, one change at a time.
@@ -528,7 +543,11 @@ impl quorate_consensus::AppHandler for PeerApp {
             // The lease and the reports are the sender's own: its name comes from its
             // certificate, never from the message.
             Ok(PeerMessage::RenewLease) => match self.0.grant_lease(&peer).await {
-                Some(applied) => json!({ "ok": true, "applied": applied }),
+                Some(grant) => json!({
+                    "ok": true,
+                    "applied": grant.applied,
+                    "ttl_ms": u64::try_from(grant.ttl.as_millis()).unwrap_or(u64::MAX),
+                }),
                 None => json!({ "ok": false }),
             },
             Ok(PeerMessage::Observe { services, epochs }) => {

@@ -29,13 +29,41 @@ pub struct PowerFencing {
     failed: BTreeMap<String, Instant>,
 }
 
-/// The leader's view of everyone's lease. Lives in the leader's memory only.
+/// The leader's view of everyone's lease. Lives in the leader's memory only, and
+/// belongs to one term: a table from an earlier term (this node led, lost and won
+/// again) is forgotten, since other leaders may have granted leases in between.
 #[derive(Debug, Default)]
 pub struct LeaseTable {
-    /// When each node's last renewal was acknowledged.
-    acks: BTreeMap<String, Instant>,
+    /// When each node's lease ends at the latest on this node's clock: the latest
+    /// acknowledgement + the TTL it was granted (never earlier than an earlier
+    /// grant's end, should the TTL have shrunk).
+    ends: BTreeMap<String, Instant>,
     /// When this node became leader (None while it is not).
     leader_since: Option<Instant>,
+    /// The term the acknowledgements belong to.
+    term: u64,
+}
+
+impl LeaseTable {
+    /// Forgets acknowledgements of another term than `term`.
+    fn for_term(&mut self, term: u64) -> &mut Self {
+        if self.term != term {
+            self.ends.clear();
+            self.leader_since = None;
+            self.term = term;
+        }
+        self
+    }
+}
+
+/// A lease as the leader grants it: the index the holder must have applied before it
+/// acts, and the TTL from the applied spec (never the holder's local file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseGrant {
+    /// The leader's applied index.
+    pub applied: u64,
+    /// The lease's time to live, counted by the holder from when it asked.
+    pub ttl: Duration,
 }
 
 fn now_ms() -> u64 {
@@ -45,12 +73,16 @@ fn now_ms() -> u64 {
 }
 
 impl Node {
+    /// The lease TTL of the applied spec (the local file's before bootstrap). Used for
+    /// round-trip budgets; grants and expiries take theirs from the applied spec.
     fn lease_ttl(&self) -> Duration {
-        self.local.spec.cluster.timings.lease_ttl.get()
+        self.applied_timings()
+            .map_or_else(|| self.local.spec.cluster.timings.lease_ttl.get(), |t| t.lease_ttl.get())
     }
 
-    fn lease_expired_after(&self) -> Duration {
-        self.lease_ttl() + self.local.spec.cluster.timings.drift_margin.get()
+    /// The applied spec's timings, once there is one.
+    fn applied_timings(&self) -> Option<quorate_spec::Timings> {
+        self.applied_timings.lock().ok().and_then(|t| t.clone())
     }
 
     /// On the leader: acknowledges a renewal from `node` once a majority confirms this
@@ -58,27 +90,36 @@ impl Node {
     /// leader's applied index: the holder may act on its assignments only once its own
     /// state has applied that far, so a node waking from a pause cannot start work from
     /// a stale view with a fresh lease.
-    pub(crate) async fn grant_lease(&self, node: &str) -> Option<u64> {
+    pub(crate) async fn grant_lease(&self, node: &str) -> Option<LeaseGrant> {
         if !self.is_leader() {
             return None;
         }
-        if self
-            .consensus
-            .confirm_leadership(self.lease_ttl() / 3)
-            .await
-            .is_err()
-        {
+        // Only under an applied spec: its TTL is the one every node fences by.
+        let ttl = self.applied_timings()?.lease_ttl.get();
+        let term = self.consensus.status().term;
+        if self.consensus.confirm_leadership(ttl / 3).await.is_err() {
+            return None;
+        }
+        let status = self.consensus.status();
+        if status.term != term {
             return None;
         }
         if let Ok(mut t) = self.leases.lock() {
-            t.acks.insert(node.to_string(), Instant::now());
+            let end = Instant::now() + ttl;
+            let ends = &mut t.for_term(term).ends;
+            let latest = ends.get(node).map_or(end, |e| (*e).max(end));
+            ends.insert(node.to_string(), latest);
         }
-        Some(self.consensus.status().applied.unwrap_or(0))
+        Some(LeaseGrant {
+            applied: status.applied.unwrap_or(0),
+            ttl,
+        })
     }
 
-    /// On any node: asks the leader to renew this node's lease; returns the index this
-    /// node must have applied before it may start anything under the new lease.
-    pub(crate) async fn renew_lease(&self) -> Option<u64> {
+    /// On any node: asks the leader to renew this node's lease; returns the grant (the
+    /// index this node must have applied before it may start anything under the new
+    /// lease, and the TTL to count from the moment it asked).
+    pub(crate) async fn renew_lease(&self) -> Option<LeaseGrant> {
         if self.is_leader() {
             return self.grant_lease(&self.name).await;
         }
@@ -92,7 +133,15 @@ impl Node {
             )
             .await
             .ok()?;
-        (reply["ok"] == true).then(|| reply["applied"].as_u64().unwrap_or(u64::MAX))
+        if reply["ok"] != true {
+            return None;
+        }
+        // A leader that does not say the TTL (an older version) is not trusted with
+        // this node's lease.
+        Some(LeaseGrant {
+            applied: reply["applied"].as_u64().unwrap_or(u64::MAX),
+            ttl: Duration::from_millis(reply["ttl_ms"].as_u64()?),
+        })
     }
 
     /// On the leader: commits service states reported by `node`.
@@ -154,21 +203,27 @@ impl Node {
         spec: &quorate_spec::Spec,
         admin: &BTreeMap<String, AdminState>,
     ) -> BTreeMap<String, NodeState> {
-        let expired_after = self.lease_expired_after();
+        // `spec` is the applied one: its timings are the ones leases were granted by.
+        let (ttl, drift) = (
+            spec.cluster.timings.lease_ttl.get(),
+            spec.cluster.timings.drift_margin.get(),
+        );
+        let term = self.consensus.status().term;
         let Ok(mut table) = self.leases.lock() else {
             return BTreeMap::new();
         };
+        let table = table.for_term(term);
         let since = *table.leader_since.get_or_insert_with(Instant::now);
-        let in_grace = since.elapsed() <= expired_after;
+        let in_grace = since.elapsed() <= ttl + drift;
         spec.nodes
             .keys()
             .map(|name| {
                 let alive = *name == self.name
                     || in_grace
                     || table
-                        .acks
+                        .ends
                         .get(name)
-                        .is_some_and(|t| t.elapsed() <= expired_after);
+                        .is_some_and(|end| Instant::now() <= *end + drift);
                 let state = match (alive, admin.get(name)) {
                     (false, _) => NodeState::Down,
                     (true, Some(AdminState::Draining)) => NodeState::Draining,
@@ -183,8 +238,17 @@ impl Node {
     /// Called when this node is not the leader: forget the lease table.
     pub(crate) fn step_down(&self) {
         if let Ok(mut t) = self.leases.lock() {
-            t.acks.clear();
+            t.ends.clear();
             t.leader_since = None;
+        }
+    }
+
+    /// Forgets power fencing done for nodes that are up again: their next failure
+    /// runs the fence command again.
+    fn forget_fencing_of_live_nodes(&self, states: &BTreeMap<String, NodeState>) {
+        if let Ok(mut f) = self.power_fencing.lock() {
+            f.done
+                .retain(|n| states.get(n).is_none_or(|s| *s == NodeState::Down));
         }
     }
 
@@ -303,6 +367,7 @@ impl Node {
                 let applied = st.applied.as_ref()?;
                 let spec = &applied.spec;
                 let states = self.node_states(spec, &st.admin);
+                self.forget_fencing_of_live_nodes(&states);
                 let current: BTreeMap<String, String> = st.placements.iter().filter_map(|(s, a)| a.node.clone().map(|n| (s.clone(), n))).collect();
                 let failed = self.recent_failures(spec, st);
                 let placements = place(&Input { spec, nodes: &states, current: &current, pins: &st.pins, failed: &failed });

@@ -152,6 +152,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         let node = node.clone();
         tokio::spawn(async move {
             loop {
+                node.refresh_applied().await;
                 node.leader_duties().await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

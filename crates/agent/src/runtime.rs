@@ -133,10 +133,6 @@ impl Runtime {
         }
     }
 
-    fn ttl(&self) -> Duration {
-        self.node.local.spec.cluster.timings.lease_ttl.get()
-    }
-
     /// The service's floating address on this node: its `interface`, else the one that
     /// holds the node's cluster address.
     async fn floating_ip(
@@ -536,13 +532,16 @@ impl Runtime {
     /// (no leader yet, leader unreachable) it tries again after 100 ms, so a change of
     /// leader does not cost this node its lease.
     pub(crate) async fn keep_lease(self: Arc<Self>) {
-        let period = self.ttl() / 3;
+        let mut period = Duration::from_millis(100);
         loop {
             let sent = mono_ns();
             let renewed = self.node.renew_lease().await;
-            if let Some(index) = renewed {
-                self.lease_index.store(index, Ordering::SeqCst);
-                let ttl_ns = u64::try_from(self.ttl().as_nanos()).unwrap_or(u64::MAX);
+            if let Some(grant) = renewed {
+                // The TTL is the leader's, from the applied spec: this node's fence
+                // deadline never lies after the leader's expiry of this lease.
+                period = grant.ttl / 3;
+                self.lease_index.store(grant.applied, Ordering::SeqCst);
+                let ttl_ns = u64::try_from(grant.ttl.as_nanos()).unwrap_or(u64::MAX);
                 let deadline = sent.saturating_add(ttl_ns);
                 self.deadline_ns.fetch_max(deadline, Ordering::SeqCst);
                 let file = LeaseFile {
