@@ -71,6 +71,35 @@ struct Tracked {
     generation: u64,
 }
 
+/// A workload being stopped: it leaves the reconciler's table at once, but stays in
+/// the fence's lists and in `workloads.json` (marked `stopping`) until its stop is
+/// confirmed — sending a stop signal is not a stop.
+struct Stop {
+    service: String,
+    tracked: Tracked,
+    /// The witness record to write once the stop is confirmed (`exit` for a workload
+    /// that ended by itself or failed its health check).
+    witness: Option<&'static str>,
+}
+
+/// What the fence and the records need of a workload.
+#[derive(Clone)]
+struct Held {
+    record: WorkloadRecord,
+    unit: Option<String>,
+    ip: Option<quorate_drivers::FloatingIp>,
+}
+
+impl Held {
+    fn of(w: &Workload) -> Self {
+        Self {
+            record: w.record.clone(),
+            unit: w.unit().map(str::to_owned),
+            ip: w.floating_ip().cloned(),
+        }
+    }
+}
+
 /// The node-local side of failover.
 pub struct Runtime {
     node: Arc<Node>,
@@ -79,6 +108,10 @@ pub struct Runtime {
     /// Raft index this node must have applied before it starts work under its lease.
     lease_index: AtomicU64,
     workloads: Mutex<BTreeMap<String, Tracked>>,
+    /// Workloads whose stop is not confirmed yet (see [`Stop`]).
+    stopping: Mutex<BTreeMap<String, Held>>,
+    /// Stops to try again (not confirmed last time, or adopted while stopping).
+    retry_stops: Mutex<Vec<Stop>>,
     fence: Mutex<Option<(tokio::process::Child, tokio::process::ChildStdin)>>,
     /// States not yet accepted by the leader.
     unreported: Mutex<BTreeMap<String, String>>,
@@ -120,6 +153,8 @@ impl Runtime {
             deadline_ns: AtomicU64::new(0),
             lease_index: AtomicU64::new(u64::MAX),
             workloads: Mutex::default(),
+            stopping: Mutex::default(),
+            retry_stops: Mutex::default(),
             fence: Mutex::default(),
             unreported: Mutex::default(),
             given_up: Mutex::default(),
@@ -332,16 +367,12 @@ impl Runtime {
     /// Takes over from a previous agent process: its fence is stopped, and its
     /// workloads are adopted while their lease is still valid, or killed.
     pub(crate) async fn adopt_previous(&self) {
-        if let Ok(pid) = std::fs::read_to_string(self.data_dir.join("fence.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                if quorate_drivers::pid_alive(pid) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
+        // The previous fence keeps holding the deadline until this agent's own fence
+        // holds it (with the adopted workloads): only then is it stopped.
+        let previous_fence = std::fs::read_to_string(self.data_dir.join("fence.pid"))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<i32>().ok())
+            .filter(|pid| *pid > 1 && quorate_drivers::pid_alive(*pid));
         let lease: LeaseFile = std::fs::read(self.data_dir.join("lease.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -380,7 +411,22 @@ impl Runtime {
             else {
                 continue;
             };
-            if valid {
+            if valid && record.stopping {
+                tracing::info!(service = %record.service, pid = record.pid, "adopted a workload whose stop was not confirmed: finishing it");
+                self.stopping
+                    .lock()
+                    .await
+                    .insert(record.service.clone(), Held::of(&workload));
+                self.retry_stops.lock().await.push(Stop {
+                    service: record.service.clone(),
+                    tracked: Tracked {
+                        workload,
+                        state: "stopping",
+                        generation: ADOPTED,
+                    },
+                    witness: None,
+                });
+            } else if valid {
                 tracing::info!(service = %record.service, pid = record.pid, "adopted a workload that still runs under a valid lease");
                 table.insert(
                     record.service.clone(),
@@ -416,6 +462,14 @@ impl Runtime {
         }
         drop(table);
         self.persist_workloads().await;
+        // This agent's fence now holds the deadline and the adopted workloads.
+        self.ensure_fence().await;
+        if let Some(pid) = previous_fence {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 
     /// Starts the fence process (or restarts it if it died).
@@ -461,71 +515,95 @@ impl Runtime {
         self.update_fence_groups().await;
     }
 
+    /// Writes to the fence's pipe. A fence that does not read (stopped) must not stall
+    /// the agent: after a second the write is abandoned and a new fence is started on
+    /// the next tick (the stalled one still holds its last deadline).
     async fn tell_fence(&self, line: &str) {
         let mut fence = self.fence.lock().await;
         if let Some((_, stdin)) = fence.as_mut() {
-            if stdin.write_all(line.as_bytes()).await.is_err() {
+            let written =
+                tokio::time::timeout(Duration::from_secs(1), stdin.write_all(line.as_bytes()))
+                    .await;
+            if !matches!(written, Ok(Ok(()))) {
+                tracing::error!("the fence process does not read its pipe: starting another");
                 *fence = None;
             }
         }
     }
 
+    /// Everything the fence must hold: running workloads and those still stopping.
+    async fn held(&self) -> Vec<(String, Held)> {
+        let mut held: Vec<(String, Held)> = self
+            .workloads
+            .lock()
+            .await
+            .iter()
+            .map(|(s, t)| (s.clone(), Held::of(&t.workload)))
+            .collect();
+        held.extend(
+            self.stopping
+                .lock()
+                .await
+                .iter()
+                .map(|(s, h)| (s.clone(), h.clone())),
+        );
+        held
+    }
+
     async fn update_fence_groups(&self) {
-        let line = {
-            let table = self.workloads.lock().await;
-            let exclusive = |s: &str| {
-                self.node
-                    .local
-                    .spec
-                    .services
-                    .get(s)
-                    .is_none_or(|x| x.exclusive)
-            };
-            let groups: Vec<String> = table
-                .iter()
-                .filter(|(s, t)| exclusive(s) && t.workload.unit().is_none())
-                .map(|(s, t)| format!("{s}={}", t.workload.record.pgid))
-                .collect();
-            let units: Vec<String> = table
-                .iter()
-                .filter(|(s, _)| exclusive(s))
-                .filter_map(|(s, t)| {
-                    Some(format!(
-                        "{s}={}/{}",
-                        t.workload.unit()?,
-                        t.workload.record.pid
-                    ))
-                })
-                .collect();
-            let ips: Vec<String> = table
-                .iter()
-                .filter_map(|(s, t)| {
-                    let ip = t.workload.floating_ip()?;
-                    Some(format!("{s}={},{}", ip.interface, ip.address))
-                })
-                .collect();
-            format!(
-                "groups {}\nunits {}\nips {}\n",
-                groups.join(" "),
-                units.join(" "),
-                ips.join(" ")
-            )
+        let held = self.held().await;
+        let exclusive = |s: &str| {
+            self.node
+                .local
+                .spec
+                .services
+                .get(s)
+                .is_none_or(|x| x.exclusive)
         };
+        let mut groups = Vec::new();
+        let mut cgroups = Vec::new();
+        let mut units = Vec::new();
+        let mut ips = Vec::new();
+        for (s, h) in &held {
+            if let Some(ip) = &h.ip {
+                ips.push(format!("{s}={},{}", ip.interface, ip.address));
+            }
+            if !exclusive(s) {
+                continue;
+            }
+            match &h.unit {
+                Some(unit) => units.push(format!("{s}={unit}/{}", h.record.pid)),
+                None => {
+                    groups.push(format!("{s}={}", h.record.pgid));
+                    if let Some(dir) = &h.record.cgroup {
+                        cgroups.push(format!("{s}={}", dir.display()));
+                    }
+                }
+            }
+        }
+        let line = format!(
+            "groups {}\ncgroups {}\nunits {}\nips {}\n",
+            groups.join(" "),
+            cgroups.join(" "),
+            units.join(" "),
+            ips.join(" ")
+        );
         self.tell_fence(&line).await;
     }
 
     async fn persist_workloads(&self) {
         let records: Vec<WorkloadRecord> = self
-            .workloads
-            .lock()
+            .held()
             .await
-            .values()
-            .map(|t| t.workload.record.clone())
+            .into_iter()
+            .map(|(_, h)| h.record)
             .collect();
-        let _ = quorate_files::write_atomic(
+        if let Err(e) = quorate_files::write_atomic(
             &self.data_dir.join("workloads.json"),
             &serde_json::to_vec(&records).unwrap_or_default(),
-        );
+        ) {
+            tracing::error!("cannot record the workloads in workloads.json: {e}");
+        }
     }
 
     /// Renews the lease through the leader every TTL/3, forever; after a failed attempt
@@ -676,7 +754,9 @@ impl Runtime {
         let lease_ok = self.lease_valid();
         let keep_without_lease = quorate_fence::disabled();
         let mut changes: BTreeMap<String, String> = BTreeMap::new();
-        let mut to_stop: Vec<(String, Tracked)> = Vec::new();
+        // Stops not confirmed last time are tried again first.
+        let mut to_stop: Vec<Stop> = std::mem::take(&mut *self.retry_stops.lock().await);
+        let stopping_now: BTreeSet<String> = self.stopping.lock().await.keys().cloned().collect();
         let mut table = self.workloads.lock().await;
         let mut changed_groups = false;
         // Exits, and workloads that must stop.
@@ -695,9 +775,16 @@ impl Runtime {
                 } else {
                     "failed"
                 };
-                quorate_fence::witness("exit", &me, &name, t.workload.record.pid);
+                // Its leader ended; whatever it forked is stopped too, and only then
+                // does it leave the fence's lists.
                 changes.insert(name.clone(), state.into());
-                table.remove(&name);
+                if let Some(tracked) = table.remove(&name) {
+                    to_stop.push(Stop {
+                        service: name.clone(),
+                        tracked,
+                        witness: Some("exit"),
+                    });
+                }
                 changed_groups = true;
                 continue;
             }
@@ -711,8 +798,12 @@ impl Runtime {
                 self.planned_restarts.lock().await.insert(name.clone());
             }
             if restart || !assigned.contains(&name) || (!lease_ok && !keep_without_lease) {
-                if let Some(t) = table.remove(&name) {
-                    to_stop.push((name.clone(), t));
+                if let Some(tracked) = table.remove(&name) {
+                    to_stop.push(Stop {
+                        service: name.clone(),
+                        tracked,
+                        witness: None,
+                    });
                     changes.insert(name, "stopping".into());
                     changed_groups = true;
                 }
@@ -730,10 +821,13 @@ impl Runtime {
             }
         }
         for name in unhealthy {
-            if let Some(t) = table.remove(&name) {
+            if let Some(tracked) = table.remove(&name) {
                 tracing::warn!(service = %name, "health check failed: restarting it");
-                quorate_fence::witness("exit", &me, &name, t.workload.record.pid);
-                to_stop.push((name.clone(), t));
+                to_stop.push(Stop {
+                    service: name.clone(),
+                    tracked,
+                    witness: Some("exit"),
+                });
                 changes.insert(name, "restarting".into());
                 changed_groups = true;
             }
@@ -752,8 +846,8 @@ impl Runtime {
                     tracing::debug!(service = %name, dependency = %waiting, "waiting for a dependency to run");
                     continue;
                 }
-                // Being stopped this tick: start again only once the stop is done.
-                if to_stop.iter().any(|(n, _)| n == name) {
+                // Being stopped: start again only once the stop is confirmed.
+                if stopping_now.contains(name) || to_stop.iter().any(|st| st.service == *name) {
                     continue;
                 }
                 // A restart the operator asked for is not a failure: not counted.
@@ -846,7 +940,11 @@ impl Runtime {
         // assigned (a report from a stale view, e.g. "restarting" while it was paused):
         // correct it, or it would stand forever and block the service's new holder.
         for service in &claimed {
-            if !table.contains_key(service) && !assigned.contains(service) {
+            if !table.contains_key(service)
+                && !assigned.contains(service)
+                && !stopping_now.contains(service)
+                && !to_stop.iter().any(|st| st.service == *service)
+            {
                 changes
                     .entry(service.clone())
                     .or_insert_with(|| "stopped".into());
@@ -855,25 +953,54 @@ impl Runtime {
         // The leader waits for this node to answer a stop order at its epoch before the
         // service may start elsewhere: confirm it once nothing runs here.
         for (service, state) in unconfirmed_stops {
-            if !table.contains_key(&service) && !to_stop.iter().any(|(n, _)| *n == service) {
+            if !table.contains_key(&service)
+                && !stopping_now.contains(&service)
+                && !to_stop.iter().any(|st| st.service == service)
+            {
                 changes.entry(service).or_insert(state);
             }
         }
         drop(table);
+        // What is being stopped stays fenced and recorded until its stop is confirmed.
+        if !to_stop.is_empty() {
+            let mut stopping = self.stopping.lock().await;
+            for st in &to_stop {
+                let mut held = Held::of(&st.tracked.workload);
+                held.record.stopping = true;
+                stopping.insert(st.service.clone(), held);
+            }
+            changed_groups = true;
+        }
         if changed_groups {
             self.update_fence_groups().await;
             self.persist_workloads().await;
         }
         // Dependents stop before what they depend on (the reverse of the start order).
-        to_stop.sort_by_key(|(name, _)| stop_rank(name, &after));
-        for (name, mut t) in to_stop {
-            t.state = "stopping";
-            t.workload.stop().await;
-            tracing::info!(service = %name, "stopped");
-            // A failure (health check, restart budget) stays the reported state.
-            if changes.get(&name).map(String::as_str) != Some("failed") {
-                changes.insert(name, "stopped".into());
+        to_stop.sort_by_key(|st| stop_rank(&st.service, &after));
+        let mut confirmed_any = false;
+        for mut st in to_stop {
+            st.tracked.state = "stopping";
+            let name = st.service.clone();
+            if st.tracked.workload.stop().await {
+                self.stopping.lock().await.remove(&name);
+                confirmed_any = true;
+                if let Some(kind) = st.witness {
+                    quorate_fence::witness(kind, &me, &name, st.tracked.workload.record.pid);
+                }
+                tracing::info!(service = %name, "stopped (confirmed)");
+                // A failure (health check, restart budget) stays the reported state.
+                if !matches!(changes.get(&name).map(String::as_str), Some("failed" | "restarting")) {
+                    changes.insert(name, "stopped".into());
+                }
+            } else {
+                tracing::warn!(service = %name, "the stop is not confirmed: it stays fenced and is tried again");
+                changes.insert(name, "stopping".into());
+                self.retry_stops.lock().await.push(st);
             }
+        }
+        if confirmed_any {
+            self.update_fence_groups().await;
+            self.persist_workloads().await;
         }
         if !changes.is_empty() {
             self.unreported.lock().await.extend(changes);

@@ -120,6 +120,13 @@ pub struct WorkloadRecord {
     /// The systemd unit, for unit-backed workloads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// The workload's own cgroup v2 directory (process workloads, where cgroup v2 is
+    /// writable): a stop or a fence kills everything in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<std::path::PathBuf>,
+    /// Its stop has begun and is not confirmed yet: a restarted agent finishes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopping: bool,
 }
 
 /// One running workload.
@@ -246,6 +253,8 @@ impl Workload {
                 pid,
                 pgid: 0,
                 unit: Some(unit.clone()),
+                cgroup: None,
+                stopping: false,
             },
             backend: Backend::Unit { systemd, unit },
             floating: None,
@@ -260,9 +269,25 @@ impl Workload {
         env: &BTreeMap<String, String>,
     ) -> Result<Self, DriverError> {
         let (program, args) = spec.command.split_first().ok_or(DriverError::NoCommand)?;
-        let mut cmd = tokio::process::Command::new(program);
+        // Its own cgroup where one can be made: it enters it before it runs, so nothing
+        // it forks (setsid or not) escapes a stop or the fence.
+        let node = env.get("QUORATE_NODE").map_or("node", String::as_str);
+        let cgroup = match quorate_cgroup::Cgroup::create(node, service) {
+            Ok(cg) => Some(cg),
+            Err(e) => {
+                tracing::warn!(service, "no cgroup for the workload ({e}): only its process group is stopped and fenced");
+                None
+            }
+        };
+        let mut argv: Vec<String> = cgroup
+            .as_ref()
+            .map(quorate_cgroup::Cgroup::exec_prefix)
+            .unwrap_or_default();
+        argv.push(program.clone());
+        argv.extend(args.iter().cloned());
+        let mut cmd = tokio::process::Command::new(&argv[0]);
         without_service_manager_env(&mut cmd)
-            .args(args)
+            .args(&argv[1..])
             .envs(&spec.env)
             .envs(env)
             .stdin(std::process::Stdio::null())
@@ -271,10 +296,18 @@ impl Workload {
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }
-        let child = cmd.spawn().map_err(|source| DriverError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(source) => {
+                if let Some(cg) = &cgroup {
+                    cg.remove();
+                }
+                return Err(DriverError::Spawn {
+                    program: program.clone(),
+                    source,
+                });
+            }
+        };
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         Ok(Self {
             record: WorkloadRecord {
@@ -282,6 +315,8 @@ impl Workload {
                 pid,
                 pgid: pid,
                 unit: None,
+                cgroup: cgroup.map(|c| c.dir().to_path_buf()),
+                stopping: false,
             },
             backend: Backend::Process {
                 child: Some(child),
@@ -309,10 +344,10 @@ impl Workload {
     ) -> Option<Self> {
         if let Some(unit) = record.unit.clone() {
             let systemd = bus.get().await.ok()?.clone();
-            if let Ok(state) = systemd.state(&unit).await {
-                if !state.active.may_run() {
-                    return None;
-                }
+            match systemd.state(&unit).await {
+                Ok(state) if !state.active.may_run() => return None,
+                Err(SystemdError::UnknownUnit(_)) => return None,
+                _ => {}
             }
             return Some(Self {
                 record,
@@ -322,7 +357,15 @@ impl Workload {
                 runner,
             });
         }
-        if !pid_alive(record.pid) {
+        let cgroup_busy = record
+            .cgroup
+            .as_deref()
+            .and_then(quorate_cgroup::Cgroup::open)
+            .is_some_and(|cg| !cg.is_empty());
+        if !pid_alive(record.pid) && !cgroup_busy && !quorate_cgroup::group_alive(record.pgid) {
+            if let Some(cg) = record.cgroup.as_deref().and_then(quorate_cgroup::Cgroup::open) {
+                cg.remove();
+            }
             return None;
         }
         Some(Self {
@@ -392,12 +435,18 @@ impl Workload {
         }
     }
 
-    /// Stops the workload: a process group gets its stop signal, then SIGKILL after the
-    /// stop timeout; a unit is stopped by systemd (SIGKILLed if the job fails).
-    pub async fn stop(&mut self) {
-        self.stop_service().await;
+    /// Stops the workload: a process group gets its stop signal, then SIGKILL (with
+    /// its cgroup) after the stop timeout; a unit is stopped by systemd (SIGKILLed if
+    /// the job fails). Returns whether the stop is *confirmed*: no process left in the
+    /// group or the cgroup, the unit inactive. Only then are its floating address and
+    /// storage released; an unconfirmed stop keeps them and is tried again.
+    pub async fn stop(&mut self) -> bool {
+        if !self.stop_service().await {
+            return false;
+        }
         self.release_ip().await;
         self.detach_storage().await;
+        true
     }
 
     async fn detach_storage(&self) {
@@ -408,7 +457,21 @@ impl Workload {
         }
     }
 
-    async fn stop_service(&mut self) {
+    fn cgroup(&self) -> Option<quorate_cgroup::Cgroup> {
+        self.record
+            .cgroup
+            .as_deref()
+            .and_then(quorate_cgroup::Cgroup::open)
+    }
+
+    /// True once nothing of a process workload is left: leader, group and cgroup.
+    async fn process_gone(&mut self) -> bool {
+        self.exited().await.is_some()
+            && !quorate_cgroup::group_alive(self.record.pgid)
+            && self.cgroup().is_none_or(|cg| cg.is_empty())
+    }
+
+    async fn stop_service(&mut self) -> bool {
         let (stop_signal, stop_timeout) = match &self.backend {
             Backend::Process {
                 stop_signal,
@@ -418,43 +481,52 @@ impl Workload {
             Backend::Unit { systemd, unit } => {
                 if let Err(e) = systemd.stop(unit, UNIT_JOB_TIMEOUT).await {
                     tracing::warn!(unit = %unit, "stop failed ({e}): killing it");
-                    let _ = systemd.kill(unit, Signal::SIGKILL as i32).await;
+                    if let Err(e) = systemd.kill(unit, Signal::SIGKILL as i32).await {
+                        tracing::warn!(unit = %unit, "cannot kill it: {e}");
+                    }
                 }
-                return;
+                return match systemd.state(unit).await {
+                    Ok(state) => !state.active.may_run(),
+                    Err(SystemdError::UnknownUnit(_)) => true,
+                    Err(e) => {
+                        tracing::warn!(unit = %unit, "cannot confirm the stop: {e}");
+                        false
+                    }
+                };
             }
         };
         let group = self.record.pgid;
         if group <= 1 {
-            return;
+            return true;
         }
-        if self.exited().await.is_some() {
-            signal_group(group, Signal::SIGKILL);
-            return;
+        if self.exited().await.is_none() {
+            signal_group(group, stop_signal);
+            tracing::info!(
+                service = %self.record.service,
+                "stopping: stop signal sent ({stop_signal}), SIGKILL after {stop_timeout:?}"
+            );
+            let deadline = tokio::time::Instant::now() + stop_timeout;
+            while tokio::time::Instant::now() < deadline && self.exited().await.is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        signal_group(group, stop_signal);
-        tracing::info!(
-            service = %self.record.service,
-            "stopping: stop signal sent ({stop_signal}), SIGKILL after {stop_timeout:?}"
-        );
-        let deadline = tokio::time::Instant::now() + stop_timeout;
-        while tokio::time::Instant::now() < deadline {
-            if self.exited().await.is_some() {
-                // The leader exited; make sure no forked process of the group survives.
-                signal_group(group, Signal::SIGKILL);
-                return;
+        // The leader is gone or out of time: nothing else of it may stay.
+        for _ in 0..250 {
+            self.kill_service().await;
+            if self.process_gone().await {
+                if let Some(cg) = self.cgroup() {
+                    cg.remove();
+                }
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.kill_service().await;
-        for _ in 0..100 {
-            if self.exited().await.is_some() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        tracing::warn!(service = %self.record.service, "processes of the workload survive SIGKILL: the stop is not confirmed");
+        false
     }
 
-    /// SIGKILLs every process of the workload now, and removes its floating address.
+    /// SIGKILLs every process of the workload now (group and cgroup, or the unit), and
+    /// releases its floating address and storage.
     pub async fn kill(&mut self) {
         self.kill_service().await;
         self.release_ip().await;
@@ -463,7 +535,12 @@ impl Workload {
 
     async fn kill_service(&mut self) {
         match &self.backend {
-            Backend::Process { .. } => signal_group(self.record.pgid, Signal::SIGKILL),
+            Backend::Process { .. } => {
+                signal_group(self.record.pgid, Signal::SIGKILL);
+                if let Some(cg) = self.cgroup() {
+                    cg.kill();
+                }
+            }
             Backend::Unit { systemd, unit } => {
                 let _ = systemd.kill(unit, Signal::SIGKILL as i32).await;
             }

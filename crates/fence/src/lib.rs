@@ -6,6 +6,7 @@
 //! ```text
 //! lease <deadline, CLOCK_MONOTONIC nanoseconds>
 //! groups <service>=<pgid> <service>=<pgid> …
+//! cgroups <service>=<cgroup v2 directory> …
 //! units <service>=<unit>/<main pid> <service>=<unit>/<main pid> …
 //! ips <service>=<interface>,<addr/prefix> …
 //! starting <service>=<unit or nothing>
@@ -17,7 +18,8 @@
 //! environment (and stops the unit, if any), so nothing the agent started escapes.
 //!
 //! When the deadline passes (agent paused, hung, partitioned) the fence SIGKILLs every
-//! listed process group, then asks systemd over D-Bus to SIGKILL and stop every listed
+//! listed process group and every listed cgroup (`cgroup.kill`: nothing a workload
+//! forked escapes, not even after `setsid()`), then asks systemd over D-Bus to SIGKILL and stop every listed
 //! unit (retrying every second until systemd confirms they are down), removes the
 //! services' floating addresses (`ip addr del`) so that the node stops answering for
 //! them, and appends a
@@ -100,6 +102,10 @@ struct Fence {
     unconfirmed_units: Vec<String>,
     /// Floating addresses of exclusive services: (interface, addr/prefix).
     ips: Vec<(String, String)>,
+    /// Cgroups of exclusive process workloads: (service, directory).
+    cgroups: Vec<(String, std::path::PathBuf)>,
+    /// Cgroups killed and not yet confirmed empty.
+    unconfirmed_cgroups: Vec<std::path::PathBuf>,
     /// Services the agent announced it is starting, not yet in a groups/units line:
     /// (service, unit or empty).
     starting: Vec<(String, String)>,
@@ -108,29 +114,7 @@ struct Fence {
 /// How long killed groups may take to disappear before the watchdog is left to fire.
 const CONFIRM_NS: u64 = 5_000_000_000;
 
-/// True while any non-zombie process belongs to process group `pgid`.
-#[must_use]
-pub fn group_alive(pgid: i32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            return false;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return false;
-        };
-        // Fields after the command name: state, ppid, pgrp, …
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            return false;
-        };
-        let mut f = rest.split_whitespace();
-        let state = f.next().unwrap_or("");
-        let pgrp = f.nth(1).and_then(|p| p.parse::<i32>().ok());
-        pgrp == Some(pgid) && state != "Z" && state != "X"
-    })
-}
+pub use quorate_cgroup::group_alive;
 
 /// Whether to keep petting the watchdog: yes, unless killed groups are still
 /// alive after [`CONFIRM_NS`].
@@ -153,6 +137,8 @@ impl Fence {
             units: Vec::new(),
             unconfirmed_units: Vec::new(),
             ips: Vec::new(),
+            cgroups: Vec::new(),
+            unconfirmed_cgroups: Vec::new(),
             starting: Vec::new(),
         }
     }
@@ -179,6 +165,15 @@ impl Fence {
                         let (_, rest) = w.split_once('=')?;
                         let (interface, address) = rest.split_once(',')?;
                         Some((interface.to_owned(), address.to_owned()))
+                    })
+                    .collect();
+            }
+            Some("cgroups") => {
+                self.cgroups = words
+                    .take(MAX_GROUPS)
+                    .filter_map(|w| {
+                        let (service, dir) = w.split_once('=')?;
+                        (!dir.is_empty()).then(|| (service.to_owned(), dir.into()))
                     })
                     .collect();
             }
@@ -219,6 +214,7 @@ impl Fence {
             && self.units.is_empty()
             && self.ips.is_empty()
             && self.starting.is_empty()
+            && self.cgroups.is_empty()
         {
             return;
         }
@@ -226,6 +222,11 @@ impl Fence {
             for pgid in &self.pgids {
                 let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
             }
+            for (_, dir) in &self.cgroups {
+                quorate_cgroup::kill_dir(dir);
+            }
+            self.unconfirmed_cgroups
+                .extend(self.cgroups.iter().map(|(_, d)| d.clone()));
             self.unconfirmed.extend_from_slice(&self.pgids);
             self.unconfirmed_since = mono_ns();
             self.unconfirmed_units
@@ -284,6 +285,19 @@ impl Fence {
         self.pgids.clear();
         self.units.clear();
         self.ips.clear();
+        self.cgroups.clear();
+    }
+
+    /// Nothing is listed and nothing killed waits for confirmation.
+    fn idle(&self) -> bool {
+        self.pgids.is_empty()
+            && self.units.is_empty()
+            && self.ips.is_empty()
+            && self.starting.is_empty()
+            && self.cgroups.is_empty()
+            && self.unconfirmed.is_empty()
+            && self.unconfirmed_units.is_empty()
+            && self.unconfirmed_cgroups.is_empty()
     }
 }
 
@@ -395,11 +409,28 @@ pub fn run(node: &str, watchdog: Option<&std::path::Path>) -> i32 {
         if !fence.unconfirmed.is_empty() {
             fence.unconfirmed.retain(|g| group_alive(*g));
         }
+        if !fence.unconfirmed_cgroups.is_empty() {
+            // Killed again until empty (a fork in flight can land after cgroup.kill),
+            // then removed.
+            fence.unconfirmed_cgroups.retain(|dir| {
+                let Some(cg) = quorate_cgroup::Cgroup::open(dir) else {
+                    return false;
+                };
+                if cg.is_empty() {
+                    cg.remove();
+                    return false;
+                }
+                cg.kill();
+                true
+            });
+        }
         if !fence.unconfirmed_units.is_empty() {
             fence.unconfirmed_units = stop_units(std::mem::take(&mut fence.unconfirmed_units));
         }
         if let Some(dog) = dog.as_mut() {
-            let unconfirmed = !fence.unconfirmed.is_empty() || !fence.unconfirmed_units.is_empty();
+            let unconfirmed = !fence.unconfirmed.is_empty()
+                || !fence.unconfirmed_units.is_empty()
+                || !fence.unconfirmed_cgroups.is_empty();
             let petting = keep_petting(unconfirmed, fence.unconfirmed_since, now);
             if petting && now.saturating_sub(last_pet) >= 1_000_000_000 {
                 let _ = dog.write_all(b"1").and_then(|()| dog.flush());
@@ -410,13 +441,7 @@ pub fn run(node: &str, watchdog: Option<&std::path::Path>) -> i32 {
             }
         }
         if agent_gone {
-            if fence.pgids.is_empty()
-                && fence.units.is_empty()
-                && fence.ips.is_empty()
-                && fence.starting.is_empty()
-                && fence.unconfirmed.is_empty()
-                && fence.unconfirmed_units.is_empty()
-            {
+            if fence.idle() {
                 // A clean end: disarm the watchdog (the magic close).
                 if let Some(dog) = dog.as_mut() {
                     let _ = dog.write_all(b"V");

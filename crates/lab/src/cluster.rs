@@ -60,24 +60,41 @@ pub fn kill_fence_and_workloads(data_dir: &Path) {
     let fence: Option<i32> = std::fs::read_to_string(data_dir.join("fence.pid"))
         .ok()
         .and_then(|p| p.trim().parse().ok());
-    let groups: Vec<i32> = std::fs::read(data_dir.join("workloads.json"))
+    let records: Vec<serde_json::Value> = std::fs::read(data_dir.join("workloads.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| {
-            v.as_array().map(|a| {
-                a.iter()
-                    .filter_map(|r| r["pgid"].as_i64().and_then(|p| i32::try_from(p).ok()))
-                    .collect()
-            })
-        })
+        .and_then(|v| v.as_array().cloned())
         .unwrap_or_default();
     if let Some(f) = fence.filter(|f| *f > 1) {
         let _ = kill(Pid::from_raw(f), Signal::SIGKILL);
     }
     // Never group 0 or 1 (ours, or everything): units have no group of ours.
-    for g in groups.into_iter().filter(|g| *g > 1) {
-        let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+    for r in &records {
+        if let Some(g) = r["pgid"].as_i64().and_then(|p| i32::try_from(p).ok()) {
+            if g > 1 {
+                let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+            }
+        }
     }
+    // Their cgroups: everything in them dies, and the directories go (a power loss
+    // leaves no cgroup behind either).
+    for dir in records.iter().filter_map(|r| r["cgroup"].as_str()).map(Path::new) {
+        kill_cgroup(dir);
+    }
+}
+
+/// SIGKILLs everything in a cgroup v2 directory and removes it (the lab's own few
+/// lines, independent of the agent's code).
+pub fn kill_cgroup(dir: &Path) {
+    for _ in 0..200 {
+        let _ = std::fs::write(dir.join("cgroup.kill"), b"1");
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if procs.trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Node `name`'s data dir in a cluster work dir: `<dir>/d/<name>`.
