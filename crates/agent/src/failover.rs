@@ -398,6 +398,16 @@ impl Node {
                                     continue;
                                 }
                             }
+                            // A renamed service is the same workload: the new name waits
+                            // until the old one is gone (its stop confirmed, removed).
+                            if let Some(old) = spec.services.get(service).and_then(|s| s.renamed_from.as_ref()) {
+                                let old_live = st.placements.contains_key(old)
+                                    || st.observed.get(old).is_some_and(|o| o.may_run() && states.get(&o.node) != Some(&NodeState::Down));
+                                if old_live {
+                                    tracing::debug!(service, old = %old, "waiting for the old name to stop before starting the renamed service");
+                                    continue;
+                                }
+                            }
                             let elsewhere = st.observed.get(service).filter(|o| o.node != *new && o.may_run() && states.get(&o.node) != Some(&NodeState::Down));
                             if let Some(o) = elsewhere {
                                 tracing::debug!(service, holder = %o.node, "waiting for the previous holder to stop before placing");
@@ -418,10 +428,29 @@ impl Node {
                         }
                     }
                 }
-                // Services no longer in the spec.
+                // Services no longer in the spec: a stop order to the holder, then, once
+                // it is confirmed (or the holder is down), the removal.
                 for (service, a) in &st.placements {
-                    if !spec.services.contains_key(service) {
-                        changes.insert(service.clone(), (None, format!("removed from the spec (was on {})", a.node.as_deref().unwrap_or("no node"))));
+                    if spec.services.contains_key(service) {
+                        continue;
+                    }
+                    match (&a.node, &a.stopping) {
+                        (Some(holder), _) => {
+                            changes.insert(service.clone(), (None, format!("removed from the spec: stopping on {holder}")));
+                        }
+                        (None, Some((holder, epoch))) => {
+                            let confirmed = states.get(holder) == Some(&NodeState::Down)
+                                || st.observed.get(service).is_some_and(|o| o.node == *holder && !o.may_run() && o.epoch >= *epoch);
+                            if confirmed {
+                                changes.insert(service.clone(), (None, format!("removed from the spec (stopped on {holder})")));
+                            }
+                        }
+                        (None, None) => {
+                            let live = st.observed.get(service).is_some_and(|o| o.may_run() && states.get(&o.node) != Some(&NodeState::Down));
+                            if !live {
+                                changes.insert(service.clone(), (None, "removed from the spec".to_owned()));
+                            }
+                        }
                     }
                 }
                 for node in &needs_fence {

@@ -440,7 +440,12 @@ impl ClusterState {
             let epoch = self.next_epoch;
             self.next_epoch += 1;
             let previous = self.placements.get(service).and_then(|a| a.node.clone());
+            // A service no longer in the spec leaves like a move: a stop order to its
+            // holder first; the leader removes it only once that stop is confirmed
+            // (or the holder is down), so neither a re-added service of the same name
+            // nor a renamed one can start while the old instance still runs.
             if node.is_none()
+                && previous.is_none()
                 && !self
                     .applied
                     .as_ref()
@@ -540,6 +545,41 @@ mod tests {
         assert_eq!(st.placements["web"].stopping, Some(order));
         place(&mut st, Some("n2"), "moved");
         assert_eq!(st.placements["web"].stopping, None);
+    }
+
+    #[test]
+    fn a_removed_service_first_gets_a_stop_order_then_goes() {
+        let text = "[cluster]\nname = \"lab\"\n[nodes.n1]\naddress = \"127.0.0.1\"\n[nodes.n2]\naddress = \"127.0.0.2\"\n[nodes.n3]\naddress = \"127.0.0.3\"\n";
+        let s = quorate_spec::check(text, quorate_spec::Format::Toml)
+            .spec
+            .unwrap();
+        let l = lock(&s);
+        let mut st = ClusterState::default();
+        st.apply(&Command::Bootstrap {
+            spec: Box::new(s),
+            lock: Box::new(l),
+            by: "n1".into(),
+            at_ms: 0,
+        });
+        // `web` ran on n1 and is not in the applied spec any more.
+        st.placements.insert(
+            "web".into(),
+            Assignment {
+                node: Some("n1".into()),
+                epoch: 0,
+                reason: "placed".into(),
+                stopping: None,
+            },
+        );
+        let gone: BTreeMap<String, (Option<String>, String)> =
+            [("web".to_owned(), (None, "removed from the spec".to_owned()))].into();
+        st.place(&gone, "n2", 1);
+        let a = &st.placements["web"];
+        assert_eq!(a.node, None);
+        assert_eq!(a.stopping.as_ref().map(|(n, _)| n.as_str()), Some("n1"));
+        // The leader sends the removal again once n1 confirmed: now it goes.
+        st.place(&gone, "n2", 2);
+        assert!(!st.placements.contains_key("web"));
     }
 
     #[test]
