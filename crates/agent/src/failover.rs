@@ -76,8 +76,10 @@ impl Node {
     /// The lease TTL of the applied spec (the local file's before bootstrap). Used for
     /// round-trip budgets; grants and expiries take theirs from the applied spec.
     fn lease_ttl(&self) -> Duration {
-        self.applied_timings()
-            .map_or_else(|| self.local.spec.cluster.timings.lease_ttl.get(), |t| t.lease_ttl.get())
+        self.applied_timings().map_or_else(
+            || self.local.spec.cluster.timings.lease_ttl.get(),
+            |t| t.lease_ttl.get(),
+        )
     }
 
     /// The applied spec's timings, once there is one.

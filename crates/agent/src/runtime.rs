@@ -989,7 +989,10 @@ impl Runtime {
                 }
                 tracing::info!(service = %name, "stopped (confirmed)");
                 // A failure (health check, restart budget) stays the reported state.
-                if !matches!(changes.get(&name).map(String::as_str), Some("failed" | "restarting")) {
+                if !matches!(
+                    changes.get(&name).map(String::as_str),
+                    Some("failed" | "restarting")
+                ) {
                     changes.insert(name, "stopped".into());
                 }
             } else {

@@ -63,7 +63,13 @@ impl std::error::Error for Unavailable {}
 
 fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -73,7 +79,8 @@ impl Cgroup {
     /// # Errors
     /// No cgroup v2 hierarchy, or it is not writable here.
     pub fn create(node: &str, service: &str) -> Result<Self, Unavailable> {
-        let parent = own_dir().ok_or_else(|| Unavailable("no cgroup v2 hierarchy is mounted".into()))?;
+        let parent =
+            own_dir().ok_or_else(|| Unavailable("no cgroup v2 hierarchy is mounted".into()))?;
         Self::create_in(&parent, node, service)
     }
 
@@ -268,8 +275,15 @@ mod tests {
             return;
         };
         let mut argv = cg.exec_prefix();
-        argv.extend(["/bin/sh".into(), "-c".into(), "setsid sleep 300 & sleep 300".into()]);
-        let mut child = std::process::Command::new(&argv[0]).args(&argv[1..]).spawn().unwrap();
+        argv.extend([
+            "/bin/sh".into(),
+            "-c".into(),
+            "setsid sleep 300 & sleep 300".into(),
+        ]);
+        let mut child = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .spawn()
+            .unwrap();
         let mut pids = Vec::new();
         for _ in 0..200 {
             pids = cg.pids();
@@ -278,8 +292,14 @@ mod tests {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert!(pids.len() >= 3, "the shell, its child and the escaped child are inside: {pids:?}");
-        assert!(pids.contains(&i32::try_from(child.id()).unwrap()), "the pid stayed the workload's");
+        assert!(
+            pids.len() >= 3,
+            "the shell, its child and the escaped child are inside: {pids:?}"
+        );
+        assert!(
+            pids.contains(&i32::try_from(child.id()).unwrap()),
+            "the pid stayed the workload's"
+        );
         cg.kill();
         child.wait().unwrap();
         for _ in 0..200 {

@@ -300,9 +300,10 @@ pub struct DemoOptions {
 /// with `--port`, answers HTTP with the node it runs on.
 pub fn demo(options: &DemoOptions) -> Exit {
     let node = std::env::var("QUORATE_NODE").unwrap_or_else(|_| "?".into());
-    let service = options.witness_as.clone().unwrap_or_else(|| {
-        std::env::var("QUORATE_SERVICE").unwrap_or_else(|_| "demo".into())
-    });
+    let service = options
+        .witness_as
+        .clone()
+        .unwrap_or_else(|| std::env::var("QUORATE_SERVICE").unwrap_or_else(|_| "demo".into()));
     let address = options.bind.clone().unwrap_or_else(|| {
         std::env::var("QUORATE_NODE_ADDRESS").unwrap_or_else(|_| "127.0.0.1".into())
     });
@@ -318,7 +319,13 @@ pub fn demo(options: &DemoOptions) -> Exit {
         let mut child = std::process::Command::new("setsid");
         child
             .arg(std::env::current_exe().unwrap_or_else(|_| "quorate".into()))
-            .args(["demo", "--escaped-from", &pid.to_string(), "--witness-as", &service])
+            .args([
+                "demo",
+                "--escaped-from",
+                &pid.to_string(),
+                "--witness-as",
+                &service,
+            ])
             .stdin(std::process::Stdio::null());
         if let Err(e) = child.spawn() {
             eprintln!("demo {service}: cannot start the escaping child: {e}");

@@ -50,7 +50,13 @@ fn a_workload_that_ignores_sigterm_stays_fenced_while_it_stops() {
     let leader = c.start_all();
     let host = c.wait_running_elsewhere(&leader, "stubborn", None);
     let target = other_than(&c.names, &[&host]).to_owned();
-    c.ok(&["move", "stubborn", &target, "--data-dir", c.data_dir(&leader).to_str().unwrap()]);
+    c.ok(&[
+        "move",
+        "stubborn",
+        &target,
+        "--data-dir",
+        c.data_dir(&leader).to_str().unwrap(),
+    ]);
     c.wait_for(
         "the host to start stopping stubborn",
         Duration::from_secs(20),
@@ -68,18 +74,26 @@ fn a_workload_that_ignores_sigterm_stays_fenced_while_it_stops() {
 /// stopped completely (its cgroup), and fenced completely.
 #[test]
 fn a_setsid_child_cannot_outlive_a_stop_or_a_fence() {
-    let mut c = TestCluster::with_services(3, &adversary("escaper", &["--escape"], "stop_timeout = \"2s\""));
+    let mut c = TestCluster::with_services(
+        3,
+        &adversary("escaper", &["--escape"], "stop_timeout = \"2s\""),
+    );
     let leader = c.start_all();
     let host = c.wait_running_elsewhere(&leader, "escaper", None);
-    let target = other_than(&c.names, &[&host]).to_owned();
-    c.ok(&["move", "escaper", &target, "--data-dir", c.data_dir(&leader).to_str().unwrap()]);
+    // Not the leader: its agent is paused below, and the leader must stay to judge.
+    let target = other_than(&c.names, &[&host, &leader]).to_owned();
+    c.ok(&[
+        "move",
+        "escaper",
+        &target,
+        "--data-dir",
+        c.data_dir(&leader).to_str().unwrap(),
+    ]);
     let second = c.wait_running_elsewhere(&leader, "escaper", Some(&host));
     std::thread::sleep(Duration::from_millis(500));
     assert_never_twice(&c);
     // Now its agent pauses: the fence must take the escaped child too.
-    if second == leader {
-        return;
-    }
+    assert_eq!(second, target);
     c.signal(&second, "-STOP");
     c.wait_running_elsewhere(&leader, "escaper", Some(&second));
     std::thread::sleep(Duration::from_millis(500));
@@ -92,7 +106,10 @@ fn a_setsid_child_cannot_outlive_a_stop_or_a_fence() {
 /// 1.5 s, before the leader restarts its service elsewhere.
 #[test]
 fn a_node_with_a_longer_local_lease_ttl_is_fenced_at_the_clusters() {
-    let mut c = TestCluster::with_services(3, &adversary("db", &[], "prefer = [\"n3\"]\nstop_timeout = \"2s\""));
+    let mut c = TestCluster::with_services(
+        3,
+        &adversary("db", &[], "prefer = [\"n3\"]\nstop_timeout = \"2s\""),
+    );
     let spec = std::fs::read_to_string(c.path().join("quorate.toml")).unwrap();
     let long = spec.replacen(
         "name = \"test\"",
@@ -124,7 +141,11 @@ fn a_node_with_a_longer_local_lease_ttl_is_fenced_at_the_clusters() {
 fn a_renamed_service_starts_only_after_the_old_name_stopped() {
     let mut c = TestCluster::with_services(
         3,
-        &adversary("old", &["--witness-as", "db", "--stop-delay", "3s"], "prefer = [\"n1\"]\nstop_timeout = \"20s\""),
+        &adversary(
+            "old",
+            &["--witness-as", "db", "--stop-delay", "3s"],
+            "prefer = [\"n1\"]\nstop_timeout = \"20s\"",
+        ),
     );
     let leader = c.start_all();
     c.wait_for("old to run on n1", Duration::from_secs(30), || {
@@ -146,7 +167,11 @@ fn a_renamed_service_starts_only_after_the_old_name_stopped() {
 /// another node, does not run twice.
 #[test]
 fn a_removed_service_is_gone_before_it_can_come_back() {
-    let slow = adversary("db", &["--stop-delay", "3s"], "prefer = [\"n1\"]\nstop_timeout = \"20s\"");
+    let slow = adversary(
+        "db",
+        &["--stop-delay", "3s"],
+        "prefer = [\"n1\"]\nstop_timeout = \"20s\"",
+    );
     let mut c = TestCluster::with_services(3, &slow);
     let leader = c.start_all();
     c.wait_for("db to run on n1", Duration::from_secs(30), || {
@@ -158,10 +183,19 @@ fn a_removed_service_is_gone_before_it_can_come_back() {
     let dd = c.data_dir(&leader);
     std::fs::write(&path, &without_db).unwrap();
     c.ok(&["lock"]);
-    let o = c.run(&["apply", "--allow-destructive", "--data-dir", dd.to_str().unwrap()]);
+    let o = c.run(&[
+        "apply",
+        "--allow-destructive",
+        "--data-dir",
+        dd.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::thread::sleep(Duration::from_millis(300));
-    std::fs::write(&path, with_db.replace("prefer = [\"n1\"]", "prefer = [\"n2\"]")).unwrap();
+    std::fs::write(
+        &path,
+        with_db.replace("prefer = [\"n1\"]", "prefer = [\"n2\"]"),
+    )
+    .unwrap();
     c.ok(&["lock"]);
     c.ok(&["apply", "--data-dir", dd.to_str().unwrap()]);
     c.wait_running_elsewhere(&leader, "db", Some("n1"));

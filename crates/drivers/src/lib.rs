@@ -363,7 +363,11 @@ impl Workload {
             .and_then(quorate_cgroup::Cgroup::open)
             .is_some_and(|cg| !cg.is_empty());
         if !pid_alive(record.pid) && !cgroup_busy && !quorate_cgroup::group_alive(record.pgid) {
-            if let Some(cg) = record.cgroup.as_deref().and_then(quorate_cgroup::Cgroup::open) {
+            if let Some(cg) = record
+                .cgroup
+                .as_deref()
+                .and_then(quorate_cgroup::Cgroup::open)
+            {
                 cg.remove();
             }
             return None;

@@ -93,15 +93,13 @@ pub fn runs_of(text: &str) -> Vec<Run> {
     judge_journal(text).runs
 }
 
-type EndedRuns = BTreeMap<(String, i64), (String, u64, String)>;
+/// Ended runs by (node, pid): (index in the ended list, what ended it).
+type EndedRuns = BTreeMap<(String, i64), (usize, String)>;
 
 /// Ends `run` at `t` (by the record kind `why`) and remembers it, so that a later
-/// record of the same workload shows it never ended.
+/// record of the same workload can be judged.
 fn end_run(mut run: Run, t: u64, why: &str, done: &mut Vec<Run>, ended: &mut EndedRuns) {
-    ended.insert(
-        (run.node.clone(), run.pid),
-        (run.service.clone(), t, why.to_owned()),
-    );
+    ended.insert((run.node.clone(), run.pid), (done.len(), why.to_owned()));
     run.end = Some(t);
     done.push(run);
 }
@@ -112,7 +110,7 @@ pub fn judge_journal(text: &str) -> Journal {
     let mut open: BTreeMap<(String, i64), Run> = BTreeMap::new();
     // Ended runs by (node, pid): (service, end time, what ended it).
     let mut ended = EndedRuns::new();
-    let mut done = Vec::new();
+    let mut done: Vec<Run> = Vec::new();
     let mut problems = Vec::new();
     let mut records = 0usize;
     for (i, line) in text.lines().enumerate() {
@@ -134,7 +132,10 @@ pub fn judge_journal(text: &str) -> Journal {
             continue;
         };
         records += 1;
-        if node == "?" || node.is_empty() || (kind != "poweroff" && (service == "?" || service == "-")) {
+        if node == "?"
+            || node.is_empty()
+            || (kind != "poweroff" && (service == "?" || service == "-"))
+        {
             problems.push(format!(
                 "line {n} has no node or service identity (QUORATE_NODE/QUORATE_SERVICE missing?): {line:?}"
             ));
@@ -162,10 +163,23 @@ pub fn judge_journal(text: &str) -> Journal {
                 );
             }
             "alive" | "stop" => {
-                if let Some((svc, at, why)) = ended.get(&key).filter(|(_, at, _)| t > *at) {
-                    problems.push(format!(
-                        "line {n}: {svc} on {node} (pid {pid}) wrote `{kind}` at {t}, after its run was ended by `{why}` at {at}: it never ended"
-                    ));
+                if let Some((index, why)) = ended.get(&key) {
+                    let run = &mut done[*index];
+                    let at = run.end.unwrap_or(0);
+                    if t > at {
+                        if why == "stop" {
+                            // The workload's own `stop` is its leader's word: what it
+                            // forked may live on, and the run lasts as long as it does.
+                            run.end = Some(t);
+                        } else {
+                            // `exit`, `fence` and `poweroff` are the system's word that
+                            // nothing of it runs any more: a record after them is a lie.
+                            problems.push(format!(
+                                "line {n}: {} on {node} (pid {pid}) wrote `{kind}` at {t}, after its run was ended by `{why}` at {at}: it never ended",
+                                run.service
+                            ));
+                        }
+                    }
                 }
                 if kind == "stop" {
                     if let Some(run) = open.remove(&key) {
@@ -204,7 +218,9 @@ pub fn judge_journal(text: &str) -> Journal {
         }
     }
     if records == 0 {
-        problems.push("the journal is empty: nothing was witnessed, so nothing can be judged".to_owned());
+        problems.push(
+            "the journal is empty: nothing was witnessed, so nothing can be judged".to_owned(),
+        );
     }
     done.extend(open.into_values());
     done.sort_by_key(|r| r.start);
@@ -432,6 +448,14 @@ mod tests {
         // Its own stop after a poweroff is as bad.
         let j = judge_journal("start 10 n1 web 100\npoweroff 15 n1 - 0\nstop 20 n1 web 100\n");
         assert_eq!(j.problems.len(), 1, "{:?}", j.problems);
+        // After its own stop, what it forked may live on: the run lasts until then,
+        // and overlaps a copy started meanwhile.
+        let j = judge_journal(
+            "start 10 n1 web 100\nstop 15 n1 web 100\nstart 18 n2 web 200\nalive 20 n1 web 100\n",
+        );
+        assert!(j.problems.is_empty(), "{:?}", j.problems);
+        assert_eq!(j.runs[0].end, Some(20));
+        assert_eq!(double_runs(&j.runs).len(), 1);
         // A record written before the end is fine.
         let j = judge_journal("start 10 n1 web 100\nalive 14 n1 web 100\nexit 15 n1 web 100\n");
         assert!(j.problems.is_empty(), "{:?}", j.problems);
@@ -451,7 +475,11 @@ mod tests {
         assert_eq!(judge_journal("").problems.len(), 1);
         assert!(judge_journal("junk line\n").problems[0].contains("not a witness record"));
         let j = judge_journal("start 10 ? web 100\n");
-        assert!(j.problems.iter().any(|p| p.contains("identity")), "{:?}", j.problems);
+        assert!(
+            j.problems.iter().any(|p| p.contains("identity")),
+            "{:?}",
+            j.problems
+        );
         assert!(j.runs.is_empty());
         let j = judge_journal("start 10 n1 web 100\nbogus 11 n1 web 100\n");
         assert!(j.problems.iter().any(|p| p.contains("unknown record kind")));
@@ -460,7 +488,11 @@ mod tests {
     #[test]
     fn a_pid_starting_again_while_its_run_is_open_is_a_problem() {
         let j = judge_journal("start 10 n1 web 100\nstart 20 n1 db 100\n");
-        assert!(j.problems.iter().any(|p| p.contains("never ended")), "{:?}", j.problems);
+        assert!(
+            j.problems.iter().any(|p| p.contains("never ended")),
+            "{:?}",
+            j.problems
+        );
     }
 
     fn op(t: u64, node: Option<&str>, acked: bool) -> Operation {

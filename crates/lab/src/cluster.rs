@@ -78,7 +78,11 @@ pub fn kill_fence_and_workloads(data_dir: &Path) {
     }
     // Their cgroups: everything in them dies, and the directories go (a power loss
     // leaves no cgroup behind either).
-    for dir in records.iter().filter_map(|r| r["cgroup"].as_str()).map(Path::new) {
+    for dir in records
+        .iter()
+        .filter_map(|r| r["cgroup"].as_str())
+        .map(Path::new)
+    {
         kill_cgroup(dir);
     }
 }

@@ -179,7 +179,9 @@ impl TestCluster {
             .args([
                 "agent",
                 "--spec",
-                self.spec_of.get(name).map_or("quorate.toml", String::as_str),
+                self.spec_of
+                    .get(name)
+                    .map_or("quorate.toml", String::as_str),
                 "--node",
                 name,
                 "--data-dir",
