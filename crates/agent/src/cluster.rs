@@ -451,7 +451,7 @@ impl Node {
     pub async fn refresh_applied(&self) {
         let timings = self
             .consensus
-            .with_state(|st| st.applied.as_ref().map(|a| a.spec.cluster.timings.clone()))
+            .with_state(|st| st.applied.as_ref().map(|a| a.spec.cluster.timings))
             .await;
         if let Ok(mut t) = self.applied_timings.lock() {
             *t = timings;

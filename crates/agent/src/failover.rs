@@ -84,7 +84,7 @@ impl Node {
 
     /// The applied spec's timings, once there is one.
     fn applied_timings(&self) -> Option<quorate_spec::Timings> {
-        self.applied_timings.lock().ok().and_then(|t| t.clone())
+        self.applied_timings.lock().ok().and_then(|t| *t)
     }
 
     /// On the leader: acknowledges a renewal from `node` once a majority confirms this

@@ -172,7 +172,7 @@ fn validate(dir: &Path, tag: &str) -> usize {
 #[test]
 fn the_homelab_example_passes_drbdadm_on_every_drbd_node() {
     if let Some(why) = unavailable() {
-        eprintln!("SKIPPED: {why}");
+        support::skip(&why);
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -187,7 +187,7 @@ fn the_homelab_example_passes_drbdadm_on_every_drbd_node() {
 #[test]
 fn random_specs_pass_drbdadm_and_numbers_never_collide() {
     if let Some(why) = unavailable() {
-        eprintln!("SKIPPED: {why}");
+        support::skip(&why);
         return;
     }
     let mut rng = fastrand::Rng::with_seed(42);

@@ -26,7 +26,7 @@ fn answer(cluster: &TestCluster, lab: &NetLab, expected: &str) {
 #[test]
 fn a_floating_ip_moves_with_its_service_and_answers_on_the_new_node() {
     if let Some(why) = netns::unavailable() {
-        eprintln!("SKIPPED: network namespaces unavailable: {why}");
+        support::skip(&format!("network namespaces unavailable: {why}"));
         return;
     }
     let lab = NetLab::new("qtip", 3).unwrap();

@@ -35,11 +35,11 @@ fn wait(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 #[test]
 fn a_gluster_volume_follows_its_service_and_keeps_every_acknowledged_write() {
     if let Some(why) = netns::unavailable() {
-        eprintln!("SKIPPED: the lab needs network namespaces: {why}");
+        support::skip(&format!("the lab needs network namespaces: {why}"));
         return;
     }
     if Command::new("glusterd").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: glusterd is not installed (apt-get install glusterfs-server glusterfs-client; scripts/test.sh does this)");
+        support::skip("glusterd is not installed (apt-get install glusterfs-server glusterfs-client; scripts/test.sh does this)");
         return;
     }
     let writer = "i=$(cat @DIR@/media/data 2>/dev/null | wc -l); while :; do i=$((i+1)); echo $i >> @DIR@/media/data && sync @DIR@/media/data && echo $i >> @DIR@/acks; sleep 0.1; done";

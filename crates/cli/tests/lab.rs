@@ -98,7 +98,7 @@ fn fault_budget() -> usize {
 #[test]
 fn randomized_faults_on_three_nodes_never_violate_the_invariants() {
     if let Some(why) = netns::unavailable() {
-        eprintln!("SKIPPED: the lab needs network namespaces: {why}");
+        support::skip(&format!("the lab needs network namespaces: {why}"));
         return;
     }
     run_random(3, fault_budget() * 6 / 10, 3, "qlt3");
@@ -107,7 +107,7 @@ fn randomized_faults_on_three_nodes_never_violate_the_invariants() {
 #[test]
 fn randomized_faults_on_five_nodes_never_violate_the_invariants() {
     if let Some(why) = netns::unavailable() {
-        eprintln!("SKIPPED: the lab needs network namespaces: {why}");
+        support::skip(&format!("the lab needs network namespaces: {why}"));
         return;
     }
     run_random(5, fault_budget() * 4 / 10, 5, "qlt5");
@@ -118,7 +118,7 @@ fn randomized_faults_on_five_nodes_never_violate_the_invariants() {
 #[test]
 fn without_fencing_the_checker_catches_the_double_run() {
     if let Some(why) = netns::unavailable() {
-        eprintln!("SKIPPED: the lab needs network namespaces: {why}");
+        support::skip(&format!("the lab needs network namespaces: {why}"));
         return;
     }
     let mut opts = options(3, 1, "qltu");
@@ -150,7 +150,7 @@ fn without_fencing_the_checker_catches_the_double_run() {
 #[test]
 fn teardown_after_a_failing_test_leaves_nothing_behind() {
     if let Some(why) = netns::unavailable() {
-        eprintln!("SKIPPED: the lab needs network namespaces: {why}");
+        support::skip(&format!("the lab needs network namespaces: {why}"));
         return;
     }
     let dir = std::sync::Arc::new(std::sync::Mutex::new(None));

@@ -34,7 +34,7 @@ fn active_on(nodes: &[(String, SystemdContainer)], unit: &str) -> Vec<String> {
 #[test]
 fn systemd_and_nspawn_units_start_move_and_fail_over_through_dbus() {
     if let Some(why) = container::unavailable() {
-        eprintln!("SKIPPED: cannot boot systemd containers: {why}");
+        support::skip(&format!("cannot boot systemd containers: {why}"));
         return;
     }
     let services = "\n[services.web]\nkind = \"systemd\"\nunit = \"quorate-witness.service\"\nprefer = [\"n1\"]\n\n[services.hass]\nkind = \"nspawn\"\ncontainer = \"hass\"\nprefer = [\"n2\"]\nanti_affinity = [\"web\"]\n";

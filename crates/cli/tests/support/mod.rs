@@ -26,6 +26,19 @@ pub fn processes_with_env(var: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Environment switch under which a test that would skip fails instead (set by
+/// scripts/test.sh when it runs as root, as CI does: there everything is installed).
+pub const NO_SKIP: &str = "QUORATE_TEST_NO_SKIP";
+
+/// Says loudly that a test skips, or fails it under [`NO_SKIP`]`=1`.
+pub fn skip(why: &str) {
+    assert!(
+        std::env::var(NO_SKIP).map_or(true, |v| v != "1"),
+        "{NO_SKIP}=1 and this test would skip: {why}"
+    );
+    eprintln!("SKIPPED: {why}");
+}
+
 /// A free TCP port on loopback (for `network.port`; each test gets its own).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
