@@ -440,7 +440,7 @@ impl Node {
             Ok(CommandResult::None | CommandResult::Recorded) => refused(1, "unexpected empty result from the state machine"),
             Err(WriteError::NotLeader { leader }) => refused(
                 4,
-                format!("leadership moved to {} while applying; nothing was changed\n  help: retry", leader.map_or_else(|| "another node".to_string(), |(_, p)| p.name)),
+                format!("leadership moved to {} before applying; nothing was changed\n  help: retry", leader.map_or_else(|| "another node".to_string(), |(_, p)| p.name)),
             ),
             Err(e @ WriteError::NoQuorum(_)) => refused(4, format!("{e}\n  help: a majority of voters must be up and connected; check `quorate status`")),
             Err(e) => refused(4, e.to_string()),

@@ -27,7 +27,7 @@ use crate::Node;
 /// the workloads it finds still run under a valid lease.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct LeaseFile {
-    /// CLOCK_MONOTONIC deadline in ns (valid across processes until reboot).
+    /// CLOCK_BOOTTIME deadline in ns (valid across processes until reboot).
     deadline_ns: u64,
     /// Boot id: a deadline from another boot means nothing.
     boot_id: String,

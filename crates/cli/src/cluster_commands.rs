@@ -296,7 +296,7 @@ pub struct DemoOptions {
 }
 
 /// `quorate demo`: a witness workload for the sandbox and the tests. It appends
-/// `start`/`alive`/`stop` records (CLOCK_MONOTONIC) to `QUORATE_WITNESS_JOURNAL` and,
+/// `start`/`alive`/`stop` records (CLOCK_BOOTTIME) to `QUORATE_WITNESS_JOURNAL` and,
 /// with `--port`, answers HTTP with the node it runs on.
 pub fn demo(options: &DemoOptions) -> Exit {
     let node = std::env::var("QUORATE_NODE").unwrap_or_else(|_| "?".into());

@@ -73,6 +73,10 @@ pub enum WriteError {
     /// No majority answered: nothing was proposed.
     #[error("no quorum: a majority of voters did not answer within {0:?}; nothing was changed")]
     NoQuorum(Duration),
+    /// The change was proposed but its commit was not confirmed (timeout, or the
+    /// leadership moved meanwhile): it may still take effect.
+    #[error("the change was proposed but its commit was not confirmed ({0}); it may still take effect: check `quorate status` before retrying")]
+    Uncertain(String),
     /// Raft stopped.
     #[error("raft stopped: {0}")]
     Fatal(String),
@@ -258,15 +262,21 @@ impl Consensus {
         timeout: Duration,
     ) -> Result<CommandResult, WriteError> {
         self.confirm_leadership(timeout).await?;
+        // From here on the entry may be in the log: a failure does not mean that
+        // nothing changed.
         match tokio::time::timeout(timeout, self.raft.client_write(command)).await {
             Ok(Ok(r)) => Ok(r.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(WriteError::NotLeader {
-                    leader: self.leader(),
-                })
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(WriteError::Uncertain(format!(
+                    "the leadership moved to {}",
+                    f.leader_node
+                        .map_or_else(|| "another node".to_owned(), |n| n.name)
+                )))
             }
             Ok(Err(e)) => Err(WriteError::Fatal(e.to_string())),
-            Err(_) => Err(WriteError::NoQuorum(timeout)),
+            Err(_) => Err(WriteError::Uncertain(format!(
+                "no majority confirmed it within {timeout:?}"
+            ))),
         }
     }
 

@@ -4,7 +4,7 @@
 //! renewal and every change of what runs:
 //!
 //! ```text
-//! lease <deadline, CLOCK_MONOTONIC nanoseconds>
+//! lease <deadline, CLOCK_BOOTTIME nanoseconds>
 //! groups <service>=<pgid> <service>=<pgid> …
 //! cgroups <service>=<cgroup v2 directory> …
 //! units <service>=<unit>/<main pid> <service>=<unit>/<main pid> …
@@ -55,10 +55,14 @@ pub const WITNESS_JOURNAL: &str = "QUORATE_WITNESS_JOURNAL";
 /// Most workloads one node fences (more are ignored, with a warning).
 pub const MAX_GROUPS: usize = 4096;
 
-/// CLOCK_MONOTONIC now, in nanoseconds (shared by every process on the machine).
+/// CLOCK_BOOTTIME now, in nanoseconds (shared by every process on the machine).
+///
+/// Not CLOCK_MONOTONIC: that one stops while the machine is suspended, so a node
+/// waking from suspend would find its lease deadline still ahead although the leader
+/// expired it long ago. CLOCK_BOOTTIME counts the suspended time too.
 #[must_use]
 pub fn mono_ns() -> u64 {
-    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+    clock_gettime(ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
         u64::try_from(t.tv_sec())
             .unwrap_or(0)
             .saturating_mul(1_000_000_000)

@@ -160,7 +160,7 @@ pub fn failover(
     Ok(json!({
         "bench": "lab failover",
         "nodes": options.nodes,
-        "note": "ms from the fault (CLOCK_MONOTONIC) to the witness's `start` record on another node; default timings (heartbeat 100ms, election 1s, lease 1.5s + 500ms drift margin)",
+        "note": "ms from the fault (CLOCK_BOOTTIME) to the witness's `start` record on another node; default timings (heartbeat 100ms, election 1s, lease 1.5s + 500ms drift margin)",
         "formation_ms": stats(formation),
         "failover_ms": results,
         "planned_move_ms": stats(moves),

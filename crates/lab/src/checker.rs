@@ -3,7 +3,7 @@
 //!
 //! The witness journal is one host file that every workload, fence process and agent
 //! appends to (O_APPEND), one record per line:
-//! `<kind> <CLOCK_MONOTONIC ns> <node> <service> <pid>` with kind `start`, `alive`,
+//! `<kind> <CLOCK_BOOTTIME ns> <node> <service> <pid>` with kind `start`, `alive`,
 //! `stop` (the workload), `exit` (its agent saw it end), `fence` (the fence process
 //! killed it — a SIGKILLed workload cannot log its own stop) and `poweroff` (the lab cut
 //! the node's power: everything on it ended).
@@ -22,10 +22,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// CLOCK_MONOTONIC now, ns (the clock the workloads and fences write).
+/// CLOCK_BOOTTIME now, ns (the clock the workloads and fences write).
 #[must_use]
 pub fn mono_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
         u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
             + u64::try_from(t.tv_nsec()).unwrap_or(0)
     })
@@ -270,7 +270,7 @@ pub fn violations(journal: &Path) -> Vec<String> {
 /// One operation the lab's client submitted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation {
-    /// When it was submitted (CLOCK_MONOTONIC ns).
+    /// When it was submitted (CLOCK_BOOTTIME ns).
     pub t: u64,
     /// `move` (with `node`) or `clear` (a `move --clear`).
     pub op: String,
