@@ -36,6 +36,11 @@ pub struct Node {
     pub(crate) applied_timings: std::sync::Mutex<Option<quorate_spec::Timings>>,
     /// On the leader: where each service recently failed for good, and since when.
     pub(crate) failures: std::sync::Mutex<BTreeMap<String, BTreeMap<String, std::time::Instant>>>,
+    /// Held by the leader's scheduler from reading the state until its placements are
+    /// committed, and by a lease grant while it records the grant and reads the index
+    /// to return: a grant never returns an index older than a placement decided
+    /// while the node was counted down.
+    pub(crate) placing: tokio::sync::Mutex<()>,
     /// On the leader: runs of the spec's fence_command.
     pub(crate) power_fencing: std::sync::Arc<std::sync::Mutex<crate::failover::PowerFencing>>,
 }
@@ -92,6 +97,7 @@ impl Node {
             applied_timings: std::sync::Mutex::default(),
             power_fencing: std::sync::Arc::default(),
             failures: std::sync::Mutex::default(),
+            placing: tokio::sync::Mutex::default(),
         }
     }
 

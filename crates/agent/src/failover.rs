@@ -102,6 +102,9 @@ impl Node {
         if self.consensus.confirm_leadership(ttl / 3).await.is_err() {
             return None;
         }
+        // Not while the scheduler is between reading the state (maybe counting this
+        // node down) and committing what it decided: the index below covers it.
+        let _placing = self.placing.lock().await;
         let status = self.consensus.status();
         if status.term != term {
             return None;
@@ -363,6 +366,7 @@ impl Node {
 
     /// On the leader: runs the scheduler and commits the changes it may make now.
     pub(crate) async fn schedule(&self) {
+        let _placing = self.placing.lock().await;
         let proposal = self
             .consensus
             .with_state(|st| {

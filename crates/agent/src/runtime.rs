@@ -112,6 +112,9 @@ pub struct Runtime {
     stopping: Mutex<BTreeMap<String, Held>>,
     /// Stops to try again (not confirmed last time, or adopted while stopping).
     retry_stops: Mutex<Vec<Stop>>,
+    /// Services being started right now (service → unit), recorded in
+    /// workloads.json before they are spawned.
+    announced: Mutex<BTreeMap<String, Option<String>>>,
     fence: Mutex<Option<(tokio::process::Child, tokio::process::ChildStdin)>>,
     /// States not yet accepted by the leader.
     unreported: Mutex<BTreeMap<String, String>>,
@@ -155,6 +158,7 @@ impl Runtime {
             workloads: Mutex::default(),
             stopping: Mutex::default(),
             retry_stops: Mutex::default(),
+            announced: Mutex::default(),
             fence: Mutex::default(),
             unreported: Mutex::default(),
             given_up: Mutex::default(),
@@ -359,6 +363,15 @@ impl Runtime {
         }
     }
 
+    /// True when the applied state assigns `service` to this node now.
+    async fn still_assigned(&self, service: &str) -> bool {
+        let me = self.node.name.as_str();
+        self.node
+            .consensus
+            .with_state(|st| st.placements.get(service).and_then(|a| a.node.as_deref()) == Some(me))
+            .await
+    }
+
     /// True while this node's lease is valid.
     pub fn lease_valid(&self) -> bool {
         mono_ns() < self.deadline_ns.load(Ordering::SeqCst)
@@ -381,9 +394,31 @@ impl Runtime {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let valid = lease.boot_id == boot_id() && mono_ns() < lease.deadline_ns;
+        let same_boot = lease.boot_id == boot_id();
+        let valid = same_boot && mono_ns() < lease.deadline_ns;
         let mut table = self.workloads.lock().await;
-        for record in records {
+        for mut record in records {
+            // Pids from an earlier boot name other processes now: never signal them.
+            // (Units are still asked about: systemd knows them across boots.)
+            if !same_boot && record.unit.is_none() {
+                tracing::info!(service = %record.service, "forgetting a process record from an earlier boot");
+                continue;
+            }
+            if record.starting {
+                if record.unit.is_none() {
+                    // Recorded but never listed: the previous agent died while starting
+                    // it. Whatever of it runs is ended; the reconciler starts it again
+                    // if it is still assigned here.
+                    let killed =
+                        quorate_fence::kill_service_processes(&self.node.name, &record.service);
+                    if killed > 0 {
+                        tracing::warn!(service = %record.service, killed, "ended a workload the previous agent started but never recorded");
+                        quorate_fence::witness("fence", &self.node.name, &record.service, 0);
+                    }
+                    continue;
+                }
+                record.starting = false;
+            }
             let spec = self.node.local.spec.services.get(&record.service);
             let floating = match spec {
                 Some(spec) => self.floating_ip(spec).await.ok().flatten(),
@@ -592,12 +627,25 @@ impl Runtime {
     }
 
     async fn persist_workloads(&self) {
-        let records: Vec<WorkloadRecord> = self
+        let mut records: Vec<WorkloadRecord> = self
             .held()
             .await
             .into_iter()
             .map(|(_, h)| h.record)
             .collect();
+        for (service, unit) in self.announced.lock().await.iter() {
+            if !records.iter().any(|r| r.service == *service) {
+                records.push(WorkloadRecord {
+                    service: service.clone(),
+                    pid: 0,
+                    pgid: 0,
+                    unit: unit.clone(),
+                    cgroup: None,
+                    stopping: false,
+                    starting: true,
+                });
+            }
+        }
         if let Err(e) = quorate_files::write_atomic(
             &self.data_dir.join("workloads.json"),
             &serde_json::to_vec(&records).unwrap_or_default(),
@@ -879,8 +927,22 @@ impl Runtime {
                 ]
                 .into();
                 let steps = storage.get(name).cloned().unwrap_or_default();
-                // Tell the fence first: should this agent die between the start and the
-                // next 'groups'/'units' line, the fence still ends what it started.
+                // The view and the lease were read at the start of the tick, and starts
+                // before this one may have taken long (storage, units): right before
+                // this start, the lease must still be valid and the service still
+                // assigned here.
+                if !self.lease_valid() || !self.still_assigned(name).await {
+                    tracing::info!(service = %name, "not starting: the lease or the assignment changed during this tick");
+                    break;
+                }
+                // Record it and tell the fence first: should this agent die between the
+                // start and the next records, the fence (and a restarted agent) still
+                // end what it started.
+                self.announced
+                    .lock()
+                    .await
+                    .insert(name.clone(), spec.unit_name());
+                self.persist_workloads().await;
                 self.tell_fence(&format!(
                     "starting {name}={}\n",
                     spec.unit_name().unwrap_or_default()
@@ -901,6 +963,7 @@ impl Runtime {
                     }
                     Err(e) => Err(e.into()),
                 };
+                self.announced.lock().await.remove(name);
                 match started {
                     Ok(workload) => {
                         tracing::info!(service = %name, pid = workload.record.pid, "started");

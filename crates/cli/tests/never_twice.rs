@@ -202,3 +202,77 @@ fn a_removed_service_is_gone_before_it_can_come_back() {
     std::thread::sleep(Duration::from_millis(500));
     assert_never_twice(&c);
 }
+
+/// Path 4: an agent killed between spawning a workload and recording its pid leaves an
+/// orphan that no fence lists. The workload was recorded as `starting` before the
+/// spawn; the next agent ends whatever of it runs.
+#[test]
+fn a_workload_started_but_never_recorded_is_ended_by_the_next_agent() {
+    let mut c = TestCluster::new(3);
+    c.start_all();
+    c.poweroff("n2");
+    let ghost = std::process::Command::new(support::quorate_bin())
+        .arg("demo")
+        .env("QUORATE_NODE", "n2")
+        .env("QUORATE_SERVICE", "ghost")
+        .envs(c.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .spawn()
+        .unwrap();
+    let dd = c.data_dir("n2");
+    std::fs::write(
+        dd.join("workloads.json"),
+        r#"[{"service":"ghost","pid":0,"pgid":0,"starting":true}]"#,
+    )
+    .unwrap();
+    c.wait_for(
+        "the ghost to write its start",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(c.journal()).is_ok_and(|j| j.contains(" n2 ghost ")),
+    );
+    c.start("n2");
+    let mut ghost = ghost;
+    c.wait_for(
+        "the next agent to end the unrecorded workload",
+        Duration::from_secs(20),
+        || matches!(ghost.try_wait(), Ok(Some(_))),
+    );
+    assert!(c.log("n2").contains("never recorded"), "{}", c.log("n2"));
+    assert_never_twice(&c);
+}
+
+/// Path 4: pids recorded before a reboot name other processes afterwards; the agent
+/// must not kill them.
+#[test]
+fn pids_recorded_before_a_reboot_are_never_signalled() {
+    let mut c = TestCluster::new(3);
+    c.start_all();
+    c.poweroff("n3");
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let dd = c.data_dir("n3");
+    std::fs::write(
+        dd.join("workloads.json"),
+        format!(
+            r#"[{{"service":"old","pid":{0},"pgid":{0}}}]"#,
+            bystander.id()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dd.join("lease.json"),
+        r#"{"deadline_ns":1,"boot_id":"00000000-0000-0000-0000-000000000000"}"#,
+    )
+    .unwrap();
+    c.start("n3");
+    c.wait_agreed(&["n1", "n2", "n3"], 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        matches!(bystander.try_wait(), Ok(None)),
+        "a process whose pid was recorded in an earlier boot was killed"
+    );
+    assert!(c.log("n3").contains("earlier boot"), "{}", c.log("n3"));
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}

@@ -16,6 +16,9 @@ pub enum FloatingIpError {
     /// `ip` could not be run.
     #[error("cannot run `ip` (install iproute2): {0}")]
     Missing(#[source] std::io::Error),
+    /// `ip` did not finish in time (a hung netlink, a stuck kernel).
+    #[error("`ip {0}` did not finish within 10 s")]
+    Timeout(String),
     /// `ip` refused.
     #[error("`ip {args}` failed: {stderr}")]
     Refused {
@@ -36,11 +39,14 @@ pub struct FloatingIp {
 }
 
 async fn ip(args: &[&str]) -> Result<String, FloatingIpError> {
-    let out = Command::new("ip")
+    let run = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(10), run)
         .await
+        .map_err(|_| FloatingIpError::Timeout(args.join(" ")))?
         .map_err(FloatingIpError::Missing)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -38,22 +38,70 @@ use serde::{Deserialize, Serialize};
 pub const UNIT_JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The connection to systemd, made on first use: a node that runs only processes never
-/// needs D-Bus. A failed connection is retried on the next use.
-#[derive(Debug, Default)]
+/// needs D-Bus. A failed connection is retried on the next use, and a connection that
+/// fails a call (the bus restarted, systemd re-executed) is dropped and made anew —
+/// a dead cached connection must never make a stop look done. Clones share it.
+#[derive(Clone, Debug, Default)]
 pub struct UnitBus {
-    systemd: tokio::sync::OnceCell<Systemd>,
+    systemd: std::sync::Arc<tokio::sync::Mutex<Option<Systemd>>>,
 }
+
+/// How long connecting to systemd may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long reading a unit's state may take.
+const STATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl UnitBus {
     /// The connection.
     ///
     /// # Errors
     /// systemd cannot be reached over D-Bus.
-    pub async fn get(&self) -> Result<&Systemd, DriverError> {
-        self.systemd
-            .get_or_try_init(Systemd::connect)
-            .await
-            .map_err(DriverError::from)
+    pub async fn get(&self) -> Result<Systemd, DriverError> {
+        let mut slot = self.systemd.lock().await;
+        if let Some(systemd) = slot.as_ref() {
+            return Ok(systemd.clone());
+        }
+        let systemd = Systemd::connect_within(CONNECT_TIMEOUT).await?;
+        *slot = Some(systemd.clone());
+        Ok(systemd)
+    }
+
+    /// Forgets the connection after `error`, unless the error was about the unit
+    /// itself (the connection is fine then).
+    pub async fn forget_after(&self, error: &SystemdError) {
+        if !error.is_about_the_unit() {
+            *self.systemd.lock().await = None;
+        }
+    }
+
+    /// The unit's state; `Err` when it cannot be read (the connection is renewed).
+    ///
+    /// # Errors
+    /// systemd cannot be reached, or does not know the unit.
+    pub async fn state(&self, unit: &str) -> Result<quorate_systemd::UnitState, SystemdError> {
+        let systemd = self.get().await.map_err(into_systemd_error)?;
+        let state = match tokio::time::timeout(STATE_TIMEOUT, systemd.state(unit)).await {
+            Ok(state) => state,
+            Err(_) => Err(SystemdError::Unreachable {
+                address: quorate_systemd::bus_address(),
+                why: format!("no answer about {unit} within {STATE_TIMEOUT:?}"),
+            }),
+        };
+        if let Err(e) = &state {
+            self.forget_after(e).await;
+        }
+        state
+    }
+}
+
+fn into_systemd_error(e: DriverError) -> SystemdError {
+    match e {
+        DriverError::Systemd(e) => *e,
+        other => SystemdError::Unreachable {
+            address: quorate_systemd::bus_address(),
+            why: other.to_string(),
+        },
     }
 }
 
@@ -127,6 +175,11 @@ pub struct WorkloadRecord {
     /// Its stop has begun and is not confirmed yet: a restarted agent finishes it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopping: bool,
+    /// Recorded before it was started (no pid yet): a restarted agent that finds
+    /// this ends whatever of it runs (its processes carry QUORATE_NODE and
+    /// QUORATE_SERVICE in their environment).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starting: bool,
 }
 
 /// One running workload.
@@ -150,7 +203,7 @@ enum Backend {
         stop_timeout: Duration,
     },
     Unit {
-        systemd: Systemd,
+        bus: UnitBus,
         unit: String,
     },
 }
@@ -241,9 +294,20 @@ impl Workload {
         let unit = spec
             .unit_name()
             .ok_or_else(|| DriverError::Unsupported(format!("{:?}", spec.kind).to_lowercase()))?;
-        let systemd = bus.get().await?.clone();
-        systemd.start(&unit, UNIT_JOB_TIMEOUT).await?;
-        let pid = systemd
+        let systemd = bus.get().await?;
+        if let Err(e) = systemd.start(&unit, UNIT_JOB_TIMEOUT).await {
+            bus.forget_after(&e).await;
+            // A start that failed or timed out may have left it running or still
+            // activating: it is stopped, not forgotten.
+            if !matches!(e, SystemdError::UnknownUnit(_)) {
+                if let Ok(systemd) = bus.get().await {
+                    let _ = systemd.stop(&unit, UNIT_JOB_TIMEOUT).await;
+                    let _ = systemd.kill(&unit, Signal::SIGKILL as i32).await;
+                }
+            }
+            return Err(e.into());
+        }
+        let pid = bus
             .state(&unit)
             .await
             .map_or(0, |s| i32::try_from(s.main_pid).unwrap_or(0));
@@ -255,8 +319,12 @@ impl Workload {
                 unit: Some(unit.clone()),
                 cgroup: None,
                 stopping: false,
+                starting: false,
             },
-            backend: Backend::Unit { systemd, unit },
+            backend: Backend::Unit {
+                bus: bus.clone(),
+                unit,
+            },
             floating: None,
             storage: Vec::new(),
             runner: std::sync::Arc::new(SystemRunner),
@@ -317,6 +385,7 @@ impl Workload {
                 unit: None,
                 cgroup: cgroup.map(|c| c.dir().to_path_buf()),
                 stopping: false,
+                starting: false,
             },
             backend: Backend::Process {
                 child: Some(child),
@@ -343,15 +412,19 @@ impl Workload {
         runner: std::sync::Arc<dyn Runner>,
     ) -> Option<Self> {
         if let Some(unit) = record.unit.clone() {
-            let systemd = bus.get().await.ok()?.clone();
-            match systemd.state(&unit).await {
+            // A unit whose state cannot be read (D-Bus down or slow) is kept: it is
+            // stopped or fenced later, never forgotten.
+            match bus.state(&unit).await {
                 Ok(state) if !state.active.may_run() => return None,
                 Err(SystemdError::UnknownUnit(_)) => return None,
                 _ => {}
             }
             return Some(Self {
                 record,
-                backend: Backend::Unit { systemd, unit },
+                backend: Backend::Unit {
+                    bus: bus.clone(),
+                    unit,
+                },
                 floating,
                 storage,
                 runner,
@@ -427,7 +500,7 @@ impl Workload {
                 },
                 None => (!pid_alive(self.record.pid)).then_some(Exit::Failure),
             },
-            Backend::Unit { systemd, unit } => match systemd.state(unit).await {
+            Backend::Unit { bus, unit } => match bus.state(unit).await {
                 Ok(state) => match state.active {
                     ActiveState::Inactive => Some(Exit::Success),
                     ActiveState::Failed => Some(Exit::Failure),
@@ -482,14 +555,24 @@ impl Workload {
                 stop_timeout,
                 ..
             } => (*stop_signal, *stop_timeout),
-            Backend::Unit { systemd, unit } => {
-                if let Err(e) = systemd.stop(unit, UNIT_JOB_TIMEOUT).await {
+            Backend::Unit { bus, unit } => {
+                let stopped = match bus.get().await {
+                    Ok(systemd) => systemd.stop(unit, UNIT_JOB_TIMEOUT).await,
+                    Err(e) => Err(into_systemd_error(e)),
+                };
+                if let Err(e) = stopped {
+                    bus.forget_after(&e).await;
                     tracing::warn!(unit = %unit, "stop failed ({e}): killing it");
-                    if let Err(e) = systemd.kill(unit, Signal::SIGKILL as i32).await {
+                    let killed = match bus.get().await {
+                        Ok(systemd) => systemd.kill(unit, Signal::SIGKILL as i32).await,
+                        Err(e) => Err(into_systemd_error(e)),
+                    };
+                    if let Err(e) = killed {
+                        bus.forget_after(&e).await;
                         tracing::warn!(unit = %unit, "cannot kill it: {e}");
                     }
                 }
-                return match systemd.state(unit).await {
+                return match bus.state(unit).await {
                     Ok(state) => !state.active.may_run(),
                     Err(SystemdError::UnknownUnit(_)) => true,
                     Err(e) => {
@@ -545,8 +628,12 @@ impl Workload {
                     cg.kill();
                 }
             }
-            Backend::Unit { systemd, unit } => {
-                let _ = systemd.kill(unit, Signal::SIGKILL as i32).await;
+            Backend::Unit { bus, unit } => {
+                if let Ok(systemd) = bus.get().await {
+                    if let Err(e) = systemd.kill(unit, Signal::SIGKILL as i32).await {
+                        bus.forget_after(&e).await;
+                    }
+                }
             }
         }
     }

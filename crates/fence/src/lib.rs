@@ -308,7 +308,8 @@ impl Fence {
 /// SIGKILLs every process (and its process group) whose environment says it is
 /// `service` of `node` (`QUORATE_SERVICE` and `QUORATE_NODE`, which the agent gives
 /// every workload). Returns how many it found.
-fn kill_service_processes(node: &str, service: &str) -> usize {
+#[must_use = "how many were found tells whether anything ran"]
+pub fn kill_service_processes(node: &str, service: &str) -> usize {
     let want_service = format!("QUORATE_SERVICE={service}");
     let want_node = format!("QUORATE_NODE={node}");
     let me = std::process::id();

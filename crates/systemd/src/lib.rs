@@ -93,6 +93,26 @@ pub enum SystemdError {
     /// Any other D-Bus failure.
     #[error("D-Bus call to systemd failed: {0}")]
     Call(#[from] zbus::Error),
+    /// No connection could be made in time.
+    #[error("cannot reach systemd over D-Bus at {address}: {why}")]
+    Unreachable {
+        /// The bus address tried.
+        address: String,
+        /// Why.
+        why: String,
+    },
+}
+
+impl SystemdError {
+    /// True when the error says something about the unit, not about the connection
+    /// (which is fine and can be kept).
+    #[must_use]
+    pub fn is_about_the_unit(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownUnit(_) | Self::Job { .. } | Self::Timeout { .. }
+        )
+    }
 }
 
 /// A unit's `ActiveState`.
@@ -158,6 +178,20 @@ pub fn bus_address() -> String {
 }
 
 impl Systemd {
+    /// [`connect`](Self::connect), giving up after `timeout`.
+    ///
+    /// # Errors
+    /// The bus cannot be reached, or systemd does not answer in time.
+    pub async fn connect_within(timeout: Duration) -> Result<Self, SystemdError> {
+        match tokio::time::timeout(timeout, Self::connect()).await {
+            Ok(connected) => connected,
+            Err(_) => Err(SystemdError::Unreachable {
+                address: bus_address(),
+                why: format!("no answer within {timeout:?}"),
+            }),
+        }
+    }
+
     /// Connects to the system bus and subscribes to job signals.
     ///
     /// # Errors
