@@ -568,10 +568,13 @@ impl Runtime {
 
     /// Everything the fence must hold: running workloads and those still stopping.
     async fn held(&self) -> Vec<(String, Held)> {
-        let mut held: Vec<(String, Held)> = self
-            .workloads
-            .lock()
-            .await
+        let table = self.workloads.lock().await;
+        self.held_with(&table).await
+    }
+
+    /// [`held`](Self::held) with the table already locked by the caller.
+    async fn held_with(&self, table: &BTreeMap<String, Tracked>) -> Vec<(String, Held)> {
+        let mut held: Vec<(String, Held)> = table
             .iter()
             .map(|(s, t)| (s.clone(), Held::of(&t.workload)))
             .collect();
@@ -627,8 +630,15 @@ impl Runtime {
     }
 
     async fn persist_workloads(&self) {
+        let table = self.workloads.lock().await;
+        self.persist_workloads_with(&table).await;
+    }
+
+    /// [`persist_workloads`](Self::persist_workloads) with the table already locked by
+    /// the caller (the reconciler, recording a workload before it is spawned).
+    async fn persist_workloads_with(&self, table: &BTreeMap<String, Tracked>) {
         let mut records: Vec<WorkloadRecord> = self
-            .held()
+            .held_with(table)
             .await
             .into_iter()
             .map(|(_, h)| h.record)
@@ -942,7 +952,8 @@ impl Runtime {
                     .lock()
                     .await
                     .insert(name.clone(), spec.unit_name());
-                self.persist_workloads().await;
+                // The table is locked here (this is the reconciler).
+                self.persist_workloads_with(&table).await;
                 self.tell_fence(&format!(
                     "starting {name}={}\n",
                     spec.unit_name().unwrap_or_default()
