@@ -425,8 +425,10 @@ in
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
-      # Spec or lock changes restart the agent; services it runs elsewhere keep running.
-      restartTriggers = [ specText ] ++ lib.optional (cfg.lockFile != null) cfg.lockFile;
+      # No restartTriggers: a spec or lock change is applied to the running cluster by
+      # quorate-apply.service below, never by restarting the agent. Only a new package
+      # (a new ExecStart) restarts it, and that restart is fenced safely: KillMode=process
+      # spares the fence and the workloads, the new agent adopts them.
       path = [ pkgs.iproute2 pkgs.util-linux pkgs.kmod ]
         # The storage steps run drbdadm, blkid, mkfs and mount.
         ++ lib.optionals (drbdHere != { } || drbdPortsHere != [ ]) [ pkgs.drbd pkgs.e2fsprogs pkgs.xfsprogs ]
@@ -449,7 +451,16 @@ in
         NotifyAccess = "main";
         ExecStart = "${cfg.package}/bin/quorate agent";
         Restart = "always";
-        RestartSec = "2s";
+        RestartSec = "1s";
+        # `systemctl stop/restart`, a crash or a watchdog abort end the agent only: its
+        # fence process keeps the lease deadline (and ignores SIGTERM until then) and
+        # its workloads keep running until the next agent adopts them, or the fence
+        # kills them at the deadline. The default (control-group) would kill the fence
+        # while unit workloads and floating addresses live on, unfenced.
+        KillMode = "process";
+        # Process workloads get cgroups of their own below the agent's, so that nothing
+        # they fork escapes a stop or the fence.
+        Delegate = "yes";
         WatchdogSec = cfg.watchdog.serviceTimeout;
         TimeoutStopSec = "30s";
         UMask = "0077";
@@ -478,6 +489,38 @@ in
           "CAP_SETUID" # process workloads may drop privileges
           "CAP_SETGID"
         ];
+      };
+    };
+
+    # Activation applies a changed spec or lock to the running cluster (DESIGN
+    # invariant 7): committed once a majority has it, the same spec on every node a
+    # no-op, a destructive change refused with quorate's message (exit 3, which fails
+    # this unit and shows in `nixos-rebuild switch`). Retries while the cluster has no
+    # quorum yet (exit 4), e.g. at boot.
+    systemd.services.quorate-apply = mkIf (cfg.lockFile != null) {
+      description = "Apply /etc/quorate/cluster.json to the running quorate cluster";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "quorate.service" ];
+      requires = [ "quorate.service" ];
+      restartTriggers = [ specText cfg.lockFile ];
+      environment = {
+        QUORATE_DATA_DIR = cfg.dataDir;
+      };
+      script = ''
+        for attempt in $(seq 1 30); do
+          status=0
+          ${cfg.package}/bin/quorate apply /etc/quorate/cluster.json --lock /etc/quorate/quorate.lock || status=$?
+          case $status in
+            0) exit 0 ;;
+            4) echo "no quorum yet (attempt $attempt of 30), retrying in 2 s"; sleep 2 ;;
+            *) exit $status ;;
+          esac
+        done
+        exit 4
+      '';
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
       };
     };
   }

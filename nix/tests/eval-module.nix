@@ -84,12 +84,20 @@ else {
   };
   tmpfiles = config.systemd.tmpfiles.rules;
   # The other units the module touches, with what it sets on them.
-  managedUnits = builtins.mapAttrs (_: u: u.wantedBy) (removeAttrs config.systemd.services [ "quorate" ]);
+  managedUnits = builtins.mapAttrs (_: u: u.wantedBy) (removeAttrs config.systemd.services [ "quorate" "quorate-apply" ]);
+  apply = let a = config.systemd.services.quorate-apply or null; in
+    if a == null then null else {
+      inherit (a) wantedBy after requires environment;
+      restartTriggers = map toString a.restartTriggers;
+      serviceConfig = a.serviceConfig;
+      script = a.script;
+    };
   etcFiles = builtins.attrNames config.environment.etc;
   # Counted without forcing them: the check derivation needs pkgs.
   checks = builtins.foldl' (n: d: n + builtins.length d) 0 evaluated.options.system.checks.definitions;
   unit = {
     inherit (unit) wantedBy wants after environment;
     serviceConfig = unit.serviceConfig;
+    restartTriggers = map toString (unit.restartTriggers or [ ]);
   };
 }

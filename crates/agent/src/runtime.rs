@@ -398,17 +398,12 @@ impl Runtime {
         let valid = same_boot && mono_ns() < lease.deadline_ns;
         let mut table = self.workloads.lock().await;
         for mut record in records {
-            // Pids from an earlier boot name other processes now: never signal them.
-            // (Units are still asked about: systemd knows them across boots.)
-            if !same_boot && record.unit.is_none() {
-                tracing::info!(service = %record.service, "forgetting a process record from an earlier boot");
-                continue;
-            }
             if record.starting {
                 if record.unit.is_none() {
                     // Recorded but never listed: the previous agent died while starting
-                    // it. Whatever of it runs is ended; the reconciler starts it again
-                    // if it is still assigned here.
+                    // it. Whatever of it runs is ended (found by its environment, not by
+                    // a pid, so this holds across reboots too); the reconciler starts it
+                    // again if it is still assigned here.
                     let killed =
                         quorate_fence::kill_service_processes(&self.node.name, &record.service);
                     if killed > 0 {
@@ -418,6 +413,13 @@ impl Runtime {
                     continue;
                 }
                 record.starting = false;
+            }
+            // Pids from an earlier boot (or with no lease on record) name other
+            // processes now: never signal them. Units are still asked about: systemd
+            // knows them across boots.
+            if !same_boot && record.unit.is_none() {
+                tracing::info!(service = %record.service, "forgetting a process record from an earlier boot");
+                continue;
             }
             let spec = self.node.local.spec.services.get(&record.service);
             let floating = match spec {

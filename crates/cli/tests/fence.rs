@@ -124,3 +124,51 @@ fn a_missing_watchdog_device_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open the watchdog"));
 }
+
+/// `systemctl stop/restart` of the agent's unit (or a Ctrl-C) sends SIGTERM to what
+/// it reaches: the fence holds its deadline through it and still kills at the end.
+#[test]
+fn sigterm_does_not_end_the_fence_before_its_deadline() {
+    let mut workload = Command::new("sleep")
+        .arg("60")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pgid = workload.id();
+    let mut fence = Command::new(env!("CARGO_BIN_EXE_quorate"))
+        .args(["fence", "--node", "n1"])
+        .env_remove("QUORATE_UNSAFE_NO_FENCE")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = support::witness::mono_ns() + 1_500_000_000;
+    let stdin = fence.stdin.as_mut().unwrap();
+    writeln!(stdin, "lease {deadline}").unwrap();
+    writeln!(stdin, "groups web={pgid}").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    for signal in ["-TERM", "-INT", "-HUP"] {
+        assert!(Command::new("kill")
+            .args([signal, &fence.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        fence.try_wait().unwrap().is_none(),
+        "the fence ended on SIGTERM before its deadline"
+    );
+    let start = Instant::now();
+    while workload.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the fence did not kill at its deadline"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(fence.stdin.take());
+    let _ = fence.kill();
+    let _ = fence.wait();
+}

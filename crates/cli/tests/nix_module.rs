@@ -212,6 +212,27 @@ fn the_agent_unit_is_notify_with_watchdog_restart_and_network_online() {
     assert_eq!(service["NotifyAccess"], "main");
     assert_eq!(service["WatchdogSec"], "10s");
     assert_eq!(service["Restart"], "always");
+    // The fence and the workloads outlive a stop/restart/crash of the agent (issue
+    // "never twice", path 2), and workloads get cgroups below the agent's.
+    assert_eq!(service["KillMode"], "process");
+    assert_eq!(service["Delegate"], "yes");
+    // A spec or lock change never restarts the agent: quorate-apply applies it.
+    assert_eq!(unit["restartTriggers"], serde_json::json!([]));
+    let apply = &result["apply"];
+    assert_eq!(apply["serviceConfig"]["Type"], "oneshot");
+    assert_eq!(apply["requires"], serde_json::json!(["quorate.service"]));
+    assert_eq!(apply["environment"]["QUORATE_DATA_DIR"], "/srv/quorate");
+    let triggers = apply["restartTriggers"].as_array().unwrap();
+    assert_eq!(triggers.len(), 2, "spec text and lock file: {triggers:?}");
+    assert!(
+        triggers[0].as_str().unwrap().contains("\"cluster\""),
+        "the spec text triggers it: {triggers:?}"
+    );
+    let script = apply["script"].as_str().unwrap();
+    assert!(
+        script.contains("quorate apply /etc/quorate/cluster.json --lock /etc/quorate/quorate.lock"),
+        "{script}"
+    );
     assert!(service["ExecStart"]
         .as_str()
         .unwrap()

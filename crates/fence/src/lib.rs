@@ -382,6 +382,18 @@ fn stop_units(units: Vec<String>) -> Vec<String> {
 /// agent is gone and nothing is left to fence. With `watchdog`, pets that device.
 #[must_use]
 pub fn run(node: &str, watchdog: Option<&std::path::Path>) -> i32 {
+    // SIGTERM, SIGINT and SIGHUP are held back (blocked, never delivered): a
+    // `systemctl stop/restart` of the agent, a Ctrl-C in its terminal or a closed
+    // session must not end the fence before its deadline. Only SIGKILL ends it early,
+    // and the agent that takes over sends that only once its own fence holds the
+    // deadline.
+    let mut held_back = nix::sys::signal::SigSet::empty();
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        held_back.add(signal);
+    }
+    if let Err(e) = held_back.thread_block() {
+        eprintln!("quorate fence: cannot block SIGTERM ({e}): a stop of the agent's unit may end the fence early");
+    }
     let mut dog = match watchdog {
         Some(path) => match std::fs::OpenOptions::new().write(true).open(path) {
             Ok(f) => Some(f),

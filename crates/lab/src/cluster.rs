@@ -170,6 +170,17 @@ pub struct LabCluster {
     paused: std::collections::BTreeSet<String>,
 }
 
+/// The witness workloads, by service index (s1, s2, …, round robin): extra `demo`
+/// arguments and the stop timeout. Besides a plain one, adversaries: one that ignores
+/// SIGTERM (only the SIGKILL after its stop timeout ends it), one whose child leaves
+/// its process group with setsid(), one that takes a second to stop.
+pub const WORKLOADS: [(&str, &str); 4] = [
+    ("", "2s"),
+    (", \"--ignore-term\"", "3s"),
+    (", \"--escape\"", "2s"),
+    (", \"--stop-delay\", \"1s\"", "4s"),
+];
+
 impl LabCluster {
     /// Makes the network, the spec, the lock, the CA and one certificate per node.
     ///
@@ -194,10 +205,12 @@ impl LabCluster {
                 Network::address(i + 1)
             ));
         }
-        for s in &services {
+        for (i, s) in services.iter().enumerate() {
             spec.push_str(&format!(
-                "\n[services.{s}]\nkind = \"process\"\ncommand = [{:?}, \"demo\"]\nstop_timeout = \"2s\"\n",
-                options.quorate.display().to_string()
+                "\n[services.{s}]\nkind = \"process\"\ncommand = [{:?}, \"demo\"{}]\nstop_timeout = \"{}\"\n",
+                options.quorate.display().to_string(),
+                WORKLOADS[i % WORKLOADS.len()].0,
+                WORKLOADS[i % WORKLOADS.len()].1,
             ));
         }
         spec.push_str(

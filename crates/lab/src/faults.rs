@@ -26,11 +26,18 @@ pub enum FaultKind {
     Flap,
     /// Delay and loss with `tc netem` (skipped where the kernel lacks it).
     Netem,
+    /// A service of the node is moved away, and the agent is paused while it stops it.
+    PauseInStop,
+    /// A service of the node is moved away, and the agent is killed (-9) while it stops
+    /// it; started again after.
+    KillInStop,
+    /// The agent is killed, started, and killed again while it adopts its workloads.
+    KillInAdoption,
 }
 
 impl FaultKind {
     /// All kinds.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 10] = [
         Self::PowerLoss,
         Self::Isolate,
         Self::Split,
@@ -38,7 +45,30 @@ impl FaultKind {
         Self::Restart,
         Self::Flap,
         Self::Netem,
+        Self::PauseInStop,
+        Self::KillInStop,
+        Self::KillInAdoption,
     ];
+}
+
+/// Moves a service that runs on `node` to another node, to put the agent in the middle
+/// of a stop; returns the operation (service, target, acknowledged) when there was one.
+fn move_one_away(
+    cluster: &LabCluster,
+    node: &str,
+    rng: &mut fastrand::Rng,
+) -> Option<(String, Option<String>, bool)> {
+    let here: Vec<String> = cluster
+        .services
+        .iter()
+        .filter(|s| cluster.host_of(s).as_deref() == Some(node))
+        .cloned()
+        .collect();
+    let service = here.get(rng.usize(0..here.len().max(1)))?.clone();
+    let others: Vec<&String> = cluster.names.iter().filter(|n| *n != node).collect();
+    let to = (*others.get(rng.usize(0..others.len().max(1)))?).clone();
+    let acked = cluster.move_service(&service, Some(&to));
+    Some((service, Some(to), acked))
 }
 
 /// Who it hits.
@@ -145,6 +175,7 @@ pub fn run_schedule(
             .ok_or_else(|| format!("fault {n}: no node with quorum answers"))?;
         let held = Duration::from_millis(rng.u64(500..3000));
         let mut nodes = vec![node.clone()];
+        let mut operations = Vec::new();
         match kind {
             FaultKind::PowerLoss => cluster.poweroff(&node)?,
             FaultKind::Isolate | FaultKind::Flap => cluster.link(&node, false)?,
@@ -165,9 +196,25 @@ pub fn run_schedule(
                 let i = cluster.names.iter().position(|x| *x == node).unwrap_or(0) + 1;
                 cluster.net.netem(i, rng.u32(20..200), rng.u32(0..30))?;
             }
+            FaultKind::PauseInStop | FaultKind::KillInStop => {
+                operations.extend(move_one_away(cluster, &node, &mut rng));
+                // The stop order reaches the node within a few heartbeats; the
+                // adversarial workloads take seconds to stop.
+                std::thread::sleep(Duration::from_millis(rng.u64(50..600)));
+                if kind == FaultKind::PauseInStop {
+                    cluster.pause(&node, true);
+                } else {
+                    cluster.kill_agent(&node);
+                }
+            }
+            FaultKind::KillInAdoption => {
+                cluster.kill_agent(&node);
+                cluster.power_on(&node)?;
+                std::thread::sleep(Duration::from_millis(rng.u64(20..400)));
+                cluster.kill_agent(&node);
+            }
         }
         let t0 = Instant::now();
-        let mut operations = Vec::new();
         while t0.elapsed() < held {
             if kind == FaultKind::Flap {
                 std::thread::sleep(Duration::from_millis(150));
@@ -188,9 +235,12 @@ pub fn run_schedule(
         }
         // Heal.
         match kind {
-            FaultKind::PowerLoss | FaultKind::Restart => cluster.power_on(&node)?,
+            FaultKind::PowerLoss
+            | FaultKind::Restart
+            | FaultKind::KillInStop
+            | FaultKind::KillInAdoption => cluster.power_on(&node)?,
             FaultKind::Isolate | FaultKind::Flap | FaultKind::Split => cluster.net.heal()?,
-            FaultKind::Pause => cluster.pause(&node, false),
+            FaultKind::Pause | FaultKind::PauseInStop => cluster.pause(&node, false),
             FaultKind::Netem => {
                 let i = cluster.names.iter().position(|x| *x == node).unwrap_or(0) + 1;
                 cluster.net.clear_netem(i);

@@ -23,6 +23,22 @@ pub struct SystemdContainer {
     nspawn: Option<Child>,
     pid1: u32,
     mounted: Vec<PathBuf>,
+    /// The cgroup subtrees made for it (one per hierarchy), removed on drop.
+    cgroups: Vec<PathBuf>,
+}
+
+/// The hierarchies a container gets a subtree of its own in: without a host systemd,
+/// every container started with --keep-unit would otherwise share one cgroup tree and
+/// their systemds would not honour KillMode (../shared/substrate/README.md).
+const CGROUP_HIERARCHIES: [&str; 2] = ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"];
+
+/// Removes a cgroup subtree, deepest directories first.
+fn remove_cgroup_tree(dir: &Path) {
+    let _ = Command::new("find")
+        .arg(dir)
+        .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Why containers cannot be booted here, if they cannot.
@@ -91,6 +107,9 @@ fn remove_stale() {
             let _ = Command::new("umount").arg("-l").arg(&dir).status();
         }
         let _ = std::fs::remove_dir_all(entry.path());
+        for h in CGROUP_HIERARCHIES {
+            remove_cgroup_tree(&Path::new(h).join(&name));
+        }
     }
 }
 
@@ -98,6 +117,12 @@ impl SystemdContainer {
     /// Boots a container with `units` (file name, contents) installed in
     /// /etc/systemd/system, and each of `binds` bind-mounted at the same path inside.
     pub fn boot(units: &[(&str, String)], binds: &[&Path]) -> Self {
+        Self::boot_in(units, binds, None)
+    }
+
+    /// [`boot`](Self::boot) in the network namespace `netns` (`ip netns` name) instead
+    /// of a private one of its own.
+    pub fn boot_in(units: &[(&str, String)], binds: &[&Path], netns: Option<&str>) -> Self {
         remove_stale();
         let name = format!(
             "quorate-sd-{}-{}",
@@ -111,6 +136,7 @@ impl SystemdContainer {
             nspawn: None,
             pid1: 0,
             mounted: Vec::new(),
+            cgroups: Vec::new(),
         };
         let (rw, root) = (dir.join("rw"), dir.join("root"));
         for d in [&rw, &root, &dir.join("dbus")] {
@@ -162,17 +188,26 @@ impl SystemdContainer {
         ] {
             let _ = std::os::unix::fs::symlink("/dev/null", units_dir.join(unit));
         }
-        let mut nspawn = Command::new("systemd-nspawn");
+        // Its own cgroup subtrees: a shell moves itself in, then becomes nspawn.
+        let mut enter = String::new();
+        for h in CGROUP_HIERARCHIES {
+            let sub = Path::new(h).join(&name);
+            if Path::new(h).join("cgroup.procs").exists() {
+                std::fs::create_dir_all(&sub).unwrap();
+                enter.push_str(&format!("echo $$ > {}/cgroup.procs && ", sub.display()));
+                me.cgroups.push(sub);
+            }
+        }
+        let mut nspawn = Command::new("sh");
         nspawn
+            .args(["-c", &format!("{enter}exec \"$@\""), "sh", "systemd-nspawn"])
             .args(["-q", "-D"])
             .arg(&root)
-            .args([
-                "-M",
-                &name,
-                "--register=no",
-                "--keep-unit",
-                "--private-network",
-            ])
+            .args(["-M", &name, "--register=no", "--keep-unit"])
+            .arg(match netns {
+                Some(ns) => format!("--network-namespace-path=/run/netns/{ns}"),
+                None => "--private-network".to_owned(),
+            })
             .arg(format!("--bind={}:/run/dbus", dir.join("dbus").display()));
         for bind in binds {
             nspawn.arg(format!("--bind={}", bind.display()));
@@ -263,6 +298,17 @@ impl Drop for SystemdContainer {
             let _ = Command::new("umount").arg("-l").arg(path).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        for sub in &self.cgroups {
+            // Whatever is left in it (a process the container's systemd did not reap)
+            // goes first.
+            for procs in [sub.join("cgroup.procs")] {
+                for pid in std::fs::read_to_string(&procs).unwrap_or_default().lines() {
+                    let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            remove_cgroup_tree(sub);
+        }
         let _ = std::fs::remove_dir_all(format!("/run/systemd/nspawn/propagate/{}", self.name));
     }
 }
