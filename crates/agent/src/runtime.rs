@@ -77,8 +77,7 @@ struct Tracked {
 struct Stop {
     service: String,
     tracked: Tracked,
-    /// The witness record to write once the stop is confirmed (`exit` for a workload
-    /// that ended by itself or failed its health check).
+    /// The witness record to write once the stop is confirmed (default `exit`).
     witness: Option<&'static str>,
 }
 
@@ -1060,9 +1059,14 @@ impl Runtime {
             if st.tracked.workload.stop().await {
                 self.stopping.lock().await.remove(&name);
                 confirmed_any = true;
-                if let Some(kind) = st.witness {
-                    quorate_fence::witness(kind, &me, &name, st.tracked.workload.record.pid);
-                }
+                // Recorded whether or not the workload wrote its own `stop` (one killed
+                // after its stop timeout cannot): nothing of it runs any more.
+                quorate_fence::witness(
+                    st.witness.unwrap_or("exit"),
+                    &me,
+                    &name,
+                    st.tracked.workload.record.pid,
+                );
                 tracing::info!(service = %name, "stopped (confirmed)");
                 // A failure (health check, restart budget) stays the reported state.
                 if !matches!(
