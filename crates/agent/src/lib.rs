@@ -168,6 +168,26 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         config.data_dir.clone(),
         config.watchdog.clone(),
     ));
+    // The workloads' cgroups live under one directory of this agent's, named after the
+    // node and a digest of the data dir, recorded in `<data-dir>/cgroup`.
+    let tag = format!(
+        "{:08x}",
+        fnv1a(config.data_dir.to_string_lossy().as_bytes())
+    );
+    match quorate_cgroup::agent_parent(&config.node, &tag) {
+        Ok(dir) => {
+            if let Err(e) = quorate_files::write_atomic(
+                &config.data_dir.join("cgroup"),
+                dir.to_string_lossy().as_bytes(),
+            ) {
+                tracing::warn!("cannot record the workloads' cgroup in the data dir: {e}");
+            }
+            quorate_drivers::set_cgroup_parent(dir);
+        }
+        Err(e) => tracing::warn!(
+            "no cgroup for workloads ({e}): a workload that leaves its process group escapes stops and the fence"
+        ),
+    }
     runtime.adopt_previous().await;
     let lease_task = tokio::spawn(runtime.clone().keep_lease());
     let reconcile_task = tokio::spawn(runtime.clone().reconcile_forever());
@@ -198,6 +218,13 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     consensus.shutdown().await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+/// FNV-1a, 32 bits: a short, stable digest (not a security boundary).
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Joins the cluster: a node without Raft state initializes with the spec's voters

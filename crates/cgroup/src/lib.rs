@@ -43,6 +43,31 @@ pub fn own_dir() -> Option<PathBuf> {
     Some(mount.join(path.trim().trim_start_matches('/')))
 }
 
+/// The directory under which one agent creates its workloads' cgroups:
+/// `<own cgroup>/quorate.<node>.<tag>` (created if missing). `tag` tells agents of the
+/// same node name apart on one host (tests, the lab); the agent passes a digest of its
+/// data dir. Killing and removing this directory ends every workload of that agent.
+///
+/// # Errors
+/// No writable cgroup v2 hierarchy.
+pub fn agent_parent(node: &str, tag: &str) -> Result<PathBuf, Unavailable> {
+    let own = own_dir().ok_or_else(|| Unavailable("no cgroup v2 hierarchy is mounted".into()))?;
+    let dir = own.join(format!("{PREFIX}{}.{}", sanitize(node), sanitize(tag)));
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Unavailable(format!("cannot create {}: {e}", dir.display()))),
+    }
+    if dir.join("cgroup.procs").exists() {
+        Ok(dir)
+    } else {
+        Err(Unavailable(format!(
+            "{} is not a cgroup v2 directory",
+            own.display()
+        )))
+    }
+}
+
 /// One workload's cgroup directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cgroup {
@@ -219,34 +244,6 @@ pub fn group_alive(pgid: i32) -> bool {
         let pgrp = f.nth(1).and_then(|p| p.parse::<i32>().ok());
         pgrp == Some(pgid) && state != "Z" && state != "X"
     })
-}
-
-/// Kills and removes every cgroup this crate created under `parent` whose name starts
-/// with `PREFIX` + `prefix` (e.g. a node's: `"n1."`); returns how many were removed.
-/// For test and lab cleanup after a power loss.
-pub fn sweep(parent: &Path, prefix: &str) -> usize {
-    let want = format!("{PREFIX}{prefix}");
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for e in entries.flatten() {
-        if !e.file_name().to_string_lossy().starts_with(&want) {
-            continue;
-        }
-        let cg = Cgroup { dir: e.path() };
-        for _ in 0..100 {
-            cg.kill();
-            if cg.is_empty() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        if cg.remove() {
-            removed += 1;
-        }
-    }
-    removed
 }
 
 #[cfg(test)]

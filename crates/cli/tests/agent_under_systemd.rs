@@ -6,8 +6,9 @@
 //! running unfenced; the independent checker judges the witness journal.
 //!
 //! The same scenario with systemd's default `KillMode=control-group` shows why the
-//! module sets `KillMode=process`: a `systemctl stop` then kills the fence with the
-//! agent while the unit workload lives on, and the checker sees it run twice.
+//! module sets `KillMode=process`: a `systemctl stop` (with a short TimeoutStopSec) then
+//! kills the fence with the agent while the unit workload lives on, and the checker
+//! sees it run twice.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -22,14 +23,14 @@ use quorate_lab::netns::{self, Network as NetLab};
 use support::{quorate_bin, TestCluster};
 
 /// The agent's unit: what nix/module.nix sets that matters here, with test paths.
-fn agent_unit(c: &TestCluster, node: &str, kill_mode: &str) -> String {
+fn agent_unit(c: &TestCluster, node: &str, kill_mode: &str, stop_timeout: &str) -> String {
     let dir = c.path().display();
     format!(
         "[Unit]\nDescription=quorate agent {node}\n\n[Service]\nType=notify\nNotifyAccess=main\n\
          ExecStart={bin} agent --spec {dir}/quorate.toml --node {node} --data-dir {dd}\n\
          WorkingDirectory={dir}\nEnvironment=QUORATE_WITNESS_JOURNAL={journal} QUORATE_LOG=info\n\
          Restart=always\nRestartSec=1s\nKillMode={kill_mode}\nDelegate=yes\nWatchdogSec=2s\n\
-         TimeoutAbortSec=2s\nTimeoutStopSec=30s\nStandardError=append:{dir}/{node}.log\n",
+         TimeoutAbortSec=2s\nTimeoutStopSec={stop_timeout}\nStandardError=append:{dir}/{node}.log\n",
         bin = quorate_bin(),
         dd = c.data_dir(node).display(),
         journal = c.journal().display(),
@@ -50,7 +51,7 @@ struct Rig {
     _lab: NetLab,
 }
 
-fn rig(prefix: &str, kill_mode: &str) -> Option<Rig> {
+fn rig(prefix: &str, kill_mode: &str, stop_timeout: &str) -> Option<Rig> {
     if let Some(why) = netns::unavailable() {
         support::skip(&format!("network namespaces unavailable: {why}"));
         return None;
@@ -76,7 +77,10 @@ fn rig(prefix: &str, kill_mode: &str) -> Option<Rig> {
         .zip(lab.nodes.iter())
         .map(|(n, ns)| {
             let units = [
-                ("quorate.service", agent_unit(&cluster, n, kill_mode)),
+                (
+                    "quorate.service",
+                    agent_unit(&cluster, n, kill_mode, stop_timeout),
+                ),
                 ("quorate-witness.service", witness_unit(n, &journal)),
             ];
             let ct = SystemdContainer::boot_in(&units, &[cluster.path(), &bin_dir], Some(ns));
@@ -112,6 +116,7 @@ impl Rig {
         );
     }
 
+    /// The agent's MainPID, in the container's pid namespace.
     fn main_pid(&self, node: &str) -> u32 {
         let ct = &self.nodes.iter().find(|(n, _)| n == node).unwrap().1;
         let out = ct.systemctl(&["show", "-p", "MainPID", "--value", "quorate.service"]);
@@ -141,7 +146,7 @@ impl Rig {
 
 #[test]
 fn restart_stop_kill_and_watchdog_abort_of_a_systemd_run_agent_never_run_twice() {
-    let Some(rig) = rig("qtsd", "process") else {
+    let Some(rig) = rig("qtsd", "process", "30s") else {
         return;
     };
     // A restart (as a package upgrade does): the fence and both workloads stay, the
@@ -172,19 +177,19 @@ fn restart_stop_kill_and_watchdog_abort_of_a_systemd_run_agent_never_run_twice()
     rig.systemctl(&host, &["stop", "quorate.service"]);
     rig.cluster.wait_running_elsewhere(ask, "web", Some(&host));
     rig.cluster.wait_running_elsewhere(ask, "proc", Some(&host));
-    rig.settle_and_judge("systemctl stop");
     rig.systemctl(&host, &["start", "quorate.service"]);
+    rig.settle_and_judge("systemctl stop");
 
     // A hung agent: SIGSTOP, the watchdog aborts it (SIGABRT, then SIGKILL), systemd
     // restarts it; meanwhile its fence has killed what it ran.
     let host = rig.cluster.service(ask, "web").0.unwrap();
     let ask = ["n1", "n2", "n3"].into_iter().find(|n| *n != host).unwrap();
+    // (MainPID is a pid of the container's namespace: signal it through systemd.)
     let pid = rig.main_pid(&host);
-    assert!(std::process::Command::new("kill")
-        .args(["-STOP", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    rig.systemctl(
+        &host,
+        &["kill", "--kill-whom=main", "-s", "STOP", "quorate.service"],
+    );
     rig.cluster.wait_running_elsewhere(ask, "web", Some(&host));
     rig.cluster.wait_for(
         "the watchdog to replace the hung agent",
@@ -199,7 +204,10 @@ fn restart_stop_kill_and_watchdog_abort_of_a_systemd_run_agent_never_run_twice()
 
 #[test]
 fn with_kill_mode_control_group_a_stop_kills_the_fence_and_the_checker_sees_the_double_run() {
-    let Some(rig) = rig("qtsc", "control-group") else {
+    // The fence blocks SIGTERM, so systemd's SIGKILL after TimeoutStopSec is what ends
+    // it with the agent's cgroup: short here (as an operator might set it), before the
+    // fence's deadline.
+    let Some(rig) = rig("qtsc", "control-group", "300ms") else {
         return;
     };
     rig.systemctl("n1", &["stop", "quorate.service"]);

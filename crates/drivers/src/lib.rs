@@ -105,6 +105,16 @@ fn into_systemd_error(e: DriverError) -> SystemdError {
     }
 }
 
+/// Where this process creates its workloads' cgroups (see
+/// [`quorate_cgroup::agent_parent`]); unset: directly below its own cgroup.
+static CGROUP_PARENT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the directory under which process workloads get their cgroups (once, at the
+/// agent's start).
+pub fn set_cgroup_parent(dir: std::path::PathBuf) {
+    let _ = CGROUP_PARENT.set(dir);
+}
+
 /// Environment variables that belong to the agent's own systemd unit (sd_notify socket,
 /// watchdog) and must not leak into the processes it starts: a workload that speaks
 /// sd_notify would otherwise talk to the agent's unit.
@@ -340,7 +350,11 @@ impl Workload {
         // Its own cgroup where one can be made: it enters it before it runs, so nothing
         // it forks (setsid or not) escapes a stop or the fence.
         let node = env.get("QUORATE_NODE").map_or("node", String::as_str);
-        let cgroup = match quorate_cgroup::Cgroup::create(node, service) {
+        let created = match CGROUP_PARENT.get() {
+            Some(parent) => quorate_cgroup::Cgroup::create_in(parent, node, service),
+            None => quorate_cgroup::Cgroup::create(node, service),
+        };
+        let cgroup = match created {
             Ok(cg) => Some(cg),
             Err(e) => {
                 tracing::warn!(service, "no cgroup for the workload ({e}): only its process group is stopped and fenced");

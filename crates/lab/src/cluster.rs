@@ -85,6 +85,22 @@ pub fn kill_fence_and_workloads(data_dir: &Path) {
     {
         kill_cgroup(dir);
     }
+    // The agent's whole cgroup tree (every workload cgroup it made, recorded or not).
+    if let Ok(tree) = std::fs::read_to_string(data_dir.join("cgroup")) {
+        kill_cgroup_tree(Path::new(tree.trim()));
+    }
+}
+
+/// [`kill_cgroup`] of every directory below `dir`, deepest first, then of `dir`.
+pub fn kill_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                kill_cgroup_tree(&e.path());
+            }
+        }
+    }
+    kill_cgroup(dir);
 }
 
 /// SIGKILLs everything in a cgroup v2 directory and removes it (the lab's own few
