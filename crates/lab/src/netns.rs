@@ -29,7 +29,10 @@ pub struct Network {
 /// Why network namespaces cannot be made here, if they cannot.
 #[must_use]
 pub fn unavailable() -> Option<String> {
-    let probe = format!("{PREFIX}probe{}", std::process::id());
+    // Unique per call: tests of one process probe at the same time.
+    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let probe = format!("{PREFIX}probe{}x{n}", std::process::id());
     match Command::new("ip").args(["netns", "add", &probe]).output() {
         Ok(o) if o.status.success() => {
             let _ = Command::new("ip").args(["netns", "del", &probe]).output();
