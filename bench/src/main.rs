@@ -4,9 +4,10 @@
 //! each figure is a median over repeated runs, with min and max beside it.
 
 use std::fmt::Write as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use nix::sys::resource::{getrusage, UsageWho};
@@ -84,6 +85,20 @@ enum Bench {
         /// Services on the drained node.
         #[arg(long, default_value_t = 20)]
         services: usize,
+    },
+    /// The fence's reaction (root, cgroup v2): N process workloads, each in its own
+    /// cgroup, handed to a real `quorate fence`; time from the lease deadline until the
+    /// last workload is dead (its cgroup empty). The drift margin must cover this.
+    Fence {
+        /// Workloads per trial.
+        #[arg(long, default_value_t = 10)]
+        workloads: usize,
+        /// Trials.
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// Busy threads (one per core) while measuring, to see it under CPU load.
+        #[arg(long)]
+        load: bool,
     },
     /// Print the generated spec that `spec` measures (to reproduce or profile it).
     GenSpec {
@@ -681,6 +696,176 @@ fn bench_operate(
     }))
 }
 
+/// CLOCK_BOOTTIME now, ns (the fence's clock).
+fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(t.tv_nsec()).unwrap_or(0)
+    })
+}
+
+/// The cgroup v2 directory this process runs in.
+fn own_cgroup() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2")
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
+            .flatten()
+    })?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(mount.join(path.trim().trim_start_matches('/')))
+}
+
+fn cgroup_empty(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.procs")).map_or(true, |p| p.trim().is_empty())
+}
+
+/// One trial of `bench fence`: returns ms from the deadline to the last workload dead.
+fn fence_trial(quorate: &Path, base: &Path, workloads: usize, trial: usize) -> Result<f64, String> {
+    use std::io::Write as _;
+    let mut dirs = Vec::new();
+    let mut children = Vec::new();
+    let mut groups = Vec::new();
+    let mut cgroups = Vec::new();
+    let result = (|| {
+        for i in 0..workloads {
+            let dir = base.join(format!("w{trial}-{i}"));
+            std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            dirs.push(dir.clone());
+            let procs = dir.join("cgroup.procs");
+            let child = std::process::Command::new("/bin/sh")
+                .args(["-c", "echo $$ > \"$0\" || exit 126; exec sleep 300"])
+                .arg(&procs)
+                .process_group(0)
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            groups.push(format!("w{i}={}", child.id()));
+            cgroups.push(format!("w{i}={}", dir.display()));
+            children.push(child);
+        }
+        // Every workload is inside its cgroup before the fence gets it.
+        let t0 = Instant::now();
+        while dirs.iter().any(|d| cgroup_empty(d)) {
+            if t0.elapsed() > Duration::from_secs(5) {
+                return Err("workloads did not enter their cgroups".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut fence = std::process::Command::new(quorate)
+            .args(["fence", "--node", "bench"])
+            .env_remove("QUORATE_UNSAFE_NO_FENCE")
+            .env_remove("QUORATE_WITNESS_JOURNAL")
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let deadline = boot_ns() + 300_000_000;
+        if let Some(stdin) = fence.stdin.as_mut() {
+            let lines = format!(
+                "lease {deadline}\ngroups {}\ncgroups {}\n",
+                groups.join(" "),
+                cgroups.join(" ")
+            );
+            stdin
+                .write_all(lines.as_bytes())
+                .map_err(|e| e.to_string())?;
+            stdin.flush().map_err(|e| e.to_string())?;
+        }
+        // Poll tightly around the deadline: the first instant every cgroup is empty.
+        let done = loop {
+            let now = boot_ns();
+            if now >= deadline && dirs.iter().all(|d| cgroup_empty(d)) {
+                break now;
+            }
+            if now > deadline + 10_000_000_000 {
+                let _ = fence.kill();
+                return Err("the fence did not kill within 10 s of its deadline".into());
+            }
+            std::hint::spin_loop();
+        };
+        drop(fence.stdin.take());
+        let _ = fence.wait();
+        #[allow(clippy::cast_precision_loss)]
+        Ok((done - deadline) as f64 / 1e6)
+    })();
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    for d in &dirs {
+        let _ = std::fs::write(d.join("cgroup.kill"), b"1");
+        for _ in 0..100 {
+            if std::fs::remove_dir(d).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    result
+}
+
+/// `quorate-bench fence`: the fence's reaction time (see [`Bench::Fence`]).
+fn bench_fence(
+    quorate: &Path,
+    workloads: usize,
+    runs: usize,
+    load: bool,
+) -> Result<serde_json::Value, String> {
+    let own = own_cgroup().ok_or("no cgroup v2 hierarchy")?;
+    let base = own.join(format!("quorate-bench-fence.{}", std::process::id()));
+    std::fs::create_dir(&base).map_err(|e| format!("{} (root needed): {e}", base.display()))?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy: Vec<std::thread::JoinHandle<()>> = if load {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        (0..cores)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                        std::hint::black_box(x);
+                    }
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut times = Vec::with_capacity(runs);
+    let mut error = None;
+    for trial in 0..runs {
+        match fence_trial(quorate, &base, workloads, trial) {
+            Ok(ms) => times.push(ms),
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in busy {
+        let _ = b.join();
+    }
+    let _ = std::fs::remove_dir(&base);
+    if let Some(e) = error {
+        return Err(e);
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(json!({
+        "bench": "fence",
+        "workloads": workloads,
+        "cpu_load": load,
+        "deadline_to_last_dead_ms": stats(times),
+        "p99_ms": percentile(&sorted, 0.99),
+        "p999_ms": percentile(&sorted, 0.999),
+        "note": "process workloads in cgroups of their own, killed by process group and cgroup.kill; a unit's cgroup is killed the same way (its D-Bus stop comes after, off the critical path)",
+    }))
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let quorate = cli.quorate.unwrap_or_else(|| {
@@ -709,6 +894,11 @@ fn main() -> std::process::ExitCode {
         Bench::Operate { moves, services } => {
             bench_operate(&quorate, moves.max(1), services.max(1))
         }
+        Bench::Fence {
+            workloads,
+            runs,
+            load,
+        } => bench_fence(&quorate, workloads.max(1), runs.max(1), load),
         Bench::GenSpec {
             nodes,
             services,

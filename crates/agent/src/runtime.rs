@@ -601,6 +601,7 @@ impl Runtime {
         };
         let mut groups = Vec::new();
         let mut cgroups = Vec::new();
+        let mut unit_cgroups = Vec::new();
         let mut units = Vec::new();
         let mut ips = Vec::new();
         for (s, h) in &held {
@@ -611,7 +612,14 @@ impl Runtime {
                 continue;
             }
             match &h.unit {
-                Some(unit) => units.push(format!("{s}={unit}/{}", h.record.pid)),
+                Some(unit) => {
+                    units.push(format!("{s}={unit}/{}", h.record.pid));
+                    // Its cgroup too: the fence kills it at once, without a D-Bus
+                    // round trip, and tells systemd afterwards.
+                    if let Some(dir) = &h.record.cgroup {
+                        unit_cgroups.push(format!("{s}={}", dir.display()));
+                    }
+                }
                 None => {
                     groups.push(format!("{s}={}", h.record.pgid));
                     if let Some(dir) = &h.record.cgroup {
@@ -621,9 +629,10 @@ impl Runtime {
             }
         }
         let line = format!(
-            "groups {}\ncgroups {}\nunits {}\nips {}\n",
+            "groups {}\ncgroups {}\nunitcgroups {}\nunits {}\nips {}\n",
             groups.join(" "),
             cgroups.join(" "),
+            unit_cgroups.join(" "),
             units.join(" "),
             ips.join(" ")
         );

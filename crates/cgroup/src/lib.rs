@@ -68,6 +68,30 @@ pub fn agent_parent(node: &str, tag: &str) -> Result<PathBuf, Unavailable> {
     }
 }
 
+/// Kills everything in the cgroup tree at `dir` and removes it, deepest first, waiting
+/// up to 5 s per directory for killed processes to be reaped (until then they keep it
+/// busy). For a power-off of a whole agent (the sandbox). Returns whether it is gone.
+pub fn remove_tree(dir: &Path) -> bool {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    let cg = Cgroup {
+        dir: dir.to_path_buf(),
+    };
+    for _ in 0..500 {
+        cg.kill();
+        if cg.remove() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
 /// One workload's cgroup directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cgroup {

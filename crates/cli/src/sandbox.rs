@@ -163,6 +163,11 @@ impl Sandbox {
         for g in &groups {
             quorate_drivers::signal_group(g.pgid, Signal::SIGKILL);
         }
+        // Everything of the node's workloads, also what left its process group, and
+        // their cgroups: a power loss leaves nothing behind.
+        if let Ok(tree) = std::fs::read_to_string(dd.join("cgroup")) {
+            quorate_cgroup::remove_tree(std::path::Path::new(tree.trim()));
+        }
         f.agents.insert(node.to_string(), 0);
     }
 

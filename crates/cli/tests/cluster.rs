@@ -294,23 +294,34 @@ fn bad_inputs_are_clear_errors_and_change_nothing() {
 }
 
 #[test]
-fn the_harness_leaves_no_process_behind() {
-    let pids: Vec<u32> = {
-        let mut c = TestCluster::new(3);
-        for n in ["n1", "n2", "n3"] {
-            c.start(n);
+fn the_harness_leaves_no_process_or_cgroup_behind() {
+    let (pids, cgroups): (Vec<u32>, Vec<std::path::PathBuf>) = {
+        let services = TestCluster::demo_services(&["a", "b", "c"]);
+        let mut c = TestCluster::with_services(3, &services);
+        let leader = c.start_all();
+        for s in ["a", "b", "c"] {
+            c.wait_running_elsewhere(&leader, s, None);
         }
-        c.wait_agreed(&["n1", "n2", "n3"], 1);
-        ["n1", "n2", "n3"]
+        let pids = ["n1", "n2", "n3"]
             .iter()
             .map(|n| c.pid(n).unwrap())
-            .collect()
+            .collect();
+        // Each agent's cgroup tree, where cgroup v2 is writable here.
+        let cgroups = ["n1", "n2", "n3"]
+            .iter()
+            .filter_map(|n| std::fs::read_to_string(c.data_dir(n).join("cgroup")).ok())
+            .map(|p| std::path::PathBuf::from(p.trim()))
+            .collect();
+        (pids, cgroups)
     };
     for pid in pids {
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
             "agent {pid} survived its guard"
         );
+    }
+    for dir in cgroups {
+        assert!(!dir.exists(), "{} survived the guard", dir.display());
     }
 }
 

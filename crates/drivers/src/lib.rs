@@ -317,17 +317,18 @@ impl Workload {
             }
             return Err(e.into());
         }
-        let pid = bus
-            .state(&unit)
-            .await
+        let state = bus.state(&unit).await.ok();
+        let pid = state
+            .as_ref()
             .map_or(0, |s| i32::try_from(s.main_pid).unwrap_or(0));
+        let cgroup = state.and_then(|s| unit_cgroup(&s.control_group, pid));
         Ok(Self {
             record: WorkloadRecord {
                 service: service.to_string(),
                 pid,
                 pgid: 0,
                 unit: Some(unit.clone()),
-                cgroup: None,
+                cgroup,
                 stopping: false,
                 starting: false,
             },
@@ -651,6 +652,19 @@ impl Workload {
             }
         }
     }
+}
+
+/// The unit's cgroup directory as this process sees it, when it can be trusted: it
+/// exists under our cgroup v2 mount and holds the unit's main pid (systemd and this
+/// agent may see different cgroup or pid namespaces, e.g. in tests; then the fence
+/// falls back to D-Bus alone for this unit).
+fn unit_cgroup(control_group: &str, main_pid: i32) -> Option<std::path::PathBuf> {
+    if control_group.is_empty() || main_pid <= 1 {
+        return None;
+    }
+    let dir = quorate_cgroup::mount_point()?.join(control_group.trim_start_matches('/'));
+    let cg = quorate_cgroup::Cgroup::open(&dir)?;
+    cg.pids().contains(&main_pid).then_some(dir)
 }
 
 /// Sends `signal` to process group `pgid` — never to group 0 or 1, which would be the

@@ -7,6 +7,7 @@
 //! lease <deadline, CLOCK_BOOTTIME nanoseconds>
 //! groups <service>=<pgid> <service>=<pgid> …
 //! cgroups <service>=<cgroup v2 directory> …
+//! unitcgroups <service>=<a unit's cgroup v2 directory> …
 //! units <service>=<unit>/<main pid> <service>=<unit>/<main pid> …
 //! ips <service>=<interface>,<addr/prefix> …
 //! starting <service>=<unit or nothing>
@@ -108,8 +109,13 @@ struct Fence {
     ips: Vec<(String, String)>,
     /// Cgroups of exclusive process workloads: (service, directory).
     cgroups: Vec<(String, std::path::PathBuf)>,
-    /// Cgroups killed and not yet confirmed empty.
-    unconfirmed_cgroups: Vec<std::path::PathBuf>,
+    /// Cgroups of exclusive units (systemd's): killed at once, removed by systemd.
+    unit_cgroups: Vec<(String, std::path::PathBuf)>,
+    /// Cgroups killed and not yet confirmed empty, and whether they are ours to
+    /// remove once empty (a unit's belongs to systemd).
+    unconfirmed_cgroups: Vec<(std::path::PathBuf, bool)>,
+    /// Asks systemd to stop units, off the fence's loop.
+    unit_stops: UnitStops,
     /// Services the agent announced it is starting, not yet in a groups/units line:
     /// (service, unit or empty).
     starting: Vec<(String, String)>,
@@ -142,7 +148,9 @@ impl Fence {
             unconfirmed_units: Vec::new(),
             ips: Vec::new(),
             cgroups: Vec::new(),
+            unit_cgroups: Vec::new(),
             unconfirmed_cgroups: Vec::new(),
+            unit_stops: UnitStops::default(),
             starting: Vec::new(),
         }
     }
@@ -172,14 +180,19 @@ impl Fence {
                     })
                     .collect();
             }
-            Some("cgroups") => {
-                self.cgroups = words
+            Some(kind @ ("cgroups" | "unitcgroups")) => {
+                let dirs = words
                     .take(MAX_GROUPS)
                     .filter_map(|w| {
                         let (service, dir) = w.split_once('=')?;
                         (!dir.is_empty()).then(|| (service.to_owned(), dir.into()))
                     })
                     .collect();
+                if kind == "cgroups" {
+                    self.cgroups = dirs;
+                } else {
+                    self.unit_cgroups = dirs;
+                }
             }
             Some("units") => {
                 self.units = words
@@ -212,7 +225,11 @@ impl Fence {
         }
     }
 
-    /// The deadline has passed: kill everything listed. No allocation before the kills.
+    /// The deadline has passed: kill everything listed, all at once and without a
+    /// D-Bus round trip on the way: process groups (no allocation before those kills),
+    /// the workloads' cgroups and the units' cgroups, then the floating addresses go.
+    /// systemd is told to stop the units afterwards, by a worker thread
+    /// ([`UnitStops`]), which also confirms they are down.
     fn fire(&mut self) {
         if self.pgids.is_empty()
             && self.units.is_empty()
@@ -226,13 +243,26 @@ impl Fence {
             for pgid in &self.pgids {
                 let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
             }
-            for (_, dir) in &self.cgroups {
+            for (_, dir) in self.cgroups.iter().chain(&self.unit_cgroups) {
                 quorate_cgroup::kill_dir(dir);
             }
-            self.unconfirmed_cgroups
-                .extend(self.cgroups.iter().map(|(_, d)| d.clone()));
-            self.unconfirmed.extend_from_slice(&self.pgids);
             self.unconfirmed_since = mono_ns();
+            for (interface, address) in &self.ips {
+                let removed = std::process::Command::new("ip")
+                    .args(["addr", "del", address, "dev", interface])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+                eprintln!(
+                    "quorate fence: lease of node {} expired: removed {address} from {interface} ({})",
+                    self.node,
+                    if removed.is_ok_and(|s| s.success()) { "done" } else { "was not there" }
+                );
+            }
+            self.unconfirmed_cgroups
+                .extend(self.cgroups.iter().map(|(_, d)| (d.clone(), true)));
+            self.unconfirmed_cgroups
+                .extend(self.unit_cgroups.iter().map(|(_, d)| (d.clone(), false)));
+            self.unconfirmed.extend_from_slice(&self.pgids);
             self.unconfirmed_units
                 .extend(self.units.iter().map(|(_, unit, _)| unit.clone()));
             for (service, unit) in std::mem::take(&mut self.starting) {
@@ -247,18 +277,6 @@ impl Fence {
                     "quorate fence: lease of node {} expired while {service} was starting: killed {killed} process(es){}",
                     self.node,
                     if unit.is_empty() { String::new() } else { format!(", stopping {unit}") }
-                );
-            }
-            self.unconfirmed_units = stop_units(std::mem::take(&mut self.unconfirmed_units));
-            for (interface, address) in &self.ips {
-                let removed = std::process::Command::new("ip")
-                    .args(["addr", "del", address, "dev", interface])
-                    .stderr(std::process::Stdio::null())
-                    .status();
-                eprintln!(
-                    "quorate fence: lease of node {} expired: removed {address} from {interface} ({})",
-                    self.node,
-                    if removed.is_ok_and(|s| s.success()) { "done" } else { "was not there" }
                 );
             }
         }
@@ -290,6 +308,7 @@ impl Fence {
         self.units.clear();
         self.ips.clear();
         self.cgroups.clear();
+        self.unit_cgroups.clear();
     }
 
     /// Nothing is listed and nothing killed waits for confirmation.
@@ -302,6 +321,7 @@ impl Fence {
             && self.unconfirmed.is_empty()
             && self.unconfirmed_units.is_empty()
             && self.unconfirmed_cgroups.is_empty()
+            && !self.unit_stops.in_flight
     }
 }
 
@@ -341,6 +361,78 @@ pub fn kill_service_processes(node: &str, service: &str) -> usize {
         }
     }
     killed
+}
+
+/// The channels to and from the unit-stop worker thread.
+type UnitStopWorker = (
+    std::sync::mpsc::Sender<Vec<String>>,
+    std::sync::mpsc::Receiver<Vec<String>>,
+);
+
+/// A worker thread that asks systemd to stop units and reports those it could not
+/// confirm down, so that D-Bus (slow, or gone) never blocks the fence's loop.
+#[derive(Debug, Default)]
+struct UnitStops {
+    worker: Option<UnitStopWorker>,
+    /// A request is with the worker.
+    in_flight: bool,
+    /// When the last request was sent (CLOCK_BOOTTIME ns).
+    sent_at: u64,
+}
+
+impl UnitStops {
+    /// Hands `units` to the worker, unless a request is in flight or the last one was
+    /// sent less than a second ago (then they come back as `Err`).
+    fn request(&mut self, units: Vec<String>, now: u64) -> Result<(), Vec<String>> {
+        if self.in_flight || (self.sent_at != 0 && now.saturating_sub(self.sent_at) < 1_000_000_000)
+        {
+            return Err(units);
+        }
+        if self.worker.is_none() {
+            let (to_worker, requests) = std::sync::mpsc::channel::<Vec<String>>();
+            let (answers, from_worker) = std::sync::mpsc::channel::<Vec<String>>();
+            let spawned = std::thread::Builder::new()
+                .name("unit-stops".into())
+                .spawn(move || {
+                    while let Ok(units) = requests.recv() {
+                        if answers.send(stop_units(units)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            if spawned.is_err() {
+                return Err(units);
+            }
+            self.worker = Some((to_worker, from_worker));
+        }
+        let Some((to_worker, _)) = &self.worker else {
+            return Err(units);
+        };
+        match to_worker.send(units) {
+            Ok(()) => {
+                self.in_flight = true;
+                self.sent_at = now;
+                Ok(())
+            }
+            Err(e) => {
+                self.worker = None;
+                Err(e.0)
+            }
+        }
+    }
+
+    /// The units of the last request that systemd did not confirm down, once the
+    /// worker has answered.
+    fn poll(&mut self) -> Option<Vec<String>> {
+        let (_, answers) = self.worker.as_ref()?;
+        match answers.try_recv() {
+            Ok(left) => {
+                self.in_flight = false;
+                Some(left)
+            }
+            Err(_) => None,
+        }
+    }
 }
 
 /// Asks systemd to SIGKILL and stop each unit; returns those not confirmed down (all of
@@ -429,24 +521,35 @@ pub fn run(node: &str, watchdog: Option<&std::path::Path>) -> i32 {
         if !fence.unconfirmed_cgroups.is_empty() {
             // Killed again until empty (a fork in flight can land after cgroup.kill),
             // then removed.
-            fence.unconfirmed_cgroups.retain(|dir| {
+            fence.unconfirmed_cgroups.retain(|(dir, ours)| {
                 let Some(cg) = quorate_cgroup::Cgroup::open(dir) else {
                     return false;
                 };
                 if cg.is_empty() {
-                    cg.remove();
+                    if *ours {
+                        cg.remove();
+                    }
                     return false;
                 }
                 cg.kill();
                 true
             });
         }
+        // systemd is asked off this loop; what it did not confirm is asked again after
+        // a second.
+        if let Some(left) = fence.unit_stops.poll() {
+            fence.unconfirmed_units.extend(left);
+        }
         if !fence.unconfirmed_units.is_empty() {
-            fence.unconfirmed_units = stop_units(std::mem::take(&mut fence.unconfirmed_units));
+            let units = std::mem::take(&mut fence.unconfirmed_units);
+            if let Err(units) = fence.unit_stops.request(units, now) {
+                fence.unconfirmed_units = units;
+            }
         }
         if let Some(dog) = dog.as_mut() {
             let unconfirmed = !fence.unconfirmed.is_empty()
                 || !fence.unconfirmed_units.is_empty()
+                || fence.unit_stops.in_flight
                 || !fence.unconfirmed_cgroups.is_empty();
             let petting = keep_petting(unconfirmed, fence.unconfirmed_since, now);
             if petting && now.saturating_sub(last_pet) >= 1_000_000_000 {

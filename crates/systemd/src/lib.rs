@@ -53,6 +53,8 @@ trait Unit {
 trait ServiceUnit {
     #[zbus(property, name = "MainPID")]
     fn main_pid(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn control_group(&self) -> zbus::Result<String>;
 }
 
 /// What went wrong talking to systemd.
@@ -161,6 +163,9 @@ pub struct UnitState {
     pub active: ActiveState,
     /// The main process (0 when none, or for units that are not services).
     pub main_pid: u32,
+    /// The unit's cgroup, relative to the root of the cgroup hierarchy as systemd sees
+    /// it (`/system.slice/x.service`; empty when it has none).
+    pub control_group: String,
 }
 
 /// A connection to systemd's manager.
@@ -285,19 +290,24 @@ impl Systemd {
             return Err(SystemdError::UnknownUnit(unit.to_owned()));
         }
         let active = ActiveState::parse(&proxy.active_state().await?);
-        let main_pid = if unit.ends_with(".service") {
-            ServiceUnitProxy::builder(&self.connection)
+        let (main_pid, control_group) = if unit.ends_with(".service") {
+            let service = ServiceUnitProxy::builder(&self.connection)
                 .path(path)?
                 .cache_properties(CacheProperties::No)
                 .build()
-                .await?
-                .main_pid()
-                .await
-                .unwrap_or(0)
+                .await?;
+            (
+                service.main_pid().await.unwrap_or(0),
+                service.control_group().await.unwrap_or_default(),
+            )
         } else {
-            0
+            (0, String::new())
         };
-        Ok(UnitState { active, main_pid })
+        Ok(UnitState {
+            active,
+            main_pid,
+            control_group,
+        })
     }
 
     /// Sends `signal` to every process of the unit (fencing), without waiting.
