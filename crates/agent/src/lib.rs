@@ -14,6 +14,7 @@
 
 mod cluster;
 mod control;
+mod decide;
 mod failover;
 mod health;
 mod notify;

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
+use crate::decide;
 use crate::Node;
 
 /// The lease as persisted in the data dir, so that a restarted agent knows whether
@@ -727,7 +728,7 @@ impl Runtime {
             unconfirmed_stops,
             storage,
             specs,
-            running,
+            running: running_somewhere,
             after,
             generations,
         } = self
@@ -827,222 +828,110 @@ impl Runtime {
         let stopping_now: BTreeSet<String> = self.stopping.lock().await.keys().cloned().collect();
         let mut table = self.workloads.lock().await;
         let mut changed_groups = false;
-        // Exits, and workloads that must stop.
-        let names: Vec<String> = table.keys().cloned().collect();
-        for name in names {
-            let Some(t) = table.get_mut(&name) else {
-                continue;
-            };
-            if let Some(exit) = t.workload.exited().await {
-                // An assigned service is restarted (within its budget): only giving up is
-                // reported as "failed", which is what makes the leader relocate it.
-                let state = if assigned.contains(&name) {
-                    "restarting"
-                } else if exit == Exit::Success {
-                    "stopped"
-                } else {
-                    "failed"
-                };
-                // Its leader ended; whatever it forked is stopped too, and only then
-                // does it leave the fence's lists.
-                changes.insert(name.clone(), state.into());
-                if let Some(tracked) = table.remove(&name) {
-                    to_stop.push(Stop {
-                        service: name.clone(),
-                        tracked,
-                        witness: Some("exit"),
-                    });
-                }
-                changed_groups = true;
-                continue;
-            }
-            // `quorate restart`: a newer generation stops it; the next tick starts it.
-            let current = generations.get(&name).copied().unwrap_or(0);
+        // What the decision needs of the workloads: how each ended (asked of the
+        // drivers), its generation (an adopted one takes the current), health checks.
+        let mut running: BTreeMap<String, decide::Running> = BTreeMap::new();
+        for (name, t) in table.iter_mut() {
             if t.generation == ADOPTED {
-                t.generation = current;
+                t.generation = generations.get(name).copied().unwrap_or(0);
             }
-            let restart = t.generation < current;
-            if restart {
-                self.planned_restarts.lock().await.insert(name.clone());
-            }
-            if restart || !assigned.contains(&name) || (!lease_ok && !keep_without_lease) {
-                if let Some(tracked) = table.remove(&name) {
+            let exited = t.workload.exited().await.map(|e| e == Exit::Success);
+            running.insert(
+                name.clone(),
+                decide::Running {
+                    exited,
+                    generation: t.generation,
+                },
+            );
+        }
+        let (unhealthy, ready) = self.run_health_checks(&table, &specs);
+        let situation = decide::Situation {
+            assigned: assigned.clone(),
+            claimed,
+            unconfirmed_stops,
+            running_somewhere: running_somewhere.clone(),
+            after: specs
+                .iter()
+                .map(|(s, spec)| (s.clone(), spec.after.clone()))
+                .collect(),
+            generations: generations.clone(),
+            lease_ok,
+            caught_up,
+            keep_without_lease,
+            running,
+            stopping: stopping_now
+                .iter()
+                .cloned()
+                .chain(to_stop.iter().map(|st| st.service.clone()))
+                .collect(),
+            unhealthy: unhealthy.into_iter().collect(),
+            ready: ready.into_iter().collect(),
+            given_up: self.given_up.lock().await.clone(),
+        };
+        for action in decide::decide(&situation) {
+            match action {
+                decide::Action::Stop { service, reason } => {
+                    let Some(tracked) = table.remove(&service) else {
+                        continue;
+                    };
+                    let exited = situation.running.get(&service).and_then(|r| r.exited);
+                    match reason {
+                        decide::StopReason::Restart => {
+                            self.planned_restarts.lock().await.insert(service.clone());
+                        }
+                        decide::StopReason::Unhealthy => {
+                            tracing::warn!(service = %service, "health check failed: restarting it");
+                        }
+                        decide::StopReason::Exited | decide::StopReason::Unassigned => {}
+                    }
+                    let report = decide::report_on_stop(
+                        reason,
+                        situation.assigned.contains(&service),
+                        exited,
+                    );
+                    changes.insert(service.clone(), report.into());
+                    // What it forked is stopped too, and only then does it leave the
+                    // fence's lists (see `Stop`).
                     to_stop.push(Stop {
-                        service: name.clone(),
+                        service,
                         tracked,
-                        witness: None,
+                        witness: matches!(
+                            reason,
+                            decide::StopReason::Exited | decide::StopReason::Unhealthy
+                        )
+                        .then_some("exit"),
                     });
-                    changes.insert(name, "stopping".into());
                     changed_groups = true;
                 }
-            }
-        }
-        // Health checks: a workload failing its check `failures` times in a row is
-        // stopped; the next tick restarts it within the restart budget, after which the
-        // service relocates.
-        let (unhealthy, ready) = self.run_health_checks(&table, &specs);
-        // A service with a health check is running once a check has passed.
-        for name in ready {
-            if let Some(t) = table.get_mut(&name) {
-                t.state = "running";
-                changes.insert(name, "running".into());
-            }
-        }
-        for name in unhealthy {
-            if let Some(tracked) = table.remove(&name) {
-                tracing::warn!(service = %name, "health check failed: restarting it");
-                to_stop.push(Stop {
-                    service: name.clone(),
-                    tracked,
-                    witness: Some("exit"),
-                });
-                changes.insert(name, "restarting".into());
-                changed_groups = true;
-            }
-        }
-        // Starts: only under a valid lease, from a current view, and within the restart
-        // budget (max_restarts within the window, after the first start).
-        if lease_ok && caught_up {
-            let mut given_up = self.given_up.lock().await;
-            let mut starts = self.starts.lock().await;
-            for (name, spec) in &specs {
-                if table.contains_key(name) || given_up.contains(name) {
-                    continue;
+                decide::Action::MarkRunning(service) => {
+                    if let Some(t) = table.get_mut(&service) {
+                        t.state = "running";
+                        changes.insert(service, "running".into());
+                    }
                 }
-                // `after`: start only once every dependency runs somewhere.
-                if let Some(waiting) = spec.after.iter().find(|d| !running.contains(*d)) {
-                    tracing::debug!(service = %name, dependency = %waiting, "waiting for a dependency to run");
-                    continue;
-                }
-                // Being stopped: start again only once the stop is confirmed.
-                if stopping_now.contains(name) || to_stop.iter().any(|st| st.service == *name) {
-                    continue;
-                }
-                // A restart the operator asked for is not a failure: not counted.
-                let planned = self.planned_restarts.lock().await.remove(name);
-                let log = starts.entry(name.clone()).or_default();
-                log.retain(|t| t.elapsed() < spec.restart.window.get());
-                if !planned {
-                    if log.len() > spec.restart.max_restarts as usize {
-                        tracing::warn!(service = %name, "restarted {} times within {}: giving up on this node", spec.restart.max_restarts, spec.restart.window);
-                        given_up.insert(name.clone());
-                        changes.insert(name.clone(), "failed".into());
+                decide::Action::Start(name) => {
+                    let Some(spec) = specs.get(&name) else {
                         continue;
-                    }
-                    log.push_back(Instant::now());
-                }
-                let env: BTreeMap<String, String> = [
-                    ("QUORATE_NODE".to_string(), me.clone()),
-                    ("QUORATE_SERVICE".to_string(), name.clone()),
-                    (
-                        "QUORATE_NODE_ADDRESS".to_string(),
-                        self.node
-                            .local
-                            .spec
-                            .nodes
-                            .get(&me)
-                            .map(|n| n.address.to_string())
-                            .unwrap_or_default(),
-                    ),
-                ]
-                .into();
-                let steps = storage.get(name).cloned().unwrap_or_default();
-                // The view and the lease were read at the start of the tick, and starts
-                // before this one may have taken long (storage, units): right before
-                // this start, the lease must still be valid and the service still
-                // assigned here.
-                if !self.lease_valid() || !self.still_assigned(name).await {
-                    tracing::info!(service = %name, "not starting: the lease or the assignment changed during this tick");
-                    break;
-                }
-                // Record it and tell the fence first: should this agent die between the
-                // start and the next records, the fence (and a restarted agent) still
-                // end what it started.
-                self.announced
-                    .lock()
-                    .await
-                    .insert(name.clone(), spec.unit_name());
-                // The table is locked here (this is the reconciler).
-                self.persist_workloads_with(&table).await;
-                self.tell_fence(&format!(
-                    "starting {name}={}\n",
-                    spec.unit_name().unwrap_or_default()
-                ))
-                .await;
-                let started = match self.floating_ip(spec).await {
-                    Ok(floating) => {
-                        Workload::start(
-                            name,
-                            spec,
-                            &env,
-                            &self.units,
-                            floating,
-                            steps,
-                            self.storage_runner.clone(),
-                        )
+                    };
+                    if let Some(state) = self
+                        .start(&name, spec, &storage, &generations, &mut table)
                         .await
-                    }
-                    Err(e) => Err(e.into()),
-                };
-                self.announced.lock().await.remove(name);
-                match started {
-                    Ok(workload) => {
-                        tracing::info!(service = %name, pid = workload.record.pid, "started");
-                        // With a health check it is "starting" until a check passes.
-                        let state = if spec
-                            .health
-                            .as_ref()
-                            .is_some_and(|h| h.kind != quorate_spec::HealthKind::Alive)
-                        {
-                            "starting"
-                        } else {
-                            "running"
-                        };
-                        table.insert(
-                            name.clone(),
-                            Tracked {
-                                workload,
-                                state,
-                                generation: generations.get(name).copied().unwrap_or(0),
-                            },
-                        );
-                        changes.insert(name.clone(), state.into());
-                        changed_groups = true;
-                    }
-                    Err(e) => {
-                        tracing::warn!(service = %name, "cannot start: {e}");
-                        given_up.insert(name.clone());
-                        changes.insert(name.clone(), "failed".into());
+                    {
+                        if state != "failed" {
+                            changed_groups = true;
+                        }
+                        changes.insert(name, state.into());
                     }
                 }
+                decide::Action::Report { service, state } => {
+                    changes.entry(service).or_insert(state);
+                }
             }
+        }
+        if lease_ok && caught_up {
             // A service that leaves this node gets a fresh budget if it comes back.
-            given_up.retain(|s| assigned.contains(s));
-            starts.retain(|s, _| assigned.contains(s));
-        }
-        // The cluster's record says this node may run a service it neither runs nor is
-        // assigned (a report from a stale view, e.g. "restarting" while it was paused):
-        // correct it, or it would stand forever and block the service's new holder.
-        for service in &claimed {
-            if !table.contains_key(service)
-                && !assigned.contains(service)
-                && !stopping_now.contains(service)
-                && !to_stop.iter().any(|st| st.service == *service)
-            {
-                changes
-                    .entry(service.clone())
-                    .or_insert_with(|| "stopped".into());
-            }
-        }
-        // The leader waits for this node to answer a stop order at its epoch before the
-        // service may start elsewhere: confirm it once nothing runs here.
-        for (service, state) in unconfirmed_stops {
-            if !table.contains_key(&service)
-                && !stopping_now.contains(&service)
-                && !to_stop.iter().any(|st| st.service == service)
-            {
-                changes.entry(service).or_insert(state);
-            }
+            self.given_up.lock().await.retain(|s| assigned.contains(s));
+            self.starts.lock().await.retain(|s, _| assigned.contains(s));
         }
         drop(table);
         // What is being stopped stays fenced and recorded until its stop is confirmed.
@@ -1096,6 +985,118 @@ impl Runtime {
         }
         if !changes.is_empty() {
             self.unreported.lock().await.extend(changes);
+        }
+    }
+
+    /// Carries out a decided start: the restart budget (max_restarts within the window,
+    /// after the first start; a restart the operator asked for is not counted), a last
+    /// check of the lease and the assignment, the record and the fence's notice before
+    /// the spawn, then the drivers. Returns the state to report (`None`: not started,
+    /// nothing to report).
+    async fn start(
+        &self,
+        name: &str,
+        spec: &quorate_spec::ServiceSpec,
+        storage: &BTreeMap<String, Vec<quorate_drivers::StorageStep>>,
+        generations: &BTreeMap<String, u64>,
+        table: &mut BTreeMap<String, Tracked>,
+    ) -> Option<&'static str> {
+        let me = self.node.name.clone();
+        {
+            let planned = self.planned_restarts.lock().await.remove(name);
+            let mut starts = self.starts.lock().await;
+            let log = starts.entry(name.to_owned()).or_default();
+            log.retain(|t| t.elapsed() < spec.restart.window.get());
+            if !planned {
+                if log.len() > spec.restart.max_restarts as usize {
+                    tracing::warn!(service = %name, "restarted {} times within {}: giving up on this node", spec.restart.max_restarts, spec.restart.window);
+                    self.given_up.lock().await.insert(name.to_owned());
+                    return Some("failed");
+                }
+                log.push_back(Instant::now());
+            }
+        }
+        let env: BTreeMap<String, String> = [
+            ("QUORATE_NODE".to_string(), me.clone()),
+            ("QUORATE_SERVICE".to_string(), name.to_owned()),
+            (
+                "QUORATE_NODE_ADDRESS".to_string(),
+                self.node
+                    .local
+                    .spec
+                    .nodes
+                    .get(&me)
+                    .map(|n| n.address.to_string())
+                    .unwrap_or_default(),
+            ),
+        ]
+        .into();
+        let steps = storage.get(name).cloned().unwrap_or_default();
+        // The view and the lease were read at the start of the tick, and starts before
+        // this one may have taken long (storage, units): right before this start, the
+        // lease must still be valid and the service still assigned here.
+        if !self.lease_valid() || !self.still_assigned(name).await {
+            tracing::info!(service = %name, "not starting: the lease or the assignment changed during this tick");
+            return None;
+        }
+        // Record it and tell the fence first: should this agent die between the start
+        // and the next records, the fence (and a restarted agent) still end what it
+        // started.
+        self.announced
+            .lock()
+            .await
+            .insert(name.to_owned(), spec.unit_name());
+        // The table is locked by the caller (the reconciler).
+        self.persist_workloads_with(table).await;
+        self.tell_fence(&format!(
+            "starting {name}={}\n",
+            spec.unit_name().unwrap_or_default()
+        ))
+        .await;
+        let started = match self.floating_ip(spec).await {
+            Ok(floating) => {
+                Workload::start(
+                    name,
+                    spec,
+                    &env,
+                    &self.units,
+                    floating,
+                    steps,
+                    self.storage_runner.clone(),
+                )
+                .await
+            }
+            Err(e) => Err(e.into()),
+        };
+        self.announced.lock().await.remove(name);
+        match started {
+            Ok(workload) => {
+                tracing::info!(service = %name, pid = workload.record.pid, "started");
+                // With a health check it is "starting" until a check passes.
+                let state = if spec
+                    .health
+                    .as_ref()
+                    .is_some_and(|h| h.kind != quorate_spec::HealthKind::Alive)
+                {
+                    "starting"
+                } else {
+                    "running"
+                };
+                table.insert(
+                    name.to_owned(),
+                    Tracked {
+                        workload,
+                        state,
+                        generation: generations.get(name).copied().unwrap_or(0),
+                    },
+                );
+                Some(state)
+            }
+            Err(e) => {
+                tracing::warn!(service = %name, "cannot start: {e}");
+                self.given_up.lock().await.insert(name.to_owned());
+                Some("failed")
+            }
         }
     }
 
