@@ -235,6 +235,12 @@ pub struct StorageStatus {
 /// Why the agent could not be asked.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// The socket exists but this user may not use it.
+    #[error("permission denied on the agent's control socket {path}\n  help: run as root (sudo quorate …), or as a member of the group that owns the socket")]
+    PermissionDenied {
+        /// Socket path.
+        path: String,
+    },
     /// No agent listens there.
     #[error("cannot reach the agent at {path}: {source}\n  help: is `quorate agent` running with this data dir? pass --data-dir or --socket")]
     Unreachable {
@@ -276,12 +282,16 @@ pub async fn call(
 ) -> Result<ControlReply, ApiError> {
     let path = socket.display().to_string();
     let work = async {
-        let stream = UnixStream::connect(socket)
-            .await
-            .map_err(|source| ApiError::Unreachable {
-                path: path.clone(),
-                source,
-            })?;
+        let stream = UnixStream::connect(socket).await.map_err(|source| {
+            if source.kind() == std::io::ErrorKind::PermissionDenied {
+                ApiError::PermissionDenied { path: path.clone() }
+            } else {
+                ApiError::Unreachable {
+                    path: path.clone(),
+                    source,
+                }
+            }
+        })?;
         let (read, mut write) = stream.into_split();
         let mut line = serde_json::to_vec(request).map_err(|e| ApiError::Protocol {
             path: path.clone(),

@@ -57,27 +57,36 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
         .ok()
 }
 
-/// Calls the agent; prints an unreachable agent as exit 4.
+/// Calls the agent; prints an unreachable agent as exit 4, a socket this user may not
+/// use as exit 1.
 pub(crate) fn call(
     socket: &AgentSocket,
     request: &ControlRequest,
     timeout: Duration,
     json: bool,
 ) -> Result<ControlReply, Exit> {
-    let report = |e: &dyn std::fmt::Display| {
+    let report = |e: &dyn std::fmt::Display, exit: Exit| {
         if json {
             println!("{}", json!({"ok": false, "error": e.to_string()}));
         } else {
             eprintln!("error: {e}");
         }
-        Exit::NoQuorum
+        exit
     };
-    let path = socket.path().map_err(|e| report(&e))?;
+    let path = socket.path().map_err(|e| report(&e, Exit::NoQuorum))?;
     let Some(rt) = runtime() else {
         return Err(Exit::Invalid);
     };
     rt.block_on(quorate_api::call(&path, request, timeout))
-        .map_err(|e| report(&e))
+        .map_err(|e| {
+            // Not being allowed is not "the cluster is unreachable": exit 1, not 4.
+            let exit = if matches!(e, quorate_api::ApiError::PermissionDenied { .. }) {
+                Exit::Invalid
+            } else {
+                Exit::NoQuorum
+            };
+            report(&e, exit)
+        })
 }
 
 /// `quorate agent`

@@ -204,6 +204,8 @@ enum Command {
     },
     /// The per-node fence process (started by the agent; reads lease deadlines and
     /// workload process groups on stdin and kills the groups when a deadline passes).
+    /// Internal: hidden from --help, where it read like "fence a node".
+    #[command(hide = true)]
     Fence {
         /// The node it fences.
         #[arg(long, value_name = "NAME")]
