@@ -133,3 +133,71 @@ fn systemd_and_nspawn_units_start_move_and_fail_over_through_dbus() {
     drop(cluster);
     drop(nodes);
 }
+
+/// D-Bus goes away on the node that runs a unit, and the unit is moved: the stop cannot
+/// be confirmed, so the unit stays fenced and recorded and the cluster does not start
+/// it elsewhere; once D-Bus is back, the agent reconnects, the stop is confirmed and
+/// the unit moves. The checker sees no overlap.
+#[test]
+fn a_unit_whose_dbus_is_gone_is_kept_fenced_until_its_stop_is_confirmed() {
+    if let Some(why) = container::unavailable() {
+        support::skip(&format!("cannot boot systemd containers: {why}"));
+        return;
+    }
+    let services = "\n[services.web]\nkind = \"systemd\"\nunit = \"quorate-witness.service\"\nprefer = [\"n1\"]\n";
+    let mut cluster = TestCluster::with_services(3, services);
+    let journal = cluster.journal().to_str().unwrap().to_owned();
+    let shared = cluster.path().to_owned();
+    let bin_dir = std::path::Path::new(quorate_bin())
+        .parent()
+        .unwrap()
+        .to_owned();
+    let nodes: Vec<(String, SystemdContainer)> = cluster
+        .names
+        .clone()
+        .into_iter()
+        .map(|n| {
+            let units = [("quorate-witness.service", witness_unit(&n, "web", &journal))];
+            let ct = SystemdContainer::boot(&units, &[shared.as_path(), bin_dir.as_path()]);
+            (n, ct)
+        })
+        .collect();
+    for (name, ct) in &nodes {
+        cluster.start_with(name, &[("DBUS_SYSTEM_BUS_ADDRESS".to_owned(), ct.bus())]);
+    }
+    cluster.wait_agreed(&["n1", "n2", "n3"], 1);
+    cluster.wait_for("web on n1", Duration::from_secs(30), || {
+        cluster.service("n3", "web") == (Some("n1".into()), "running".into())
+    });
+    let n1 = &nodes[0].1;
+    // D-Bus goes away on n1 (systemd itself keeps running the unit).
+    let out = n1.systemctl(&["stop", "dbus.socket", "dbus.service"]);
+    assert!(out.status.success(), "{out:?}");
+    let dd = cluster.data_dir("n3");
+    cluster.ok(&["move", "web", "n2", "--data-dir", dd.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(n1.is_active("quorate-witness.service"), "active");
+    assert!(
+        active_on(&nodes, "quorate-witness.service") == vec!["n1".to_owned()],
+        "web started elsewhere while n1 could not confirm its stop"
+    );
+    let records = std::fs::read_to_string(cluster.data_dir("n1").join("workloads.json")).unwrap();
+    assert!(
+        records.contains("quorate-witness.service"),
+        "the unit left n1's records: {records}"
+    );
+    // D-Bus is back: the stop goes through, web moves.
+    let out = n1.systemctl(&["start", "dbus.socket"]);
+    assert!(out.status.success(), "{out:?}");
+    cluster.wait_for("web on n2", Duration::from_secs(40), || {
+        cluster.service("n3", "web") == (Some("n2".into()), "running".into())
+    });
+    assert_eq!(
+        active_on(&nodes, "quorate-witness.service"),
+        vec!["n2".to_owned()]
+    );
+    let bad = cluster.violations();
+    assert!(bad.is_empty(), "{bad:?}");
+    drop(cluster);
+    drop(nodes);
+}
