@@ -33,11 +33,14 @@ pub enum FaultKind {
     KillInStop,
     /// The agent is killed, started, and killed again while it adopts its workloads.
     KillInAdoption,
+    /// A service is moved to the node, and its agent is killed (-9) while it starts
+    /// it; started again after.
+    KillInStart,
 }
 
 impl FaultKind {
     /// All kinds.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::PowerLoss,
         Self::Isolate,
         Self::Split,
@@ -48,7 +51,26 @@ impl FaultKind {
         Self::PauseInStop,
         Self::KillInStop,
         Self::KillInAdoption,
+        Self::KillInStart,
     ];
+}
+
+/// Moves a service that runs elsewhere to `node`, to put its agent in the middle of a
+/// start; returns the operation when there was one.
+fn move_one_here(
+    cluster: &LabCluster,
+    node: &str,
+    rng: &mut fastrand::Rng,
+) -> Option<(String, Option<String>, bool)> {
+    let elsewhere: Vec<String> = cluster
+        .services
+        .iter()
+        .filter(|s| cluster.host_of(s).is_some_and(|h| h != node))
+        .cloned()
+        .collect();
+    let service = elsewhere.get(rng.usize(0..elsewhere.len().max(1)))?.clone();
+    let acked = cluster.move_service(&service, Some(node));
+    Some((service, Some(node.to_owned()), acked))
 }
 
 /// Moves a service that runs on `node` to another node, to put the agent in the middle
@@ -169,8 +191,17 @@ pub fn run_schedule(
     let mut rng = fastrand::Rng::with_seed(seed);
     let (kinds, skipped) = usable_kinds(cluster);
     let mut faults = Vec::new();
+    // Kinds are dealt from a shuffled deck: every usable kind comes once in each
+    // round of `kinds.len()` faults, in a seeded random order.
+    let mut deck: Vec<FaultKind> = Vec::new();
     for n in 0..count {
-        let kind = kinds[rng.usize(0..kinds.len())];
+        if deck.is_empty() {
+            deck.clone_from(&kinds);
+            rng.shuffle(&mut deck);
+        }
+        let Some(kind) = deck.pop() else {
+            return Err("no usable fault kind".into());
+        };
         let (target, node) = pick_target(cluster, &mut rng)
             .ok_or_else(|| format!("fault {n}: no node with quorum answers"))?;
         let held = Duration::from_millis(rng.u64(500..3000));
@@ -213,6 +244,13 @@ pub fn run_schedule(
                 std::thread::sleep(Duration::from_millis(rng.u64(20..400)));
                 cluster.kill_agent(&node);
             }
+            FaultKind::KillInStart => {
+                operations.extend(move_one_here(cluster, &node, &mut rng));
+                // The old holder stops first (seconds for the adversarial workloads),
+                // then the node starts it: the kill lands before, during or after.
+                std::thread::sleep(Duration::from_millis(rng.u64(100..3500)));
+                cluster.kill_agent(&node);
+            }
         }
         let t0 = Instant::now();
         while t0.elapsed() < held {
@@ -238,7 +276,8 @@ pub fn run_schedule(
             FaultKind::PowerLoss
             | FaultKind::Restart
             | FaultKind::KillInStop
-            | FaultKind::KillInAdoption => cluster.power_on(&node)?,
+            | FaultKind::KillInAdoption
+            | FaultKind::KillInStart => cluster.power_on(&node)?,
             FaultKind::Isolate | FaultKind::Flap | FaultKind::Split => cluster.net.heal()?,
             FaultKind::Pause | FaultKind::PauseInStop => cluster.pause(&node, false),
             FaultKind::Netem => {
