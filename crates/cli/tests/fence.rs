@@ -80,21 +80,27 @@ fn the_fence_kills_at_the_deadline_records_it_and_handles_the_watchdog() {
     );
 }
 
-#[test]
-fn without_a_lease_the_fence_kills_when_the_agent_is_gone() {
-    let mut workload = Command::new("sleep")
+/// A `sleep 60` in its own process group, and a fence of node n1 reading a pipe.
+fn workload_and_fence() -> (std::process::Child, u32, std::process::Child) {
+    let workload = Command::new("sleep")
         .arg("60")
         .process_group(0)
         .spawn()
         .unwrap();
     let pgid = workload.id();
-    let mut fence = Command::new(env!("CARGO_BIN_EXE_quorate"))
+    let fence = Command::new(env!("CARGO_BIN_EXE_quorate"))
         .args(["fence", "--node", "n1"])
         .env_remove("QUORATE_UNSAFE_NO_FENCE")
         .stdin(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    (workload, pgid, fence)
+}
+
+#[test]
+fn without_a_lease_the_fence_kills_when_the_agent_is_gone() {
+    let (mut workload, pgid, mut fence) = workload_and_fence();
     writeln!(fence.stdin.as_mut().unwrap(), "groups web={pgid}").unwrap();
     drop(fence.stdin.take());
     assert!(fence.wait().unwrap().success());
@@ -129,19 +135,7 @@ fn a_missing_watchdog_device_is_a_clear_error() {
 /// it reaches: the fence holds its deadline through it and still kills at the end.
 #[test]
 fn sigterm_does_not_end_the_fence_before_its_deadline() {
-    let mut workload = Command::new("sleep")
-        .arg("60")
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let pgid = workload.id();
-    let mut fence = Command::new(env!("CARGO_BIN_EXE_quorate"))
-        .args(["fence", "--node", "n1"])
-        .env_remove("QUORATE_UNSAFE_NO_FENCE")
-        .stdin(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut workload, pgid, mut fence) = workload_and_fence();
     let deadline = support::witness::mono_ns() + 1_500_000_000;
     let stdin = fence.stdin.as_mut().unwrap();
     writeln!(stdin, "lease {deadline}").unwrap();

@@ -516,10 +516,10 @@ fn short(hash: &str) -> &str {
 mod tests {
     use super::*;
 
-    #[test]
-    fn leaving_a_node_records_a_stop_order_that_outlives_reason_changes() {
-        let text = "[cluster]\nname = \"lab\"\n[nodes.n1]\naddress = \"127.0.0.1\"\n[nodes.n2]\naddress = \"127.0.0.2\"\n[nodes.n3]\naddress = \"127.0.0.3\"\n[services.web]\nkind = \"process\"\ncommand = [\"/bin/true\"]\n";
-        let s = quorate_spec::check(text, quorate_spec::Format::Toml)
+    /// A state bootstrapped with three nodes and the `services` TOML.
+    fn bootstrapped(services: &str) -> ClusterState {
+        let text = format!("[cluster]\nname = \"lab\"\n[nodes.n1]\naddress = \"127.0.0.1\"\n[nodes.n2]\naddress = \"127.0.0.2\"\n[nodes.n3]\naddress = \"127.0.0.3\"\n{services}");
+        let s = quorate_spec::check(&text, quorate_spec::Format::Toml)
             .spec
             .unwrap();
         let l = lock(&s);
@@ -530,6 +530,13 @@ mod tests {
             by: "n1".into(),
             at_ms: 0,
         });
+        st
+    }
+
+    #[test]
+    fn leaving_a_node_records_a_stop_order_that_outlives_reason_changes() {
+        let mut st =
+            bootstrapped("[services.web]\nkind = \"process\"\ncommand = [\"/bin/true\"]\n");
         let place = |st: &mut ClusterState, node: Option<&str>, reason: &str| {
             let changes: BTreeMap<String, (Option<String>, String)> =
                 [("web".to_owned(), (node.map(Into::into), reason.to_owned()))].into();
@@ -549,18 +556,7 @@ mod tests {
 
     #[test]
     fn a_removed_service_first_gets_a_stop_order_then_goes() {
-        let text = "[cluster]\nname = \"lab\"\n[nodes.n1]\naddress = \"127.0.0.1\"\n[nodes.n2]\naddress = \"127.0.0.2\"\n[nodes.n3]\naddress = \"127.0.0.3\"\n";
-        let s = quorate_spec::check(text, quorate_spec::Format::Toml)
-            .spec
-            .unwrap();
-        let l = lock(&s);
-        let mut st = ClusterState::default();
-        st.apply(&Command::Bootstrap {
-            spec: Box::new(s),
-            lock: Box::new(l),
-            by: "n1".into(),
-            at_ms: 0,
-        });
+        let mut st = bootstrapped("");
         // `web` ran on n1 and is not in the applied spec any more.
         st.placements.insert(
             "web".into(),
