@@ -103,15 +103,27 @@ impl SimNode {
         if self.running.is_some() {
             return;
         }
-        let consensus = Consensus::open(
-            &self.dir,
-            self.id,
-            TIMINGS,
-            self.tls.clone(),
-            self.partition.clone(),
-        )
-        .await
-        .unwrap();
+        // A crashed instance's connection tasks may hold the database a moment longer
+        // (longer on a loaded machine): its lock is released when the last one ends.
+        let mut tries = 0;
+        let consensus = loop {
+            match Consensus::open(
+                &self.dir,
+                self.id,
+                TIMINGS,
+                self.tls.clone(),
+                self.partition.clone(),
+            )
+            .await
+            {
+                Ok(c) => break c,
+                Err(e) if tries < 250 && e.to_string().contains("already open") => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("cannot reopen {}: {e}", self.dir.display()),
+            }
+        };
         consensus.set_peers(peers.clone());
         let mut attempts = 0;
         let listener = loop {
