@@ -276,3 +276,68 @@ fn pids_recorded_before_a_reboot_are_never_signalled() {
     bystander.kill().unwrap();
     bystander.wait().unwrap();
 }
+
+/// Item 9: power fencing done for a node is forgotten once the node is up again, so
+/// its next failure runs `fence_command` again (it was remembered forever, and a
+/// second failure moved its services without fencing it).
+#[test]
+fn a_node_that_fails_twice_is_power_fenced_twice() {
+    let aux = tempfile::tempdir().unwrap();
+    let log = aux.path().join("fenced");
+    let mut c = TestCluster::with_services(
+        3,
+        &adversary("db", &[], "prefer = [\"n3\"]\nstop_timeout = \"2s\""),
+    );
+    let script = format!("echo {{node}} >> {}", log.display());
+    let spec_path = c.path().join("quorate.toml");
+    let spec = std::fs::read_to_string(&spec_path).unwrap();
+    std::fs::write(
+        &spec_path,
+        spec.replacen(
+            "name = \"test\"",
+            &format!("name = \"test\"\nfence_command = [\"/bin/sh\", \"-c\", {script:?}]"),
+            1,
+        ),
+    )
+    .unwrap();
+    c.ok(&["lock"]);
+    c.start("n1");
+    c.start("n2");
+    let leader = c.wait_agreed(&["n1", "n2"], 1);
+    c.start("n3");
+    c.wait_agreed(&["n1", "n2", "n3"], 1);
+    let fenced = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == "n3")
+            .count()
+    };
+    for round in 1..=2 {
+        c.wait_for(
+            &format!("db on n3 (round {round})"),
+            Duration::from_secs(40),
+            || c.service(&leader, "db") == (Some("n3".into()), "running".into()),
+        );
+        c.poweroff("n3");
+        c.wait_running_elsewhere(&leader, "db", Some("n3"));
+        assert_eq!(fenced(), round, "fence_command ran once per failure");
+        if round == 2 {
+            break;
+        }
+        // n3 comes back; db is pinned back to it for the next round.
+        c.start("n3");
+        c.wait_agreed(&["n1", "n2", "n3"], 1);
+        let dd = c.data_dir(&leader);
+        c.wait_for(
+            "the move back to n3 to be accepted",
+            Duration::from_secs(20),
+            || {
+                c.run(&["move", "db", "n3", "--data-dir", dd.to_str().unwrap()])
+                    .status
+                    .success()
+            },
+        );
+    }
+    assert_never_twice(&c);
+}
