@@ -791,6 +791,13 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(results, (Some(Exit::Success), Some(Exit::Failure)));
+        // A confirmed stop removes their cgroups (the agent always stops what ended).
+        assert!(ok.stop().await && bad.stop().await);
+        for w in [&ok, &bad] {
+            if let Some(dir) = &w.record.cgroup {
+                assert!(!dir.exists(), "{} was left behind", dir.display());
+            }
+        }
     }
 
     #[tokio::test]
