@@ -78,8 +78,6 @@ struct Tracked {
 struct Stop {
     service: String,
     tracked: Tracked,
-    /// The witness record to write once the stop is confirmed (default `exit`).
-    witness: Option<&'static str>,
 }
 
 /// What the fence and the records need of a workload.
@@ -461,7 +459,6 @@ impl Runtime {
                         state: "stopping",
                         generation: ADOPTED,
                     },
-                    witness: None,
                 });
             } else if valid {
                 tracing::info!(service = %record.service, pid = record.pid, "adopted a workload that still runs under a valid lease");
@@ -823,9 +820,9 @@ impl Runtime {
         let lease_ok = self.lease_valid();
         let keep_without_lease = quorate_fence::disabled();
         let mut changes: BTreeMap<String, String> = BTreeMap::new();
-        // Stops not confirmed last time are tried again first.
+        // Stops not confirmed last time are tried again first (each is still in
+        // `stopping`, where every stop is entered before it begins).
         let mut to_stop: Vec<Stop> = std::mem::take(&mut *self.retry_stops.lock().await);
-        let stopping_now: BTreeSet<String> = self.stopping.lock().await.keys().cloned().collect();
         let mut table = self.workloads.lock().await;
         let mut changed_groups = false;
         // What the decision needs of the workloads: how each ended (asked of the
@@ -859,11 +856,7 @@ impl Runtime {
             caught_up,
             keep_without_lease,
             running,
-            stopping: stopping_now
-                .iter()
-                .cloned()
-                .chain(to_stop.iter().map(|st| st.service.clone()))
-                .collect(),
+            stopping: self.stopping.lock().await.keys().cloned().collect(),
             unhealthy: unhealthy.into_iter().collect(),
             ready: ready.into_iter().collect(),
             given_up: self.given_up.lock().await.clone(),
@@ -892,15 +885,7 @@ impl Runtime {
                     changes.insert(service.clone(), report.into());
                     // What it forked is stopped too, and only then does it leave the
                     // fence's lists (see `Stop`).
-                    to_stop.push(Stop {
-                        service,
-                        tracked,
-                        witness: matches!(
-                            reason,
-                            decide::StopReason::Exited | decide::StopReason::Unhealthy
-                        )
-                        .then_some("exit"),
-                    });
+                    to_stop.push(Stop { service, tracked });
                     changed_groups = true;
                 }
                 decide::Action::MarkRunning(service) => {
@@ -959,12 +944,7 @@ impl Runtime {
                 confirmed_any = true;
                 // Recorded whether or not the workload wrote its own `stop` (one killed
                 // after its stop timeout cannot): nothing of it runs any more.
-                quorate_fence::witness(
-                    st.witness.unwrap_or("exit"),
-                    &me,
-                    &name,
-                    st.tracked.workload.record.pid,
-                );
+                quorate_fence::witness("exit", &me, &name, st.tracked.workload.record.pid);
                 tracing::info!(service = %name, "stopped (confirmed)");
                 // A failure (health check, restart budget) stays the reported state.
                 if !matches!(
