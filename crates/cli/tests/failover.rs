@@ -65,6 +65,20 @@ fn power_loss(host_is_leader: bool) {
     assert_no_double_run(&c);
 }
 
+/// Waits until the journal shows `service` started on `node`: the agent reports it
+/// running once it is spawned, and its own `start` record may come a moment later.
+fn wait_started(c: &TestCluster, service: &str, node: &str) {
+    c.wait_for(
+        &format!("a start record of {service} on {node}"),
+        Duration::from_secs(10),
+        || {
+            runs(&c.journal())
+                .iter()
+                .any(|r| r.service == service && r.node == node)
+        },
+    );
+}
+
 /// The first run of `service` on `node` in the witness journal.
 fn first_run<'a>(all: &'a [Run], service: &str, node: &str) -> &'a Run {
     all.iter()
@@ -89,6 +103,7 @@ fn a_paused_agent_is_fenced_before_its_service_starts_elsewhere() {
     let (service, host) = placed.iter().find(|(_, n)| *n != leader).cloned().unwrap();
     c.signal(&host, "-STOP");
     let new_host = c.wait_running_elsewhere(&leader, &service, Some(&host));
+    wait_started(&c, &service, &new_host);
     let all = runs(&c.journal());
     let old = first_run(&all, &service, &host);
     let new = first_run(&all, &service, &new_host);
@@ -149,6 +164,7 @@ fn an_isolated_node_stops_its_workload_before_the_majority_starts_a_copy() {
     let (service, host) = placed.iter().find(|(_, n)| *n != leader).cloned().unwrap();
     partition(&c, &host, true);
     let new_host = c.wait_running_elsewhere(&leader, &service, Some(&host));
+    wait_started(&c, &service, &new_host);
     let all = runs(&c.journal());
     let old = first_run(&all, &service, &host);
     let new = first_run(&all, &service, &new_host);
