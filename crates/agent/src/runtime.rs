@@ -968,9 +968,9 @@ impl Runtime {
         }
     }
 
-    /// Carries out a decided start: the restart budget (max_restarts within the window,
-    /// after the first start; a restart the operator asked for is not counted), a last
-    /// check of the lease and the assignment, the record and the fence's notice before
+    /// Carries out a decided start: a last check of the lease and the assignment, the
+    /// restart budget (max_restarts within the window, after the first start; a restart
+    /// the operator asked for is not counted), the record and the fence's notice before
     /// the spawn, then the drivers. Returns the state to report (`None`: not started,
     /// nothing to report).
     async fn start(
@@ -982,6 +982,13 @@ impl Runtime {
         table: &mut BTreeMap<String, Tracked>,
     ) -> Option<&'static str> {
         let me = self.node.name.clone();
+        // The view and the lease were read at the start of the tick, and starts before
+        // this one may have taken long (storage, units): right before this start, the
+        // lease must still be valid and the service still assigned here.
+        if !self.lease_valid() || !self.still_assigned(name).await {
+            tracing::info!(service = %name, "not starting: the lease or the assignment changed during this tick");
+            return None;
+        }
         {
             let planned = self.planned_restarts.lock().await.remove(name);
             let mut starts = self.starts.lock().await;
@@ -1012,13 +1019,6 @@ impl Runtime {
         ]
         .into();
         let steps = storage.get(name).cloned().unwrap_or_default();
-        // The view and the lease were read at the start of the tick, and starts before
-        // this one may have taken long (storage, units): right before this start, the
-        // lease must still be valid and the service still assigned here.
-        if !self.lease_valid() || !self.still_assigned(name).await {
-            tracing::info!(service = %name, "not starting: the lease or the assignment changed during this tick");
-            return None;
-        }
         // Record it and tell the fence first: should this agent die between the start
         // and the next records, the fence (and a restarted agent) still end what it
         // started.
