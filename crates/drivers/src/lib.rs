@@ -69,10 +69,18 @@ impl UnitBus {
 
     /// Forgets the connection after `error`, unless the error was about the unit
     /// itself (the connection is fine then).
-    pub async fn forget_after(&self, error: &SystemdError) {
+    async fn forget_after(&self, error: &SystemdError) {
         if !error.is_about_the_unit() {
             *self.systemd.lock().await = None;
         }
+    }
+
+    /// `result` of a call, after forgetting the connection if it failed for that.
+    async fn checked<T>(&self, result: Result<T, SystemdError>) -> Result<T, SystemdError> {
+        if let Err(e) = &result {
+            self.forget_after(e).await;
+        }
+        result
     }
 
     /// The unit's state; `Err` when it cannot be read (the connection is renewed).
@@ -88,10 +96,27 @@ impl UnitBus {
                 why: format!("no answer about {unit} within {STATE_TIMEOUT:?}"),
             }),
         };
-        if let Err(e) = &state {
-            self.forget_after(e).await;
-        }
-        state
+        self.checked(state).await
+    }
+
+    /// Stops the unit, waiting for the job (see [`Systemd::stop`]).
+    ///
+    /// # Errors
+    /// systemd cannot be reached, or the stop job failed.
+    pub async fn stop(&self, unit: &str) -> Result<(), SystemdError> {
+        let systemd = self.get().await.map_err(into_systemd_error)?;
+        self.checked(systemd.stop(unit, UNIT_JOB_TIMEOUT).await)
+            .await
+    }
+
+    /// SIGKILLs every process of the unit.
+    ///
+    /// # Errors
+    /// systemd cannot be reached, or refused.
+    pub async fn kill(&self, unit: &str) -> Result<(), SystemdError> {
+        let systemd = self.get().await.map_err(into_systemd_error)?;
+        self.checked(systemd.kill(unit, Signal::SIGKILL as i32).await)
+            .await
     }
 }
 
@@ -305,15 +330,15 @@ impl Workload {
             .unit_name()
             .ok_or_else(|| DriverError::Unsupported(format!("{:?}", spec.kind).to_lowercase()))?;
         let systemd = bus.get().await?;
-        if let Err(e) = systemd.start(&unit, UNIT_JOB_TIMEOUT).await {
-            bus.forget_after(&e).await;
+        if let Err(e) = bus
+            .checked(systemd.start(&unit, UNIT_JOB_TIMEOUT).await)
+            .await
+        {
             // A start that failed or timed out may have left it running or still
             // activating: it is stopped, not forgotten.
             if !matches!(e, SystemdError::UnknownUnit(_)) {
-                if let Ok(systemd) = bus.get().await {
-                    let _ = systemd.stop(&unit, UNIT_JOB_TIMEOUT).await;
-                    let _ = systemd.kill(&unit, Signal::SIGKILL as i32).await;
-                }
+                let _ = bus.stop(&unit).await;
+                let _ = bus.kill(&unit).await;
             }
             return Err(e.into());
         }
@@ -571,19 +596,9 @@ impl Workload {
                 ..
             } => (*stop_signal, *stop_timeout),
             Backend::Unit { bus, unit } => {
-                let stopped = match bus.get().await {
-                    Ok(systemd) => systemd.stop(unit, UNIT_JOB_TIMEOUT).await,
-                    Err(e) => Err(into_systemd_error(e)),
-                };
-                if let Err(e) = stopped {
-                    bus.forget_after(&e).await;
+                if let Err(e) = bus.stop(unit).await {
                     tracing::warn!(unit = %unit, "stop failed ({e}): killing it");
-                    let killed = match bus.get().await {
-                        Ok(systemd) => systemd.kill(unit, Signal::SIGKILL as i32).await,
-                        Err(e) => Err(into_systemd_error(e)),
-                    };
-                    if let Err(e) = killed {
-                        bus.forget_after(&e).await;
+                    if let Err(e) = bus.kill(unit).await {
                         tracing::warn!(unit = %unit, "cannot kill it: {e}");
                     }
                 }
@@ -644,11 +659,7 @@ impl Workload {
                 }
             }
             Backend::Unit { bus, unit } => {
-                if let Ok(systemd) = bus.get().await {
-                    if let Err(e) = systemd.kill(unit, Signal::SIGKILL as i32).await {
-                        bus.forget_after(&e).await;
-                    }
-                }
+                let _ = bus.kill(unit).await;
             }
         }
     }
