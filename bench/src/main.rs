@@ -257,6 +257,16 @@ impl Drop for BenchCluster {
             let _ = a.kill();
             let _ = a.wait();
         }
+        // Each agent's cgroup tree goes with it: its workloads die, nothing is left.
+        for entry in std::fs::read_dir(self.dir.path().join("d"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(tree) = std::fs::read_to_string(entry.path().join("cgroup")) {
+                quorate_cgroup::remove_tree(Path::new(tree.trim()));
+            }
+        }
     }
 }
 
@@ -696,58 +706,34 @@ fn bench_operate(
     }))
 }
 
-/// CLOCK_BOOTTIME now, ns (the fence's clock).
-fn boot_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
-        u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
-            + u64::try_from(t.tv_nsec()).unwrap_or(0)
-    })
-}
-
-/// The cgroup v2 directory this process runs in.
-fn own_cgroup() -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mount = info.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split_whitespace().next()? == "cgroup2")
-            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
-            .flatten()
-    })?;
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Some(mount.join(path.trim().trim_start_matches('/')))
-}
-
-fn cgroup_empty(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join("cgroup.procs")).map_or(true, |p| p.trim().is_empty())
-}
-
 /// One trial of `bench fence`: returns ms from the deadline to the last workload dead.
 fn fence_trial(quorate: &Path, base: &Path, workloads: usize, trial: usize) -> Result<f64, String> {
+    use quorate_cgroup::Cgroup;
+    use quorate_fence::mono_ns;
     use std::io::Write as _;
-    let mut dirs = Vec::new();
+    let mut cgs: Vec<Cgroup> = Vec::new();
     let mut children = Vec::new();
     let mut groups = Vec::new();
     let mut cgroups = Vec::new();
     let result = (|| {
         for i in 0..workloads {
-            let dir = base.join(format!("w{trial}-{i}"));
-            std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            dirs.push(dir.clone());
-            let procs = dir.join("cgroup.procs");
-            let child = std::process::Command::new("/bin/sh")
-                .args(["-c", "echo $$ > \"$0\" || exit 126; exec sleep 300"])
-                .arg(&procs)
+            let cg = Cgroup::create_in(base, "bench", &format!("w{trial}-{i}"))
+                .map_err(|e| e.to_string())?;
+            let mut argv = cg.exec_prefix();
+            argv.extend(["sleep".to_owned(), "300".to_owned()]);
+            let child = std::process::Command::new(&argv[0])
+                .args(&argv[1..])
                 .process_group(0)
                 .spawn()
                 .map_err(|e| e.to_string())?;
             groups.push(format!("w{i}={}", child.id()));
-            cgroups.push(format!("w{i}={}", dir.display()));
+            cgroups.push(format!("w{i}={}", cg.dir().display()));
             children.push(child);
+            cgs.push(cg);
         }
         // Every workload is inside its cgroup before the fence gets it.
         let t0 = Instant::now();
-        while dirs.iter().any(|d| cgroup_empty(d)) {
+        while cgs.iter().any(Cgroup::is_empty) {
             if t0.elapsed() > Duration::from_secs(5) {
                 return Err("workloads did not enter their cgroups".into());
             }
@@ -761,7 +747,7 @@ fn fence_trial(quorate: &Path, base: &Path, workloads: usize, trial: usize) -> R
             .stderr(std::process::Stdio::null())
             .spawn()
             .map_err(|e| e.to_string())?;
-        let deadline = boot_ns() + 300_000_000;
+        let deadline = mono_ns() + 300_000_000;
         if let Some(stdin) = fence.stdin.as_mut() {
             let lines = format!(
                 "lease {deadline}\ngroups {}\ncgroups {}\n",
@@ -773,10 +759,14 @@ fn fence_trial(quorate: &Path, base: &Path, workloads: usize, trial: usize) -> R
                 .map_err(|e| e.to_string())?;
             stdin.flush().map_err(|e| e.to_string())?;
         }
-        // Poll tightly around the deadline: the first instant every cgroup is empty.
+        // Sleep until just before the deadline (spinning there would take a core from
+        // the fence), then poll tightly: the first instant every cgroup is empty.
+        std::thread::sleep(Duration::from_nanos(
+            deadline.saturating_sub(mono_ns()).saturating_sub(2_000_000),
+        ));
         let done = loop {
-            let now = boot_ns();
-            if now >= deadline && dirs.iter().all(|d| cgroup_empty(d)) {
+            let now = mono_ns();
+            if now >= deadline && cgs.iter().all(Cgroup::is_empty) {
                 break now;
             }
             if now > deadline + 10_000_000_000 {
@@ -794,10 +784,10 @@ fn fence_trial(quorate: &Path, base: &Path, workloads: usize, trial: usize) -> R
         let _ = c.kill();
         let _ = c.wait();
     }
-    for d in &dirs {
-        let _ = std::fs::write(d.join("cgroup.kill"), b"1");
+    for cg in &cgs {
         for _ in 0..100 {
-            if std::fs::remove_dir(d).is_ok() {
+            cg.kill();
+            if cg.remove() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -813,7 +803,7 @@ fn bench_fence(
     runs: usize,
     load: bool,
 ) -> Result<serde_json::Value, String> {
-    let own = own_cgroup().ok_or("no cgroup v2 hierarchy")?;
+    let own = quorate_cgroup::own_dir().ok_or("no cgroup v2 hierarchy")?;
     let base = own.join(format!("quorate-bench-fence.{}", std::process::id()));
     std::fs::create_dir(&base).map_err(|e| format!("{} (root needed): {e}", base.display()))?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
