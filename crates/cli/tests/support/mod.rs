@@ -387,8 +387,21 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        // Power off every node: agents, fences and workloads all go.
-        let names: Vec<String> = self.names.clone();
+        // Power off every node, also one a test added: agents, fences, workloads and
+        // their cgroups all go.
+        let data_dirs: Vec<String> = std::fs::read_dir(self.path().join("d"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .collect();
+        let names: std::collections::BTreeSet<String> = self
+            .names
+            .iter()
+            .chain(self.agents.keys())
+            .chain(&data_dirs)
+            .cloned()
+            .collect();
         for n in names {
             if let Some(pid) = self.pid(&n) {
                 let _ = Command::new("kill")
