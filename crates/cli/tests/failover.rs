@@ -295,18 +295,7 @@ fn fence_command_must_succeed_before_services_leave_a_down_node() {
         flag.display(),
         log.display()
     );
-    let spec_path = c.path().join("quorate.toml");
-    let spec = std::fs::read_to_string(&spec_path).unwrap();
-    std::fs::write(
-        &spec_path,
-        spec.replacen(
-            "name = \"test\"",
-            &format!("name = \"test\"\nfence_command = [\"/bin/sh\", \"-c\", {script:?}]"),
-            1,
-        ),
-    )
-    .unwrap();
-    c.ok(&["lock"]);
+    c.set_fence_command(&script);
     let (leader, placed) = running_cluster(&mut c);
     let (service, host) = placed.iter().find(|(_, n)| *n != leader).cloned().unwrap();
     c.poweroff(&host);

@@ -289,18 +289,7 @@ fn a_node_that_fails_twice_is_power_fenced_twice() {
         &adversary("db", &[], "prefer = [\"n3\"]\nstop_timeout = \"2s\""),
     );
     let script = format!("echo {{node}} >> {}", log.display());
-    let spec_path = c.path().join("quorate.toml");
-    let spec = std::fs::read_to_string(&spec_path).unwrap();
-    std::fs::write(
-        &spec_path,
-        spec.replacen(
-            "name = \"test\"",
-            &format!("name = \"test\"\nfence_command = [\"/bin/sh\", \"-c\", {script:?}]"),
-            1,
-        ),
-    )
-    .unwrap();
-    c.ok(&["lock"]);
+    c.set_fence_command(&script);
     c.start("n1");
     c.start("n2");
     let leader = c.wait_agreed(&["n1", "n2"], 1);

@@ -375,6 +375,23 @@ impl TestCluster {
         leader
     }
 
+    /// Sets `cluster.fence_command` to `/bin/sh -c SCRIPT` and re-locks the spec.
+    pub fn set_fence_command(&self, script: &str) {
+        let path = self.path().join("quorate.toml");
+        let spec = std::fs::read_to_string(&path).unwrap();
+        let with = spec.replacen(
+            "name = \"test\"",
+            &format!("name = \"test\"\nfence_command = [\"/bin/sh\", \"-c\", {script:?}]"),
+            1,
+        );
+        assert_ne!(
+            with, spec,
+            "the spec has no `name = \"test\"` to add it after"
+        );
+        std::fs::write(&path, with).unwrap();
+        self.ok(&["lock"]);
+    }
+
     /// Appends text to the spec and re-locks it.
     pub fn edit_spec(&self, append: &str) {
         let path = self.path().join("quorate.toml");
