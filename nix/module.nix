@@ -463,6 +463,12 @@ in
         Delegate = "yes";
         WatchdogSec = cfg.watchdog.serviceTimeout;
         TimeoutStopSec = "30s";
+        # `systemctl reload quorate` reloads the node certificate, key and CA bundle
+        # (SIGHUP) for new connections without a restart: quorum is never dropped.
+        ExecReload = "/run/current-system/sw/bin/kill -HUP $MAINPID";
+        # Peers, workloads and sockets: the default 1024 is too few under load or
+        # attack; the agent bounds its own connections well below this.
+        LimitNOFILE = 65536;
         UMask = "0077";
         # Hardening that leaves what the agent must do: manage units over D-Bus, add
         # addresses (netlink), mount filesystems *visibly to other units* and run

@@ -7,11 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quorate_api::{ControlReply, ControlRequest, NodeStatus, StatusReport, StorageStatus};
 use quorate_consensus::{
-    call_app, ClusterState, Command, CommandResult, Consensus, PeerNode, WriteError,
+    call_app, AppClass, CallError, ClusterState, Command, CommandResult, Consensus, PeerNode,
+    WriteError,
 };
 use quorate_lock::Lock;
 use quorate_net::{Partition, PeerClient};
-use quorate_pki::NodeTls;
+use quorate_pki::SharedTls;
 use quorate_spec::Spec;
 use quorate_state::AdminState;
 use serde_json::json;
@@ -25,8 +26,10 @@ pub struct Node {
     pub(crate) name: String,
     pub(crate) consensus: Consensus,
     pub(crate) local: LocalFiles,
-    pub(crate) tls: NodeTls,
+    pub(crate) tls: SharedTls,
     pub(crate) partition: Partition,
+    /// True only in the sandbox and tests: the control socket takes `partition`.
+    pub(crate) fault_injection: bool,
     /// Connections to the leader, by node name.
     clients: Mutex<BTreeMap<String, PeerClient>>,
     /// On the leader: when each node's lease was last renewed.
@@ -41,6 +44,9 @@ pub struct Node {
     /// to return: a grant never returns an index older than a placement decided
     /// while the node was counted down.
     pub(crate) placing: tokio::sync::Mutex<()>,
+    /// The end of validity of each peer's certificate, as seen at its last handshake
+    /// with this node (the leader sees every node: all renew their leases with it).
+    pub(crate) peer_certificates: std::sync::Mutex<BTreeMap<String, SystemTime>>,
     /// On the leader: runs of the spec's fence_command.
     pub(crate) power_fencing: std::sync::Arc<std::sync::Mutex<crate::failover::PowerFencing>>,
 }
@@ -51,12 +57,53 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
 }
 
+/// Who asked for an operator request: the node whose control socket received it
+/// (named by its certificate when it was forwarded) and the local user there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The node that received the request from its local CLI.
+    pub node: String,
+    /// That node's local user (from `SO_PEERCRED`), when known.
+    pub user: Option<String>,
+    /// True when a peer forwarded the request here.
+    pub forwarded: bool,
+}
+
+impl Caller {
+    /// How events name the caller: `user@node`, or the node alone.
+    #[must_use]
+    pub fn by(&self) -> String {
+        match &self.user {
+            Some(user) => format!("{user}@{}", self.node),
+            None => self.node.clone(),
+        }
+    }
+}
+
+/// Whole days from now until `at` (negative once past).
+fn days_left(at: SystemTime) -> i64 {
+    let secs = match at.duration_since(SystemTime::now()) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    secs.div_euclid(86_400)
+}
+
 fn refused(exit_code: u8, message: impl Into<String>) -> ControlReply {
     ControlReply::Refused {
         exit_code,
         message: message.into(),
         changes: serde_json::Value::Null,
     }
+}
+
+/// The nodes of `spec` that the lock numbers: name → raft id. Only these may speak.
+#[must_use]
+pub fn members(spec: &Spec, lock: &Lock) -> BTreeMap<String, u64> {
+    spec.nodes
+        .keys()
+        .filter_map(|name| Some((name.clone(), lock.nodes.get(name)?.raft_id)))
+        .collect()
 }
 
 /// Raft members of `spec` + `lock` that vote: raft id → name and address.
@@ -83,8 +130,9 @@ impl Node {
         name: String,
         consensus: Consensus,
         local: LocalFiles,
-        tls: NodeTls,
+        tls: SharedTls,
         partition: Partition,
+        fault_injection: bool,
     ) -> Self {
         Self {
             name,
@@ -92,10 +140,12 @@ impl Node {
             local,
             tls,
             partition,
+            fault_injection,
             clients: Mutex::default(),
             leases: std::sync::Mutex::default(),
             applied_timings: std::sync::Mutex::default(),
             power_fencing: std::sync::Arc::default(),
+            peer_certificates: std::sync::Mutex::default(),
             failures: std::sync::Mutex::default(),
             placing: tokio::sync::Mutex::default(),
         }
@@ -120,10 +170,25 @@ impl Node {
         self.consensus.status().leader == Some(self.consensus.id())
     }
 
-    /// Handles a control request from the local CLI (`forwarded = false`) or from a
-    /// peer that forwarded it here because it believes this node leads.
-    pub async fn handle(&self, request: ControlRequest, forwarded: bool) -> ControlReply {
+    /// Handles a control request from the local CLI or from a peer that forwarded it
+    /// here because it believes this node leads; `caller` says who asked.
+    pub async fn handle(&self, request: ControlRequest, caller: &Caller) -> ControlReply {
+        let forwarded = caller.forwarded;
         if let ControlRequest::Partition { cut } = request {
+            // A fault of this node's own, never something a peer may ask for.
+            if forwarded {
+                tracing::warn!(
+                    peer = caller.node,
+                    "refused a forwarded `partition`: peers may not cut a node's traffic"
+                );
+                return refused(
+                    1,
+                    "`partition` is local to a node's control socket; peers may not send it",
+                );
+            }
+            if !self.fault_injection {
+                return refused(1, "this agent takes no fault injection: `partition` exists only in the sandbox and tests (`quorate agent --allow-fault-injection`)");
+            }
             self.partition.set(cut);
             tracing::warn!(
                 cut,
@@ -169,10 +234,14 @@ impl Node {
                     spec,
                     lock,
                     allow_destructive,
-                } => self.apply(*spec, *lock, allow_destructive).await,
-                ControlRequest::Move { service, node } => self.move_service(&service, node).await,
-                ControlRequest::SetAdmin { node, state } => self.set_admin(&node, &state).await,
-                ControlRequest::Restart { service } => self.restart_service(&service).await,
+                } => self.apply(*spec, *lock, allow_destructive, caller).await,
+                ControlRequest::Move { service, node } => {
+                    self.move_service(&service, node, caller).await
+                }
+                ControlRequest::SetAdmin { node, state } => {
+                    self.set_admin(&node, &state, caller).await
+                }
+                ControlRequest::Restart { service } => self.restart_service(&service, caller).await,
                 ControlRequest::Explain { service } => self.explain(&service).await,
                 ControlRequest::SchedulerInput => self.scheduler_input().await,
                 // Answered above, on the node that was asked.
@@ -186,7 +255,7 @@ impl Node {
             .leader()
             .filter(|(id, _)| *id != self.consensus.id());
         let reply = match (&leader, forwarded) {
-            (Some((_, peer)), false) => self.forward(peer, &request).await,
+            (Some((_, peer)), false) => self.forward(peer, &request, caller).await,
             _ => Err("no leader is known".to_string()),
         };
         match (reply, request) {
@@ -212,8 +281,12 @@ impl Node {
         &self,
         leader: &PeerNode,
         request: &ControlRequest,
+        caller: &Caller,
     ) -> Result<ControlReply, String> {
-        let message = PeerMessage::Control(request.clone());
+        let message = PeerMessage::Control {
+            request: request.clone(),
+            user: caller.user.clone(),
+        };
         let timeout = self.quorum_timeout() * 2 + Duration::from_secs(1);
         let reply = self.call_peer("control", leader, &message, timeout).await?;
         serde_json::from_value(reply).map_err(|e| e.to_string())
@@ -239,7 +312,12 @@ impl Node {
         });
         drop(clients);
         let request = serde_json::to_value(message).map_err(|e| e.to_string())?;
-        let reply = call_app(&mut client, request, timeout)
+        let class = if matches!(message, PeerMessage::Control { .. }) {
+            AppClass::Control
+        } else {
+            AppClass::Report
+        };
+        let reply = call_app(&mut client, class, request, timeout)
             .await
             .map_err(|e| format!("{} unreachable: {e}", peer.name));
         self.clients.lock().await.insert(key, client);
@@ -283,12 +361,22 @@ impl Node {
                     (true, Some(AdminState::Maintenance)) => "maintenance",
                     (true, _) => "up",
                 };
+                let expires = if *name == self.name {
+                    Some(self.tls.get().not_after)
+                } else {
+                    self.peer_certificates
+                        .lock()
+                        .ok()
+                        .and_then(|seen| seen.get(name).copied())
+                };
                 NodeStatus {
                     name: name.clone(),
                     state: state_name.into(),
                     last_contact_ms: contact,
                     raft_id,
                     voter: n.voter,
+                    certificate_expires: expires.map(quorate_pki::format_time),
+                    certificate_days_left: expires.map(days_left),
                 }
             })
             .collect();
@@ -382,7 +470,13 @@ impl Node {
     }
 
     /// On the leader: checks and commits a new spec + lock.
-    async fn apply(&self, spec: Spec, lock: Lock, allow_destructive: bool) -> ControlReply {
+    async fn apply(
+        &self,
+        spec: Spec,
+        lock: Lock,
+        allow_destructive: bool,
+        caller: &Caller,
+    ) -> ControlReply {
         let errors: Vec<String> = quorate_spec::validate_spec(&spec)
             .into_iter()
             .filter(quorate_spec::Diagnostic::is_error)
@@ -437,7 +531,7 @@ impl Node {
         let command = Command::ApplySpec {
             spec: Box::new(spec),
             lock: Box::new(lock),
-            by: self.name.clone(),
+            by: caller.by(),
             at_ms: now_ms(),
         };
         match self.consensus.write(command, self.quorum_timeout()).await {
@@ -453,12 +547,24 @@ impl Node {
         }
     }
 
-    /// Copies what every node needs at hand from the applied spec (its timings).
+    /// Copies what every node needs at hand from the applied spec: its timings, and
+    /// its members (the only nodes whose messages are accepted). Before a spec is
+    /// applied, the members are the local spec's nodes.
     pub async fn refresh_applied(&self) {
-        let timings = self
+        let (timings, members) = self
             .consensus
-            .with_state(|st| st.applied.as_ref().map(|a| a.spec.cluster.timings))
+            .with_state(|st| {
+                let (spec, lock) = st
+                    .applied
+                    .as_ref()
+                    .map_or((&self.local.spec, &self.local.lock), |a| (&a.spec, &a.lock));
+                (
+                    st.applied.as_ref().map(|a| a.spec.cluster.timings),
+                    members(spec, lock),
+                )
+            })
             .await;
+        self.consensus.set_peers(members);
         if let Ok(mut t) = self.applied_timings.lock() {
             *t = timings;
         }
@@ -488,14 +594,6 @@ impl Node {
                 }
             }
             Some(applied) => {
-                self.consensus.set_peers(
-                    applied
-                        .lock
-                        .nodes
-                        .iter()
-                        .map(|(n, e)| (n.clone(), e.raft_id))
-                        .collect(),
-                );
                 let wanted = voters(&applied.spec, &applied.lock);
                 match self
                     .consensus
@@ -518,8 +616,15 @@ impl Node {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "peer_message", rename_all = "snake_case")]
 pub enum PeerMessage {
-    /// A control request forwarded to the leader.
-    Control(ControlRequest),
+    /// A control request forwarded to the leader, with the local user who asked on the
+    /// forwarding node (the node itself is named by its certificate).
+    Control {
+        /// The request.
+        request: ControlRequest,
+        /// The user on the forwarding node.
+        #[serde(default)]
+        user: Option<String>,
+    },
     /// "Do you have Raft state?" — asked by a fresh node before it initializes.
     Probe,
     /// "Renew my lease": the sender (named by its certificate) asks the leader.
@@ -539,11 +644,34 @@ pub enum PeerMessage {
 pub struct PeerApp(pub std::sync::Arc<Node>);
 
 impl quorate_consensus::AppHandler for PeerApp {
-    async fn handle(&self, peer: String, request: serde_json::Value) -> serde_json::Value {
-        match serde_json::from_value::<PeerMessage>(request) {
-            Ok(PeerMessage::Control(r)) => {
+    async fn handle(
+        &self,
+        peer: String,
+        class: AppClass,
+        request: serde_json::Value,
+    ) -> serde_json::Value {
+        let message = serde_json::from_value::<PeerMessage>(request);
+        // Each message travels as its own frame kind, held to that kind's size limit.
+        let expected = match &message {
+            Ok(PeerMessage::Control { .. }) => AppClass::Control,
+            _ => AppClass::Report,
+        };
+        if class != expected {
+            return serde_json::to_value(refused(
+                1,
+                "this peer message was sent as the wrong frame kind",
+            ))
+            .unwrap_or_default();
+        }
+        match message {
+            Ok(PeerMessage::Control { request, user }) => {
                 tracing::debug!(peer, "forwarded control request");
-                serde_json::to_value(self.0.handle(r, true).await).unwrap_or_default()
+                let caller = Caller {
+                    node: peer,
+                    user,
+                    forwarded: true,
+                };
+                serde_json::to_value(self.0.handle(request, &caller).await).unwrap_or_default()
             }
             Ok(PeerMessage::Probe) => json!({ "has_state": self.0.consensus.has_state().await }),
             // The lease and the reports are the sender's own: its name comes from its
@@ -563,6 +691,12 @@ impl quorate_consensus::AppHandler for PeerApp {
                 .unwrap_or_default(),
         }
     }
+
+    fn connected(&self, peer: &str, not_after: SystemTime) {
+        if let Ok(mut seen) = self.0.peer_certificates.lock() {
+            seen.insert(peer.to_string(), not_after);
+        }
+    }
 }
 
 impl Node {
@@ -576,10 +710,22 @@ impl Node {
             let addr = std::net::SocketAddr::new(n.address, self.local.spec.network.port);
             let mut client = PeerClient::new(name, addr, &self.tls, self.partition.clone());
             let probe = serde_json::to_value(PeerMessage::Probe).unwrap_or_default();
-            if let Ok(reply) = call_app(&mut client, probe, Duration::from_millis(500)).await {
-                if reply["has_state"] == true {
+            match call_app(
+                &mut client,
+                AppClass::Report,
+                probe,
+                Duration::from_millis(500),
+            )
+            .await
+            {
+                Ok(reply) if reply["has_state"] == true => return true,
+                // A peer that refuses this node has a spec without it: the cluster
+                // exists, and this node must wait until a spec that has it is applied.
+                Err(CallError::NotMember(why)) => {
+                    tracing::info!(peer = name, "{why}");
                     return true;
                 }
+                _ => {}
             }
         }
         false

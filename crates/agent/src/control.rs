@@ -36,10 +36,16 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, AgentError> {
 pub(crate) async fn serve(listener: UnixListener, node: Arc<Node>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let node = node.clone();
         tokio::spawn(async move {
+            let caller = crate::Caller {
+                node: node.name.clone(),
+                user: stream.peer_cred().ok().map(|c| user_name(c.uid())),
+                forwarded: false,
+            };
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
             let limited = BufReader::new(read)
@@ -49,7 +55,7 @@ pub(crate) async fn serve(listener: UnixListener, node: Arc<Node>) {
             let reply = match limited.map_err(|e| e.to_string()).and_then(|_| {
                 serde_json::from_str::<ControlRequest>(&line).map_err(|e| e.to_string())
             }) {
-                Ok(request) => node.handle(request, false).await,
+                Ok(request) => node.handle(request, &caller).await,
                 Err(e) => ControlReply::Refused {
                     exit_code: 1,
                     message: format!("bad control request: {e}"),
@@ -61,4 +67,12 @@ pub(crate) async fn serve(listener: UnixListener, node: Arc<Node>) {
             let _ = write.write_all(&bytes).await;
         });
     }
+}
+
+/// The name of user `uid` (from the passwd database), or `uid<N>`.
+fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid{uid}"), |u| u.name)
 }

@@ -159,6 +159,24 @@ impl Node {
         if !self.is_leader() {
             return false;
         }
+        // Only what the node may report reaches the Raft log (the state machine
+        // filters again, deterministically).
+        let (mut services, mut epochs) = (services, epochs);
+        let before = services.len();
+        self.consensus
+            .with_state(|st| services.retain(|key, state| st.report_is_valid(node, key, state)))
+            .await;
+        epochs.retain(|key, _| services.contains_key(key));
+        if services.len() < before {
+            tracing::warn!(
+                peer = node,
+                dropped = before - services.len(),
+                "dropped reports about services or storage the applied spec does not have"
+            );
+        }
+        if services.is_empty() {
+            return true;
+        }
         let command = Command::Observe {
             node: node.to_string(),
             services,
@@ -533,6 +551,7 @@ impl Node {
         &self,
         service: &str,
         node: Option<String>,
+        caller: &crate::cluster::Caller,
     ) -> quorate_api::ControlReply {
         let check = self
             .consensus
@@ -583,7 +602,7 @@ impl Node {
             Command::Pin {
                 service: service.to_string(),
                 node,
-                by: self.name.clone(),
+                by: caller.by(),
                 at_ms: now_ms(),
             },
             done,
@@ -592,7 +611,11 @@ impl Node {
     }
 
     /// On the leader: `quorate restart SVC` — its node stops and starts it again.
-    pub(crate) async fn restart_service(&self, service: &str) -> quorate_api::ControlReply {
+    pub(crate) async fn restart_service(
+        &self,
+        service: &str,
+        caller: &crate::cluster::Caller,
+    ) -> quorate_api::ControlReply {
         let check = self
             .consensus
             .with_state(
@@ -616,7 +639,7 @@ impl Node {
                 self.commit(
                     Command::Restart {
                         service: service.to_string(),
-                        by: self.name.clone(),
+                        by: caller.by(),
                         at_ms: now_ms(),
                     },
                     format!("{service} restarts on {node}"),
@@ -628,7 +651,12 @@ impl Node {
     }
 
     /// On the leader: drain, undrain, maintenance on/off.
-    pub(crate) async fn set_admin(&self, node: &str, state: &str) -> quorate_api::ControlReply {
+    pub(crate) async fn set_admin(
+        &self,
+        node: &str,
+        state: &str,
+        caller: &crate::cluster::Caller,
+    ) -> quorate_api::ControlReply {
         let admin = match state {
             "active" => AdminState::Active,
             "draining" => AdminState::Draining,
@@ -672,7 +700,7 @@ impl Node {
             Command::SetAdmin {
                 node: node.to_string(),
                 state: admin,
-                by: self.name.clone(),
+                by: caller.by(),
                 at_ms: now_ms(),
             },
             format!("{node} is now {state}"),

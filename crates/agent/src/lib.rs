@@ -29,7 +29,7 @@ use quorate_consensus::{Consensus, PeerService, Timings};
 use quorate_net::Partition;
 use quorate_pki::TlsFiles;
 
-pub use crate::cluster::{voters, Node};
+pub use crate::cluster::{members, voters, Caller, Node};
 pub use crate::failover::LeaseTable;
 pub use crate::runtime::Runtime;
 use crate::setup::Identity;
@@ -51,6 +51,8 @@ pub struct AgentConfig {
     pub socket: PathBuf,
     /// Watchdog device for the fence process, if any.
     pub watchdog: Option<PathBuf>,
+    /// Sandbox and tests only: the control socket takes the `partition` fault.
+    pub allow_fault_injection: bool,
 }
 
 /// Why the agent stopped or could not start. Start-up errors change nothing.
@@ -90,9 +92,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     if let Some(dog) = &config.watchdog {
         std::fs::OpenOptions::new().write(true).open(dog).map(drop).map_err(|e| AgentError::Input(format!("cannot open the watchdog {}: {e}\n  help: check --watchdog / QUORATE_WATCHDOG, or leave it unset", dog.display())))?;
     }
-    let tls = quorate_pki::load(&config.tls, &config.node).map_err(|e| {
-        AgentError::Input(format!("TLS material for `{}`: {e}\n  help: create it with `quorate ca issue {} --ca CA_DIR --out {}`", config.node, config.node, config.data_dir.join("tls").display()))
-    })?;
+    let tls = quorate_pki::SharedTls::new(load_tls(&config)?);
     let addr = setup::peer_addr(spec, &config.node)
         .ok_or_else(|| AgentError::Input("node has no address".into()))?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -120,14 +120,6 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     )
     .await
     .map_err(|e| AgentError::Runtime(e.to_string()))?;
-    consensus.set_peers(
-        local
-            .lock
-            .nodes
-            .iter()
-            .map(|(n, e)| (n.clone(), e.raft_id))
-            .collect(),
-    );
     let members = voters(spec, &local.lock);
     let cluster_name = spec.cluster.name.clone();
 
@@ -137,12 +129,22 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         local,
         tls.clone(),
         partition.clone(),
+        config.allow_fault_injection,
     ));
+    // Members before the first peer message: the applied spec's, else the local one's.
+    node.refresh_applied().await;
     let service = Arc::new(PeerService::new(
         consensus.clone(),
         Arc::new(cluster::PeerApp(node.clone())),
     ));
-    let server = tokio::spawn(quorate_net::serve(listener, tls, service, partition));
+    let server = tokio::spawn(quorate_net::serve(
+        listener,
+        tls.clone(),
+        service,
+        partition,
+        quorate_net::Limits::default(),
+    ));
+    let reload = tokio::spawn(reload_tls_on_hangup(config.clone(), tls));
     tracing::info!(node = %config.node, raft_id, %addr, "agent started");
 
     let joining = {
@@ -215,10 +217,59 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     drbd_task.abort();
     gluster_task.abort();
     control_task.abort();
+    reload.abort();
     server.abort();
     consensus.shutdown().await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+/// Loads this node's TLS material, refusing an expired certificate.
+fn load_tls(config: &AgentConfig) -> Result<quorate_pki::NodeTls, AgentError> {
+    let help = || {
+        format!(
+            "  help: issue one with the CA (`quorate ca issue {} --ca CA_DIR --out DIR`, or `quorate cert request` here and `quorate ca sign` there) and put node.pem, node.key and ca.pem in {}",
+            config.node,
+            config.data_dir.join("tls").display()
+        )
+    };
+    let tls = quorate_pki::load(&config.tls, &config.node).map_err(|e| {
+        AgentError::Input(format!(
+            "TLS material for `{}`: {e}\n{}",
+            config.node,
+            help()
+        ))
+    })?;
+    if tls.not_after < std::time::SystemTime::now() {
+        return Err(AgentError::Input(format!(
+            "the certificate {} of `{}` has expired; peers refuse it\n{}",
+            config.tls.cert.display(),
+            config.node,
+            help()
+        )));
+    }
+    Ok(tls)
+}
+
+/// On SIGHUP: reloads the certificate, key and CA bundle for every new connection;
+/// established connections keep theirs. A reload that fails keeps the old material.
+async fn reload_tls_on_hangup(config: AgentConfig, tls: quorate_pki::SharedTls) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        match load_tls(&config) {
+            Ok(fresh) => {
+                tracing::info!(
+                    not_after = %quorate_pki::format_time(fresh.not_after),
+                    "SIGHUP: reloaded the TLS certificate, key and CA bundle"
+                );
+                tls.set(fresh);
+            }
+            Err(e) => tracing::error!("SIGHUP: kept the current TLS material: {e}"),
+        }
+    }
 }
 
 /// FNV-1a, 32 bits: a short, stable digest (not a security boundary).

@@ -134,9 +134,7 @@ pub struct Runtime {
     storage_reported: Mutex<BTreeMap<String, String>>,
 }
 
-/// Key prefix of storage health reports in the replicated observations:
-/// `storage/<name>/<node>`.
-pub(crate) const STORAGE_REPORT: &str = "storage/";
+pub(crate) use quorate_state::STORAGE_REPORT;
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -276,7 +274,16 @@ impl Runtime {
     }
 
     /// Queues a storage health report (sent with the service reports) when it changed.
-    async fn report_storage(&self, resource: &str, health: String) {
+    async fn report_storage(&self, resource: &str, mut health: String) {
+        // The cluster keeps at most this much of it.
+        if health.len() > quorate_state::MAX_STORAGE_HEALTH {
+            let mut end = quorate_state::MAX_STORAGE_HEALTH - 3;
+            while !health.is_char_boundary(end) {
+                end -= 1;
+            }
+            health.truncate(end);
+            health.push_str("...");
+        }
         let key = format!("{STORAGE_REPORT}{resource}/{}", self.node.name);
         let mut last = self.storage_reported.lock().await;
         if last.get(&key) != Some(&health) {

@@ -191,6 +191,13 @@ pub struct NodeStatus {
     pub raft_id: Option<u64>,
     /// Whether it votes.
     pub voter: bool,
+    /// When its certificate expires (`2027-12-02 21:55:40 UTC`), as the answering
+    /// node saw it at its last handshake with it; null when unknown.
+    #[serde(default)]
+    pub certificate_expires: Option<String>,
+    /// Whole days until then (negative once expired); null when unknown.
+    #[serde(default)]
+    pub certificate_days_left: Option<i64>,
 }
 
 /// One service in [`StatusReport`].

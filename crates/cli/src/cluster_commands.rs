@@ -109,6 +109,9 @@ pub fn agent(config: quorate_agent::AgentConfig) -> Exit {
     }
 }
 
+/// `status` warns this many days before a node certificate expires.
+const CERTIFICATE_WARNING_DAYS: i64 = 30;
+
 fn print_status(r: &StatusReport) {
     let yes = |b: bool| if b { "yes" } else { "NO" };
     println!(
@@ -122,6 +125,22 @@ fn print_status(r: &StatusReport) {
     );
     if r.local_spec_differs {
         println!("note: this node's local spec file differs from the applied spec (run `quorate plan`, then `quorate apply` to change the cluster)");
+    }
+    for n in &r.nodes {
+        let (Some(days), Some(at)) = (n.certificate_days_left, &n.certificate_expires) else {
+            continue;
+        };
+        if days < CERTIFICATE_WARNING_DAYS {
+            let when = if days < 0 {
+                "has EXPIRED".to_string()
+            } else {
+                format!("expires in {days} days")
+            };
+            println!(
+                "warning: the certificate of {} {when} ({at}); issue a new one with the CA (`quorate ca issue {} --days 365` or `ca sign`), put it in place and run `systemctl reload quorate` on {}",
+                n.name, n.name, n.name
+            );
+        }
     }
     println!(
         "\n{:<20} {:<12} {:>14}  VOTER",

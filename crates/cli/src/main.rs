@@ -388,6 +388,9 @@ pub struct AgentArgs {
     /// workloads cannot be confirmed dead, it stops petting and the node is reset.
     #[arg(long, value_name = "DEVICE", env = "QUORATE_WATCHDOG")]
     watchdog: Option<PathBuf>,
+    /// Sandbox and tests only: let the control socket take the `partition` fault.
+    #[arg(long, env = "QUORATE_ALLOW_FAULT_INJECTION", hide = true)]
+    allow_fault_injection: bool,
 }
 
 impl AgentArgs {
@@ -412,6 +415,7 @@ impl AgentArgs {
             node: self.node,
             data_dir: self.data_dir,
             watchdog: self.watchdog,
+            allow_fault_injection: self.allow_fault_injection,
         }
     }
 }
@@ -477,24 +481,35 @@ enum SandboxAction {
 
 #[derive(Debug, Subcommand)]
 enum CaCommand {
-    /// Create a cluster CA in DIR: ca.pem and ca.key (0600). Keep the key off the nodes.
+    /// Create a cluster CA in DIR: ca.pem and ca.key (0600). Run it on your admin
+    /// machine, not on a node, and keep the key offline.
     Init {
         /// Directory for the CA.
         dir: PathBuf,
         /// Cluster name, written into the CA's name.
         #[arg(long, default_value = "quorate")]
         cluster: String,
+        /// How long the CA is valid, in days.
+        #[arg(long, value_name = "DAYS", default_value_t = 3650)]
+        days: u32,
     },
-    /// Sign a node's request (from `quorate cert request`); the certificate names that node.
+    /// Sign a node's request (from `quorate cert request`); the certificate names that
+    /// node, and a request for any other node is refused.
     Sign {
         /// The signing request.
         csr: PathBuf,
+        /// The node the request must be for.
+        #[arg(long, value_name = "NAME")]
+        node: String,
         /// The CA directory.
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
         /// Where to write the certificate [default: print it].
         #[arg(long, value_name = "PATH")]
         out: Option<PathBuf>,
+        /// How long the certificate is valid, in days (`status` warns 30 days before).
+        #[arg(long, value_name = "DAYS", default_value_t = 365)]
+        days: u32,
     },
     /// Create a node's key and certificate in one step, for delivery by secret tooling
     /// (sops-nix, agenix).
@@ -507,6 +522,25 @@ enum CaCommand {
         /// Output directory (node.pem, node.key, ca.pem).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// How long the certificate is valid, in days (`status` warns 30 days before).
+        #[arg(long, value_name = "DAYS", default_value_t = 365)]
+        days: u32,
+    },
+    /// Start a rolling CA change: create the new CA (if NEW has none) and the bundle
+    /// of old + new CA that every node trusts during the change; prints the steps.
+    Rotate {
+        /// The current CA directory.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The new CA directory.
+        #[arg(long, value_name = "DIR")]
+        new: PathBuf,
+        /// Cluster name, written into the new CA's name.
+        #[arg(long, default_value = "quorate")]
+        cluster: String,
+        /// How long the new CA is valid, in days.
+        #[arg(long, value_name = "DAYS", default_value_t = 3650)]
+        days: u32,
     },
 }
 
@@ -668,11 +702,28 @@ fn main() -> ExitCode {
             witness_as,
             escaped_from,
         }),
-        Command::Ca(CaCommand::Init { dir, cluster }) => pki_commands::ca_init(&dir, &cluster),
-        Command::Ca(CaCommand::Sign { csr, ca, out }) => {
-            pki_commands::ca_sign(&ca, &csr, out.as_deref())
+        Command::Ca(CaCommand::Init { dir, cluster, days }) => {
+            pki_commands::ca_init(&dir, &cluster, days)
         }
-        Command::Ca(CaCommand::Issue { node, ca, out }) => pki_commands::ca_issue(&ca, &node, &out),
+        Command::Ca(CaCommand::Sign {
+            csr,
+            node,
+            ca,
+            out,
+            days,
+        }) => pki_commands::ca_sign(&ca, &csr, &node, out.as_deref(), days),
+        Command::Ca(CaCommand::Issue {
+            node,
+            ca,
+            out,
+            days,
+        }) => pki_commands::ca_issue(&ca, &node, &out, days),
+        Command::Ca(CaCommand::Rotate {
+            ca,
+            new,
+            cluster,
+            days,
+        }) => pki_commands::ca_rotate(&ca, &new, &cluster, days),
         Command::Cert(CertCommand::Request { node, out }) => {
             pki_commands::cert_request(&node, &out)
         }

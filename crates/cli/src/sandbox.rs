@@ -122,6 +122,8 @@ impl Sandbox {
                 "--data-dir",
             ])
             .arg(self.data_dir(node))
+            // The sandbox's `partition` and `heal` go to the node's control socket.
+            .arg("--allow-fault-injection")
             .current_dir(&self.dir)
             .env("QUORATE_WITNESS_JOURNAL", self.dir.join("journal"))
             .env_remove("QUORATE_DATA_DIR")
@@ -233,13 +235,15 @@ impl Sandbox {
             .lock;
         quorate_lock::write_atomic(&self.dir.join("quorate.lock"), lock.to_json().as_bytes())
             .map_err(|e| e.to_string())?;
-        quorate_pki::init_ca(&self.dir.join("ca"), "sandbox").map_err(|e| e.to_string())?;
+        quorate_pki::init_ca(&self.dir.join("ca"), "sandbox", quorate_pki::CA_VALIDITY)
+            .map_err(|e| e.to_string())?;
         for i in 1..=nodes {
             let node = format!("n{i}");
             quorate_pki::issue(
                 &self.dir.join("ca"),
                 &node,
                 &self.data_dir(&node).join("tls"),
+                quorate_pki::NODE_VALIDITY,
             )
             .map_err(|e| e.to_string())?;
         }

@@ -216,6 +216,13 @@ fn the_agent_unit_is_notify_with_watchdog_restart_and_network_online() {
     // "never twice", path 2), and workloads get cgroups below the agent's.
     assert_eq!(service["KillMode"], "process");
     assert_eq!(service["Delegate"], "yes");
+    assert_eq!(service["LimitNOFILE"], 65536);
+    assert!(
+        service["ExecReload"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("kill -HUP $MAINPID")),
+        "{service:#}"
+    );
     // A spec or lock change never restarts the agent: quorate-apply applies it.
     assert_eq!(unit["restartTriggers"], serde_json::json!([]));
     let apply = &result["apply"];

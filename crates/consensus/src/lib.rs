@@ -25,13 +25,13 @@ use openraft::vote::RaftLeaderId;
 use openraft::Instant;
 use openraft::{Config, ServerState, SnapshotPolicy};
 use quorate_net::Partition;
-use quorate_pki::NodeTls;
+use quorate_pki::SharedTls;
 pub use quorate_state::{ClusterState, Command, CommandResult};
 use tokio::sync::RwLock;
 
+pub use crate::network::{kinds, PeerReply, PeerRequest, RaftAnswer, RaftMessage};
 use crate::network::{NetworkFactory, RaftReply, RaftRpc};
-pub use crate::network::{PeerReply, PeerRequest, RaftAnswer, RaftMessage};
-pub use crate::service::{call_app, AppHandler, PeerService};
+pub use crate::service::{call_app, AppClass, AppHandler, CallError, PeerService};
 pub use crate::types::PeerNode;
 use crate::types::Raft;
 
@@ -115,7 +115,7 @@ pub struct Consensus {
     raft: Raft,
     applied: Arc<RwLock<store::Applied>>,
     id: u64,
-    /// Node name → raft id, for checking that a peer speaks only as itself.
+    /// The members: node name → raft id. Only members may speak, each only as itself.
     peers: Arc<std::sync::RwLock<BTreeMap<String, u64>>>,
 }
 
@@ -136,7 +136,7 @@ impl Consensus {
         dir: &Path,
         id: u64,
         timings: Timings,
-        tls: NodeTls,
+        tls: SharedTls,
         partition: Partition,
     ) -> Result<Self, ConsensusError> {
         let path = dir.join("raft.redb");
@@ -187,11 +187,21 @@ impl Consensus {
         self.id
     }
 
-    /// Sets the node-name → raft-id table used to authenticate Raft messages.
+    /// Sets the members (node name → raft id): the nodes of the applied spec (of the
+    /// local spec before one is applied). Every peer message from another name is
+    /// refused, and a Raft message must carry its sender's own raft id.
     pub fn set_peers(&self, peers: BTreeMap<String, u64>) {
         if let Ok(mut p) = self.peers.write() {
-            *p = peers;
+            if *p != peers {
+                *p = peers;
+            }
         }
+    }
+
+    /// True when `node` is a member, i.e. may send peer messages.
+    #[must_use]
+    pub fn is_member(&self, node: &str) -> bool {
+        self.peers.read().is_ok_and(|p| p.contains_key(node))
     }
 
     /// True once this node has a Raft log (it was initialized or has joined).
@@ -457,13 +467,21 @@ mod tests {
     async fn a_peer_may_not_speak_as_another_node() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca");
-        quorate_pki::init_ca(&ca, "t").unwrap();
-        quorate_pki::issue(&ca, "n1", &dir.path().join("tls")).unwrap();
-        let tls = quorate_pki::load(
-            &quorate_pki::TlsFiles::in_dir(&dir.path().join("tls")),
+        quorate_pki::init_ca(&ca, "t", quorate_pki::CA_VALIDITY).unwrap();
+        quorate_pki::issue(
+            &ca,
             "n1",
+            &dir.path().join("tls"),
+            quorate_pki::NODE_VALIDITY,
         )
         .unwrap();
+        let tls = SharedTls::new(
+            quorate_pki::load(
+                &quorate_pki::TlsFiles::in_dir(&dir.path().join("tls")),
+                "n1",
+            )
+            .unwrap(),
+        );
         let timings = Timings {
             heartbeat: Duration::from_millis(100),
             election_timeout: Duration::from_millis(500),

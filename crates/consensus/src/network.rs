@@ -11,7 +11,7 @@ use openraft::raft::{
 };
 use openraft::{AnyError, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
 use quorate_net::{Partition, PeerClient};
-use quorate_pki::NodeTls;
+use quorate_pki::SharedTls;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{PeerNode, Snapshot, SnapshotMeta, TypeConfig, Vote};
@@ -44,6 +44,28 @@ pub(crate) enum RaftReply {
     Refused(String),
 }
 
+/// The frame kinds of the peer protocol. Each is held to its own size limit
+/// ([`crate::PeerService`]), so that a small message can never arrive as a large frame.
+pub mod kinds {
+    /// Raft RPCs: up to 64 MiB (a snapshot of the whole cluster state).
+    pub const RAFT: u8 = 1;
+    /// Operator requests forwarded to the leader: up to 8 MiB (a spec and its lock).
+    pub const CONTROL: u8 = 2;
+    /// Everything else (probe, lease renewal, service reports): up to 1 MiB.
+    pub const REPORT: u8 = 3;
+
+    /// The largest request of `kind`; 0 for an unknown kind.
+    #[must_use]
+    pub fn max_request(kind: u8) -> usize {
+        match kind {
+            RAFT => 64 << 20,
+            CONTROL => 8 << 20,
+            REPORT => 1 << 20,
+            _ => 0,
+        }
+    }
+}
+
 /// Everything one node sends another: Raft traffic, or an application request
 /// (forwarded client calls) that the layer above handles.
 #[derive(Debug, Serialize, Deserialize)]
@@ -63,6 +85,8 @@ pub enum PeerReply {
     App(serde_json::Value),
     /// The request could not be decoded or was refused.
     Error(String),
+    /// The sender is not a member of the cluster (not in its applied spec).
+    NotMember(String),
 }
 
 #[derive(Debug)]
@@ -79,20 +103,18 @@ impl std::error::Error for RemoteRefused {}
 /// Creates one [`RaftClient`] per replication target.
 #[derive(Clone)]
 pub struct NetworkFactory {
-    tls: NodeTls,
+    tls: SharedTls,
     partition: Partition,
 }
 
 impl std::fmt::Debug for NetworkFactory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NetworkFactory")
-            .field("node", &self.tls.node)
-            .finish_non_exhaustive()
+        f.debug_struct("NetworkFactory").finish_non_exhaustive()
     }
 }
 
 impl NetworkFactory {
-    pub(crate) fn new(tls: NodeTls, partition: Partition) -> Self {
+    pub(crate) fn new(tls: SharedTls, partition: Partition) -> Self {
         Self { tls, partition }
     }
 }
@@ -129,13 +151,16 @@ impl RaftClient {
             .map_err(|e| unreachable(&e))?;
         let reply = self
             .peer
-            .call(&bytes, timeout)
+            .call(kinds::RAFT, &bytes, timeout)
             .await
             .map_err(|e| unreachable(&e))?;
         match serde_json::from_slice::<PeerReply>(&reply).map_err(|e| unreachable(&e))? {
-            PeerReply::Raft(RaftAnswer(RaftReply::Refused(why))) | PeerReply::Error(why) => Err(
-                Unreachable::new(&RemoteRefused(format!("{}: {why}", self.peer.node()))),
-            ),
+            PeerReply::Raft(RaftAnswer(RaftReply::Refused(why)))
+            | PeerReply::Error(why)
+            | PeerReply::NotMember(why) => Err(Unreachable::new(&RemoteRefused(format!(
+                "{}: {why}",
+                self.peer.node()
+            )))),
             PeerReply::Raft(RaftAnswer(r)) => Ok(r),
             PeerReply::App(_) => Err(unreachable(&"unexpected application reply")),
         }

@@ -25,7 +25,7 @@ use quorate_consensus::{
     AppHandler, Command, CommandResult, Consensus, PeerNode, PeerService, Timings,
 };
 use quorate_net::Partition;
-use quorate_pki::NodeTls;
+use quorate_pki::SharedTls;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -39,7 +39,12 @@ const NODES: usize = 3;
 struct NoApp;
 
 impl AppHandler for NoApp {
-    async fn handle(&self, _: String, _: serde_json::Value) -> serde_json::Value {
+    async fn handle(
+        &self,
+        _: String,
+        _: quorate_consensus::AppClass,
+        _: serde_json::Value,
+    ) -> serde_json::Value {
         serde_json::Value::Null
     }
 }
@@ -93,7 +98,7 @@ struct SimNode {
     id: u64,
     dir: PathBuf,
     addr: SocketAddr,
-    tls: NodeTls,
+    tls: SharedTls,
     partition: Partition,
     running: Option<(Consensus, JoinHandle<()>)>,
 }
@@ -145,6 +150,7 @@ impl SimNode {
             self.tls.clone(),
             service,
             self.partition.clone(),
+            quorate_net::Limits::default(),
         ));
         self.running = Some((consensus, server));
     }
@@ -197,7 +203,9 @@ async fn run_schedule(
     for i in 0..NODES {
         let name = format!("n{}", i + 1);
         let tls_dir = root.join("tls").join(&name);
-        let tls = quorate_pki::load(&quorate_pki::TlsFiles::in_dir(&tls_dir), &name).unwrap();
+        let tls = quorate_pki::SharedTls::new(
+            quorate_pki::load(&quorate_pki::TlsFiles::in_dir(&tls_dir), &name).unwrap(),
+        );
         // Each node of each schedule gets its own loopback address. A crashed node
         // re-binds its old port; on a shared 127.0.0.1 a peer's outgoing connection
         // could hold that port as its local end and the restart would never bind.
@@ -346,10 +354,16 @@ async fn randomized_crash_and_partition_schedules_never_lose_or_reorder_commits(
         .unwrap_or(1);
     let root = tempfile::tempdir().unwrap();
     let ca = root.path().join("ca");
-    quorate_pki::init_ca(&ca, "sim").unwrap();
+    quorate_pki::init_ca(&ca, "sim", quorate_pki::CA_VALIDITY).unwrap();
     for i in 0..NODES {
         let name = format!("n{}", i + 1);
-        quorate_pki::issue(&ca, &name, &root.path().join("tls").join(&name)).unwrap();
+        quorate_pki::issue(
+            &ca,
+            &name,
+            &root.path().join("tls").join(&name),
+            quorate_pki::NODE_VALIDITY,
+        )
+        .unwrap();
     }
     let text = "[cluster]\nname = \"sim\"\n[nodes.n1]\naddress = \"127.0.0.1\"\n[nodes.n2]\naddress = \"127.0.0.2\"\n[nodes.n3]\naddress = \"127.0.0.3\"\n";
     let spec = quorate_spec::check(text, quorate_spec::Format::Toml)

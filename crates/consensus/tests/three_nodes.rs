@@ -18,7 +18,12 @@ use tokio::net::TcpListener;
 struct NoApp;
 
 impl AppHandler for NoApp {
-    async fn handle(&self, _peer: String, _request: serde_json::Value) -> serde_json::Value {
+    async fn handle(
+        &self,
+        _peer: String,
+        _class: quorate_consensus::AppClass,
+        _request: serde_json::Value,
+    ) -> serde_json::Value {
         serde_json::Value::Null
     }
 }
@@ -38,9 +43,11 @@ async fn node(
 ) -> (Consensus, tokio::task::JoinHandle<()>) {
     let tls_dir = dir.join(name).join("tls");
     if !tls_dir.join("node.pem").exists() {
-        quorate_pki::issue(ca, name, &tls_dir).unwrap();
+        quorate_pki::issue(ca, name, &tls_dir, quorate_pki::NODE_VALIDITY).unwrap();
     }
-    let tls = quorate_pki::load(&quorate_pki::TlsFiles::in_dir(&tls_dir), name).unwrap();
+    let tls = quorate_pki::SharedTls::new(
+        quorate_pki::load(&quorate_pki::TlsFiles::in_dir(&tls_dir), name).unwrap(),
+    );
     let c = Consensus::open(
         &dir.join(name),
         id,
@@ -56,6 +63,7 @@ async fn node(
         tls,
         Arc::new(PeerService::new(c.clone(), Arc::new(NoApp))),
         Partition::default(),
+        quorate_net::Limits::default(),
     ));
     (c, server)
 }
@@ -111,7 +119,7 @@ async fn bind_three() -> (
 async fn three_nodes_form_replicate_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
-    quorate_pki::init_ca(&ca, "t").unwrap();
+    quorate_pki::init_ca(&ca, "t", quorate_pki::CA_VALIDITY).unwrap();
     let (listeners, members, peers) = bind_three().await;
     let mut nodes = Vec::new();
     let mut servers = Vec::new();
@@ -214,7 +222,7 @@ async fn three_nodes_form_replicate_and_restart() {
 async fn logs_are_compacted_and_a_lagging_node_catches_up_from_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
-    quorate_pki::init_ca(&ca, "t").unwrap();
+    quorate_pki::init_ca(&ca, "t", quorate_pki::CA_VALIDITY).unwrap();
     let (listeners, members, peers) = bind_three().await;
     let mut nodes = Vec::new();
     let mut servers = Vec::new();

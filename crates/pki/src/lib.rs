@@ -14,7 +14,8 @@
 //! names (valid by the spec's naming rule), PEM files and rustls configs.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
@@ -35,6 +36,14 @@ pub const NODE_CERT: &str = "node.pem";
 pub const NODE_KEY: &str = "node.key";
 /// A node's signing request.
 pub const NODE_CSR: &str = "node.csr";
+
+/// How long a node certificate is valid by default: one year.
+pub const NODE_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
+/// How long a CA is valid by default: ten years.
+pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// Certificates start being valid this long before they are made, so that a node
+/// whose clock is a little behind the signer's accepts them at once.
+const BACKDATE: Duration = Duration::from_secs(3600);
 
 /// What went wrong; each says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +83,24 @@ pub enum PkiError {
     /// TLS configuration failed.
     #[error("TLS configuration failed: {0}")]
     Tls(String),
+    /// A signing request for another node than the one the signer expects.
+    #[error("{path}: the request is for node `{requested}`, not `{expected}`; nothing was signed\n  help: sign each node's own request, or run `quorate cert request {expected}` on that node")]
+    WrongNode {
+        /// The request.
+        path: String,
+        /// The node it names.
+        requested: String,
+        /// The node the signer expected.
+        expected: String,
+    },
+    /// The CA's private key can be read by others.
+    #[error("{path} is readable by group or others (mode {mode:o}); refusing to use it\n  help: `chmod 600 {path}` and keep the CA off the cluster's nodes")]
+    KeyExposed {
+        /// The key file.
+        path: String,
+        /// Its mode.
+        mode: u32,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -110,13 +137,21 @@ pub fn is_node_name(name: &str) -> bool {
     quorate_spec::validate::is_host_label(name)
 }
 
-fn node_params(node: &str) -> Result<CertificateParams, PkiError> {
+/// Sets the validity period: from a little before now, for `valid_for`.
+fn set_validity(params: &mut CertificateParams, valid_for: Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + valid_for;
+}
+
+fn node_params(node: &str, valid_for: Duration) -> Result<CertificateParams, PkiError> {
     if !is_node_name(node) {
         return Err(PkiError::BadName {
             name: node.to_string(),
         });
     }
     let mut params = CertificateParams::new(vec![node.to_string()])?;
+    set_validity(&mut params, valid_for);
     params.distinguished_name.push(DnType::CommonName, node);
     params
         .distinguished_name
@@ -130,11 +165,12 @@ fn node_params(node: &str) -> Result<CertificateParams, PkiError> {
     Ok(params)
 }
 
-/// Creates a cluster CA in `dir` (`ca.pem`, and `ca.key` with mode 0600).
+/// Creates a cluster CA in `dir` (`ca.pem`, and `ca.key` with mode 0600), valid for
+/// `valid_for` ([`CA_VALIDITY`] by default).
 ///
 /// # Errors
 /// When either file exists, or on I/O failure.
-pub fn init_ca(dir: &Path, cluster: &str) -> Result<PathBuf, PkiError> {
+pub fn init_ca(dir: &Path, cluster: &str, valid_for: Duration) -> Result<PathBuf, PkiError> {
     let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
     for p in [&cert_path, &key_path] {
         if p.exists() {
@@ -145,6 +181,7 @@ pub fn init_ca(dir: &Path, cluster: &str) -> Result<PathBuf, PkiError> {
     }
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
+    set_validity(&mut params, valid_for);
     params
         .distinguished_name
         .push(DnType::CommonName, format!("quorate CA {cluster}"));
@@ -162,6 +199,7 @@ pub fn init_ca(dir: &Path, cluster: &str) -> Result<PathBuf, PkiError> {
 
 fn load_issuer(ca_dir: &Path) -> Result<Issuer<'static, KeyPair>, PkiError> {
     let key_path = ca_dir.join(CA_KEY);
+    check_private(&key_path)?;
     let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| PkiError::Bad {
         path: key_path.display().to_string(),
         problem: e.to_string(),
@@ -171,6 +209,23 @@ fn load_issuer(ca_dir: &Path) -> Result<Issuer<'static, KeyPair>, PkiError> {
         path: cert_path.display().to_string(),
         problem: e.to_string(),
     })
+}
+
+/// Refuses a private key file that group or others may read.
+fn check_private(path: &Path) -> Result<(), PkiError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(io(path))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(PkiError::KeyExposed {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    Ok(())
 }
 
 /// On a node: creates its private key (0600) and a signing request in `tls_dir`.
@@ -201,13 +256,18 @@ pub fn request(node: &str, tls_dir: &Path) -> Result<PathBuf, PkiError> {
     Ok(csr_path)
 }
 
-/// With the CA: signs a node's request. The certificate names the node the request
-/// names (checked to be a valid node name); nothing else from the request is trusted.
-/// Returns (node name, certificate PEM).
+/// With the CA: signs `expected_node`'s request, valid for `valid_for`. The request
+/// must name exactly that node; nothing else from it is trusted. Returns the
+/// certificate PEM.
 ///
 /// # Errors
-/// Unreadable or invalid request, CA not found.
-pub fn sign(ca_dir: &Path, csr_path: &Path) -> Result<(String, String), PkiError> {
+/// Unreadable or invalid request, a request for another node, CA not found.
+pub fn sign(
+    ca_dir: &Path,
+    csr_path: &Path,
+    expected_node: &str,
+    valid_for: Duration,
+) -> Result<String, PkiError> {
     let bad = |problem: String| PkiError::Bad {
         path: csr_path.display().to_string(),
         problem,
@@ -228,19 +288,31 @@ pub fn sign(ca_dir: &Path, csr_path: &Path) -> Result<(String, String), PkiError
             "the request must name exactly one node, it names {names:?}"
         )));
     };
-    let params = node_params(node)?;
+    if node != expected_node {
+        return Err(PkiError::WrongNode {
+            path: csr_path.display().to_string(),
+            requested: node.clone(),
+            expected: expected_node.to_string(),
+        });
+    }
+    let params = node_params(node, valid_for)?;
     let issuer = load_issuer(ca_dir)?;
     let cert = params.signed_by(&csr.public_key, &issuer)?;
-    Ok((node.clone(), cert.pem()))
+    Ok(cert.pem())
 }
 
-/// With the CA: creates a node's key and certificate in `out_dir` (plus a copy of
-/// `ca.pem`), for delivery by the user's secret tooling.
+/// With the CA: creates a node's key and certificate (valid for `valid_for`) in
+/// `out_dir` (plus a copy of `ca.pem`), for delivery by the user's secret tooling.
 ///
 /// # Errors
 /// Invalid name, existing files, CA not found.
-pub fn issue(ca_dir: &Path, node: &str, out_dir: &Path) -> Result<(), PkiError> {
-    let params = node_params(node)?;
+pub fn issue(
+    ca_dir: &Path,
+    node: &str,
+    out_dir: &Path,
+    valid_for: Duration,
+) -> Result<(), PkiError> {
+    let params = node_params(node, valid_for)?;
     let issuer = load_issuer(ca_dir)?;
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
@@ -251,6 +323,35 @@ pub fn issue(ca_dir: &Path, node: &str, out_dir: &Path) -> Result<(), PkiError> 
         write_new(&ca_copy, &read(&ca_dir.join(CA_CERT))?, false)?;
     }
     Ok(())
+}
+
+/// The bundle of old + new CA written by [`rotate`].
+pub const CA_BUNDLE: &str = "bundle.pem";
+
+/// Starts a rolling CA change: creates the new CA in `new_dir` unless it has one, and
+/// writes `new_dir/bundle.pem` with the old CA's certificate(s) and the new one's.
+/// Returns the bundle's path.
+///
+/// # Errors
+/// Unreadable old CA, an exposed key, I/O.
+pub fn rotate(
+    old_dir: &Path,
+    new_dir: &Path,
+    cluster: &str,
+    valid_for: Duration,
+) -> Result<PathBuf, PkiError> {
+    // The old CA must be the real thing: a readable certificate and a private key.
+    load_issuer(old_dir)?;
+    if !new_dir.join(CA_CERT).exists() {
+        init_ca(new_dir, cluster, valid_for)?;
+    }
+    load_issuer(new_dir)?;
+    let old = read(&old_dir.join(CA_CERT))?;
+    let new = read(&new_dir.join(CA_CERT))?;
+    let bundle = new_dir.join(CA_BUNDLE);
+    let text = format!("{}\n{}", old.trim_end(), new);
+    quorate_files::write_atomic(&bundle, text.as_bytes()).map_err(io(&bundle))?;
+    Ok(bundle)
 }
 
 /// Paths of one node's TLS material.
@@ -285,6 +386,87 @@ pub struct NodeTls {
     pub server: Arc<ServerConfig>,
     /// Client side: presents this node's certificate, trusts only the cluster CA.
     pub client: Arc<ClientConfig>,
+    /// When this node's certificate expires.
+    pub not_after: SystemTime,
+}
+
+/// The TLS material an agent uses now; [`SharedTls::set`] swaps in reloaded material
+/// for every connection made afterwards.
+#[derive(Clone, Debug)]
+pub struct SharedTls(Arc<RwLock<NodeTls>>);
+
+impl SharedTls {
+    /// Shares `tls`.
+    #[must_use]
+    pub fn new(tls: NodeTls) -> Self {
+        Self(Arc::new(RwLock::new(tls)))
+    }
+
+    /// The material in use now.
+    #[must_use]
+    pub fn get(&self) -> NodeTls {
+        match self.0.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the material for new connections.
+    pub fn set(&self, tls: NodeTls) {
+        match self.0.write() {
+            Ok(mut t) => *t = tls,
+            Err(poisoned) => *poisoned.into_inner() = tls,
+        }
+    }
+}
+
+/// Who a peer certificate names, and until when it is valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The node name (the single DNS subject-alternative name).
+    pub node: String,
+    /// The end of the certificate's validity.
+    pub not_after: SystemTime,
+}
+
+impl PeerIdentity {
+    /// True once the certificate's validity has ended.
+    #[must_use]
+    pub fn expired(&self) -> bool {
+        SystemTime::now() > self.not_after
+    }
+}
+
+/// The end of validity of the first certificate in a PEM file.
+///
+/// # Errors
+/// Unreadable file or no certificate in it.
+pub fn cert_not_after(path: &Path) -> Result<SystemTime, PkiError> {
+    let first = certs(path)?.remove(0);
+    not_after(&first).ok_or_else(|| PkiError::Bad {
+        path: path.display().to_string(),
+        problem: "unreadable validity period".into(),
+    })
+}
+
+/// A certificate time as a UTC date and time, `2027-12-02 21:55:40 UTC`.
+#[must_use]
+pub fn format_time(at: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(at);
+    format!(
+        "{} {:02}:{:02}:{:02} UTC",
+        t.date(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+fn not_after(cert: &CertificateDer<'_>) -> Option<SystemTime> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let secs = parsed.validity().not_after.timestamp();
+    let secs = u64::try_from(secs).ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
@@ -319,10 +501,11 @@ pub fn load(files: &TlsFiles, expected_node: &str) -> Result<NodeTls, PkiError> 
         path: files.key.display().to_string(),
         problem: e.to_string(),
     })?;
-    let node = peer_node_name(&chain[0]).ok_or_else(|| PkiError::Bad {
-        path: files.cert.display().to_string(),
-        problem: "the certificate names no node".into(),
-    })?;
+    let PeerIdentity { node, not_after } =
+        peer_identity(&chain[0]).ok_or_else(|| PkiError::Bad {
+            path: files.cert.display().to_string(),
+            problem: "the certificate names no node".into(),
+        })?;
     if node != expected_node {
         return Err(PkiError::Bad {
             path: files.cert.display().to_string(),
@@ -342,21 +525,73 @@ pub fn load(files: &TlsFiles, expected_node: &str) -> Result<NodeTls, PkiError> 
         .build()
         .map_err(|e| PkiError::Tls(e.to_string()))?;
     let server = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(TLS_VERSIONS)
         .map_err(tls)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(tls)?;
+    let client = client_config(provider, roots, chain, key, TLS_VERSIONS)?;
+    Ok(NodeTls {
+        node,
+        server: Arc::new(server),
+        client,
+        not_after,
+    })
+}
+
+/// Between nodes: TLS 1.3 only.
+const TLS_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+fn client_config(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<ClientConfig>, PkiError> {
+    let tls = |e: rustls::Error| PkiError::Tls(e.to_string());
     let client = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(tls)?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(tls)?;
-    Ok(NodeTls {
-        node,
-        server: Arc::new(server),
-        client: Arc::new(client),
+    Ok(Arc::new(client))
+}
+
+/// A client config for other TLS versions than nodes use: for tests that show an
+/// older version is refused.
+///
+/// # Errors
+/// Unreadable files or an impossible configuration.
+pub fn client_config_with_versions(
+    files: &TlsFiles,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<ClientConfig>, PkiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for c in certs(&files.ca)? {
+        roots.add(c).map_err(|e| PkiError::Tls(e.to_string()))?;
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| PkiError::Bad {
+        path: files.key.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    client_config(
+        provider,
+        Arc::new(roots),
+        certs(&files.cert)?,
+        key,
+        versions,
+    )
+}
+
+/// The node a certificate names and the end of its validity.
+#[must_use]
+pub fn peer_identity(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
+    Some(PeerIdentity {
+        node: peer_node_name(cert)?,
+        not_after: not_after(cert)?,
     })
 }
 
@@ -390,7 +625,7 @@ mod tests {
     fn request_sign_and_issue_produce_loadable_certs_naming_the_node() {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca");
-        init_ca(&ca, "lab").unwrap();
+        init_ca(&ca, "lab", CA_VALIDITY).unwrap();
         assert_eq!(
             std::fs::metadata(ca.join(CA_KEY))
                 .unwrap()
@@ -399,7 +634,10 @@ mod tests {
                 & 0o777,
             0o600
         );
-        assert!(matches!(init_ca(&ca, "lab"), Err(PkiError::Exists { .. })));
+        assert!(matches!(
+            init_ca(&ca, "lab", CA_VALIDITY),
+            Err(PkiError::Exists { .. })
+        ));
 
         // Flow 1: request on the node, sign with the CA.
         let n1 = dir.path().join("n1");
@@ -412,8 +650,10 @@ mod tests {
                 & 0o777,
             0o600
         );
-        let (node, pem) = sign(&ca, &csr).unwrap();
-        assert_eq!(node, "n1");
+        let pem = sign(&ca, &csr, "n1", NODE_VALIDITY).unwrap();
+        // A request is signed only for the node the signer expects.
+        let err = sign(&ca, &csr, "n2", NODE_VALIDITY).unwrap_err();
+        assert!(matches!(err, PkiError::WrongNode { .. }), "{err}");
         std::fs::write(n1.join(NODE_CERT), pem).unwrap();
         std::fs::copy(ca.join(CA_CERT), n1.join(CA_CERT)).unwrap();
         let tls = load(&TlsFiles::in_dir(&n1), "n1").unwrap();
@@ -424,22 +664,64 @@ mod tests {
 
         // Flow 2: issue key + cert in one step.
         let n2 = dir.path().join("n2");
-        issue(&ca, "n2", &n2).unwrap();
+        issue(&ca, "n2", &n2, NODE_VALIDITY).unwrap();
         assert_eq!(load(&TlsFiles::in_dir(&n2), "n2").unwrap().node, "n2");
     }
 
     #[test]
     fn bad_names_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        init_ca(dir.path(), "lab").unwrap();
+        init_ca(dir.path(), "lab", CA_VALIDITY).unwrap();
         for name in ["", "N1", "n_1", "-n", "a.b"] {
             assert!(
                 matches!(
-                    issue(dir.path(), name, &dir.path().join("x")),
+                    issue(dir.path(), name, &dir.path().join("x"), NODE_VALIDITY),
                     Err(PkiError::BadName { .. })
                 ),
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn certificates_carry_the_validity_they_were_issued_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        init_ca(&ca, "lab", CA_VALIDITY).unwrap();
+        let n1 = dir.path().join("n1");
+        issue(&ca, "n1", &n1, Duration::from_secs(30 * 86_400)).unwrap();
+        let tls = load(&TlsFiles::in_dir(&n1), "n1").unwrap();
+        let days = tls
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap()
+            .as_secs()
+            / 86_400;
+        assert_eq!(days, 29, "30 days minus the moment since issuing");
+        let ca_days = cert_not_after(&ca.join(CA_CERT))
+            .unwrap()
+            .duration_since(SystemTime::now())
+            .unwrap()
+            .as_secs()
+            / 86_400;
+        assert!(ca_days > 3600, "{ca_days}");
+    }
+
+    #[test]
+    fn a_ca_key_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        init_ca(&ca, "lab", CA_VALIDITY).unwrap();
+        std::fs::set_permissions(ca.join(CA_KEY), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = issue(&ca, "n1", &dir.path().join("n1"), NODE_VALIDITY).unwrap_err();
+        assert!(
+            matches!(err, PkiError::KeyExposed { mode: 0o644, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        assert!(
+            !dir.path().join("n1").join(NODE_KEY).exists(),
+            "nothing was written"
+        );
     }
 }

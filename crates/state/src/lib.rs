@@ -271,7 +271,46 @@ pub fn content_hash(spec: &Spec, lock: &Lock) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Prefix of storage health reports in [`ClusterState::observed`]:
+/// `storage/<resource>/<node>`, each about the reporting node's own replica.
+pub const STORAGE_REPORT: &str = "storage/";
+
+/// The states a service report may carry.
+pub const SERVICE_STATES: [&str; 6] = [
+    "starting",
+    "running",
+    "restarting",
+    "stopping",
+    "stopped",
+    "failed",
+];
+
+/// The longest storage health text a report may carry.
+pub const MAX_STORAGE_HEALTH: usize = 1024;
+
 impl ClusterState {
+    /// True when `node` may report `state` under `key`: a service of the applied spec
+    /// (or one still assigned while it stops) with a known state, or the health of
+    /// `node`'s own replica of a storage resource of the applied spec.
+    #[must_use]
+    pub fn report_is_valid(&self, node: &str, key: &str, state: &str) -> bool {
+        let Some(applied) = &self.applied else {
+            return false;
+        };
+        let spec = &applied.spec;
+        if !spec.nodes.contains_key(node) {
+            return false;
+        }
+        if let Some(rest) = key.strip_prefix(STORAGE_REPORT) {
+            return rest
+                .split_once('/')
+                .is_some_and(|(resource, of)| of == node && spec.storage.contains_key(resource))
+                && state.len() <= MAX_STORAGE_HEALTH;
+        }
+        (spec.services.contains_key(key) || self.placements.contains_key(key))
+            && SERVICE_STATES.contains(&state)
+    }
+
     /// Applies one command. Deterministic: the same commands in the same order give
     /// the same state on every node.
     pub fn apply(&mut self, command: &Command) -> CommandResult {
@@ -336,6 +375,11 @@ impl ClusterState {
                 at_ms,
             } => {
                 for (service, state) in services {
+                    // Only reports a member may make about what the spec has: nothing
+                    // else ever enters the state (a flood of made-up names included).
+                    if !self.report_is_valid(node, service, state) {
+                        continue;
+                    }
                     let incoming = Observed {
                         node: node.clone(),
                         state: state.clone(),
@@ -418,8 +462,14 @@ impl ClusterState {
                 self.admin.retain(|n, _| spec.nodes.contains_key(n));
                 self.pins
                     .retain(|s, n| spec.services.contains_key(s) && spec.nodes.contains_key(n));
-                // So are reports about services that no longer exist; their assignment
-                // is kept until the leader's scheduler removes it (after the stop).
+                // So are reports about services that no longer exist (unless their
+                // assignment is kept until the leader's scheduler removes it, after
+                // the stop) and about storage that no longer exists.
+                let observed = std::mem::take(&mut self.observed);
+                self.observed = observed
+                    .into_iter()
+                    .filter(|(key, o)| self.report_is_valid(&o.node, key, &o.state))
+                    .collect();
                 self.event(
                     by,
                     *at_ms,
@@ -580,7 +630,8 @@ mod tests {
 
     #[test]
     fn a_late_stop_from_the_old_holder_does_not_hide_the_new_one() {
-        let mut st = ClusterState::default();
+        let mut st =
+            bootstrapped("[services.web]\nkind = \"process\"\ncommand = [\"/bin/true\"]\n");
         let observe = |node: &str, state: &str, at_ms| Command::Observe {
             node: node.into(),
             services: [("web".to_owned(), state.to_owned())].into(),
@@ -611,6 +662,60 @@ mod tests {
         assert_eq!(st.observed["web"].state, "stopped");
         st.apply(&observe("n3", "starting", 5));
         assert_eq!(st.observed["web"].node, "n3");
+    }
+
+    #[test]
+    fn only_reports_about_what_the_spec_has_enter_the_state() {
+        let web = "[services.web]\nkind = \"process\"\ncommand = [\"/bin/true\"]\n";
+        let data = "[storage.data]\nkind = \"gluster\"\nnodes = [\"n1\", \"n2\", \"n3\"]\nbrick = \"/srv/bricks/data\"\nmount = \"/srv/data\"\n";
+        let mut st = bootstrapped(&format!("{web}{data}"));
+        let report = |node: &str, pairs: &[(&str, &str)]| Command::Observe {
+            node: node.into(),
+            services: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            epochs: BTreeMap::new(),
+            at_ms: 1,
+        };
+        let flood: Vec<(String, String)> = (0..1000)
+            .map(|i| (format!("made-up-{i}"), "running".to_owned()))
+            .collect();
+        let flood: Vec<(&str, &str)> = flood
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        st.apply(&report("n1", &flood));
+        st.apply(&report("n1", &[("web", "on fire")]));
+        st.apply(&report("n1", &[("storage/data/n2", "UpToDate")]));
+        st.apply(&report("n1", &[("storage/other/n1", "UpToDate")]));
+        st.apply(&report("n9", &[("web", "running")]));
+        assert!(st.observed.is_empty(), "{:?}", st.observed);
+        // What a member may say about the spec's services and its own replicas stays.
+        st.apply(&report(
+            "n1",
+            &[("web", "running"), ("storage/data/n1", "UpToDate")],
+        ));
+        assert_eq!(st.observed.len(), 2);
+        // A spec without the storage prunes its reports; the service's stays while
+        // it is still assigned (it must be stopped first).
+        st.placements.insert(
+            "web".into(),
+            Assignment {
+                node: Some("n1".into()),
+                epoch: 0,
+                reason: "placed".into(),
+                stopping: None,
+            },
+        );
+        let bare = spec("lab", 3);
+        st.apply(&Command::ApplySpec {
+            spec: Box::new(bare.clone()),
+            lock: Box::new(lock(&bare)),
+            by: "n1".into(),
+            at_ms: 2,
+        });
+        assert_eq!(st.observed.keys().collect::<Vec<_>>(), ["web"]);
     }
 
     fn spec(name: &str, nodes: usize) -> Spec {

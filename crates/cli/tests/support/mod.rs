@@ -117,7 +117,11 @@ impl TestCluster {
             port,
             names,
             agents: BTreeMap::new(),
-            env: vec![("QUORATE_WITNESS_JOURNAL".into(), journal)],
+            env: vec![
+                ("QUORATE_WITNESS_JOURNAL".into(), journal),
+                // Tests cut a node's traffic through its control socket.
+                ("QUORATE_ALLOW_FAULT_INJECTION".into(), "true".into()),
+            ],
             netns: BTreeMap::new(),
             spec_of: BTreeMap::new(),
         };
