@@ -44,6 +44,8 @@ pub struct Node {
     /// to return: a grant never returns an index older than a placement decided
     /// while the node was counted down.
     pub(crate) placing: tokio::sync::Mutex<()>,
+    /// The members' addresses, whose handshakes have slots of their own.
+    pub(crate) known_addresses: quorate_net::KnownAddresses,
     /// The end of validity of each peer's certificate, as seen at its last handshake
     /// with this node (the leader sees every node: all renew their leases with it).
     pub(crate) peer_certificates: std::sync::Mutex<BTreeMap<String, SystemTime>>,
@@ -146,6 +148,7 @@ impl Node {
             applied_timings: std::sync::Mutex::default(),
             power_fencing: std::sync::Arc::default(),
             peer_certificates: std::sync::Mutex::default(),
+            known_addresses: quorate_net::KnownAddresses::default(),
             failures: std::sync::Mutex::default(),
             placing: tokio::sync::Mutex::default(),
         }
@@ -159,6 +162,11 @@ impl Node {
     /// A node unheard of for longer than this is reported down.
     pub(crate) fn down_after_ms(&self) -> u64 {
         self.local.spec.cluster.timings.lease_ttl.as_millis()
+    }
+
+    /// This node's address in its local spec: peer connections are made from it.
+    fn own_address(&self) -> Option<std::net::IpAddr> {
+        self.local.spec.nodes.get(&self.name).map(|n| n.address)
     }
 
     /// The current leader's name, when this node knows one.
@@ -309,6 +317,7 @@ impl Node {
         let key = format!("{purpose}/{}", peer.name);
         let mut client = clients.remove(&key).unwrap_or_else(|| {
             PeerClient::new(&peer.name, addr, &self.tls, self.partition.clone())
+                .from_address(self.own_address())
         });
         drop(clients);
         let request = serde_json::to_value(message).map_err(|e| e.to_string())?;
@@ -551,7 +560,7 @@ impl Node {
     /// its members (the only nodes whose messages are accepted). Before a spec is
     /// applied, the members are the local spec's nodes.
     pub async fn refresh_applied(&self) {
-        let (timings, members) = self
+        let (timings, members, addresses) = self
             .consensus
             .with_state(|st| {
                 let (spec, lock) = st
@@ -561,10 +570,12 @@ impl Node {
                 (
                     st.applied.as_ref().map(|a| a.spec.cluster.timings),
                     members(spec, lock),
+                    spec.nodes.values().map(|n| n.address).collect(),
                 )
             })
             .await;
         self.consensus.set_peers(members);
+        self.known_addresses.set(addresses);
         if let Ok(mut t) = self.applied_timings.lock() {
             *t = timings;
         }
@@ -708,7 +719,8 @@ impl Node {
                 continue;
             }
             let addr = std::net::SocketAddr::new(n.address, self.local.spec.network.port);
-            let mut client = PeerClient::new(name, addr, &self.tls, self.partition.clone());
+            let mut client = PeerClient::new(name, addr, &self.tls, self.partition.clone())
+                .from_address(self.own_address());
             let probe = serde_json::to_value(PeerMessage::Probe).unwrap_or_default();
             match call_app(
                 &mut client,

@@ -117,6 +117,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         timings,
         tls.clone(),
         partition.clone(),
+        Some(addr.ip()),
     )
     .await
     .map_err(|e| AgentError::Runtime(e.to_string()))?;
@@ -143,6 +144,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         service,
         partition,
         quorate_net::Limits::default(),
+        node.known_addresses.clone(),
     ));
     let reload = tokio::spawn(reload_tls_on_hangup(config.clone(), tls));
     tracing::info!(node = %config.node, raft_id, %addr, "agent started");

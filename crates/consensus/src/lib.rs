@@ -128,7 +128,8 @@ impl std::fmt::Debug for Consensus {
 }
 
 impl Consensus {
-    /// Opens the Raft state in `dir` (file `raft.redb`) and starts Raft.
+    /// Opens the Raft state in `dir` (file `raft.redb`) and starts Raft; connections
+    /// to peers are made from `source` (this node's address) when given.
     ///
     /// # Errors
     /// When the database cannot be opened or Raft refuses the configuration.
@@ -138,6 +139,7 @@ impl Consensus {
         timings: Timings,
         tls: SharedTls,
         partition: Partition,
+        source: Option<std::net::IpAddr>,
     ) -> Result<Self, ConsensusError> {
         let path = dir.join("raft.redb");
         let db = store::open_db(&path).map_err(|source| ConsensusError::Open {
@@ -167,7 +169,7 @@ impl Consensus {
         let raft = Raft::new(
             id,
             Arc::new(config),
-            NetworkFactory::new(tls, partition),
+            NetworkFactory::new(tls, partition, source),
             store::LogStore::new(db),
             sm,
         )
@@ -486,7 +488,7 @@ mod tests {
             heartbeat: Duration::from_millis(100),
             election_timeout: Duration::from_millis(500),
         };
-        let c = Consensus::open(dir.path(), 1, timings, tls, Partition::default())
+        let c = Consensus::open(dir.path(), 1, timings, tls, Partition::default(), None)
             .await
             .unwrap();
         c.set_peers(

@@ -105,6 +105,7 @@ impl std::error::Error for RemoteRefused {}
 pub struct NetworkFactory {
     tls: SharedTls,
     partition: Partition,
+    source: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for NetworkFactory {
@@ -114,8 +115,16 @@ impl std::fmt::Debug for NetworkFactory {
 }
 
 impl NetworkFactory {
-    pub(crate) fn new(tls: SharedTls, partition: Partition) -> Self {
-        Self { tls, partition }
+    pub(crate) fn new(
+        tls: SharedTls,
+        partition: Partition,
+        source: Option<std::net::IpAddr>,
+    ) -> Self {
+        Self {
+            tls,
+            partition,
+            source,
+        }
     }
 }
 
@@ -128,7 +137,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         RaftClient {
-            peer: PeerClient::new(&node.name, addr, &self.tls, self.partition.clone()),
+            peer: PeerClient::new(&node.name, addr, &self.tls, self.partition.clone())
+                .from_address(self.source),
         }
     }
 }

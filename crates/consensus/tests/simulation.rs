@@ -118,6 +118,7 @@ impl SimNode {
                 TIMINGS,
                 self.tls.clone(),
                 self.partition.clone(),
+                None,
             )
             .await
             {
@@ -151,6 +152,7 @@ impl SimNode {
             service,
             self.partition.clone(),
             quorate_net::Limits::default(),
+            quorate_net::KnownAddresses::default(),
         ));
         self.running = Some((consensus, server));
     }

@@ -54,6 +54,7 @@ async fn node(
         TIMINGS,
         tls.clone(),
         Partition::default(),
+        None,
     )
     .await
     .unwrap();
@@ -64,6 +65,7 @@ async fn node(
         Arc::new(PeerService::new(c.clone(), Arc::new(NoApp))),
         Partition::default(),
         quorate_net::Limits::default(),
+        quorate_net::KnownAddresses::default(),
     ));
     (c, server)
 }

@@ -42,12 +42,38 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// well before the server's idle deadline ends it from the other side.
 const CLIENT_IDLE: Duration = Duration::from_secs(30);
 
+/// The addresses of the cluster's members. Handshakes from them never wait behind
+/// strangers' (they have slots of their own); the layer above keeps the set current.
+#[derive(Clone, Debug, Default)]
+pub struct KnownAddresses(Arc<std::sync::RwLock<std::collections::BTreeSet<IpAddr>>>);
+
+impl KnownAddresses {
+    /// Replaces the set.
+    pub fn set(&self, addresses: std::collections::BTreeSet<IpAddr>) {
+        if let Ok(mut known) = self.0.write() {
+            if *known != addresses {
+                *known = addresses;
+            }
+        }
+    }
+
+    /// True for a member's address.
+    #[must_use]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.read().is_ok_and(|known| known.contains(&ip))
+    }
+}
+
 /// What one agent grants its callers. The defaults suit a cluster of up to a few
 /// dozen nodes; every node opens well under ten connections to each other.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// TLS handshakes in progress at once, from everyone; more are closed at once.
+    /// TLS handshakes in progress at once from addresses that are not members';
+    /// more are closed at once.
     pub max_handshakes: usize,
+    /// TLS handshakes in progress at once from members' addresses, counted apart so
+    /// that a flood from elsewhere cannot keep members out.
+    pub max_member_handshakes: usize,
     /// TLS handshakes in progress at once from one source address.
     pub max_handshakes_per_address: usize,
     /// Established connections per peer node; a new one closes that peer's oldest
@@ -68,6 +94,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_handshakes: 256,
+            max_member_handshakes: 64,
             max_handshakes_per_address: 16,
             max_connections_per_peer: 32,
             handshake_timeout: Duration::from_secs(5),
@@ -121,14 +148,14 @@ fn io_error(peer: &str) -> impl FnOnce(std::io::Error) -> NetError + '_ {
     }
 }
 
-/// Reads `len` bytes, growing the buffer as they arrive: an announced length costs
-/// nothing until the bytes are really sent.
+/// Reads `len` bytes into a buffer of exactly that size (large frames are paid for
+/// from [`Limits::large_frame_budget`] before this).
 async fn read_body<S: AsyncRead + Unpin>(
     s: &mut S,
     len: usize,
     peer: &str,
 ) -> Result<Vec<u8>, NetError> {
-    let mut buf = Vec::with_capacity(len.min(64 << 10));
+    let mut buf = Vec::with_capacity(len);
     let read = (&mut *s)
         .take(len as u64)
         .read_to_end(&mut buf)
@@ -352,6 +379,8 @@ struct Shared<H> {
     partition: Partition,
     limits: Limits,
     handshakes: Arc<Semaphore>,
+    member_handshakes: Arc<Semaphore>,
+    known: KnownAddresses,
     per_address: Arc<PerAddress>,
     per_peer: Arc<PerPeer>,
     /// Permits are KiB of large frames in flight.
@@ -379,6 +408,7 @@ pub async fn serve<H: Handler>(
     handler: Arc<H>,
     partition: Partition,
     limits: Limits,
+    known: KnownAddresses,
 ) {
     let budget_kib = u32::try_from(limits.large_frame_budget >> 10).unwrap_or(u32::MAX);
     let shared = Arc::new(Shared {
@@ -386,6 +416,8 @@ pub async fn serve<H: Handler>(
         partition,
         limits,
         handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
+        member_handshakes: Arc::new(Semaphore::new(limits.max_member_handshakes)),
+        known,
         per_address: Arc::default(),
         per_peer: Arc::default(),
         large_frames: Arc::new(Semaphore::new(budget_kib as usize)),
@@ -417,9 +449,14 @@ pub async fn serve<H: Handler>(
         if shared.partition.is_cut() {
             continue;
         }
-        let Ok(handshake) = shared.handshakes.clone().try_acquire_owned() else {
+        let (slots, max) = if shared.known.contains(addr.ip()) {
+            (&shared.member_handshakes, limits.max_member_handshakes)
+        } else {
+            (&shared.handshakes, limits.max_handshakes)
+        };
+        let Ok(handshake) = slots.clone().try_acquire_owned() else {
             if shared.quiet.allow("handshakes") {
-                tracing::warn!(%addr, "refused a connection: {} TLS handshakes already in progress", limits.max_handshakes);
+                tracing::warn!(%addr, "refused a connection: {max} TLS handshakes already in progress");
             }
             continue;
         };
@@ -569,6 +606,7 @@ async fn serve_connection<S, H>(
 pub struct PeerClient {
     node: String,
     addr: SocketAddr,
+    source: Option<IpAddr>,
     tls: quorate_pki::SharedTls,
     partition: Partition,
     conn: Option<(tokio_rustls::client::TlsStream<TcpStream>, Instant)>,
@@ -596,10 +634,19 @@ impl PeerClient {
         Self {
             node: node.to_string(),
             addr,
+            source: None,
             tls: tls.clone(),
             partition,
             conn: None,
         }
+    }
+
+    /// Connects from `source` (this node's own address in the spec), so that peers
+    /// see the address they know it by; without it, from whatever the routing picks.
+    #[must_use]
+    pub fn from_address(mut self, source: Option<IpAddr>) -> Self {
+        self.source = source;
+        self
     }
 
     /// The peer's node name.
@@ -608,10 +655,24 @@ impl PeerClient {
         &self.node
     }
 
+    async fn tcp_connect(&self) -> std::io::Result<TcpStream> {
+        let Some(source) = self.source.filter(|s| s.is_ipv4() == self.addr.is_ipv4()) else {
+            return TcpStream::connect(self.addr).await;
+        };
+        let socket = if source.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // An address this host does not have (yet) is no reason not to connect.
+        if socket.bind(SocketAddr::new(source, 0)).is_err() {
+            return TcpStream::connect(self.addr).await;
+        }
+        socket.connect(self.addr).await
+    }
+
     async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, NetError> {
-        let tcp = TcpStream::connect(self.addr)
-            .await
-            .map_err(io_error(&self.node))?;
+        let tcp = self.tcp_connect().await.map_err(io_error(&self.node))?;
         keepalive(&tcp);
         let name = ServerName::try_from(self.node.clone()).map_err(|e| NetError::Io {
             peer: self.node.clone(),
@@ -744,6 +805,7 @@ mod tests {
             Arc::new(Echo),
             Partition::default(),
             limits,
+            KnownAddresses::default(),
         ));
         addr
     }
@@ -829,6 +891,44 @@ mod tests {
         let n2 = node_tls(&ca, &dir.path().join("n2"), "n2");
         let mut client = PeerClient::new("n1", addr, &n2, Partition::default());
         assert_eq!(client.call(1, b"hi", T).await.unwrap(), b"n2:1:hi");
+    }
+
+    #[tokio::test]
+    async fn strangers_filling_every_handshake_slot_do_not_keep_members_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca(dir.path());
+        let limits = Limits {
+            max_handshakes: 8,
+            handshake_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let known = KnownAddresses::default();
+        known.set([IpAddr::from([127, 0, 0, 5])].into());
+        tokio::spawn(serve(
+            listener,
+            node_tls(&ca, &dir.path().join("n1"), "n1"),
+            Arc::new(Echo),
+            Partition::default(),
+            limits,
+            known,
+        ));
+        // Stalled handshakes from many addresses, a few from each: all stranger slots.
+        let mut stalled = Vec::new();
+        for i in 0..40_u8 {
+            stalled.push(idle_from([127, 0, 1, 10 + i / 2].into(), addr).await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n2 = node_tls(&ca, &dir.path().join("n2"), "n2");
+        // A stranger's real handshake finds no slot ...
+        let mut stranger = PeerClient::new("n1", addr, &n2, Partition::default())
+            .from_address(Some([127, 0, 0, 6].into()));
+        assert!(stranger.call(1, b"hi", T).await.is_err());
+        // ... a member's address has slots of its own.
+        let mut member = PeerClient::new("n1", addr, &n2, Partition::default())
+            .from_address(Some([127, 0, 0, 5].into()));
+        assert_eq!(member.call(1, b"hi", T).await.unwrap(), b"n2:1:hi");
     }
 
     #[tokio::test]
@@ -941,6 +1041,7 @@ mod tests {
             Arc::new(Echo),
             Partition::default(),
             Limits::default(),
+            KnownAddresses::default(),
         ));
         let n2 = node_tls(&ca, &dir.path().join("n2"), "n2");
         let mut client = PeerClient::new("n1", addr, &n2, Partition::default());
