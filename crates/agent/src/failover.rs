@@ -18,6 +18,52 @@ use quorate_state::AdminState;
 use crate::cluster::PeerMessage;
 use crate::Node;
 
+/// The fence command's argv and environment, secrets filled in.
+type FenceInvocation = (Vec<String>, Vec<(String, String)>);
+
+/// The fence command's argv with every `{secret:PATH}` replaced by the file's content
+/// (without its final newline), and the environment from `environment_file`
+/// (`KEY=VALUE` lines; blank lines and `#` comments skipped). Errors name the file,
+/// never its content.
+fn fence_invocation(
+    argv: &[String],
+    environment_file: Option<&str>,
+) -> Result<FenceInvocation, String> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the secret file {path}: {e}"))
+    };
+    let mut expanded = Vec::with_capacity(argv.len());
+    for arg in argv {
+        let mut arg = arg.clone();
+        for path in quorate_spec::validate::secret_paths(&arg.clone()) {
+            let secret = read(path)?;
+            let secret = secret.strip_suffix('\n').unwrap_or(&secret);
+            arg = arg.replace(&format!("{{secret:{path}}}"), secret);
+        }
+        expanded.push(arg);
+    }
+    let mut env = Vec::new();
+    if let Some(path) = environment_file {
+        for (n, line) in read(path)?.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(format!("{path}:{}: not a KEY=VALUE line", n + 1));
+            };
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            env.push((key.trim().to_string(), value.to_string()));
+        }
+    }
+    Ok((expanded, env))
+}
+
 /// Runs of the spec's `fence_command` (power fencing), on the leader.
 #[derive(Debug, Default)]
 pub struct PowerFencing {
@@ -305,34 +351,41 @@ impl Node {
             .get(node)
             .map(|n| n.address.to_string())
             .unwrap_or_default();
-        let argv: Vec<String> = spec
+        // What is logged keeps `{secret:PATH}` as it is; secrets are read only for the
+        // command's own argv and environment.
+        let shown: Vec<String> = spec
             .cluster
             .fence_command
             .iter()
             .map(|a| a.replace("{node}", node).replace("{address}", &address))
             .collect();
+        let environment_file = spec.cluster.fence_environment_file.clone();
         let (log, node) = (self.power_fencing.clone(), node.to_string());
         tokio::spawn(async move {
             tracing::warn!(
                 node,
-                "running fence_command {argv:?} before relocating its services"
+                "running fence_command {shown:?} before relocating its services"
             );
-            let result = match argv.split_first() {
-                Some((program, args)) => {
-                    tokio::time::timeout(
+            let result = match fence_invocation(&shown, environment_file.as_deref()) {
+                Ok((argv, env)) => match argv.split_first() {
+                    Some((program, args)) => tokio::time::timeout(
                         Duration::from_secs(60),
                         quorate_drivers::without_service_manager_env(
                             &mut tokio::process::Command::new(program),
                         )
                         .args(args)
+                        .envs(env)
                         .kill_on_drop(true)
                         .status(),
                     )
                     .await
-                }
-                None => return,
+                    .map_err(|_| "timed out after 60 s".to_string())
+                    .and_then(|r| r.map_err(|e| format!("cannot run it: {e}"))),
+                    None => return,
+                },
+                Err(e) => Err(e),
             };
-            let ok = matches!(result, Ok(Ok(status)) if status.success());
+            let ok = matches!(&result, Ok(status) if status.success());
             if let Ok(mut f) = log.lock() {
                 f.running.remove(&node);
                 if ok {

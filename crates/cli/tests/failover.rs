@@ -320,3 +320,69 @@ fn fence_command_must_succeed_before_services_leave_a_down_node() {
     );
     assert_no_double_run(&c);
 }
+
+#[test]
+fn fence_command_secrets_reach_the_agent_and_nothing_else() {
+    const PASSWORD: &str = "hunter2-do-not-print";
+    const TOKEN: &str = "env-token-do-not-print";
+    let aux = tempfile::tempdir().unwrap();
+    let (secret, env_file, got) = (
+        aux.path().join("ipmi-password"),
+        aux.path().join("fence.env"),
+        aux.path().join("got"),
+    );
+    std::fs::write(&secret, format!("{PASSWORD}\n")).unwrap();
+    std::fs::write(
+        &env_file,
+        format!("# the fence agent's login\nIPMI_TOKEN=\"{TOKEN}\"\n"),
+    )
+    .unwrap();
+    let mut c = TestCluster::with_services(3, &three_services());
+    // The fence agent records what it was given: the node, the password from
+    // {secret:PATH}, and the token from the environment file.
+    let path = c.path().join("quorate.toml");
+    let spec = std::fs::read_to_string(&path).unwrap();
+    let script = format!("echo \"$1 $2 $IPMI_TOKEN\" >> {}", got.display());
+    let with = spec.replacen(
+        "name = \"test\"",
+        &format!(
+            "name = \"test\"\nfence_command = [\"/bin/sh\", \"-c\", {script:?}, \"fence\", \"{{node}}\", \"{{secret:{}}}\"]\nfence_environment_file = {:?}",
+            secret.display(),
+            env_file.display().to_string()
+        ),
+        1,
+    );
+    std::fs::write(&path, with).unwrap();
+    c.ok(&["lock"]);
+    let (leader, placed) = running_cluster(&mut c);
+    let (service, host) = placed.iter().find(|(_, n)| *n != leader).cloned().unwrap();
+    c.poweroff(&host);
+    c.wait_running_elsewhere(&leader, &service, Some(&host));
+    assert_eq!(
+        std::fs::read_to_string(&got).unwrap().trim(),
+        format!("{host} {PASSWORD} {TOKEN}"),
+        "the fence agent got the node and both secrets"
+    );
+    // The secrets are in no log line, status or event of any node.
+    let mut seen = String::new();
+    for n in c.names.clone() {
+        seen.push_str(&c.log(&n));
+        if n != host {
+            seen.push_str(&c.status(&n, false).1.to_string());
+            let dd = c.data_dir(&n);
+            seen.push_str(&String::from_utf8_lossy(
+                &c.run(&["events", "--json", "--data-dir", dd.to_str().unwrap()])
+                    .stdout,
+            ));
+        }
+    }
+    assert!(seen.contains("fence_command"), "the fence run is logged");
+    assert!(seen.contains("{secret:"), "the log shows the placeholder");
+    assert!(
+        !seen.contains(PASSWORD) && !seen.contains(TOKEN),
+        "a secret leaked"
+    );
+    // The applied spec holds the path, not the secret (it is replicated everywhere).
+    assert!(!std::fs::read_to_string(&path).unwrap().contains(PASSWORD));
+    assert_no_double_run(&c);
+}

@@ -62,7 +62,7 @@ fn world() -> impl Strategy<Value = World> {
             spec_services.insert(format!("s{i}"), svc);
         }
         let spec = Spec {
-            cluster: quorate_spec::Cluster { name: "p".into(), timings: quorate_spec::Timings::default(), fence_command: Vec::new() },
+            cluster: quorate_spec::Cluster { name: "p".into(), timings: quorate_spec::Timings::default(), fence_command: Vec::new(), fence_environment_file: None },
             nodes,
             network: quorate_spec::Network::default(),
             services: spec_services,

@@ -413,6 +413,7 @@ pub fn decode(root: &Node) -> Decoded {
             name: String::new(),
             timings: Timings::default(),
             fence_command: Vec::new(),
+            fence_environment_file: None,
         },
         nodes: BTreeMap::new(),
         network: Network::default(),
@@ -503,7 +504,7 @@ fn finish(d: Decoder, spec: Spec, broken: BTreeSet<String>) -> Decoded {
 /// Keys of each table, for unknown-key suggestions (and a test that they match the schema).
 pub mod keys {
     /// `[cluster]`
-    pub const CLUSTER: &[&str] = &["name", "timings", "fence_command"];
+    pub const CLUSTER: &[&str] = &["name", "timings", "fence_command", "fence_environment_file"];
     /// `[cluster.timings]`
     pub const TIMINGS: &[&str] = &["heartbeat", "election_timeout", "lease_ttl", "drift_margin"];
     /// `[nodes.NAME]`
@@ -582,11 +583,15 @@ fn cluster(d: &mut Decoder, node: &Node, path: &str) -> Option<Cluster> {
         .get("fence_command")
         .and_then(|(n, p)| d.strings(n, &p, false))
         .unwrap_or_default();
+    let fence_environment_file = f
+        .get("fence_environment_file")
+        .and_then(|(n, p)| d.string(n, &p));
     f.finish(d, keys::CLUSTER);
     Some(Cluster {
         name: name?,
         timings,
         fence_command,
+        fence_environment_file,
     })
 }
 

@@ -41,8 +41,17 @@ pub struct Cluster {
     /// Power fencing (STONITH): argv the leader runs before it relocates services away
     /// from an unreachable node; `{node}` and `{address}` are replaced. Relocation waits
     /// for it to exit 0. Empty: rely on leases and the fence process alone.
+    ///
+    /// A `{secret:PATH}` in an argument is replaced by the content of the file PATH
+    /// when the command runs (never logged, never in status or events); PATH must be
+    /// absolute and outside the Nix store.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fence_command: Vec<String>,
+    /// A file of `KEY=VALUE` lines (systemd EnvironmentFile style) read when the fence
+    /// command runs and passed as its environment: the way to hand it a password that
+    /// stays out of the process list. Absolute, outside the Nix store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_environment_file: Option<String>,
 }
 
 /// `[cluster.timings]` — defaults from DESIGN.md.

@@ -326,7 +326,44 @@ fn names(c: &mut Checker<'_>) {
     }
 }
 
+/// The `{secret:PATH}` placeholders of one argument, in order.
+#[must_use]
+pub fn secret_paths(arg: &str) -> Vec<&str> {
+    let mut paths = Vec::new();
+    let mut rest = arg;
+    while let Some(start) = rest.find("{secret:") {
+        let after = &rest[start + "{secret:".len()..];
+        let Some(end) = after.find('}') else { break };
+        paths.push(&after[..end]);
+        rest = &after[end + 1..];
+    }
+    paths
+}
+
+/// Why a secret's path is unfit, if it is: relative, or in the world-readable store.
+fn secret_path_problem(path: &str) -> Option<&'static str> {
+    if !path.starts_with('/') {
+        Some("is not an absolute path")
+    } else if path.starts_with("/nix/store") {
+        Some("is in the Nix store, which every user can read")
+    } else {
+        None
+    }
+}
+
 fn fence_command(c: &mut Checker<'_>) {
+    for (i, arg) in c.spec.cluster.fence_command.clone().iter().enumerate() {
+        for path in secret_paths(arg) {
+            if let Some(problem) = secret_path_problem(path) {
+                c.error("spec::fence-secret", &format!("cluster.fence_command[{i}]"), format!("the secret file \"{path}\" {problem}"), "unfit secret path", "keep secrets in a root-only file outside the Nix store, e.g. \"/run/secrets/ipmi-password\" (sops-nix, agenix)");
+            }
+        }
+    }
+    if let Some(path) = c.spec.cluster.fence_environment_file.clone() {
+        if let Some(problem) = secret_path_problem(&path) {
+            c.error("spec::fence-secret", "cluster.fence_environment_file", format!("the environment file \"{path}\" {problem}"), "unfit secret path", "keep secrets in a root-only file outside the Nix store, e.g. \"/run/secrets/fence.env\" (sops-nix, agenix)");
+        }
+    }
     if let Some(first) = c.spec.cluster.fence_command.first() {
         if !first.starts_with('/') {
             c.error("spec::fence-command", "cluster.fence_command[0]", format!("fence_command program \"{first}\" is not an absolute path"), "relative program", "give the absolute path of the fence agent, e.g. \"/run/current-system/sw/bin/fence_ipmilan\"");
