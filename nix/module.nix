@@ -124,6 +124,8 @@ let
       builtins.toJSON value;
 
   specText = prettyJSON "" (withoutNulls settings) + "\n";
+  # With a read-only group, the control socket lives where the group can reach it.
+  readOnlySocket = "/run/quorate/control.sock";
 
   lock = if cfg.lockFile == null then null else builtins.fromJSON (builtins.readFile cfg.lockFile);
 
@@ -353,6 +355,13 @@ in
       };
     };
 
+    readOnlyGroup = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "wheel";
+      description = "A group whose members may run `quorate status`, `events` and `explain` on this node without root (changes still need root). The control socket then lives at /run/quorate/control.sock, mode 0660, owned by this group.";
+    };
+
     openFirewall = mkOption {
       type = types.bool;
       default = false;
@@ -445,6 +454,9 @@ in
         RUST_LOG = "info";
       } // lib.optionalAttrs (cfg.watchdog.device != null) {
         QUORATE_WATCHDOG = cfg.watchdog.device;
+      } // lib.optionalAttrs (cfg.readOnlyGroup != null) {
+        QUORATE_READ_ONLY_GROUP = cfg.readOnlyGroup;
+        QUORATE_SOCKET = readOnlySocket;
       };
       serviceConfig = {
         Type = "notify";
@@ -495,7 +507,16 @@ in
           "CAP_SETUID" # process workloads may drop privileges
           "CAP_SETGID"
         ];
+      } // lib.optionalAttrs (cfg.readOnlyGroup != null) {
+        # /run/quorate: root's, readable by all; the socket in it is 0660 and the group's.
+        RuntimeDirectory = "quorate";
+        RuntimeDirectoryMode = "0755";
       };
+    };
+
+    # The CLI on the node finds the socket where the agent put it.
+    environment.variables = mkIf (cfg.readOnlyGroup != null) {
+      QUORATE_SOCKET = readOnlySocket;
     };
 
     # Activation applies a changed spec or lock to the running cluster (DESIGN

@@ -28,6 +28,7 @@ let
         allowedTCPPortRanges = loose (types.listOf (types.attrsOf types.port)) [ ];
       };
       environment.etc = loose (types.attrsOf lazyAttrs) { };
+      environment.variables = loose (types.attrsOf types.str) { };
       systemd.services = loose (types.attrsOf lazyAttrs) { };
       systemd.tmpfiles.rules = loose (types.listOf types.str) [ ];
       systemd.packages = loose (types.listOf types.raw) [ ];
@@ -93,6 +94,7 @@ else {
       script = a.script;
     };
   etcFiles = builtins.attrNames config.environment.etc;
+  variables = config.environment.variables;
   # Counted without forcing them: the check derivation needs pkgs.
   checks = builtins.foldl' (n: d: n + builtins.length d) 0 evaluated.options.system.checks.definitions;
   unit = {

@@ -53,6 +53,9 @@ pub struct AgentConfig {
     pub watchdog: Option<PathBuf>,
     /// Sandbox and tests only: the control socket takes the `partition` fault.
     pub allow_fault_injection: bool,
+    /// A group (name or number) whose members may read status and events through the
+    /// control socket; none: root and the agent's user only.
+    pub read_only_group: Option<String>,
 }
 
 /// Why the agent stopped or could not start. Start-up errors change nothing.
@@ -104,7 +107,12 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     if write_identity {
         setup::write_identity(&config.data_dir, &identity)?;
     }
-    let control = control::bind(&config.socket)?;
+    let group = config
+        .read_only_group
+        .as_deref()
+        .map(control::resolve_group)
+        .transpose()?;
+    let control = control::bind(&config.socket, group)?;
 
     let timings = Timings {
         heartbeat: spec.cluster.timings.heartbeat.get(),

@@ -73,6 +73,17 @@ pub enum ControlRequest {
     },
 }
 
+impl ControlRequest {
+    /// True for requests that only read the cluster's state.
+    #[must_use]
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Self::Status { .. } | Self::Events { .. } | Self::Explain { .. } | Self::SchedulerInput
+        )
+    }
+}
+
 /// The agent's answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]

@@ -391,6 +391,10 @@ pub struct AgentArgs {
     /// Sandbox and tests only: let the control socket take the `partition` fault.
     #[arg(long, env = "QUORATE_ALLOW_FAULT_INJECTION", hide = true)]
     allow_fault_injection: bool,
+    /// A group (name or number) whose members may run `status`, `events` and `explain`
+    /// through the control socket (mode 0660); without it, root and the agent's user only.
+    #[arg(long, value_name = "GROUP", env = "QUORATE_READ_ONLY_GROUP")]
+    read_only_group: Option<String>,
 }
 
 impl AgentArgs {
@@ -416,6 +420,7 @@ impl AgentArgs {
             data_dir: self.data_dir,
             watchdog: self.watchdog,
             allow_fault_injection: self.allow_fault_injection,
+            read_only_group: self.read_only_group,
         }
     }
 }

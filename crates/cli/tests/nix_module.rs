@@ -202,6 +202,26 @@ fn the_vm_tests_locks_are_up_to_date() {
 }
 
 #[test]
+fn a_read_only_group_moves_the_socket_where_the_group_and_the_cli_find_it() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let plain = eval_host(&lib, &host(&example_cluster(), "beta", ""), &[]).unwrap();
+    assert!(plain["unit"]["environment"].get("QUORATE_SOCKET").is_none());
+    assert_eq!(plain["variables"], serde_json::json!({}));
+    let extra = "services.quorate.readOnlyGroup = \"wheel\";";
+    let result = eval_host(&lib, &host(&example_cluster(), "beta", extra), &[]).unwrap();
+    let env = &result["unit"]["environment"];
+    assert_eq!(env["QUORATE_READ_ONLY_GROUP"], "wheel");
+    assert_eq!(env["QUORATE_SOCKET"], "/run/quorate/control.sock");
+    assert_eq!(
+        result["variables"]["QUORATE_SOCKET"],
+        "/run/quorate/control.sock"
+    );
+    let service = &result["unit"]["serviceConfig"];
+    assert_eq!(service["RuntimeDirectory"], "quorate");
+    assert_eq!(service["RuntimeDirectoryMode"], "0755");
+}
+
+#[test]
 fn the_agent_unit_is_notify_with_watchdog_restart_and_network_online() {
     let Some(lib) = nixpkgs_lib() else { return };
     let extra = "services.quorate.watchdog.device = \"/dev/watchdog\"; services.quorate.dataDir = \"/srv/quorate\";";

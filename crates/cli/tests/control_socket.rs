@@ -1,0 +1,118 @@
+//! The local control socket: its mode and directory, and a read-only group whose
+//! members may read the cluster's state but not change it. Real agents; the other
+//! user is `nobody` through setpriv (root needed, as in CI).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::{Command, Output};
+
+use support::TestCluster;
+
+const GROUP: &str = "4242";
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Runs `quorate ARGS` as nobody, with `groups` as its supplementary groups.
+fn as_nobody(c: &TestCluster, groups: &[&str], args: &[&str]) -> Output {
+    let mut command = Command::new("setpriv");
+    command.args(["--reuid=65534", "--regid=65534"]);
+    if groups.is_empty() {
+        command.arg("--clear-groups");
+    } else {
+        command.arg(format!("--groups={}", groups.join(",")));
+    }
+    command
+        .arg("--")
+        .arg(support::quorate_bin())
+        .args(args)
+        .current_dir(c.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_read_only_group_may_read_but_not_operate() {
+    if !is_root() {
+        support::skip("needs root to run as another user");
+        return;
+    }
+    let mut c = TestCluster::new(3);
+    c.env.push(("QUORATE_READ_ONLY_GROUP".into(), GROUP.into()));
+    // nobody may pass through the directories, not read them.
+    for dir in [c.path().to_path_buf(), c.path().join("d")] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    c.start_all();
+    let socket = c.data_dir("n1").join("control.sock");
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid().to_string(), GROUP);
+    let dd = c.data_dir("n1");
+    let dd = dd.to_str().unwrap();
+
+    // A member of the group reads status and events ...
+    let out = as_nobody(&c, &[GROUP], &["status", "--json", "--data-dir", dd]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["quorum"], true);
+    let out = as_nobody(&c, &[GROUP], &["events", "--data-dir", dd]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // ... and is refused every change, which changes nothing.
+    let out = as_nobody(&c, &[GROUP], &["drain", "n2", "--data-dir", dd]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("permission denied") && stderr.contains("not change it"),
+        "{stderr}"
+    );
+    let (_, status) = c.status("n1", false);
+    assert!(
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["state"] == "up"),
+        "{status:#}"
+    );
+    // Without the group, nothing at all.
+    let out = as_nobody(&c, &[], &["status", "--data-dir", dd]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+}
+
+#[test]
+fn the_socket_is_private_and_its_directory_must_be_ours_alone() {
+    let mut c = TestCluster::new(3);
+    // A directory others may write to: the agent refuses to put its socket there.
+    let dd = c.data_dir("n1");
+    std::fs::set_permissions(&dd, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = c.run(&["agent", "--node", "n1", "--data-dir", dd.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("writable by others") && stderr.contains("chmod go-w"),
+        "{stderr}"
+    );
+    assert!(!dd.join("control.sock").exists());
+    std::fs::set_permissions(&dd, std::fs::Permissions::from_mode(0o755)).unwrap();
+    c.start_all();
+    let mode = std::fs::metadata(dd.join("control.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Nothing was left of the private staging directory.
+    let staged: Vec<_> = std::fs::read_dir(&dd)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".control-"))
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
+}
