@@ -116,3 +116,72 @@ fn the_socket_is_private_and_its_directory_must_be_ours_alone() {
         .collect();
     assert!(staged.is_empty(), "{staged:?}");
 }
+
+/// Issue 14, item 7: control-socket lines from a fuzzer, random bytes and mutated
+/// valid requests, each get one well-formed reply, and the agent carries on.
+#[test]
+fn fuzzed_control_lines_each_get_a_reply_and_the_agent_carries_on() {
+    use proptest::prelude::*;
+    use std::io::{BufRead, BufReader, Write};
+    let mut c = TestCluster::new(3);
+    c.start_all();
+    let socket = c.data_dir("n1").join("control.sock");
+    let templates = [
+        r#"{"request":"status"}"#,
+        r#"{"request":"status","local":true}"#,
+        r#"{"request":"events","limit":5}"#,
+        r#"{"request":"explain","service":"web"}"#,
+        r#"{"request":"move","service":"web","node":"n2"}"#,
+        r#"{"request":"set_admin","node":"n9","state":"draining"}"#,
+        r#"{"request":"restart","service":"web"}"#,
+    ];
+    let cases = std::env::var("QUORATE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let strategy = (
+        0..templates.len(),
+        any::<prop::sample::Index>(),
+        0_usize..12,
+        prop::collection::vec(any::<u8>(), 0..16),
+        any::<bool>(),
+    );
+    runner
+        .run(&strategy, |(template, at, len, with, random)| {
+            let mut line = if random {
+                with.clone()
+            } else {
+                templates[template].as_bytes().to_vec()
+            };
+            if !random {
+                let start = at.index(line.len());
+                let end = (start + len).min(line.len());
+                line.splice(start..end, with);
+            }
+            line.retain(|b| *b != b'\n');
+            line.push(b'\n');
+            let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            stream.write_all(&line).unwrap();
+            let mut reply = String::new();
+            BufReader::new(stream).read_line(&mut reply).unwrap();
+            let parsed: Result<quorate_api::ControlReply, _> = serde_json::from_str(&reply);
+            prop_assert!(
+                parsed.is_ok(),
+                "{:?} → {reply:?}",
+                String::from_utf8_lossy(&line)
+            );
+            Ok(())
+        })
+        .unwrap();
+    let (code, status) = c.status("n1", false);
+    assert_eq!(
+        (code, &status["quorum"]),
+        (Some(0), &serde_json::json!(true)),
+        "{status:#}"
+    );
+}

@@ -420,6 +420,23 @@ impl Consensus {
                 "node `{from}` may not speak as raft id {claimed}"
             )));
         }
+        // Only a leader replicates, and a leader's vote is committed: an append or a
+        // snapshot under an uncommitted vote is nonsense that openraft does not expect
+        // (it asserts on it and stops; found by the fuzzer).
+        let uncommitted = match &message.0 {
+            RaftRpc::Append(r) => !r.vote.is_committed(),
+            RaftRpc::Snapshot { vote, .. } => !vote.is_committed(),
+            RaftRpc::Vote(_) | RaftRpc::PreVote(_) => false,
+        };
+        if uncommitted {
+            tracing::warn!(
+                peer = from,
+                "refused a Raft append or snapshot under an uncommitted vote"
+            );
+            return RaftAnswer(RaftReply::Refused(
+                "an append or snapshot must carry its leader's committed vote".into(),
+            ));
+        }
         let reply = match message.0 {
             RaftRpc::Append(r) => self
                 .raft
@@ -516,5 +533,179 @@ mod tests {
         let RaftAnswer(reply) = c.handle("n2", vote_as(2)).await;
         assert!(matches!(reply, RaftReply::Vote(_)), "{reply:?}");
         c.shutdown().await;
+    }
+
+    /// A JSON value with one leaf changed, one key dropped or one node replaced, as
+    /// chosen by `(which, how, value)`.
+    fn mutate(v: &mut serde_json::Value, which: usize, how: u8, value: u64) {
+        fn nodes(v: &serde_json::Value) -> usize {
+            1 + match v {
+                serde_json::Value::Array(a) => a.iter().map(nodes).sum(),
+                serde_json::Value::Object(o) => o.values().map(nodes).sum(),
+                _ => 0,
+            }
+        }
+        fn walk(v: &mut serde_json::Value, n: &mut usize, how: u8, value: u64) -> bool {
+            if *n == 0 {
+                *v = match how % 6 {
+                    0 => serde_json::json!(value),
+                    1 => serde_json::json!(-1),
+                    2 => serde_json::json!(format!("x{value}")),
+                    3 => serde_json::Value::Null,
+                    4 => serde_json::json!([value, value]),
+                    _ => serde_json::json!({ "term": value, "index": value, "node_id": value }),
+                };
+                return true;
+            }
+            *n -= 1;
+            match v {
+                serde_json::Value::Array(a) => a.iter_mut().any(|c| walk(c, n, how, value)),
+                serde_json::Value::Object(o) => {
+                    if how == 255 {
+                        if let Some(k) = o.keys().next().cloned() {
+                            o.remove(&k);
+                            return true;
+                        }
+                    }
+                    o.values_mut().any(|c| walk(c, n, how, value))
+                }
+                _ => false,
+            }
+        }
+        let mut n = which % nodes(v);
+        walk(v, &mut n, how, value);
+    }
+
+    struct NoApp;
+
+    impl crate::AppHandler for NoApp {
+        async fn handle(
+            &self,
+            _: String,
+            _: crate::AppClass,
+            _: serde_json::Value,
+        ) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+    }
+
+    fn fuzz_cases(default: u32) -> u32 {
+        std::env::var("QUORATE_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// Issue 14, item 7: peer frames of every kind, random bytes and mutated valid Raft
+    /// messages from a member, reach a real Raft and never panic it or stop it.
+    #[test]
+    fn fuzzed_peer_frames_never_panic_or_stop_raft() {
+        use proptest::prelude::*;
+        use quorate_net::Handler;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        quorate_pki::init_ca(&ca, "t", quorate_pki::CA_VALIDITY).unwrap();
+        quorate_pki::issue(
+            &ca,
+            "n1",
+            &dir.path().join("tls"),
+            quorate_pki::NODE_VALIDITY,
+        )
+        .unwrap();
+        let tls = SharedTls::new(
+            quorate_pki::load(
+                &quorate_pki::TlsFiles::in_dir(&dir.path().join("tls")),
+                "n1",
+            )
+            .unwrap(),
+        );
+        let timings = Timings {
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(500),
+        };
+        let c = rt
+            .block_on(Consensus::open(
+                dir.path(),
+                1,
+                timings,
+                tls,
+                Partition::default(),
+                None,
+            ))
+            .unwrap();
+        c.set_peers([("n1".to_string(), 1), ("n2".to_string(), 2)].into());
+        // A member of a two-voter group whose other voter (n2) is the fuzzer.
+        let peer = |name: &str| PeerNode {
+            name: name.into(),
+            addr: "127.0.0.1:1".into(),
+        };
+        rt.block_on(c.initialize([(1, peer("n1")), (2, peer("n2"))].into()))
+            .unwrap();
+        let service = crate::PeerService::new(c.clone(), std::sync::Arc::new(NoApp));
+        let vote = openraft::alias::VoteOf::<types::TypeConfig>::new(3, 2);
+        let templates: Vec<serde_json::Value> = [
+            RaftRpc::Vote(openraft::raft::VoteRequest::new(vote, None)),
+            RaftRpc::PreVote(openraft::raft::VoteRequest::new(vote, None)),
+            RaftRpc::Append(openraft::raft::AppendEntriesRequest {
+                vote,
+                prev_log_id: None,
+                entries: vec![],
+                leader_commit: None,
+            }),
+            RaftRpc::Append(openraft::raft::AppendEntriesRequest {
+                vote: openraft::alias::VoteOf::<types::TypeConfig>::new_committed(4, 2),
+                prev_log_id: None,
+                entries: vec![],
+                leader_commit: None,
+            }),
+        ]
+        .into_iter()
+        .map(|rpc| serde_json::to_value(crate::PeerRequest::Raft(RaftMessage(rpc))).unwrap())
+        .collect();
+        let config = ProptestConfig {
+            cases: fuzz_cases(300),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        };
+        let mut runner = proptest::test_runner::TestRunner::new(config);
+        let strategy = (
+            any::<u8>(),
+            prop::collection::vec(any::<u8>(), 0..300),
+            0..templates.len(),
+            prop::collection::vec((any::<usize>(), any::<u8>(), any::<u64>()), 0..4),
+        );
+        runner
+            .run(&strategy, |(kind, bytes, template, mutations)| {
+                let mut message = templates[template].clone();
+                for (which, how, value) in mutations {
+                    mutate(&mut message, which, how, value);
+                }
+                let mutated = serde_json::to_vec(&message).unwrap();
+                rt.block_on(async {
+                    for (kind, frame) in [(kind, bytes), (kinds::RAFT, mutated)] {
+                        let reply = service.handle("n2".into(), kind, frame).await;
+                        // Every reply is a well-formed answer.
+                        serde_json::from_slice::<PeerReply>(&reply).unwrap();
+                    }
+                });
+                Ok(())
+            })
+            .unwrap();
+        // Raft is still running and still answers a sound vote request.
+        assert_ne!(c.status().role, "shutdown");
+        let RaftAnswer(reply) = rt.block_on(c.handle(
+            "n2",
+            RaftMessage(RaftRpc::Vote(openraft::raft::VoteRequest::new(
+                openraft::alias::VoteOf::<types::TypeConfig>::new(1_000_000, 2),
+                None,
+            ))),
+        ));
+        assert!(matches!(reply, RaftReply::Vote(_)), "{reply:?}");
+        rt.block_on(c.shutdown());
     }
 }

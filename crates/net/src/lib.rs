@@ -1068,4 +1068,64 @@ mod tests {
         cut.set(false);
         assert!(client.call(1, b"hi", T).await.is_ok());
     }
+
+    /// Issue 14, item 7: random frames from a member over a real TLS connection —
+    /// any kind, any announced length, any bytes, short or long — get a reply or a
+    /// closed connection, and the server keeps serving.
+    #[test]
+    fn fuzzed_frames_never_stop_the_server() {
+        use proptest::prelude::*;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca(dir.path());
+        let limits = Limits {
+            frame_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let addr = rt.block_on(start_with(
+            node_tls(&ca, &dir.path().join("n1"), "n1"),
+            limits,
+        ));
+        let n2 = node_tls(&ca, &dir.path().join("n2"), "n2");
+        let cases = std::env::var("QUORATE_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64);
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        });
+        let strategy = (
+            any::<u8>(),
+            prop_oneof![0_u32..4096, any::<u32>()],
+            prop::collection::vec(any::<u8>(), 0..4096),
+        );
+        runner
+            .run(&strategy, |(kind, announced, body)| {
+                rt.block_on(async {
+                    let tcp = TcpStream::connect(addr).await.unwrap();
+                    let mut conn = TlsConnector::from(n2.get().client)
+                        .connect(ServerName::try_from("n1").unwrap(), tcp)
+                        .await
+                        .unwrap();
+                    let mut frame = vec![kind];
+                    frame.extend(announced.to_be_bytes());
+                    frame.extend(&body);
+                    let _ = conn.write_all(&frame).await;
+                    let _ = conn.flush().await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), read_reply(&mut conn, "n1"))
+                            .await;
+                });
+                Ok(())
+            })
+            .unwrap();
+        let mut client = PeerClient::new("n1", addr, &n2, Partition::default());
+        assert_eq!(rt.block_on(client.call(1, b"hi", T)).unwrap(), b"n2:1:hi");
+    }
 }

@@ -724,4 +724,49 @@ mod tests {
             "nothing was written"
         );
     }
+
+    /// Issue 14, item 7: signing requests from anywhere — random bytes, and a real
+    /// request with a span replaced — are signed only for the expected node, or
+    /// refused, never a panic.
+    #[test]
+    fn fuzzed_signing_requests_are_refused_or_name_the_expected_node() {
+        use proptest::prelude::*;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        init_ca(&ca, "lab", CA_VALIDITY).unwrap();
+        let real = std::fs::read(request("n1", &dir.path().join("n1")).unwrap()).unwrap();
+        let cases = std::env::var("QUORATE_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200);
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        });
+        let strategy = (
+            any::<prop::sample::Index>(),
+            0_usize..16,
+            prop::collection::vec(any::<u8>(), 0..16),
+            any::<bool>(),
+        );
+        let csr = dir.path().join("fuzz.csr");
+        runner
+            .run(&strategy, |(at, len, with, random)| {
+                let mut bytes = if random { with.clone() } else { real.clone() };
+                if !random {
+                    let start = at.index(bytes.len());
+                    let end = (start + len).min(bytes.len());
+                    bytes.splice(start..end, with);
+                }
+                std::fs::write(&csr, &bytes).unwrap();
+                if let Ok(pem) = sign(&ca, &csr, "n1", NODE_VALIDITY) {
+                    let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+                    let named = peer_node_name(&der);
+                    prop_assert_eq!(named.as_deref(), Some("n1"));
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 }

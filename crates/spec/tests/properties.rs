@@ -297,3 +297,38 @@ fn even_voter_count_is_a_warning_not_an_error() {
         .unwrap()
         .contains("tolerate as many failures as 3"));
 }
+
+/// Cases for the fuzz properties: `QUORATE_FUZZ_CASES` for a longer run.
+fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("QUORATE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: fuzz_cases(500), failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Issue 14, item 7: the real example with a span of it replaced by random bytes.
+    #[test]
+    fn mutated_examples_never_panic(
+        at in any::<prop::sample::Index>(),
+        len in 0_usize..40,
+        with in prop::collection::vec(any::<u8>(), 0..40),
+        json in any::<bool>(),
+    ) {
+        let (text, format) = if json {
+            let value: toml::Value = toml::from_str(&example("homelab")).unwrap();
+            (serde_json::to_string_pretty(&value).unwrap(), Format::Json)
+        } else {
+            (example("homelab"), Format::Toml)
+        };
+        let mut bytes = text.into_bytes();
+        let start = at.index(bytes.len());
+        let end = (start + len).min(bytes.len());
+        bytes.splice(start..end, with);
+        let text = String::from_utf8_lossy(&bytes);
+        let checked = check(&text, format);
+        prop_assert!(checked.spec.is_some() || checked.errors() > 0);
+    }
+}
