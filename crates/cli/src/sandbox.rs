@@ -1,6 +1,8 @@
 //! `quorate sandbox`: a local cluster to watch and break. Nodes `n1`…`nN` on
 //! 127.0.0.1…N, each a real agent with its own data dir, fence process and CA-issued
-//! certificate; demo services answer HTTP with the node they run on. No floating IPs
+//! certificate; demo services answer HTTP with the node they run on, each at an
+//! entry point of its own on loopback (127.0.1.x) that only its running instance
+//! listens on, so the address follows the service. No floating IPs on interfaces
 //! (they would change the host).
 
 use std::collections::BTreeMap;
@@ -22,6 +24,34 @@ struct SandboxFile {
     agents: BTreeMap<String, u32>,
     /// Service name → HTTP port.
     http: BTreeMap<String, u16>,
+    /// Service name → its entry point, `address:port`: an address of its own on
+    /// loopback that only the running instance listens on, so it moves with the
+    /// service like a floating IP.
+    #[serde(default)]
+    entry: BTreeMap<String, String>,
+}
+
+/// The entry address of the `index`-th demo service: 127.0.1.1, 127.0.1.2, … (all of
+/// 127.0.0.0/8 is local, so nothing has to be added to an interface).
+fn entry_address(index: usize) -> String {
+    format!("127.0.1.{}", index + 1)
+}
+
+/// Asks a demo service's entry point which node answers ("web on n2" → "n2").
+async fn answered_by(entry: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(entry).await.ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.ok()?;
+        let last = body.lines().last()?.to_string();
+        last.rsplit_once(" on ").map(|(_, node)| node.to_string())
+    };
+    tokio::time::timeout(Duration::from_millis(300), ask)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// The sandbox's layout on disk.
@@ -218,13 +248,26 @@ impl Sandbox {
             format!("\n[services.{name}]\nkind = \"process\"\ncommand = [{:?}, \"demo\"{extra}]\nstop_timeout = \"2s\"\n", exe.display().to_string())
         };
         // One service per node to start with, each answering HTTP with its node.
-        for (name, extra) in [
+        // Each listens only on its entry address, wherever it runs.
+        let mut entry = BTreeMap::new();
+        for (index, (name, extra)) in [
             ("web", "prefer = [\"n1\"]\n"),
             ("api", "prefer = [\"n2\"]\n"),
             ("worker", "prefer = [\"n3\"]\nanti_affinity = [\"web\"]\n"),
-        ] {
-            spec.push_str(&demo(name, &format!(", \"--port\", \"{}\"", http[name])));
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let address = entry_address(index);
+            spec.push_str(&demo(
+                name,
+                &format!(
+                    ", \"--port\", \"{}\", \"--bind\", \"{address}\"",
+                    http[name]
+                ),
+            ));
             spec.push_str(extra);
+            entry.insert(name.to_string(), format!("{address}:{}", http[name]));
         }
         std::fs::write(self.dir.join("quorate.toml"), &spec).map_err(|e| e.to_string())?;
         let parsed = quorate_spec::check(&spec, quorate_spec::Format::Toml)
@@ -251,6 +294,7 @@ impl Sandbox {
             port,
             agents: BTreeMap::new(),
             http,
+            entry,
         })
     }
 
@@ -292,7 +336,8 @@ impl Sandbox {
 
     fn hints(&self, f: &SandboxFile) -> String {
         let d = self.dir.display();
-        let mut out = format!("Try it (in another terminal):\n  curl 127.0.0.1:{}        # web answers with its node (n1 is 127.0.0.1, n2 127.0.0.2, …)\n", f.http["web"]);
+        let web = f.entry.get("web").cloned().unwrap_or_default();
+        let mut out = format!("Try it (in another terminal):\n  curl {web}        # web's entry point: answers \"web on NODE\" from wherever web runs\n");
         out.push_str(&format!(
             "  quorate sandbox kill n1 --dir {d}        # power loss: web moves within ~2 s\n"
         ));
@@ -389,7 +434,11 @@ impl Sandbox {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok()?;
             loop {
-                let view = render(&self.dir, self.status_async().await);
+                let mut answers = BTreeMap::new();
+                for (service, entry) in &f.entry {
+                    answers.insert(service.clone(), (entry.clone(), answered_by(entry).await));
+                }
+                let view = render(&self.dir, self.status_async().await, &answers);
                 print!(
                     "\x1b[2J\x1b[H{view}\n\n{}\n\nCtrl-C stops the sandbox.\n",
                     self.hints(f)
@@ -407,7 +456,10 @@ impl Sandbox {
     }
 }
 
-fn render(dir: &Path, report: Option<StatusReport>) -> String {
+/// Service → (entry point, the node that answered there just now).
+type Answers = BTreeMap<String, (String, Option<String>)>;
+
+fn render(dir: &Path, report: Option<StatusReport>, answers: &Answers) -> String {
     let Some(r) = report else {
         return "no node answers: is the sandbox down?".into();
     };
@@ -432,15 +484,20 @@ fn render(dir: &Path, report: Option<StatusReport>) -> String {
         ));
     }
     out.push_str(&format!(
-        "\n{:<8} {:<6} {:<10} WHY\n",
-        "SERVICE", "NODE", "STATE"
+        "\n{:<8} {:<6} {:<10} {:<22} {:<12} WHY\n",
+        "SERVICE", "NODE", "STATE", "ENTRY POINT", "ANSWERED BY"
     ));
     for s in &r.services {
+        let (entry, answer) = answers.get(&s.name).map_or(("-", "-"), |(e, a)| {
+            (e.as_str(), a.as_deref().unwrap_or("no answer"))
+        });
         out.push_str(&format!(
-            "{:<8} {:<6} {:<10} {}\n",
+            "{:<8} {:<6} {:<10} {:<22} {:<12} {}\n",
             s.name,
             s.node.as_deref().unwrap_or("-"),
             s.state,
+            entry,
+            answer,
             s.reason
         ));
     }

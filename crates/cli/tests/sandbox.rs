@@ -49,13 +49,11 @@ fn where_is(dir: &Path, service: &str) -> Option<String> {
         .map(String::from)
 }
 
-fn http(node: &str, port: u16) -> Option<String> {
-    let ip = format!("127.0.0.{}", node.trim_start_matches('n'));
-    let mut s = std::net::TcpStream::connect_timeout(
-        &format!("{ip}:{port}").parse().unwrap(),
-        Duration::from_millis(300),
-    )
-    .ok()?;
+/// The body's last line from `entry` ("address:port").
+fn http(entry: &str) -> Option<String> {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&entry.parse().unwrap(), Duration::from_millis(300))
+            .ok()?;
     s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
     let mut body = String::new();
@@ -116,11 +114,15 @@ fn the_sandbox_comes_up_fails_over_and_leaves_nothing_behind() {
     );
     let file: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("sandbox.json")).unwrap()).unwrap();
-    let port = u16::try_from(file["http"]["web"].as_u64().unwrap()).unwrap();
-    // Services answer with the node they run on.
+    let entry = file["entry"]["web"].as_str().unwrap().to_string();
+    assert!(
+        stderr.contains(&format!("curl {entry}")),
+        "the printed entry point is web's:\n{stderr}"
+    );
+    // The entry point answers from the node web runs on.
     let host = where_is(&dir, "web").unwrap();
     assert_eq!(
-        http(&host, port).as_deref(),
+        http(&entry).as_deref(),
         Some(format!("web on {host}").as_str())
     );
     // A second sandbox in the same dir is refused.
@@ -128,18 +130,24 @@ fn the_sandbox_comes_up_fails_over_and_leaves_nothing_behind() {
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
 
-    // Power loss of web's node: web answers from another node.
+    // Power loss of web's node: the same entry point answers from another node.
     assert!(sandbox(&dir, &["kill", &host]).status.success());
     let mut new_host = String::new();
-    wait("web to answer from another node", || {
-        ["n1", "n2", "n3"].iter().filter(|n| **n != host).any(|n| {
-            let ok = http(n, port).is_some_and(|b| b == format!("web on {n}"));
-            if ok {
-                new_host = (*n).to_string();
-            }
-            ok
-        })
+    wait("web's entry point to answer from another node", || {
+        let Some(answer) = http(&entry) else {
+            return false;
+        };
+        let node = answer
+            .strip_prefix("web on ")
+            .unwrap_or_default()
+            .to_string();
+        let moved = !node.is_empty() && node != host;
+        if moved {
+            new_host = node;
+        }
+        moved
     });
+    assert_eq!(where_is(&dir, "web").as_deref(), Some(new_host.as_str()));
     // Every client command can ask any node.
     let survivor = ["n1", "n2", "n3"].into_iter().find(|n| *n != host).unwrap();
     assert_eq!(status(&dir, Some(survivor))["quorum"], true);
