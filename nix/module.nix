@@ -62,7 +62,7 @@ let
         type = types.nullOr (types.attrsOf types.str);
         default = null;
         example = { rack = "a"; disk = "ssd"; };
-        description = "Free-form labels for placement rules.";
+        description = "Labels that services `require` (a hard constraint) or prefer (`prefer_labels`).";
       };
     };
   };

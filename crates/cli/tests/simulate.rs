@@ -191,3 +191,69 @@ fn simulate_live_starts_from_pins_and_placements_and_the_cluster_follows_it() {
     let (code, _) = simulate(c.path(), &["--live", "--data-dir", "/nonexistent"]);
     assert_eq!(code, Some(4));
 }
+
+/// Node labels are placement constraints: `require` makes a service unplaceable
+/// where no node carries the labels, and `simulate`, `explain` and `check` all say so.
+#[test]
+fn a_label_constraint_is_honoured_and_shown_by_simulate_explain_and_check() {
+    let services = format!(
+        "{}require = {{ disk = \"ssd\" }}\n{}require = {{ gpu = \"yes\" }}\n",
+        TestCluster::demo_service("db", ""),
+        TestCluster::demo_service("ml", "")
+    );
+    let mut c = TestCluster::with_services(3, &services);
+    // Only n2 has an ssd.
+    let path = c.path().join("quorate.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[nodes.n2]\naddress = \"127.0.0.2\"\n",
+        "[nodes.n2]\naddress = \"127.0.0.2\"\nlabels = { disk = \"ssd\" }\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    c.ok(&["lock"]);
+    // check warns that no node can ever run `ml`.
+    let out = c.run(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("spec::require") && stderr.contains("gpu=yes"),
+        "{stderr}"
+    );
+    // simulate: db on n2, ml unplaceable, with the label as the reason.
+    let (code, r) = simulate(c.path(), &["quorate.toml"]);
+    assert_eq!(code, Some(1), "{r:#}");
+    assert_eq!(r["services"]["db"]["after"], "n2", "{r:#}");
+    assert!(
+        r["unplaceable"].as_array().unwrap().contains(&"ml".into()),
+        "{r:#}"
+    );
+    let why = r["services"]["ml"]["reason"].as_str().unwrap();
+    assert!(why.contains("lacks label gpu=yes"), "{why}");
+    // With n2 failed, db has nowhere to go.
+    let (_, r) = simulate(c.path(), &["quorate.toml", "--fail", "n2"]);
+    assert!(
+        r["unplaceable"].as_array().unwrap().contains(&"db".into()),
+        "{r:#}"
+    );
+    // The live cluster does it, and explain names the label on each other node.
+    let leader = c.start_all();
+    assert_eq!(c.wait_running_elsewhere(&leader, "db", None), "n2");
+    let dd = c.data_dir(&leader);
+    let out = c.run(&[
+        "explain",
+        "db",
+        "--json",
+        "--data-dir",
+        dd.to_str().unwrap(),
+    ]);
+    let explained: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = explained.to_string();
+    assert!(text.contains("lacks label disk=ssd"), "{explained:#}");
+    let (_, status) = c.status(&leader, false);
+    let ml = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ml")
+        .unwrap()
+        .clone();
+    assert_eq!(ml["state"], "unplaceable", "{status:#}");
+}

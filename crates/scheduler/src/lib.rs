@@ -7,10 +7,12 @@
 //!
 //! Rules, in order: a service runs only on an `up` node (a node in `maintenance`
 //! keeps what it has but gets nothing new), never on a node it `avoid`s, only on a
-//! replica node of each DRBD storage it uses, never beside a service it is
-//! anti-affine with. Every service stays where it is while that node is allowed;
-//! one that must move (or has no node) goes to the first allowed node of its `prefer`
-//! list, else to the allowed node with the fewest services (ties by name). A service
+//! node carrying every label it `require`s, only on a replica node of each DRBD
+//! storage it uses, never beside a service it is anti-affine with. Every service
+//! stays where it is while that node is allowed; one that must move (or has no node)
+//! goes to the first allowed node of its `prefer` list, else to the allowed node
+//! matching the most of its `prefer_labels`, then with the fewest services (ties by
+//! name). A service
 //! with `sticky = false` also moves back to a better-ranked preferred node once that
 //! node is allowed again. The result is stable: feeding it back changes nothing.
 //!
@@ -128,6 +130,14 @@ fn refusal(
     }
     if svc.avoid.iter().any(|a| a == node) {
         return Some("avoided".into());
+    }
+    let labels = input.spec.nodes.get(node).map(|n| &n.labels);
+    for (key, wanted) in &svc.require {
+        match labels.and_then(|l| l.get(key)) {
+            Some(have) if have == wanted => {}
+            Some(have) => return Some(format!("label {key}={have}, requires {key}={wanted}")),
+            None => return Some(format!("lacks label {key}={wanted} (require)")),
+        }
     }
     if input.failed.get(name).is_some_and(|f| f.contains(node)) {
         return Some("failed here recently (restart budget spent)".into());
@@ -340,13 +350,36 @@ fn choose<'a>(
         })
         .and_then(|p| spec.nodes.get_key_value(p))
         .map(|(k, _)| (k.as_str(), "preferred"));
+    // Else the allowed node matching the most of `prefer_labels`, least loaded first.
+    let matching = |node: &str| {
+        spec.nodes.get(node).map_or(0, |n| {
+            svc.prefer_labels
+                .iter()
+                .filter(|(k, v)| n.labels.get(*k) == Some(*v))
+                .count()
+        })
+    };
     let chosen = preferred.or_else(|| {
-        board
-            .by_load
-            .iter()
-            .map(|(_, n)| *n)
-            .find(|n| refusal(input, board, name, svc, n, false).is_none())
-            .map(|n| (n, "least loaded"))
+        let mut best: Option<(&str, usize)> = None;
+        for node in board.by_load.iter().map(|(_, n)| *n) {
+            if refusal(input, board, name, svc, node, false).is_some() {
+                continue;
+            }
+            let matches = matching(node);
+            if best.is_none_or(|(_, m)| matches > m) {
+                best = Some((node, matches));
+            }
+        }
+        best.map(|(n, matches)| {
+            (
+                n,
+                if matches > 0 {
+                    "matches prefer_labels"
+                } else {
+                    "least loaded"
+                },
+            )
+        })
     });
     match chosen {
         Some((node, how)) => {

@@ -190,3 +190,66 @@ fn a_failed_node_moves_its_services_to_the_preferred_survivor() {
     });
     assert_eq!(out["web"].node.as_deref(), Some("c"));
 }
+
+#[test]
+fn node_labels_are_required_and_preferred() {
+    let text = "[cluster]\nname = \"t\"\n\
+        [nodes.a]\naddress = \"10.0.0.1\"\nlabels = { disk = \"hdd\", zone = \"x\" }\n\
+        [nodes.b]\naddress = \"10.0.0.2\"\nlabels = { disk = \"ssd\", zone = \"x\" }\n\
+        [nodes.c]\naddress = \"10.0.0.3\"\nlabels = { disk = \"ssd\", zone = \"y\" }\n\
+        [services.db]\nkind = \"process\"\ncommand = [\"/bin/db\"]\nrequire = { disk = \"ssd\" }\nprefer_labels = { zone = \"y\" }\n\
+        [services.cache]\nkind = \"process\"\ncommand = [\"/bin/cache\"]\nprefer_labels = { zone = \"x\", disk = \"hdd\" }\n\
+        [services.gpu]\nkind = \"process\"\ncommand = [\"/bin/gpu\"]\nrequire = { gpu = \"yes\" }\n";
+    let spec = quorate_spec::check(text, quorate_spec::Format::Toml)
+        .spec
+        .unwrap();
+    let mut nodes: BTreeMap<String, NodeState> = ["a", "b", "c"]
+        .iter()
+        .map(|n| ((*n).to_string(), NodeState::Up))
+        .collect();
+    let input = |nodes: &BTreeMap<String, NodeState>| {
+        place(&Input {
+            spec: &spec,
+            nodes,
+            current: &BTreeMap::new(),
+            pins: &BTreeMap::new(),
+            failed: &BTreeMap::new(),
+        })
+    };
+    let out = input(&nodes);
+    // db needs an ssd (b or c) and prefers zone y: c.
+    assert_eq!(out["db"].node.as_deref(), Some("c"), "{:?}", out["db"]);
+    assert!(
+        out["db"].reason.contains("prefer_labels"),
+        "{:?}",
+        out["db"]
+    );
+    // cache matches both of its labels on a only.
+    assert_eq!(
+        out["cache"].node.as_deref(),
+        Some("a"),
+        "{:?}",
+        out["cache"]
+    );
+    // No node has a gpu: unplaceable, and the reason says which label is missing.
+    assert_eq!(out["gpu"].node, None);
+    assert!(
+        out["gpu"].reason.contains("lacks label gpu=yes"),
+        "{:?}",
+        out["gpu"]
+    );
+    // With c down, db goes to the other ssd node, never to the hdd one.
+    nodes.insert("c".into(), NodeState::Down);
+    let out = input(&nodes);
+    assert_eq!(out["db"].node.as_deref(), Some("b"), "{:?}", out["db"]);
+    nodes.insert("b".into(), NodeState::Down);
+    let out = input(&nodes);
+    assert_eq!(out["db"].node, None);
+    assert!(
+        out["db"]
+            .reason
+            .contains("a: label disk=hdd, requires disk=ssd"),
+        "{:?}",
+        out["db"]
+    );
+}

@@ -524,6 +524,8 @@ pub mod keys {
         "vm",
         "prefer",
         "avoid",
+        "require",
+        "prefer_labels",
         "anti_affinity",
         "after",
         "storage",
@@ -537,7 +539,7 @@ pub mod keys {
     ];
     /// `[services.NAME.health]`
     pub const HEALTH: &[&str] = &[
-        "kind", "url", "address", "command", "interval", "timeout", "failures",
+        "kind", "url", "ca", "insecure", "address", "command", "interval", "timeout", "failures",
     ];
     /// `[services.NAME.restart]`
     pub const RESTART: &[&str] = &["max_restarts", "window"];
@@ -661,6 +663,14 @@ fn service(d: &mut Decoder, mut f: Fields<'_>) -> Option<ServiceSpec> {
         .get("env")
         .and_then(|(n, p)| d.string_map(n, &p))
         .unwrap_or_default();
+    let require = f
+        .get("require")
+        .and_then(|(n, p)| d.string_map(n, &p))
+        .unwrap_or_default();
+    let prefer_labels = f
+        .get("prefer_labels")
+        .and_then(|(n, p)| d.string_map(n, &p))
+        .unwrap_or_default();
     let opt_string = |f: &mut Fields<'_>, d: &mut Decoder, key: &str| {
         f.get(key).and_then(|(n, p)| d.string(n, &p))
     };
@@ -699,6 +709,8 @@ fn service(d: &mut Decoder, mut f: Fields<'_>) -> Option<ServiceSpec> {
         vm,
         prefer,
         avoid,
+        require,
+        prefer_labels,
         anti_affinity,
         after,
         storage,
@@ -729,6 +741,11 @@ fn health(d: &mut Decoder, node: &Node, path: &str) -> Option<Health> {
             )
         });
     let url = f.get("url").and_then(|(n, p)| d.string(n, &p));
+    let ca = f.get("ca").and_then(|(n, p)| d.string(n, &p));
+    let insecure = f
+        .get("insecure")
+        .and_then(|(n, p)| d.bool(n, &p))
+        .unwrap_or(false);
     let address = f.get("address").and_then(|(n, p)| d.string(n, &p));
     let command = f
         .get("command")
@@ -750,6 +767,8 @@ fn health(d: &mut Decoder, node: &Node, path: &str) -> Option<Health> {
     Some(Health {
         kind: kind?,
         url,
+        ca,
+        insecure,
         address,
         command,
         interval,

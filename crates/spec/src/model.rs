@@ -220,6 +220,15 @@ pub struct ServiceSpec {
     /// Nodes never to run on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub avoid: Vec<String>,
+    /// Node labels a node must carry, with these values, to run this service
+    /// (`require = { disk = "ssd" }`): a hard constraint, like a Pacemaker location
+    /// rule or a Nomad constraint.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub require: BTreeMap<String, String>,
+    /// Node labels to prefer (`prefer_labels = { zone = "a" }`): among the allowed
+    /// nodes not named in `prefer`, the one matching the most of them wins.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prefer_labels: BTreeMap<String, String>,
     /// Services never to share a node with.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub anti_affinity: Vec<String>,
@@ -273,9 +282,15 @@ pub enum HealthKind {
 pub struct Health {
     /// `alive`, `http`, `tcp` or `exec`.
     pub kind: HealthKind,
-    /// http: URL to GET.
+    /// http: URL to GET (`http://` or `https://`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// https: the CA certificate (PEM) that signed the service's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// https: accept any certificate (spelled out, never a default).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
     /// tcp: "host:port" to connect to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,

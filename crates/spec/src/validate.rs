@@ -775,6 +775,25 @@ fn service(c: &mut Checker<'_>, name: &str, s: &ServiceSpec) {
     if let Some(h) = &s.health {
         health(c, &at("health"), h);
     }
+    if !s.require.is_empty()
+        && !c
+            .spec
+            .nodes
+            .values()
+            .any(|n| s.require.iter().all(|(k, v)| n.labels.get(k) == Some(v)))
+    {
+        let wanted: Vec<String> = s.require.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        c.warning(
+            "spec::require",
+            &at("require"),
+            format!(
+                "no node carries {}: service `{name}` can never be placed",
+                wanted.join(", ")
+            ),
+            "no matching node",
+            "add the labels to a node (`labels = { … }`), or relax `require`",
+        );
+    }
     if s.restart.max_restarts > 0 && s.restart.window.as_millis() == 0 {
         c.error(
             "spec::restart",
@@ -825,6 +844,47 @@ fn health(c: &mut Checker<'_>, base: &str, h: &crate::model::Health) {
                 format!("health url \"{url}\" is not an http(s) URL"),
                 "not http:// or https://",
                 "write it like \"http://127.0.0.1:8080/health\"",
+            );
+        }
+    }
+    let https = h.url.as_deref().is_some_and(|u| u.starts_with("https://"));
+    if https && h.ca.is_none() && !h.insecure {
+        c.error(
+            "spec::health-https",
+            &at("url"),
+            "an https health check must say which certificate to trust",
+            "no `ca` and no `insecure`",
+            "add `ca = \"/path/to/ca.pem\"` (the CA that signed the service's certificate), or `insecure = true` to accept any",
+        );
+    }
+    if h.ca.is_some() && h.insecure {
+        c.error(
+            "spec::health-https",
+            &at("insecure"),
+            "`ca` and `insecure = true` contradict each other",
+            "both given",
+            "keep `ca` to check the certificate, or `insecure = true` to accept any",
+        );
+    }
+    for (key, given) in [("ca", h.ca.is_some()), ("insecure", h.insecure)] {
+        if given && !https {
+            c.error(
+                "spec::health-https",
+                &at(key),
+                format!("`{key}` only applies to an https:// health url"),
+                "not an https check",
+                format!("remove `{key}`, or use an https:// url"),
+            );
+        }
+    }
+    if let Some(ca) = &h.ca {
+        if !ca.starts_with('/') {
+            c.error(
+                "spec::health-https",
+                &at("ca"),
+                format!("the CA file \"{ca}\" is not an absolute path"),
+                "relative path",
+                "give the absolute path of the CA certificate (PEM)",
             );
         }
     }

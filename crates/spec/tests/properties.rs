@@ -332,3 +332,74 @@ proptest! {
         prop_assert!(checked.spec.is_some() || checked.errors() > 0);
     }
 }
+
+/// Every `.rs` file under `dir`, recursively.
+fn rust_sources(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Issue 15, item 5: nothing in the spec is accepted and silently ignored. Walks every
+/// key of the JSON Schema (the decoder's key lists equal it, see above) and fails for
+/// a key that no code reads: a field access `.key` in the sources that act on a spec
+/// (every crate's `src/`, the spec crate's model included, its decoder and validator
+/// not), unless `check` warns about it (listed below with the warning that covers it).
+#[test]
+fn every_spec_key_is_read_by_code_that_acts_on_it() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root.join("crates")).unwrap().flatten() {
+        let src = entry.path().join("src");
+        if src.is_dir() {
+            rust_sources(&src, &mut files);
+        }
+    }
+    rust_sources(&root.join("bench/src"), &mut files);
+    let acting: String = files
+        .iter()
+        .filter(|p| {
+            let p = p.to_string_lossy();
+            !p.ends_with("spec/src/decode.rs") && !p.ends_with("spec/src/validate.rs")
+        })
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    // Keys whose effect is a `check` warning (the feature is announced, not active).
+    let warned: &[(&str, &str)] = &[("transport", "spec::not-active")];
+    let validate = std::fs::read_to_string(root.join("crates/spec/src/validate.rs")).unwrap();
+    let mut unread = Vec::new();
+    for (table, keys) in [
+        ("cluster", keys::CLUSTER),
+        ("cluster.timings", keys::TIMINGS),
+        ("nodes.NAME", keys::NODE),
+        ("network", keys::NETWORK),
+        ("services.NAME", keys::SERVICE),
+        ("services.NAME.health", keys::HEALTH),
+        ("services.NAME.restart", keys::RESTART),
+        ("storage.NAME", keys::STORAGE),
+    ] {
+        for key in keys {
+            let read = acting.match_indices(&format!(".{key}")).any(|(at, m)| {
+                !acting[at + m.len()..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_')
+            });
+            let covered = warned
+                .iter()
+                .any(|(k, code)| k == key && validate.contains(code));
+            if !read && !covered {
+                unread.push(format!("{table}.{key}"));
+            }
+        }
+    }
+    assert!(
+        unread.is_empty(),
+        "spec keys that nothing reads (make them do something, or have `check` warn): {unread:?}"
+    );
+}
