@@ -74,12 +74,13 @@ pub struct Limits {
     /// TLS handshakes in progress at once from members' addresses, counted apart so
     /// that a flood from elsewhere cannot keep members out.
     pub max_member_handshakes: usize,
-    /// TLS handshakes in progress at once from one source address.
+    /// TLS handshakes in progress at once from one source address that is not a
+    /// member's.
     pub max_handshakes_per_address: usize,
     /// Established connections per peer node; a new one closes that peer's oldest
     /// (a restarted node's half-open connections never lock it out).
     pub max_connections_per_peer: usize,
-    /// Time allowed for a TLS handshake.
+    /// Time allowed for a TLS handshake (a client gives up after 2 s anyway).
     pub handshake_timeout: Duration,
     /// An established connection with no request for this long is closed.
     pub idle_timeout: Duration,
@@ -97,7 +98,7 @@ impl Default for Limits {
             max_member_handshakes: 64,
             max_handshakes_per_address: 16,
             max_connections_per_peer: 32,
-            handshake_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(120),
             frame_timeout: Duration::from_secs(30),
             large_frame_budget: 160 << 20,
@@ -449,7 +450,8 @@ pub async fn serve<H: Handler>(
         if shared.partition.is_cut() {
             continue;
         }
-        let (slots, max) = if shared.known.contains(addr.ip()) {
+        let member = shared.known.contains(addr.ip());
+        let (slots, max) = if member {
             (&shared.member_handshakes, limits.max_member_handshakes)
         } else {
             (&shared.handshakes, limits.max_handshakes)
@@ -460,14 +462,22 @@ pub async fn serve<H: Handler>(
             }
             continue;
         };
-        let Some(slot) = shared
-            .per_address
-            .take(addr.ip(), limits.max_handshakes_per_address)
-        else {
-            if shared.quiet.allow(&addr.ip().to_string()) {
-                tracing::warn!(%addr, "refused a connection: {} TLS handshakes from this address already in progress", limits.max_handshakes_per_address);
-            }
-            continue;
+        // The per-address cap keeps one stranger from taking every stranger slot. A
+        // member's address has its own pool instead: a node whose link flaps leaves
+        // handshakes hanging until their deadline and must still get through.
+        let slot = if member {
+            None
+        } else {
+            let Some(slot) = shared
+                .per_address
+                .take(addr.ip(), limits.max_handshakes_per_address)
+            else {
+                if shared.quiet.allow(&addr.ip().to_string()) {
+                    tracing::warn!(%addr, "refused a connection: {} TLS handshakes from this address already in progress", limits.max_handshakes_per_address);
+                }
+                continue;
+            };
+            Some(slot)
         };
         let acceptor = TlsAcceptor::from(tls.get().server);
         let shared = shared.clone();
