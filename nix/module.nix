@@ -9,7 +9,7 @@
 #
 # Evaluating the options, /etc files, firewall and unit settings needs nixpkgs' `lib`
 # only; `pkgs` is used for the package, the unit's PATH and the build-time check.
-{ config, lib, pkgs, ... }:
+{ config, lib, pkgs, options, ... }:
 
 let
   inherit (lib) mkOption mkEnableOption mkIf types literalExpression;
@@ -58,6 +58,11 @@ let
         default = null;
         description = "Whether the node votes in the cluster's quorum (quorate's default: true).";
       };
+      workloads = mkOption {
+        type = types.nullOr types.bool;
+        default = null;
+        description = "Whether the node runs services (quorate's default: true); `false` makes a witness that only votes, e.g. a Raspberry Pi beside two servers.";
+      };
       labels = mkOption {
         type = types.nullOr (types.attrsOf types.str);
         default = null;
@@ -71,11 +76,11 @@ let
     freeformType = freeform;
     options = {
       kind = mkOption {
-        type = types.enum [ "process" "systemd" "nspawn" "microvm" ];
+        type = types.enum [ "process" "systemd" "nspawn" "microvm" "lxc" ];
         description = "What runs the service: a systemd unit, an nspawn container, a MicroVM, or a process the agent starts.";
       };
       unit = optionalStr "kind = systemd: the unit quorate starts and stops (it must not be started by anything else).";
-      container = optionalStr "kind = nspawn: the container name (`container@NAME.service`).";
+      container = optionalStr "kind = nspawn: the container name (`container@NAME.service`); kind = lxc: the LXC container (`lxc@NAME.service`).";
       vm = optionalStr "kind = microvm: the MicroVM name (`microvm@NAME.service`).";
       prefer = names "Nodes preferred for this service, in order.";
       avoid = names "Nodes this service runs on only when nothing else is left.";
@@ -204,6 +209,23 @@ let
     quorate render ${checkedSpec}/cluster.json --lock ${checkedSpec}/quorate.lock \
       --node ${cfg.nodeName} --out $out
   '';
+
+  # Guests quorate starts where the cluster places them: their own autostart must be off.
+  guestNames = kind: field: lib.filter (n: n != null)
+    (lib.mapAttrsToList (_: s: if s.kind == kind then s.${field} else null) settings.services);
+  autostartChecks =
+    lib.optionals (options ? containers) (map
+      (n: {
+        assertion = !((config.containers.${n} or { }).autoStart or false);
+        message = "containers.${n}.autoStart is true, but quorate runs `${n}` (kind = \"nspawn\") where the cluster places it: set containers.${n}.autoStart = false, or a second copy may start at boot.";
+      })
+      (guestNames "nspawn" "container"))
+    ++ lib.optionals (options ? microvm && options.microvm ? vms) (map
+      (n: {
+        assertion = !((config.microvm.vms.${n} or { }).autostart or false);
+        message = "microvm.vms.${n}.autostart is true (microvm.nix's default), but quorate runs `${n}` (kind = \"microvm\") where the cluster places it: set microvm.vms.${n}.autostart = false, or a second copy may start at boot.";
+      })
+      (guestNames "microvm" "vm"));
 
   # systemd services quorate starts and stops: never started at boot.
   managedUnits = lib.filter (u: u != null && lib.hasSuffix ".service" u)
@@ -355,6 +377,13 @@ in
       };
     };
 
+    logLevel = mkOption {
+      type = types.str;
+      default = "info";
+      example = "quorate_agent=debug,info";
+      description = "The agent's log level (`QUORATE_LOG`: `error`, `warn`, `info`, `debug`, or per-module directives). Under systemd the agent logs to journald with priorities: `journalctl -u quorate -p warning`.";
+    };
+
     readOnlyGroup = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -397,7 +426,11 @@ in
         assertion = !(inStore cfg.tls.key);
         message = "services.quorate.tls.key points into the Nix store, which every local user can read: keep it outside (sops-nix, agenix, or ${cfg.dataDir}/tls).";
       }
-    ] ++ referenceChecks;
+    ] ++ referenceChecks ++ autostartChecks;
+
+    # The CLI on the node's PATH, pointed at this node's spec and data dir, so that
+    # `quorate status` just works there.
+    environment.systemPackages = [ cfg.package ];
 
     environment.etc."quorate/cluster.json".text = specText;
     environment.etc."quorate/quorate.lock" = mkIf (cfg.lockFile != null) { source = cfg.lockFile; };
@@ -451,7 +484,7 @@ in
         QUORATE_CA = cfg.tls.ca;
         QUORATE_CERT = cfg.tls.cert;
         QUORATE_KEY = cfg.tls.key;
-        RUST_LOG = "info";
+        QUORATE_LOG = cfg.logLevel;
       } // lib.optionalAttrs (cfg.watchdog.device != null) {
         QUORATE_WATCHDOG = cfg.watchdog.device;
       } // lib.optionalAttrs (cfg.readOnlyGroup != null) {
@@ -514,8 +547,11 @@ in
       };
     };
 
-    # The CLI on the node finds the socket where the agent put it.
-    environment.variables = mkIf (cfg.readOnlyGroup != null) {
+    # The CLI on the node finds this node's spec, data dir and socket.
+    environment.variables = {
+      QUORATE_SPEC = "/etc/quorate/cluster.json";
+      QUORATE_DATA_DIR = cfg.dataDir;
+    } // lib.optionalAttrs (cfg.readOnlyGroup != null) {
       QUORATE_SOCKET = readOnlySocket;
     };
 

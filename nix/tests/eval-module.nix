@@ -10,7 +10,7 @@
 # assertions, …) are declared here as loose options, so the real module is evaluated by
 # the real module system. `pkgs` is a value that fails when touched: evaluating the
 # settings, /etc files, firewall and unit options must not need it.
-{ lib, host, specOnly ? false, checkWith ? null, package ? { type = "derivation"; name = "quorate"; outPath = "/nix/store/00000000000000000000000000000000-quorate"; } }:
+{ lib, host, specOnly ? false, checkWith ? null, guests ? false, package ? { type = "derivation"; name = "quorate"; outPath = "/nix/store/00000000000000000000000000000000-quorate"; } }:
 let
   inherit (lib) mkOption types;
   loose = type: default: mkOption { inherit type default; };
@@ -29,10 +29,19 @@ let
       };
       environment.etc = loose (types.attrsOf lazyAttrs) { };
       environment.variables = loose (types.attrsOf types.str) { };
+      environment.systemPackages = loose (types.listOf types.raw) [ ];
       systemd.services = loose (types.attrsOf lazyAttrs) { };
       systemd.tmpfiles.rules = loose (types.listOf types.str) [ ];
       systemd.packages = loose (types.listOf types.raw) [ ];
       system.checks = loose (types.listOf types.raw) [ ];
+    };
+  };
+  # With `guests = true`: the options of NixOS containers and microvm.nix, as a host
+  # that uses them has (a host without them must evaluate too).
+  guestStubs = {
+    options = {
+      containers = loose (types.attrsOf lazyAttrs) { };
+      microvm.vms = loose (types.attrsOf lazyAttrs) { };
     };
   };
   noPkgs = throw "evaluating quorate's settings, /etc files or unit options must not need pkgs";
@@ -50,6 +59,7 @@ let
   evaluated = lib.evalModules {
     modules = [
       nixosStubs
+      (if guests then guestStubs else { })
       ../module.nix
       host
       {
@@ -95,6 +105,7 @@ else {
     };
   etcFiles = builtins.attrNames config.environment.etc;
   variables = config.environment.variables;
+  systemPackages = map (p: p.name or "?") config.environment.systemPackages;
   # Counted without forcing them: the check derivation needs pkgs.
   checks = builtins.foldl' (n: d: n + builtins.length d) 0 evaluated.options.system.checks.definitions;
   unit = {

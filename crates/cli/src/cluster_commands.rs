@@ -89,14 +89,65 @@ pub(crate) fn call(
         })
 }
 
-/// `quorate agent`
-pub fn agent(config: quorate_agent::AgentConfig) -> Exit {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("QUORATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error"));
+/// True when stderr is the journal stream systemd gave this process
+/// (`JOURNAL_STREAM` = "device:inode" of it), i.e. logs go to journald anyway.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
+/// The agent's log: `--log` / `QUORATE_LOG` sets the level (an `EnvFilter`: `info`,
+/// `debug`, `quorate_agent=debug,info`, …; default `info`). Under systemd (stderr is the
+/// journal stream) records go to journald with their priority and fields; otherwise
+/// to stderr, coloured only on a terminal.
+fn init_agent_log(level: &str) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // openraft's own chatter stays at errors unless the filter names it.
+    let directives = if level.contains("openraft") {
+        level.to_string()
+    } else {
+        format!("{level},openraft=error")
+    };
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+            eprintln!("warning: --log / QUORATE_LOG `{level}`: {e}; logging at info");
+            tracing_subscriber::EnvFilter::new("info,openraft=error")
+        })
+    };
+    if stderr_is_journal() {
+        if let Ok(journald) = tracing_journald::layer() {
+            let journald = journald.with_syslog_identifier("quorate".into());
+            if tracing_subscriber::registry()
+                .with(filter())
+                .with(journald)
+                .try_init()
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// `quorate agent`
+pub fn agent(config: quorate_agent::AgentConfig, log: &str) -> Exit {
+    init_agent_log(log);
     let Some(rt) = runtime() else {
         return Exit::Invalid;
     };
@@ -512,35 +563,108 @@ pub fn set_admin(socket: &AgentSocket, node: &str, state: &str, wait: bool, json
 }
 
 /// `quorate events`
-pub fn events(socket: &AgentSocket, limit: usize, json: bool) -> Exit {
-    match call(
+pub fn events(socket: &AgentSocket, limit: usize, json: bool, follow: bool) -> Exit {
+    let fetch = |limit: usize| match call(
         socket,
         &ControlRequest::Events { limit },
         Duration::from_secs(15),
         json,
     ) {
-        Ok(ControlReply::Events { events }) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&events).unwrap_or_default()
-                );
-            } else {
-                for e in &events {
-                    let secs = e["at_ms"].as_u64().unwrap_or(0) / 1000;
-                    let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
-                    println!(
-                        "{:>5}  {h:02}:{m:02}:{s:02} UTC  [{}] {}",
-                        e["seq"],
-                        e["by"].as_str().unwrap_or("?"),
-                        e["what"].as_str().unwrap_or("")
-                    );
-                }
-            }
-            Exit::Ok
+        Ok(ControlReply::Events { events }) => Ok(events),
+        Ok(other) => Err(done_or_refused(other, json)),
+        Err(exit) => Err(exit),
+    };
+    let events = match fetch(limit) {
+        Ok(e) => e,
+        Err(exit) => return exit,
+    };
+    if json && !follow {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&events).unwrap_or_default()
+        );
+        return Exit::Ok;
+    }
+    let print = |e: &serde_json::Value| {
+        if json {
+            println!("{e}");
+        } else {
+            println!(
+                "{:>5}  {}  [{}] {}",
+                e["seq"],
+                local_time(e["at_ms"].as_i64().unwrap_or(0)),
+                e["by"].as_str().unwrap_or("?"),
+                e["what"].as_str().unwrap_or("")
+            );
         }
-        Ok(other) => done_or_refused(other, json),
-        Err(exit) => exit,
+    };
+    let mut last = None;
+    for e in &events {
+        print(e);
+        last = e["seq"].as_u64();
+    }
+    if !follow {
+        return Exit::Ok;
+    }
+    // Follow: ask again twice a second; print what is newer than what was printed.
+    // A moment without an answer (a leader change) is waited out, not fatal.
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let Ok(events) = fetch(200) else {
+            continue;
+        };
+        for e in events {
+            if last.is_none_or(|l| e["seq"].as_u64().is_some_and(|s| s > l)) {
+                print(&e);
+                last = e["seq"].as_u64();
+            }
+        }
+    }
+}
+
+/// `at_ms` (ms since the epoch) as RFC 3339 in the local time zone,
+/// e.g. `2026-12-02T23:10:04.120+01:00`.
+#[must_use]
+pub fn local_time(at_ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(at_ms).map_or_else(
+        |_| format!("@{at_ms}ms"),
+        |t| {
+            t.to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%dT%H:%M:%S%.3f%:z")
+                .to_string()
+        },
+    )
+}
+
+/// `quorate status --watch`: the report every second until Ctrl-C (JSON: one per line).
+pub fn status_watch(socket: &AgentSocket, local: bool, json: bool) -> Exit {
+    loop {
+        let reply = call(
+            socket,
+            &ControlRequest::Status { local },
+            Duration::from_secs(5),
+            json,
+        );
+        match reply {
+            Ok(ControlReply::Status(report)) if json => {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            }
+            Ok(ControlReply::Status(report)) => {
+                print!("\x1b[2J\x1b[H");
+                print_status(&report);
+                if !report.quorum {
+                    println!("\nno quorum: fewer than a majority of voters answer the leader");
+                }
+                println!("\n(every second; Ctrl-C ends it)");
+            }
+            Ok(other) => {
+                eprintln!("error: unexpected answer {other:?}");
+                return Exit::Invalid;
+            }
+            // Unreachable for a moment (a restart): keep watching.
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 

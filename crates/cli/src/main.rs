@@ -12,7 +12,7 @@ mod spec_commands;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 const ABOUT: &str = "One declarative spec → a cluster that keeps its services running.";
 
@@ -183,9 +183,12 @@ enum Command {
         /// Answer from this node's own view (applied spec, term) without asking the leader.
         #[arg(long)]
         local: bool,
-        /// Print the report as JSON on stdout.
+        /// Print the report as JSON on stdout (with --watch: one report per line).
         #[arg(long)]
         json: bool,
+        /// Redraw every second until Ctrl-C, like `crm_mon`.
+        #[arg(long, short = 'w')]
+        watch: bool,
     },
     /// Submit a spec and its lock to the cluster; returns once a majority has committed it.
     /// The same content is a no-op; destructive changes exit 3 unless --allow-destructive;
@@ -325,10 +328,21 @@ enum Command {
         limit: usize,
         #[command(flatten)]
         agent: cluster_commands::AgentSocket,
-        /// Print them as JSON.
+        /// Print them as JSON (with --follow: one event per line).
         #[arg(long)]
         json: bool,
+        /// Keep printing new events as they happen, until Ctrl-C.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
+    /// Shell completions for bash, zsh or fish, on stdout
+    /// (e.g. `quorate completions bash > /etc/bash_completion.d/quorate`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// The man page (roff), on stdout: `quorate man | man -l -`.
+    Man,
     /// Why a service runs where it runs, and why not on each other node.
     Explain {
         /// The service.
@@ -388,6 +402,16 @@ pub struct AgentArgs {
     /// workloads cannot be confirmed dead, it stops petting and the node is reset.
     #[arg(long, value_name = "DEVICE", env = "QUORATE_WATCHDOG")]
     watchdog: Option<PathBuf>,
+    /// What to log: a level (error, warn, info, debug, trace) or per-module directives
+    /// (`quorate_agent=debug,info`). Under systemd the log goes to journald with
+    /// priorities (`journalctl -u quorate -p warning`); elsewhere to stderr.
+    #[arg(
+        long,
+        value_name = "FILTER",
+        env = "QUORATE_LOG",
+        default_value = "info"
+    )]
+    log: String,
     /// Sandbox and tests only: let the control socket take the `partition` fault.
     #[arg(long, env = "QUORATE_ALLOW_FAULT_INJECTION", hide = true)]
     allow_fault_injection: bool,
@@ -617,8 +641,22 @@ fn main() -> ExitCode {
             agent,
             json,
         } => simulate::run(&spec, live.then_some(&agent), &fail, &drain, json),
-        Command::Agent(args) => cluster_commands::agent(args.into_config()),
-        Command::Status { agent, local, json } => cluster_commands::status(&agent, local, json),
+        Command::Agent(args) => {
+            let log = args.log.clone();
+            cluster_commands::agent(args.into_config(), &log)
+        }
+        Command::Status {
+            agent,
+            local,
+            json,
+            watch,
+        } => {
+            if watch {
+                cluster_commands::status_watch(&agent, local, json)
+            } else {
+                cluster_commands::status(&agent, local, json)
+            }
+        }
         Command::Apply {
             paths,
             agent,
@@ -659,7 +697,30 @@ fn main() -> ExitCode {
             false,
             json,
         ),
-        Command::Events { limit, agent, json } => cluster_commands::events(&agent, limit, json),
+        Command::Events {
+            limit,
+            agent,
+            json,
+            follow,
+        } => cluster_commands::events(&agent, limit, json, follow),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "quorate",
+                &mut std::io::stdout(),
+            );
+            exit::Exit::Ok
+        }
+        Command::Man => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => exit::Exit::Ok,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    exit::Exit::Invalid
+                }
+            }
+        }
         Command::Restart {
             service,
             agent,

@@ -206,7 +206,7 @@ fn a_read_only_group_moves_the_socket_where_the_group_and_the_cli_find_it() {
     let Some(lib) = nixpkgs_lib() else { return };
     let plain = eval_host(&lib, &host(&example_cluster(), "beta", ""), &[]).unwrap();
     assert!(plain["unit"]["environment"].get("QUORATE_SOCKET").is_none());
-    assert_eq!(plain["variables"], serde_json::json!({}));
+    assert!(plain["variables"].get("QUORATE_SOCKET").is_none());
     let extra = "services.quorate.readOnlyGroup = \"wheel\";";
     let result = eval_host(&lib, &host(&example_cluster(), "beta", extra), &[]).unwrap();
     let env = &result["unit"]["environment"];
@@ -219,6 +219,49 @@ fn a_read_only_group_moves_the_socket_where_the_group_and_the_cli_find_it() {
     let service = &result["unit"]["serviceConfig"];
     assert_eq!(service["RuntimeDirectory"], "quorate");
     assert_eq!(service["RuntimeDirectoryMode"], "0755");
+}
+
+#[test]
+fn the_cli_is_on_the_path_pointed_at_this_node_and_the_log_level_is_quorates() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let result = eval_host(&lib, &host(&example_cluster(), "beta", ""), &[]).unwrap();
+    assert_eq!(result["systemPackages"], serde_json::json!(["quorate"]));
+    assert_eq!(result["variables"]["QUORATE_DATA_DIR"], "/var/lib/quorate");
+    assert_eq!(
+        result["variables"]["QUORATE_SPEC"],
+        "/etc/quorate/cluster.json"
+    );
+    let env = &result["unit"]["environment"];
+    assert_eq!(env["QUORATE_LOG"], "info");
+    assert!(
+        env.get("RUST_LOG").is_none(),
+        "RUST_LOG did nothing: {env:#}"
+    );
+    let extra = "services.quorate.logLevel = \"debug\";";
+    let result = eval_host(&lib, &host(&example_cluster(), "beta", extra), &[]).unwrap();
+    assert_eq!(result["unit"]["environment"]["QUORATE_LOG"], "debug");
+}
+
+#[test]
+fn guests_quorate_runs_never_autostart() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let guests = ["--arg", "guests", "true"];
+    // A host without the containers or microvm.nix options evaluates as before.
+    assert!(eval_host(&lib, &host(&example_cluster(), "beta", ""), &[]).is_ok());
+    // With them: explicit autostart off is fine ...
+    let off = "containers.hass.autoStart = false; microvm.vms.ci-runner.autostart = false;";
+    assert!(eval_host(&lib, &host(&example_cluster(), "beta", off), &guests).is_ok());
+    // ... a container quorate runs that would also start at boot is refused, naming it ...
+    let on = "containers.hass.autoStart = true;";
+    let err = eval_host(&lib, &host(&example_cluster(), "beta", on), &guests).unwrap_err();
+    assert!(err.contains("containers.hass.autoStart = false"), "{err}");
+    // ... and so is a MicroVM left at microvm.nix's default (autostart on).
+    let default_on = "microvm.vms.ci-runner = { autostart = true; };";
+    let err = eval_host(&lib, &host(&example_cluster(), "beta", default_on), &guests).unwrap_err();
+    assert!(
+        err.contains("microvm.vms.ci-runner.autostart = false"),
+        "{err}"
+    );
 }
 
 #[test]

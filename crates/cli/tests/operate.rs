@@ -348,3 +348,119 @@ fn restart_stops_and_starts_a_service_on_its_node() {
     let out = q(&c, &leader, &["restart", "nope"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Reads lines from `child`'s stdout until one satisfies `want` (or 30 s pass).
+fn read_until(child: &mut std::process::Child, what: &str, want: impl Fn(&str) -> bool) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if want(&line) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    panic!("no line for {what} in:\n{}", seen.join("\n"));
+}
+
+#[test]
+fn events_follow_status_watch_and_local_timestamps() {
+    let mut c = TestCluster::new(3);
+    let leader = c.start_all();
+    let dd = c.data_dir(&leader);
+    let dd = dd.to_str().unwrap();
+    // events: RFC 3339 with the local offset, and who asked.
+    let text = String::from_utf8_lossy(&c.ok(&["events", "--data-dir", dd]).stdout).into_owned();
+    let first = text.lines().next().unwrap_or_default().to_string();
+    let stamp = first.split_whitespace().nth(1).unwrap_or_default();
+    let t: Vec<char> = stamp.chars().collect();
+    assert!(
+        t.len() == 29
+            && t[4] == '-'
+            && t[10] == 'T'
+            && t[19] == '.'
+            && (t[23] == '+' || t[23] == '-')
+            && t[26] == ':',
+        "not RFC 3339 with an offset: {first:?}"
+    );
+    // --follow prints what happens after it started.
+    let mut follow = std::process::Command::new(support::quorate_bin())
+        .args(["events", "--follow", "--json", "-n", "1", "--data-dir", dd])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    c.ok(&["drain", "n2", "--data-dir", dd]);
+    let line = read_until(&mut follow, "the drain event", |l| {
+        l.contains("n2: draining")
+    });
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert!(
+        event["by"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("@{leader}")),
+        "{event}"
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+    // --watch keeps reporting, one JSON report per line.
+    let mut watch = std::process::Command::new(support::quorate_bin())
+        .args(["status", "--watch", "--json", "--data-dir", dd])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = read_until(&mut watch, "a report showing n2 draining", |l| {
+        serde_json::from_str::<serde_json::Value>(l).is_ok_and(|r| {
+            r["nodes"].as_array().is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n["name"] == "n2" && n["state"] == "draining")
+            })
+        })
+    });
+    assert!(line.contains("\"quorum\":true"), "{line}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_cli_itself() {
+    for (shell, marker) in [
+        ("bash", "_quorate()"),
+        ("zsh", "#compdef quorate"),
+        ("fish", "complete -c quorate"),
+    ] {
+        let out = std::process::Command::new(support::quorate_bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(marker),
+            "{shell}: {text}"
+        );
+        assert!(text.contains("drain"), "{shell} completes subcommands");
+    }
+    let out = std::process::Command::new(support::quorate_bin())
+        .arg("man")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.starts_with(".ie") || text.contains(".TH quorate"),
+        "{text}"
+    );
+}

@@ -257,3 +257,21 @@ fn a_label_constraint_is_honoured_and_shown_by_simulate_explain_and_check() {
         .clone();
     assert_eq!(ml["state"], "unplaceable", "{status:#}");
 }
+
+/// A witness (`workloads = false`) votes but runs nothing, also in `simulate`.
+#[test]
+fn simulate_never_puts_a_service_on_a_witness() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = String::from("[cluster]\nname = \"t\"\n[nodes.a]\naddress = \"10.0.0.1\"\n[nodes.b]\naddress = \"10.0.0.2\"\n[nodes.pi]\naddress = \"10.0.0.3\"\nworkloads = false\n");
+    for s in ["s1", "s2", "s3", "s4"] {
+        spec.push_str(&format!(
+            "[services.{s}]\nkind = \"process\"\ncommand = [\"/bin/true\"]\nprefer = [\"pi\"]\n"
+        ));
+    }
+    std::fs::write(dir.path().join("quorate.toml"), spec).unwrap();
+    let (code, r) = simulate(dir.path(), &["quorate.toml", "--fail", "a"]);
+    assert_eq!(code, Some(0), "{r:#}");
+    for s in ["s1", "s2", "s3", "s4"] {
+        assert_eq!(r["services"][s]["after"], "b", "{r:#}");
+    }
+}

@@ -94,6 +94,7 @@ fn apply(spec: &mut Spec, world: &mut World, e: &Edit) {
                         address,
                         labels: BTreeMap::new(),
                         voter: true,
+                        workloads: true,
                         renamed_from: None,
                     },
                 );
@@ -370,6 +371,7 @@ fn two_replica_drbd_gets_a_diskless_tie_breaker_and_keeps_it() {
                 address: ip.parse().unwrap(),
                 labels: BTreeMap::new(),
                 voter: true,
+                workloads: true,
                 renamed_from: None,
             },
         );
@@ -423,6 +425,7 @@ fn a_full_overlay_is_a_clear_error() {
                 address: "10.0.0.9".parse().unwrap(),
                 labels: BTreeMap::new(),
                 voter: true,
+                workloads: true,
                 renamed_from: None,
             },
         );

@@ -86,6 +86,7 @@ pub fn node_files(spec: &Spec, lock: &Lock, node: &str) -> Result<Vec<NodeFile>,
             continue;
         };
         if service.avoid.iter().any(|n| n == node)
+            || spec.nodes.get(node).is_some_and(|n| !n.workloads)
             || !may_hold_storage(spec, &service.storage, node)
         {
             continue;

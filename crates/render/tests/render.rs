@@ -116,3 +116,28 @@ fn a_node_without_replicas_gets_no_drbd_file_and_avoided_units_get_no_drop_in() 
     assert!(!gamma.iter().any(|p| p.contains("microvm@ci-runner")));
     assert!(gamma.iter().any(|p| p.contains("container@hass.service.d")));
 }
+
+#[test]
+fn lxc_services_get_a_drop_in_and_witnesses_get_none() {
+    let text = "[cluster]\nname = \"t\"\n\
+        [nodes.a]\naddress = \"10.0.0.1\"\n\
+        [nodes.b]\naddress = \"10.0.0.2\"\n\
+        [nodes.pi]\naddress = \"10.0.0.3\"\nworkloads = false\n\
+        [services.box]\nkind = \"lxc\"\ncontainer = \"box\"\n";
+    let spec = quorate_spec::check(text, quorate_spec::Format::Toml)
+        .spec
+        .unwrap();
+    assert_eq!(
+        spec.services["box"].unit_name().as_deref(),
+        Some("lxc@box.service")
+    );
+    let lock = quorate_lock::allocate(None, &spec).unwrap().lock;
+    let on_a = quorate_render::node_files(&spec, &lock, "a").unwrap();
+    assert!(
+        on_a.iter()
+            .any(|f| f.path == "etc/systemd/system/lxc@box.service.d/50-quorate.conf"),
+        "{on_a:?}"
+    );
+    let on_pi = quorate_render::node_files(&spec, &lock, "pi").unwrap();
+    assert!(on_pi.is_empty(), "a witness runs nothing: {on_pi:?}");
+}

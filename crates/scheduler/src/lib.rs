@@ -6,7 +6,8 @@
 //! through Raft; `quorate simulate` (later) runs the same function offline.
 //!
 //! Rules, in order: a service runs only on an `up` node (a node in `maintenance`
-//! keeps what it has but gets nothing new), never on a node it `avoid`s, only on a
+//! keeps what it has but gets nothing new), never on a witness (`workloads = false`),
+//! never on a node it `avoid`s, only on a
 //! node carrying every label it `require`s, only on a replica node of each DRBD
 //! storage it uses, never beside a service it is anti-affine with. Every service
 //! stays where it is while that node is allowed; one that must move (or has no node)
@@ -127,6 +128,9 @@ fn refusal(
         Some(NodeState::Maintenance) => return Some("in maintenance".into()),
         Some(NodeState::Down) | None => return Some("down".into()),
         Some(NodeState::Draining) => return Some("draining".into()),
+    }
+    if input.spec.nodes.get(node).is_some_and(|n| !n.workloads) {
+        return Some("a witness (workloads = false): it only votes".into());
     }
     if svc.avoid.iter().any(|a| a == node) {
         return Some("avoided".into());

@@ -35,7 +35,7 @@ fn world() -> impl Strategy<Value = World> {
         let mut nodes = BTreeMap::new();
         let mut node_states = BTreeMap::new();
         for (i, st) in states.iter().enumerate() {
-            nodes.insert(name(i), NodeSpec { address: format!("10.0.0.{}", i + 1).parse().unwrap(), labels: BTreeMap::new(), voter: true, renamed_from: None });
+            nodes.insert(name(i), NodeSpec { address: format!("10.0.0.{}", i + 1).parse().unwrap(), labels: BTreeMap::new(), voter: true, workloads: true, renamed_from: None });
             node_states.insert(name(i), *st);
         }
         let mut spec_services = BTreeMap::new();
@@ -251,5 +251,53 @@ fn node_labels_are_required_and_preferred() {
             .contains("a: label disk=hdd, requires disk=ssd"),
         "{:?}",
         out["db"]
+    );
+}
+
+#[test]
+fn a_witness_votes_but_never_runs_a_service() {
+    let text = "[cluster]\nname = \"t\"\n\
+        [nodes.a]\naddress = \"10.0.0.1\"\n\
+        [nodes.b]\naddress = \"10.0.0.2\"\n\
+        [nodes.pi]\naddress = \"10.0.0.3\"\nworkloads = false\n\
+        [services.web]\nkind = \"process\"\ncommand = [\"/bin/web\"]\nprefer = [\"pi\"]\n\
+        [services.db]\nkind = \"process\"\ncommand = [\"/bin/db\"]\nanti_affinity = [\"web\"]\n\
+        [services.cache]\nkind = \"process\"\ncommand = [\"/bin/cache\"]\n";
+    let checked = quorate_spec::check(text, quorate_spec::Format::Toml);
+    let spec = checked.spec.unwrap();
+    assert_eq!(spec.voters().count(), 3, "the witness votes");
+    let mut nodes: BTreeMap<String, NodeState> = ["a", "b", "pi"]
+        .iter()
+        .map(|n| ((*n).to_string(), NodeState::Up))
+        .collect();
+    let placed = |nodes: &BTreeMap<String, NodeState>| {
+        place(&Input {
+            spec: &spec,
+            nodes,
+            current: &BTreeMap::new(),
+            pins: &BTreeMap::new(),
+            failed: &BTreeMap::new(),
+        })
+    };
+    let out = placed(&nodes);
+    for (service, p) in &out {
+        assert_ne!(
+            p.node.as_deref(),
+            Some("pi"),
+            "{service} on the witness: {p:?}"
+        );
+        assert!(p.node.is_some(), "{service}: {p:?}");
+    }
+    // With a down, everything that can goes to b; of the anti-affine pair db/web one
+    // has no node left, and the reason names the witness.
+    nodes.insert("a".into(), NodeState::Down);
+    let out = placed(&nodes);
+    assert_eq!(out["cache"].node.as_deref(), Some("b"));
+    let unplaced: Vec<_> = out.iter().filter(|(_, p)| p.node.is_none()).collect();
+    assert_eq!(unplaced.len(), 1, "{out:?}");
+    assert!(
+        unplaced[0].1.reason.contains("pi: a witness"),
+        "{:?}",
+        unplaced[0]
     );
 }

@@ -508,7 +508,7 @@ pub mod keys {
     /// `[cluster.timings]`
     pub const TIMINGS: &[&str] = &["heartbeat", "election_timeout", "lease_ttl", "drift_margin"];
     /// `[nodes.NAME]`
-    pub const NODE: &[&str] = &["address", "labels", "voter", "renamed_from"];
+    pub const NODE: &[&str] = &["address", "labels", "voter", "workloads", "renamed_from"];
     /// `[network]`
     pub const NETWORK: &[&str] = &["transport", "overlay", "port"];
     /// `[services.NAME]`
@@ -609,12 +609,17 @@ fn node_spec(d: &mut Decoder, mut f: Fields<'_>) -> Option<NodeSpec> {
         .get("voter")
         .and_then(|(n, p)| d.bool(n, &p))
         .unwrap_or(true);
+    let workloads = f
+        .get("workloads")
+        .and_then(|(n, p)| d.bool(n, &p))
+        .unwrap_or(true);
     let renamed_from = f.get("renamed_from").and_then(|(n, p)| d.string(n, &p));
     f.finish(d, keys::NODE);
     Some(NodeSpec {
         address: address?,
         labels,
         voter,
+        workloads,
         renamed_from,
     })
 }

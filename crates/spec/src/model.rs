@@ -110,6 +110,11 @@ pub struct NodeSpec {
     /// Whether the node votes in Raft (default true).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub voter: bool,
+    /// Whether the node runs services (default true). `false` makes a witness: a
+    /// voter that only votes, so that two servers and a small third machine make a
+    /// proper quorum.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub workloads: bool,
     /// The node's previous name: the lock keeps its numbers under the new name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renamed_from: Option<String>,
@@ -172,15 +177,18 @@ pub enum ServiceKind {
     Nspawn,
     /// A MicroVM (`microvm@NAME.service`).
     Microvm,
+    /// An LXC container (`lxc@NAME.service`).
+    Lxc,
 }
 
 impl ServiceKind {
     /// All kinds with their spec names.
-    pub const ALL: [(&'static str, Self); 4] = [
+    pub const ALL: [(&'static str, Self); 5] = [
         ("process", Self::Process),
         ("systemd", Self::Systemd),
         ("nspawn", Self::Nspawn),
         ("microvm", Self::Microvm),
+        ("lxc", Self::Lxc),
     ];
 }
 
@@ -208,7 +216,7 @@ pub struct ServiceSpec {
     /// systemd: the unit name, e.g. `postgresql.service`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
-    /// nspawn: the container name.
+    /// nspawn, lxc: the container name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
     /// microvm: the VM name.
@@ -449,7 +457,8 @@ impl ServiceSpec {
     /// The systemd unit that runs this service: `unit` for `systemd`,
     /// `container@NAME.service` for `nspawn` (NixOS declarative containers; for a plain
     /// `systemd-nspawn@NAME.service` use kind `systemd` with that unit),
-    /// `microvm@NAME.service` for `microvm` (microvm.nix); `None` for `process`.
+    /// `microvm@NAME.service` for `microvm` (microvm.nix), `lxc@NAME.service` for
+    /// `lxc`; `None` for `process`.
     #[must_use]
     pub fn unit_name(&self) -> Option<String> {
         match self.kind {
@@ -457,6 +466,7 @@ impl ServiceSpec {
             ServiceKind::Systemd => self.unit.clone(),
             ServiceKind::Nspawn => Some(format!("container@{}.service", self.container.as_ref()?)),
             ServiceKind::Microvm => Some(format!("microvm@{}.service", self.vm.as_ref()?)),
+            ServiceKind::Lxc => Some(format!("lxc@{}.service", self.container.as_ref()?)),
         }
     }
 }

@@ -423,6 +423,26 @@ fn nodes(c: &mut Checker<'_>) {
     // so one bad address does not also read as "too few voters".
     let voters =
         c.spec.voters().count() + c.broken.iter().filter(|p| p.starts_with("nodes.")).count();
+    for (name, n) in &c.spec.nodes.clone() {
+        if !n.workloads && !n.voter {
+            c.error(
+                "spec::witness",
+                &join(&join("nodes", name), "workloads"),
+                format!("node `{name}` neither votes nor runs services"),
+                "does nothing",
+                "keep `voter = true` for a witness, or remove `workloads = false`",
+            );
+        }
+    }
+    if !c.spec.services.is_empty() && c.spec.nodes.values().all(|n| !n.workloads) {
+        c.error(
+            "spec::witness",
+            "nodes",
+            "every node has `workloads = false`: no node may run a service",
+            "no node runs services",
+            "set `workloads = false` only on witness nodes",
+        );
+    }
     if voters < 3 {
         c.error("spec::voters", "nodes", format!("the cluster has {voters} voting node(s); quorum needs at least 3"), "fewer than 3 voters", "add nodes (or set `voter = true` on existing ones) until there are at least 3; a 2-node cluster cannot tell a dead peer from a partition");
     } else if voters.is_multiple_of(2) {
@@ -576,10 +596,16 @@ fn service(c: &mut Checker<'_>, name: &str, s: &ServiceSpec) {
         .map_or("?", |(n, _)| *n);
 
     // Kind-specific keys: each required by its kind and refused by the others.
+    // `container` serves two kinds: its owner is the service's own kind when that is one.
+    let container_owner = if s.kind == ServiceKind::Lxc {
+        ServiceKind::Lxc
+    } else {
+        ServiceKind::Nspawn
+    };
     let kind_keys: [(&str, ServiceKind, bool); 6] = [
         ("command", ServiceKind::Process, !s.command.is_empty()),
         ("unit", ServiceKind::Systemd, s.unit.is_some()),
-        ("container", ServiceKind::Nspawn, s.container.is_some()),
+        ("container", container_owner, s.container.is_some()),
         ("vm", ServiceKind::Microvm, s.vm.is_some()),
         ("env", ServiceKind::Process, !s.env.is_empty()),
         ("cwd", ServiceKind::Process, s.cwd.is_some()),
