@@ -674,6 +674,11 @@ impl PeerClient {
         } else {
             tokio::net::TcpSocket::new_v6()?
         };
+        // SO_REUSEADDR: the ephemeral port this takes on the node's address must not keep
+        // a listener from binding that address and port later (found in the loopback
+        // tests, where clusters share 127.0.0.x: an agent could not listen on a port
+        // another cluster's connection had been given).
+        let _ = socket.set_reuseaddr(true);
         // An address this host does not have (yet) is no reason not to connect.
         if socket.bind(SocketAddr::new(source, 0)).is_err() {
             return TcpStream::connect(self.addr).await;
@@ -1137,5 +1142,24 @@ mod tests {
             .unwrap();
         let mut client = PeerClient::new("n1", addr, &n2, Partition::default());
         assert_eq!(rt.block_on(client.call(1, b"hi", T)).unwrap(), b"n2:1:hi");
+    }
+
+    /// A client's ephemeral port on a node address never keeps a listener off it.
+    #[tokio::test]
+    async fn an_outgoing_connection_does_not_keep_a_listener_off_its_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca(dir.path());
+        let addr = start(node_tls(&ca, &dir.path().join("n1"), "n1")).await;
+        let n2 = node_tls(&ca, &dir.path().join("n2"), "n2");
+        let source: IpAddr = [127, 0, 0, 42].into();
+        let mut client =
+            PeerClient::new("n1", addr, &n2, Partition::default()).from_address(Some(source));
+        client.call(1, b"hi", T).await.unwrap();
+        let (conn, _) = client.conn.as_ref().unwrap();
+        let taken = conn.get_ref().0.local_addr().unwrap();
+        assert_eq!(taken.ip(), source);
+        // A node whose address and port that is can still listen there.
+        let listener = TcpListener::bind(taken).await;
+        assert!(listener.is_ok(), "{listener:?}");
     }
 }
