@@ -465,6 +465,7 @@ fn bench_scheduler(
             current: &empty,
             pins: &std::collections::BTreeMap::new(),
             failed: &std::collections::BTreeMap::new(),
+            constraints: &quorate_scheduler::Constraints::NONE,
         });
         cold.push(start.elapsed().as_secs_f64() * 1000.0);
         placed = out;
@@ -495,6 +496,7 @@ fn bench_scheduler(
             current: &current,
             pins: &std::collections::BTreeMap::new(),
             failed: &std::collections::BTreeMap::new(),
+            constraints: &quorate_scheduler::Constraints::NONE,
         });
         failover.push(start.elapsed().as_secs_f64() * 1000.0);
         moved = out

@@ -250,6 +250,23 @@ impl Node {
                     self.set_admin(&node, &state, caller).await
                 }
                 ControlRequest::Restart { service } => self.restart_service(&service, caller).await,
+                ControlRequest::SetDisabled { service, disabled } => {
+                    self.set_disabled(&service, disabled, caller).await
+                }
+                ControlRequest::Ban {
+                    service,
+                    node,
+                    for_ms,
+                } => self.ban(&service, &node, for_ms, caller).await,
+                ControlRequest::Unban { service, node } => {
+                    self.unban(&service, &node, caller).await
+                }
+                ControlRequest::Cleanup { service, node } => {
+                    self.cleanup(&service, node.as_deref(), caller).await
+                }
+                ControlRequest::ClusterMaintenance { on } => {
+                    self.cluster_maintenance(on, caller).await
+                }
                 ControlRequest::Explain { service } => self.explain(&service).await,
                 ControlRequest::SchedulerInput => self.scheduler_input().await,
                 // Answered above, on the node that was asked.
@@ -274,7 +291,7 @@ impl Node {
             (Ok(reply), _) => reply,
             (Err(_), ControlRequest::Status { .. }) => self.status(false).await,
             (Err(_), ControlRequest::Partition { .. } | ControlRequest::Events { .. }) => refused(1, "answered locally"),
-            (Err(why), ControlRequest::Move { .. } | ControlRequest::SetAdmin { .. } | ControlRequest::Explain { .. } | ControlRequest::Restart { .. } | ControlRequest::SchedulerInput) => refused(
+            (Err(why), ControlRequest::Move { .. } | ControlRequest::SetAdmin { .. } | ControlRequest::Explain { .. } | ControlRequest::Restart { .. } | ControlRequest::SchedulerInput | ControlRequest::SetDisabled { .. } | ControlRequest::Ban { .. } | ControlRequest::Unban { .. } | ControlRequest::Cleanup { .. } | ControlRequest::ClusterMaintenance { .. }) => refused(
                 4,
                 format!("no quorum: {why}; nothing was changed\n  help: a majority of voters must be up and connected; check `quorate status`"),
             ),
@@ -436,6 +453,7 @@ impl Node {
                 .map(|e| format!("[{}] {}", e.by, e.what))
                 .collect(),
             local_spec_differs: applied.is_some_and(|a| a.hash != self.local.hash),
+            cluster_maintenance: state.cluster_maintenance,
             nodes,
             services: spec
                 .services
@@ -462,6 +480,7 @@ impl Node {
                         (None, _) if observed.is_some_and(quorate_state::Observed::may_run) => {
                             "stopping".into()
                         }
+                        (None, _) if state.disabled.contains(name) => "disabled".into(),
                         (None, _) => "pending".into(),
                     };
                     quorate_api::ServiceStatus {

@@ -18,6 +18,14 @@ use quorate_state::AdminState;
 use crate::cluster::PeerMessage;
 use crate::Node;
 
+/// The operators' runtime decisions in force now: disabled services, unexpired bans.
+fn constraints(st: &quorate_consensus::ClusterState) -> quorate_scheduler::Constraints {
+    quorate_scheduler::Constraints {
+        disabled: st.disabled.clone(),
+        banned: st.active_bans(now_ms()),
+    }
+}
+
 /// The fence command's argv and environment, secrets filled in.
 type FenceInvocation = (Vec<String>, Vec<(String, String)>);
 
@@ -447,7 +455,12 @@ impl Node {
                 self.forget_fencing_of_live_nodes(&states);
                 let current: BTreeMap<String, String> = st.placements.iter().filter_map(|(s, a)| a.node.clone().map(|n| (s.clone(), n))).collect();
                 let failed = self.recent_failures(spec, st);
-                let placements = place(&Input { spec, nodes: &states, current: &current, pins: &st.pins, failed: &failed });
+                if st.cluster_maintenance {
+                    // Everything keeps running where it is; nothing is placed or moved.
+                    return None;
+                }
+                let constraints = constraints(st);
+                let placements = place(&Input { spec, nodes: &states, current: &current, pins: &st.pins, failed: &failed, constraints: &constraints });
                 let mut changes: BTreeMap<String, (Option<String>, String)> = BTreeMap::new();
                 let mut needs_fence: Vec<String> = Vec::new();
                 for (service, p) in &placements {
@@ -587,12 +600,14 @@ impl Node {
             .filter_map(|(s, a)| a.node.clone().map(|n| (s.clone(), n)))
             .collect();
         let failed = self.recent_failures(spec, st);
+        let constraints = constraints(st);
         let input = Input {
             spec,
             nodes: &states,
             current: &current,
             pins: &st.pins,
             failed: &failed,
+            constraints: &constraints,
         };
         let placed = place(&input);
         let why_not = quorate_scheduler::explain(&input, &placed, service);
@@ -701,6 +716,240 @@ impl Node {
             }
             Err(why) => Self::refused(1, format!("{why}; nothing was changed")),
         }
+    }
+
+    /// Checks that `service` (and `node`, when given) exist in the applied spec.
+    fn check_names(
+        st: &quorate_consensus::ClusterState,
+        service: &str,
+        node: Option<&str>,
+    ) -> Result<(), String> {
+        let spec = &st
+            .applied
+            .as_ref()
+            .ok_or("the cluster has no spec yet")?
+            .spec;
+        if !spec.services.contains_key(service) {
+            return Err(format!(
+                "no service `{service}` in the applied spec (services: {:?})",
+                spec.services.keys().collect::<Vec<_>>()
+            ));
+        }
+        if let Some(node) = node {
+            if !spec.nodes.contains_key(node) {
+                return Err(format!(
+                    "no node `{node}` (nodes: {:?})",
+                    spec.nodes.keys().collect::<Vec<_>>()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// On the leader: `quorate disable SVC` / `enable SVC`.
+    pub(crate) async fn set_disabled(
+        &self,
+        service: &str,
+        disabled: bool,
+        caller: &crate::cluster::Caller,
+    ) -> quorate_api::ControlReply {
+        let check = self
+            .consensus
+            .with_state(|st| {
+                Self::check_names(st, service, None)?;
+                match (disabled, st.disabled.contains(service)) {
+                    (true, true) => Err(format!("`{service}` is already disabled")),
+                    (false, false) => Err(format!("`{service}` is not disabled")),
+                    _ => Ok(()),
+                }
+            })
+            .await;
+        if let Err(why) = check {
+            return Self::refused(1, format!("{why}; nothing was changed"));
+        }
+        let done = if disabled {
+            format!("{service} is disabled: it stops where it runs and starts nowhere until `quorate enable {service}`")
+        } else {
+            format!("{service} is enabled: it is placed again")
+        };
+        self.commit(
+            Command::SetDisabled {
+                service: service.to_string(),
+                disabled,
+                by: caller.by(),
+                at_ms: now_ms(),
+            },
+            done,
+        )
+        .await
+    }
+
+    /// On the leader: `quorate ban SVC NODE [--for D]`. Refused when the ban would
+    /// leave the service no node at all.
+    pub(crate) async fn ban(
+        &self,
+        service: &str,
+        node: &str,
+        for_ms: Option<u64>,
+        caller: &crate::cluster::Caller,
+    ) -> quorate_api::ControlReply {
+        let check = self
+            .consensus
+            .with_state(|st| {
+                Self::check_names(st, service, Some(node))?;
+                let spec = &st
+                    .applied
+                    .as_ref()
+                    .ok_or("the cluster has no spec yet")?
+                    .spec;
+                // With the ban in force, would it still have a node?
+                let mut banned = st.clone();
+                banned
+                    .bans
+                    .entry(service.to_string())
+                    .or_default()
+                    .insert(node.to_string(), None);
+                let (_, why_not) = self.explain_service(spec, &banned, service);
+                if why_not.values().all(Option::is_some) && !st.disabled.contains(service) {
+                    let reasons: Vec<String> = why_not
+                        .iter()
+                        .map(|(n, w)| format!("{n}: {}", w.as_deref().unwrap_or("?")))
+                        .collect();
+                    return Err(format!(
+                        "banning `{service}` from `{node}` would leave it no node ({})",
+                        reasons.join("; ")
+                    ));
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(why) = check {
+            return Self::refused(1, format!("{why}; nothing was changed"));
+        }
+        let how_long = for_ms.map_or_else(
+            || format!("until `quorate unban {service} {node}`"),
+            |ms| format!("for {} s", ms.div_ceil(1000)),
+        );
+        self.commit(
+            Command::Ban {
+                service: service.to_string(),
+                node: node.to_string(),
+                until_ms: for_ms.map(|ms| now_ms() + ms),
+                by: caller.by(),
+                at_ms: now_ms(),
+            },
+            format!("{service} is banned from {node} {how_long}; it moves away if it runs there"),
+        )
+        .await
+    }
+
+    /// On the leader: `quorate unban SVC NODE`.
+    pub(crate) async fn unban(
+        &self,
+        service: &str,
+        node: &str,
+        caller: &crate::cluster::Caller,
+    ) -> quorate_api::ControlReply {
+        let check = self
+            .consensus
+            .with_state(|st| {
+                Self::check_names(st, service, Some(node))?;
+                if st
+                    .active_bans(now_ms())
+                    .get(service)
+                    .is_some_and(|b| b.contains(node))
+                {
+                    Ok(())
+                } else {
+                    Err(format!("`{service}` is not banned from `{node}`"))
+                }
+            })
+            .await;
+        if let Err(why) = check {
+            return Self::refused(1, format!("{why}; nothing was changed"));
+        }
+        self.commit(
+            Command::Unban {
+                service: service.to_string(),
+                node: node.to_string(),
+                by: caller.by(),
+                at_ms: now_ms(),
+            },
+            format!("{service} may run on {node} again"),
+        )
+        .await
+    }
+
+    /// On the leader: `quorate cleanup SVC [--node N]`: its recorded failures (and the
+    /// nodes it may not return to for its restart window) are forgotten.
+    pub(crate) async fn cleanup(
+        &self,
+        service: &str,
+        node: Option<&str>,
+        caller: &crate::cluster::Caller,
+    ) -> quorate_api::ControlReply {
+        let check = self
+            .consensus
+            .with_state(|st| Self::check_names(st, service, node))
+            .await;
+        if let Err(why) = check {
+            return Self::refused(1, format!("{why}; nothing was changed"));
+        }
+        if let Ok(mut log) = self.failures.lock() {
+            match node {
+                Some(n) => {
+                    if let Some(nodes) = log.get_mut(service) {
+                        nodes.remove(n);
+                    }
+                }
+                None => {
+                    log.remove(service);
+                }
+            }
+        }
+        let scope = node.map_or_else(|| " everywhere".to_string(), |n| format!(" on {n}"));
+        self.commit(
+            Command::Cleanup {
+                service: service.to_string(),
+                node: node.map(str::to_string),
+                by: caller.by(),
+                at_ms: now_ms(),
+            },
+            format!("{service}: failures{scope} forgotten; it may be placed there again"),
+        )
+        .await
+    }
+
+    /// On the leader: `quorate maintenance on|off --cluster`.
+    pub(crate) async fn cluster_maintenance(
+        &self,
+        on: bool,
+        caller: &crate::cluster::Caller,
+    ) -> quorate_api::ControlReply {
+        let now = self.consensus.with_state(|st| st.cluster_maintenance).await;
+        if now == on {
+            return Self::refused(
+                1,
+                format!(
+                    "the cluster is {} in maintenance; nothing was changed",
+                    if on { "already" } else { "not" }
+                ),
+            );
+        }
+        let done = if on {
+            "the cluster is in maintenance: everything keeps running where it is, nothing moves or starts; `quorate maintenance off --cluster` ends it"
+        } else {
+            "cluster maintenance is over: services are placed and moved again"
+        };
+        self.commit(
+            Command::SetClusterMaintenance {
+                on,
+                by: caller.by(),
+                at_ms: now_ms(),
+            },
+            done.to_string(),
+        )
+        .await
     }
 
     /// On the leader: drain, undrain, maintenance on/off.
@@ -837,6 +1086,7 @@ impl Node {
                         .collect(),
                     pins: st.pins.clone(),
                     failed: self.recent_failures(spec, st),
+                    constraints: constraints(st),
                 }))
             })
             .await

@@ -38,6 +38,43 @@ pub enum ControlRequest {
         /// The service.
         service: String,
     },
+    /// Stop a service everywhere and keep it stopped (`disabled`), or let it run again.
+    SetDisabled {
+        /// The service.
+        service: String,
+        /// True: disable; false: enable.
+        disabled: bool,
+    },
+    /// Keep a service off a node, for `for_ms` or until unbanned.
+    Ban {
+        /// The service.
+        service: String,
+        /// The node.
+        node: String,
+        /// How long, in ms; `None`: until `Unban`.
+        #[serde(default)]
+        for_ms: Option<u64>,
+    },
+    /// Lift a ban.
+    Unban {
+        /// The service.
+        service: String,
+        /// The node.
+        node: String,
+    },
+    /// Forget a service's recorded failures (on one node, or everywhere).
+    Cleanup {
+        /// The service.
+        service: String,
+        /// Only on this node.
+        #[serde(default)]
+        node: Option<String>,
+    },
+    /// The whole cluster keeps what runs and moves nothing, or returns to normal.
+    ClusterMaintenance {
+        /// True: enter; false: leave.
+        on: bool,
+    },
     /// Set a node's operator state: `active`, `draining` or `maintenance`.
     SetAdmin {
         /// The node.
@@ -151,6 +188,9 @@ pub struct SchedulerView {
     pub pins: std::collections::BTreeMap<String, String>,
     /// Nodes where a service recently spent its restart budget.
     pub failed: std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Disabled services and bans in force.
+    #[serde(default)]
+    pub constraints: quorate_scheduler::Constraints,
 }
 
 /// `quorate status --json`.
@@ -187,6 +227,10 @@ pub struct StatusReport {
     /// The most recent cluster decisions, oldest first.
     #[serde(default)]
     pub recent_events: Vec<String>,
+    /// The whole cluster is in maintenance: nothing moves (`quorate maintenance on
+    /// --cluster`).
+    #[serde(default)]
+    pub cluster_maintenance: bool,
 }
 
 /// One node in [`StatusReport`].

@@ -174,6 +174,9 @@ fn print_status(r: &StatusReport) {
         r.spec_version,
         r.answered_by
     );
+    if r.cluster_maintenance {
+        println!("CLUSTER MAINTENANCE: everything keeps running where it is; nothing moves or starts (`quorate maintenance off --cluster` ends it)");
+    }
     if r.local_spec_differs {
         println!("note: this node's local spec file differs from the applied spec (run `quorate plan`, then `quorate apply` to change the cluster)");
     }
@@ -489,6 +492,14 @@ fn done_or_refused(reply: ControlReply, json: bool) -> Exit {
             Exit::from_refusal(exit_code)
         }
         _ => Exit::Invalid,
+    }
+}
+
+/// An operator request whose answer is done or refused (disable, ban, cleanup, …).
+pub fn request(socket: &AgentSocket, request: &ControlRequest, json: bool) -> Exit {
+    match call(socket, request, Duration::from_secs(15), json) {
+        Ok(reply) => done_or_refused(reply, json),
+        Err(exit) => exit,
     }
 }
 

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use quorate_api::ControlRequest;
 
 const ABOUT: &str = "One declarative spec → a cluster that keeps its services running.";
 
@@ -307,14 +308,86 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Maintenance mode for a node: it keeps what it runs and gets nothing new.
+    /// Maintenance mode for a node (it keeps what it runs and gets nothing new), or with
+    /// --cluster for the whole cluster (everything keeps running where it is; nothing
+    /// moves or starts: for switch or power work).
     Maintenance {
         /// on or off.
         #[arg(value_parser = ["on", "off"])]
         mode: String,
         /// The node.
+        #[arg(
+            value_name = "NODE",
+            required_unless_present = "cluster",
+            conflicts_with = "cluster"
+        )]
+        target: Option<String>,
+        /// The whole cluster instead of one node.
+        #[arg(long)]
+        cluster: bool,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a service everywhere and keep it stopped, without removing it from the spec.
+    Disable {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a disabled service run again.
+    Enable {
+        /// The service.
+        service: String,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep a service off a node at runtime (it moves away if it runs there).
+    Ban {
+        /// The service.
+        service: String,
+        /// The node.
         #[arg(value_name = "NODE")]
         target: String,
+        /// For how long ("30m", "2h"); without it, until `unban`.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<quorate_spec::SpecDuration>,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a ban.
+    Unban {
+        /// The service.
+        service: String,
+        /// The node.
+        #[arg(value_name = "NODE")]
+        target: String,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a service's recorded failures, so it may return to the nodes where it
+    /// spent its restart budget (otherwise only its restart window clears them).
+    Cleanup {
+        /// The service.
+        service: String,
+        /// Only its failures on this node.
+        #[arg(long = "on", value_name = "NODE")]
+        on: Option<String>,
         #[command(flatten)]
         agent: cluster_commands::AgentSocket,
         /// Print the result as JSON.
@@ -684,19 +757,88 @@ fn main() -> ExitCode {
         Command::Maintenance {
             mode,
             target,
+            cluster,
             agent,
             json,
-        } => cluster_commands::set_admin(
+        } => match (cluster, target) {
+            (true, _) => cluster_commands::request(
+                &agent,
+                &ControlRequest::ClusterMaintenance { on: mode == "on" },
+                json,
+            ),
+            (false, Some(target)) => cluster_commands::set_admin(
+                &agent,
+                &target,
+                if mode == "on" {
+                    "maintenance"
+                } else {
+                    "active"
+                },
+                false,
+                json,
+            ),
+            (false, None) => exit::Exit::Invalid,
+        },
+        Command::Disable {
+            service,
+            agent,
+            json,
+        } => cluster_commands::request(
             &agent,
-            &target,
-            if mode == "on" {
-                "maintenance"
-            } else {
-                "active"
+            &ControlRequest::SetDisabled {
+                service,
+                disabled: true,
             },
-            false,
             json,
         ),
+        Command::Enable {
+            service,
+            agent,
+            json,
+        } => cluster_commands::request(
+            &agent,
+            &ControlRequest::SetDisabled {
+                service,
+                disabled: false,
+            },
+            json,
+        ),
+        Command::Ban {
+            service,
+            target,
+            duration,
+            agent,
+            json,
+        } => cluster_commands::request(
+            &agent,
+            &ControlRequest::Ban {
+                service,
+                node: target,
+                for_ms: duration.map(quorate_spec::SpecDuration::as_millis),
+            },
+            json,
+        ),
+        Command::Unban {
+            service,
+            target,
+            agent,
+            json,
+        } => cluster_commands::request(
+            &agent,
+            &ControlRequest::Unban {
+                service,
+                node: target,
+            },
+            json,
+        ),
+        Command::Cleanup {
+            service,
+            on,
+            agent,
+            json,
+        } => {
+            cluster_commands::request(&agent, &ControlRequest::Cleanup { service, node: on }, json)
+        }
         Command::Events {
             limit,
             agent,

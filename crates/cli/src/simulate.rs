@@ -62,6 +62,7 @@ pub fn offline(spec: &Spec) -> SchedulerView {
         current: BTreeMap::new(),
         pins: BTreeMap::new(),
         failed: BTreeMap::new(),
+        constraints: quorate_scheduler::Constraints::default(),
     }
 }
 
@@ -76,6 +77,7 @@ pub fn simulate(start: &SchedulerView, fail: &[String], drain: &[String]) -> Sim
         current: &start.current,
         pins: &start.pins,
         failed: &start.failed,
+        constraints: &start.constraints,
     });
     let current: BTreeMap<String, String> = before
         .iter()
@@ -94,6 +96,7 @@ pub fn simulate(start: &SchedulerView, fail: &[String], drain: &[String]) -> Sim
         current: &current,
         pins: &start.pins,
         failed: &start.failed,
+        constraints: &start.constraints,
     });
     let moved: BTreeSet<String> = after
         .iter()
@@ -166,10 +169,11 @@ pub fn run(
         Some(_) => format!("the live cluster `{}`", spec.cluster.name),
         None => spec_path.display().to_string(),
     };
+    // A disabled service is placed nowhere on purpose: not a problem to report.
     let unplaceable: Vec<&String> = sim
         .after
         .iter()
-        .filter(|(_, p)| p.node.is_none())
+        .filter(|(s, p)| p.node.is_none() && !start.constraints.disabled.contains(*s))
         .map(|(s, _)| s)
         .collect();
     if json {

@@ -464,3 +464,122 @@ fn completions_and_the_man_page_come_from_the_cli_itself() {
         "{text}"
     );
 }
+
+/// Runs `quorate ARGS --data-dir DD`; (exit code, stderr).
+fn op(c: &TestCluster, dd: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut all = args.to_vec();
+    all.extend(["--data-dir", dd]);
+    let out = c.run(&all);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn disable_ban_cleanup_and_cluster_maintenance_with_bad_input_refused() {
+    let mut c = TestCluster::with_services(3, &TestCluster::demo_services(&["web", "db"]));
+    let leader = c.start_all();
+    let dd = c.data_dir(&leader);
+    let dd = dd.to_str().unwrap();
+    c.wait_running_elsewhere(&leader, "web", None);
+    c.wait_running_elsewhere(&leader, "db", None);
+    // Bad input: a clear message, exit 1, nothing changed.
+    for (args, says) in [
+        (vec!["disable", "nope"], "no service `nope`"),
+        (vec!["ban", "web", "n9"], "no node `n9`"),
+        (vec!["enable", "web"], "`web` is not disabled"),
+        (vec!["unban", "web", "n1"], "`web` is not banned from `n1`"),
+        (vec!["cleanup", "nope"], "no service `nope`"),
+        (
+            vec!["maintenance", "off", "--cluster"],
+            "not in maintenance",
+        ),
+    ] {
+        let (code, stderr) = op(&c, dd, &args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(says) && stderr.contains("nothing was changed"),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    // disable: stops everywhere and stays stopped; twice is refused; enable brings it back.
+    let (code, stderr) = op(&c, dd, &["disable", "web"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    c.wait_for("web to be disabled", Duration::from_secs(20), || {
+        c.service(&leader, "web") == (None, "disabled".to_string())
+    });
+    let (code, stderr) = op(&c, dd, &["disable", "web"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("already disabled"), "{stderr}");
+    // simulate --live starts from it: web is placed nowhere, and that is no problem.
+    let out = c.run(&["simulate", "--live", "--json", "--data-dir", dd]);
+    let sim: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{sim:#}");
+    assert!(sim["services"]["web"]["after"].is_null(), "{sim:#}");
+    assert!(
+        sim["services"]["web"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("disabled"),
+        "{sim:#}"
+    );
+    assert_eq!(op(&c, dd, &["enable", "web"]).0, Some(0));
+    let host = c.wait_running_elsewhere(&leader, "web", None);
+
+    // ban: web leaves the banned node; banned from two nodes it runs on the third, and
+    // a ban from that one too is refused (it would have no node).
+    let others: Vec<String> = c.names.iter().filter(|n| **n != host).cloned().collect();
+    assert_eq!(op(&c, dd, &["ban", "web", &others[0]]).0, Some(0));
+    assert_eq!(op(&c, dd, &["ban", "web", &host, "--for", "1h"]).0, Some(0));
+    let now_on = c.wait_running_elsewhere(&leader, "web", Some(&host));
+    assert_eq!(now_on, others[1]);
+    let (code, stderr) = op(&c, dd, &["ban", "web", &others[1]]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("would leave it no node"), "{stderr}");
+    assert_eq!(
+        c.service(&leader, "web").0.as_deref(),
+        Some(others[1].as_str())
+    );
+    assert_eq!(op(&c, dd, &["unban", "web", &host]).0, Some(0));
+    assert_eq!(op(&c, dd, &["unban", "web", &others[0]]).0, Some(0));
+    assert_eq!(op(&c, dd, &["cleanup", "web"]).0, Some(0));
+
+    // Cluster maintenance: a dead node's service stays put until it ends.
+    let (code, stderr) = op(&c, dd, &["maintenance", "on", "--cluster"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(c.status(&leader, false).1["cluster_maintenance"], true);
+    let text = String::from_utf8_lossy(&c.run(&["status", "--data-dir", dd]).stdout).into_owned();
+    assert!(text.contains("CLUSTER MAINTENANCE"), "{text}");
+    // db's node loses power (the leader's too, when db runs there: a new leader
+    // keeps the maintenance, it is replicated state).
+    let victim = c.service(&leader, "db").0.unwrap();
+    let asker = c.names.iter().find(|n| **n != victim).unwrap().clone();
+    let add = c.data_dir(&asker);
+    let add = add.to_str().unwrap();
+    c.poweroff(&victim);
+    std::thread::sleep(Duration::from_secs(5));
+    c.wait_for("a leader with quorum", Duration::from_secs(20), || {
+        c.status(&asker, false).1["quorum"] == true
+    });
+    assert_eq!(
+        c.service(&asker, "db").0.as_deref(),
+        Some(victim.as_str()),
+        "nothing moves in cluster maintenance"
+    );
+    assert_eq!(op(&c, add, &["maintenance", "off", "--cluster"]).0, Some(0));
+    c.wait_running_elsewhere(&asker, "db", Some(&victim));
+    let dd = add;
+    assert!(double_runs(&runs(&c.journal())).is_empty());
+    let events = String::from_utf8_lossy(&c.ok(&["events", "-n", "40", "--data-dir", dd]).stdout)
+        .into_owned();
+    for what in [
+        "web: disabled",
+        "web: banned from",
+        "web: failures forgotten",
+        "CLUSTER MAINTENANCE",
+    ] {
+        assert!(events.contains(what), "no `{what}` event:\n{events}");
+    }
+}

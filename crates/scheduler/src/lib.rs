@@ -63,6 +63,27 @@ pub struct Input<'a> {
     /// Nodes where a service recently spent its restart budget: not chosen again for
     /// it until the restart window has passed (Pacemaker's migration-threshold).
     pub failed: &'a BTreeMap<String, BTreeSet<String>>,
+    /// What operators decided at runtime: disabled services, bans.
+    pub constraints: &'a Constraints,
+}
+
+/// Operators' runtime decisions the scheduler honours (replicated by the cluster).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Constraints {
+    /// Services stopped everywhere (`quorate disable`): placed nowhere.
+    #[serde(default)]
+    pub disabled: BTreeSet<String>,
+    /// Nodes each service is banned from right now (`quorate ban`).
+    #[serde(default)]
+    pub banned: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Constraints {
+    /// No runtime decisions.
+    pub const NONE: Self = Self {
+        disabled: BTreeSet::new(),
+        banned: BTreeMap::new(),
+    };
 }
 
 struct Board<'a> {
@@ -132,6 +153,14 @@ fn refusal(
     if input.spec.nodes.get(node).is_some_and(|n| !n.workloads) {
         return Some("a witness (workloads = false): it only votes".into());
     }
+    if input
+        .constraints
+        .banned
+        .get(name)
+        .is_some_and(|b| b.contains(node))
+    {
+        return Some(format!("banned (`quorate unban {name} {node}` lifts it)"));
+    }
     if svc.avoid.iter().any(|a| a == node) {
         return Some("avoided".into());
     }
@@ -187,6 +216,16 @@ pub fn place(input: &Input<'_>) -> BTreeMap<String, Placement> {
     // service never displaces another that had no reason to move.
     let mut homeless: Vec<(&str, Option<(&str, String)>)> = Vec::new();
     for (name, svc) in &spec.services {
+        if input.constraints.disabled.contains(name) {
+            out.insert(
+                name,
+                Placement {
+                    node: None,
+                    reason: format!("disabled: stopped everywhere until `quorate enable {name}`"),
+                },
+            );
+            continue;
+        }
         match input
             .current
             .get(name)
@@ -228,6 +267,9 @@ pub fn place(input: &Input<'_>) -> BTreeMap<String, Placement> {
     for _ in 0..=spec.services.len() {
         let mut changed = false;
         for (name, svc) in &spec.services {
+            if input.constraints.disabled.contains(name) {
+                continue;
+            }
             let Some(placement) = out.get(name.as_str()) else {
                 continue;
             };

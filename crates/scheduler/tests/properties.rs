@@ -79,6 +79,7 @@ fn run(w: &World, current: &BTreeMap<String, String>) -> BTreeMap<String, Placem
         current,
         pins: &w.pins,
         failed: &BTreeMap::new(),
+        constraints: &quorate_scheduler::Constraints::NONE,
     })
 }
 
@@ -164,6 +165,7 @@ fn a_failed_node_moves_its_services_to_the_preferred_survivor() {
         current: &BTreeMap::new(),
         pins: &std::collections::BTreeMap::new(),
         failed: &std::collections::BTreeMap::new(),
+        constraints: &quorate_scheduler::Constraints::NONE,
     });
     assert_eq!(out["web"].node.as_deref(), Some("a"));
     assert_eq!(out["web"].reason, "placed on a (preferred)");
@@ -175,6 +177,7 @@ fn a_failed_node_moves_its_services_to_the_preferred_survivor() {
         current: &current,
         pins: &std::collections::BTreeMap::new(),
         failed: &std::collections::BTreeMap::new(),
+        constraints: &quorate_scheduler::Constraints::NONE,
     });
     assert_eq!(out["web"].node.as_deref(), Some("c"));
     assert_eq!(out["web"].reason, "moved from a (down) to c (preferred)");
@@ -187,6 +190,7 @@ fn a_failed_node_moves_its_services_to_the_preferred_survivor() {
         current: &current,
         pins: &std::collections::BTreeMap::new(),
         failed: &std::collections::BTreeMap::new(),
+        constraints: &quorate_scheduler::Constraints::NONE,
     });
     assert_eq!(out["web"].node.as_deref(), Some("c"));
 }
@@ -214,6 +218,7 @@ fn node_labels_are_required_and_preferred() {
             current: &BTreeMap::new(),
             pins: &BTreeMap::new(),
             failed: &BTreeMap::new(),
+            constraints: &quorate_scheduler::Constraints::NONE,
         })
     };
     let out = input(&nodes);
@@ -277,6 +282,7 @@ fn a_witness_votes_but_never_runs_a_service() {
             current: &BTreeMap::new(),
             pins: &BTreeMap::new(),
             failed: &BTreeMap::new(),
+            constraints: &quorate_scheduler::Constraints::NONE,
         })
     };
     let out = placed(&nodes);
@@ -299,5 +305,57 @@ fn a_witness_votes_but_never_runs_a_service() {
         unplaced[0].1.reason.contains("pi: a witness"),
         "{:?}",
         unplaced[0]
+    );
+}
+
+#[test]
+fn disabled_services_go_nowhere_and_bans_keep_services_off_nodes() {
+    let text = "[cluster]\nname = \"t\"\n[nodes.a]\naddress = \"10.0.0.1\"\n[nodes.b]\naddress = \"10.0.0.2\"\n[nodes.c]\naddress = \"10.0.0.3\"\n\
+        [services.web]\nkind = \"process\"\ncommand = [\"/bin/web\"]\nprefer = [\"a\"]\n\
+        [services.db]\nkind = \"process\"\ncommand = [\"/bin/db\"]\n";
+    let spec = quorate_spec::check(text, quorate_spec::Format::Toml)
+        .spec
+        .unwrap();
+    let nodes: BTreeMap<String, NodeState> = ["a", "b", "c"]
+        .iter()
+        .map(|n| ((*n).to_string(), NodeState::Up))
+        .collect();
+    let constraints = quorate_scheduler::Constraints {
+        disabled: ["db".to_string()].into(),
+        banned: [("web".to_string(), ["a".to_string()].into())].into(),
+    };
+    let current: BTreeMap<String, String> =
+        [("web".into(), "a".into()), ("db".into(), "b".into())].into();
+    let out = place(&Input {
+        spec: &spec,
+        nodes: &nodes,
+        current: &current,
+        pins: &BTreeMap::new(),
+        failed: &BTreeMap::new(),
+        constraints: &constraints,
+    });
+    assert_eq!(out["db"].node, None, "{:?}", out["db"]);
+    assert!(out["db"].reason.starts_with("disabled"), "{:?}", out["db"]);
+    // web leaves its preferred node a, which it is banned from.
+    assert!(
+        matches!(out["web"].node.as_deref(), Some("b" | "c")),
+        "{:?}",
+        out["web"]
+    );
+    let why = quorate_scheduler::explain(
+        &Input {
+            spec: &spec,
+            nodes: &nodes,
+            current: &current,
+            pins: &BTreeMap::new(),
+            failed: &BTreeMap::new(),
+            constraints: &constraints,
+        },
+        &out,
+        "web",
+    );
+    assert!(
+        why["a"].as_deref().is_some_and(|w| w.contains("banned")),
+        "{why:?}"
     );
 }

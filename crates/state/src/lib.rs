@@ -11,7 +11,7 @@
 //! Persisted format: the state is serialised into Raft snapshots; [`STATE_VERSION`]
 //! names its format so a later version can migrate old snapshots.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use quorate_lock::Lock;
 use quorate_spec::Spec;
@@ -133,6 +133,36 @@ pub struct ClusterState {
     /// Restart generation of each service (`quorate restart` increments it).
     #[serde(default)]
     pub generations: BTreeMap<String, u64>,
+    /// Services stopped everywhere and kept stopped (`quorate disable`).
+    #[serde(default)]
+    pub disabled: BTreeSet<String>,
+    /// Services kept off nodes at runtime (`quorate ban`): service → node → until
+    /// (wall clock ms; `None`: until `unban`).
+    #[serde(default)]
+    pub bans: BTreeMap<String, BTreeMap<String, Option<u64>>>,
+    /// The whole cluster keeps what runs and moves nothing (`quorate maintenance on
+    /// --cluster`).
+    #[serde(default)]
+    pub cluster_maintenance: bool,
+}
+
+impl ClusterState {
+    /// The bans in force at `now_ms`: service → nodes.
+    #[must_use]
+    pub fn active_bans(&self, now_ms: u64) -> BTreeMap<String, BTreeSet<String>> {
+        self.bans
+            .iter()
+            .map(|(service, nodes)| {
+                let active = nodes
+                    .iter()
+                    .filter(|(_, until)| until.is_none_or(|u| u > now_ms))
+                    .map(|(n, _)| n.clone())
+                    .collect::<BTreeSet<String>>();
+                (service.clone(), active)
+            })
+            .filter(|(_, nodes)| !nodes.is_empty())
+            .collect()
+    }
 }
 
 /// A change to the cluster state, ordered by Raft.
@@ -203,6 +233,62 @@ pub enum Command {
         /// Reporter's wall clock.
         at_ms: u64,
     },
+    /// Stop a service everywhere and keep it stopped (`disabled = true`), or let it run
+    /// again.
+    SetDisabled {
+        /// The service.
+        service: String,
+        /// True to disable.
+        disabled: bool,
+        /// Who asked.
+        by: String,
+        /// Proposer's wall clock.
+        at_ms: u64,
+    },
+    /// Keep a service off a node until `until_ms` (or until unbanned).
+    Ban {
+        /// The service.
+        service: String,
+        /// The node.
+        node: String,
+        /// Wall clock ms the ban ends at; `None`: until `Unban`.
+        until_ms: Option<u64>,
+        /// Who asked.
+        by: String,
+        /// Proposer's wall clock.
+        at_ms: u64,
+    },
+    /// Lift a ban.
+    Unban {
+        /// The service.
+        service: String,
+        /// The node.
+        node: String,
+        /// Who asked.
+        by: String,
+        /// Proposer's wall clock.
+        at_ms: u64,
+    },
+    /// Forget a service's recorded failures (on one node, or everywhere).
+    Cleanup {
+        /// The service.
+        service: String,
+        /// Only this node's.
+        node: Option<String>,
+        /// Who asked.
+        by: String,
+        /// Proposer's wall clock.
+        at_ms: u64,
+    },
+    /// The whole cluster keeps what runs and moves nothing, or returns to normal.
+    SetClusterMaintenance {
+        /// True to enter maintenance.
+        on: bool,
+        /// Who asked.
+        by: String,
+        /// Proposer's wall clock.
+        at_ms: u64,
+    },
     /// A new spec (`quorate apply`). Same content hash = no change.
     ApplySpec {
         /// The spec.
@@ -232,6 +318,13 @@ impl std::fmt::Display for Command {
                 write!(f, "bootstrap `{}` by {by}", spec.cluster.name)
             }
             Self::ApplySpec { by, .. } => write!(f, "apply spec by {by}"),
+            Self::SetDisabled {
+                service, disabled, ..
+            } => write!(f, "set {service} disabled={disabled}"),
+            Self::Ban { service, node, .. } => write!(f, "ban {service} from {node}"),
+            Self::Unban { service, node, .. } => write!(f, "unban {service} from {node}"),
+            Self::Cleanup { service, .. } => write!(f, "clean up {service}"),
+            Self::SetClusterMaintenance { on, .. } => write!(f, "cluster maintenance {on}"),
         }
     }
 }
@@ -333,6 +426,93 @@ impl ClusterState {
                     }
                 };
                 self.event(by, *at_ms, what);
+                CommandResult::Recorded
+            }
+            Command::SetDisabled {
+                service,
+                disabled,
+                by,
+                at_ms,
+            } => {
+                let what = if *disabled {
+                    self.disabled.insert(service.clone());
+                    format!(
+                        "{service}: disabled: stopped everywhere until `quorate enable {service}`"
+                    )
+                } else {
+                    self.disabled.remove(service);
+                    format!("{service}: enabled again")
+                };
+                self.event(by, *at_ms, what);
+                CommandResult::Recorded
+            }
+            Command::Ban {
+                service,
+                node,
+                until_ms,
+                by,
+                at_ms,
+            } => {
+                self.bans
+                    .entry(service.clone())
+                    .or_default()
+                    .insert(node.clone(), *until_ms);
+                let how_long = until_ms.map_or_else(
+                    || format!("until `quorate unban {service} {node}`"),
+                    |u| format!("for {} s", u.saturating_sub(*at_ms).div_ceil(1000)),
+                );
+                self.event(
+                    by,
+                    *at_ms,
+                    format!("{service}: banned from {node} {how_long}"),
+                );
+                CommandResult::Recorded
+            }
+            Command::Unban {
+                service,
+                node,
+                by,
+                at_ms,
+            } => {
+                if let Some(nodes) = self.bans.get_mut(service) {
+                    nodes.remove(node);
+                    if nodes.is_empty() {
+                        self.bans.remove(service);
+                    }
+                }
+                self.event(by, *at_ms, format!("{service}: ban from {node} lifted"));
+                CommandResult::Recorded
+            }
+            Command::Cleanup {
+                service,
+                node,
+                by,
+                at_ms,
+            } => {
+                let failed_here = self.observed.get(service).is_some_and(|o| {
+                    o.state == "failed" && node.as_ref().is_none_or(|n| *n == o.node)
+                });
+                if failed_here {
+                    self.observed.remove(service);
+                }
+                let scope = node
+                    .as_ref()
+                    .map_or_else(String::new, |n| format!(" on {n}"));
+                self.event(
+                    by,
+                    *at_ms,
+                    format!("{service}: failures{scope} forgotten (cleanup)"),
+                );
+                CommandResult::Recorded
+            }
+            Command::SetClusterMaintenance { on, by, at_ms } => {
+                self.cluster_maintenance = *on;
+                let what = if *on {
+                    "CLUSTER MAINTENANCE: everything keeps running where it is; nothing moves, nothing is started"
+                } else {
+                    "cluster maintenance over: services are placed and moved again"
+                };
+                self.event(by, *at_ms, what.to_string());
                 CommandResult::Recorded
             }
             Command::Restart { service, by, at_ms } => {
@@ -462,6 +642,11 @@ impl ClusterState {
                 self.admin.retain(|n, _| spec.nodes.contains_key(n));
                 self.pins
                     .retain(|s, n| spec.services.contains_key(s) && spec.nodes.contains_key(n));
+                self.disabled.retain(|s| spec.services.contains_key(s));
+                self.bans.retain(|s, nodes| {
+                    nodes.retain(|n, _| spec.nodes.contains_key(n));
+                    spec.services.contains_key(s) && !nodes.is_empty()
+                });
                 // So are reports about services that no longer exist (unless their
                 // assignment is kept until the leader's scheduler removes it, after
                 // the stop) and about storage that no longer exists.
