@@ -563,13 +563,12 @@ fn failover_trial(quorate: &Path, kill_leader: bool) -> Result<f64, String> {
             pick["name"].as_str().ok_or("name")?.to_string(),
             pick["node"].as_str().ok_or("node")?.to_string(),
         );
-        let port = u16::try_from(file["http"][&service].as_u64().ok_or("port")?)
-            .map_err(|e| e.to_string())?;
-        let others: Vec<String> = ["n1", "n2", "n3"]
-            .iter()
-            .filter(|n| **n != victim)
-            .map(|n| (*n).to_string())
-            .collect();
+        // The service's entry point answers from wherever it runs.
+        let entry = file["entry"][&service].as_str().ok_or("entry")?.to_string();
+        let (ip, port) = entry.rsplit_once(':').ok_or("entry")?;
+        let port: u16 = port
+            .parse()
+            .map_err(|e: std::num::ParseIntError| e.to_string())?;
         let start = Instant::now();
         run(
             quorate,
@@ -577,11 +576,12 @@ fn failover_trial(quorate: &Path, kill_leader: bool) -> Result<f64, String> {
             &["sandbox", "kill", &victim, "--dir", d],
         )?;
         while start.elapsed() < std::time::Duration::from_secs(30) {
-            for n in &others {
-                let ip = format!("127.0.0.{}", n.trim_start_matches('n'));
-                if http_answer(&ip, port).is_some_and(|b| b == format!("{service} on {n}")) {
-                    return Ok(start.elapsed().as_secs_f64() * 1000.0);
-                }
+            let moved = http_answer(ip, port).is_some_and(|b| {
+                b.strip_prefix(&format!("{service} on "))
+                    .is_some_and(|n| n != victim)
+            });
+            if moved {
+                return Ok(start.elapsed().as_secs_f64() * 1000.0);
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
