@@ -267,6 +267,8 @@ impl Node {
                 ControlRequest::ClusterMaintenance { on } => {
                     self.cluster_maintenance(on, caller).await
                 }
+                ControlRequest::Backup => self.backup().await,
+                ControlRequest::Restore { backup } => self.restore(*backup, caller).await,
                 ControlRequest::Explain { service } => self.explain(&service).await,
                 ControlRequest::SchedulerInput => self.scheduler_input().await,
                 // Answered above, on the node that was asked.
@@ -291,7 +293,7 @@ impl Node {
             (Ok(reply), _) => reply,
             (Err(_), ControlRequest::Status { .. }) => self.status(false).await,
             (Err(_), ControlRequest::Partition { .. } | ControlRequest::Events { .. }) => refused(1, "answered locally"),
-            (Err(why), ControlRequest::Move { .. } | ControlRequest::SetAdmin { .. } | ControlRequest::Explain { .. } | ControlRequest::Restart { .. } | ControlRequest::SchedulerInput | ControlRequest::SetDisabled { .. } | ControlRequest::Ban { .. } | ControlRequest::Unban { .. } | ControlRequest::Cleanup { .. } | ControlRequest::ClusterMaintenance { .. }) => refused(
+            (Err(why), ControlRequest::Move { .. } | ControlRequest::SetAdmin { .. } | ControlRequest::Explain { .. } | ControlRequest::Restart { .. } | ControlRequest::SchedulerInput | ControlRequest::SetDisabled { .. } | ControlRequest::Ban { .. } | ControlRequest::Unban { .. } | ControlRequest::Cleanup { .. } | ControlRequest::ClusterMaintenance { .. } | ControlRequest::Backup | ControlRequest::Restore { .. }) => refused(
                 4,
                 format!("no quorum: {why}; nothing was changed\n  help: a majority of voters must be up and connected; check `quorate status`"),
             ),

@@ -920,6 +920,68 @@ impl Node {
         .await
     }
 
+    /// On the leader: the backup, read after confirming leadership (consistent as of
+    /// the committed index it reads).
+    pub(crate) async fn backup(&self) -> quorate_api::ControlReply {
+        if let Err(e) = self
+            .consensus
+            .confirm_leadership(self.quorum_timeout())
+            .await
+        {
+            return Self::refused(4, format!("{e}; no backup was taken"));
+        }
+        match self
+            .consensus
+            .with_state(quorate_consensus::ClusterState::backup)
+            .await
+        {
+            Some(b) => quorate_api::ControlReply::Backup(Box::new(b)),
+            None => Self::refused(1, "the cluster has no spec yet; nothing to back up".into()),
+        }
+    }
+
+    /// On the leader: `quorate restore FILE`.
+    pub(crate) async fn restore(
+        &self,
+        backup: quorate_consensus::Backup,
+        caller: &crate::cluster::Caller,
+    ) -> quorate_api::ControlReply {
+        let check = self
+            .consensus
+            .with_state(|st| {
+                let applied = st.applied.as_ref().ok_or("the cluster has no spec yet")?;
+                if backup.format != quorate_consensus::BACKUP_FORMAT {
+                    return Err(format!("the backup has format {}, this quorate reads {}", backup.format, quorate_consensus::BACKUP_FORMAT));
+                }
+                if backup.cluster != applied.spec.cluster.name {
+                    return Err(format!("the backup is of cluster `{}`, this is `{}`", backup.cluster, applied.spec.cluster.name));
+                }
+                if backup.applied.hash != applied.hash {
+                    return Err(format!("the backup was taken at a different spec (version {}, {}); apply that spec and lock first (they are in the backup), then restore", backup.applied.version, backup.applied.hash.get(..12).unwrap_or("?")));
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(why) = check {
+            return Self::refused(1, format!("{why}; nothing was changed"));
+        }
+        let (pins, admin, disabled, bans) = (
+            backup.pins.len(),
+            backup.admin.len(),
+            backup.disabled.len(),
+            backup.bans.len(),
+        );
+        self.commit(
+            Command::Restore {
+                backup: Box::new(backup),
+                by: caller.by(),
+                at_ms: now_ms(),
+            },
+            format!("restored: {pins} pin(s), {admin} node state(s), {disabled} disabled service(s), {bans} ban(s) and the event history; placements follow from them"),
+        )
+        .await
+    }
+
     /// On the leader: `quorate maintenance on|off --cluster`.
     pub(crate) async fn cluster_maintenance(
         &self,

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+pub use quorate_state::Backup;
+
 /// A request from the CLI to its local agent.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
@@ -70,6 +72,14 @@ pub enum ControlRequest {
         #[serde(default)]
         node: Option<String>,
     },
+    /// The replicated state's backup, read through the leader.
+    Backup,
+    /// Restore a backup's operator decisions and history onto this cluster, whose
+    /// applied spec and lock must be the backup's.
+    Restore {
+        /// The backup.
+        backup: Box<quorate_state::Backup>,
+    },
     /// The whole cluster keeps what runs and moves nothing, or returns to normal.
     ClusterMaintenance {
         /// True: enter; false: leave.
@@ -116,7 +126,11 @@ impl ControlRequest {
     pub fn is_read_only(&self) -> bool {
         matches!(
             self,
-            Self::Status { .. } | Self::Events { .. } | Self::Explain { .. } | Self::SchedulerInput
+            Self::Status { .. }
+                | Self::Events { .. }
+                | Self::Explain { .. }
+                | Self::SchedulerInput
+                | Self::Backup
         )
     }
 }
@@ -152,6 +166,8 @@ pub enum ControlReply {
     },
     /// What the leader's scheduler works from.
     SchedulerInput(Box<SchedulerView>),
+    /// The replicated state's backup.
+    Backup(Box<quorate_state::Backup>),
     /// The spec was committed (or was already the applied one).
     Applied {
         /// Applied spec version.

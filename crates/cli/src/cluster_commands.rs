@@ -495,6 +495,66 @@ fn done_or_refused(reply: ControlReply, json: bool) -> Exit {
     }
 }
 
+/// `quorate backup FILE`
+pub fn backup(socket: &AgentSocket, file: &std::path::Path, json: bool) -> Exit {
+    match call(
+        socket,
+        &ControlRequest::Backup,
+        Duration::from_secs(15),
+        json,
+    ) {
+        Ok(ControlReply::Backup(b)) => {
+            let text = serde_json::to_string_pretty(&b).unwrap_or_default() + "\n";
+            if let Err(e) = quorate_files::write_secret(file, text.as_bytes()) {
+                eprintln!(
+                    "error: cannot write {}: {e}; no backup was written",
+                    file.display()
+                );
+                return Exit::Invalid;
+            }
+            let message = format!(
+                "backed up cluster `{}` (spec version {}, {} event(s)) to {}",
+                b.cluster,
+                b.applied.version,
+                b.events.len(),
+                file.display()
+            );
+            if json {
+                println!("{}", json!({"ok": true, "message": message}));
+            } else {
+                eprintln!("{message}");
+            }
+            Exit::Ok
+        }
+        Ok(other) => done_or_refused(other, json),
+        Err(exit) => exit,
+    }
+}
+
+/// `quorate restore FILE`
+pub fn restore(socket: &AgentSocket, file: &std::path::Path, json: bool) -> Exit {
+    let backup: quorate_api::Backup = match std::fs::read_to_string(file)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!(
+                "error: {}: not a quorate backup: {e}; nothing was changed",
+                file.display()
+            );
+            return Exit::Invalid;
+        }
+    };
+    request(
+        socket,
+        &ControlRequest::Restore {
+            backup: Box::new(backup),
+        },
+        json,
+    )
+}
+
 /// An operator request whose answer is done or refused (disable, ban, cleanup, …).
 pub fn request(socket: &AgentSocket, request: &ControlRequest, json: bool) -> Exit {
     match call(socket, request, Duration::from_secs(15), json) {

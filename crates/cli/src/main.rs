@@ -380,6 +380,28 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Save the cluster's replicated state (spec, lock, node states, pins, disabled
+    /// services, bans, events) to FILE (0600), consistent as of one commit.
+    Backup {
+        /// Where to write it.
+        file: PathBuf,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Seed a cluster from a backup: its pins, node states, disabled services, bans and
+    /// history. The cluster must run the backup's spec and lock (apply them first).
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Forget a service's recorded failures, so it may return to the nodes where it
     /// spent its restart budget (otherwise only its restart window clears them).
     Cleanup {
@@ -831,6 +853,8 @@ fn main() -> ExitCode {
             },
             json,
         ),
+        Command::Backup { file, agent, json } => cluster_commands::backup(&agent, &file, json),
+        Command::Restore { file, agent, json } => cluster_commands::restore(&agent, &file, json),
         Command::Cleanup {
             service,
             on,

@@ -583,3 +583,130 @@ fn disable_ban_cleanup_and_cluster_maintenance_with_bad_input_refused() {
         assert!(events.contains(what), "no `{what}` event:\n{events}");
     }
 }
+
+#[test]
+fn backup_then_every_data_dir_destroyed_then_restore_gives_the_same_status() {
+    let mut c = TestCluster::with_services(3, &TestCluster::demo_services(&["web", "db", "api"]));
+    let leader = c.start_all();
+    for s in ["web", "db", "api"] {
+        c.wait_running_elsewhere(&leader, s, None);
+    }
+    let dd = c.data_dir(&leader);
+    let dd = dd.to_str().unwrap().to_string();
+    // Operator decisions worth keeping.
+    let db_host = c.service(&leader, "db").0.unwrap();
+    let web_target = c.names.iter().find(|n| **n != db_host).unwrap().clone();
+    for args in [
+        vec!["move", "web", web_target.as_str()],
+        vec!["disable", "api"],
+        vec!["ban", "db", db_host.as_str()],
+        vec!["maintenance", "on", "n3"],
+    ] {
+        let (code, stderr) = op(&c, &dd, &args);
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+    }
+    c.wait_running_elsewhere(&leader, "db", Some(&db_host));
+    let backup = c.path().join("backup.json");
+    let (code, stderr) = op(&c, &dd, &["backup", backup.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let decisions = |c: &TestCluster, ask: &str| {
+        let (_, r) = c.status(ask, false);
+        let services: Vec<(String, String, String)> = r["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_string(),
+                    s["pinned"].to_string(),
+                    if s["state"] == "disabled" {
+                        "disabled".into()
+                    } else {
+                        String::new()
+                    },
+                )
+            })
+            .collect();
+        let nodes: Vec<(String, String)> = r["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["name"].as_str().unwrap().to_string(),
+                    n["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        (services, nodes)
+    };
+    let before = decisions(&c, &leader);
+
+    // Every data dir destroyed (the certificates kept): a fresh cluster.
+    for n in c.names.clone() {
+        c.poweroff(&n);
+        let d = c.data_dir(&n);
+        let keep = c.path().join(format!("tls-{n}"));
+        std::fs::rename(d.join("tls"), &keep).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::rename(&keep, d.join("tls")).unwrap();
+    }
+    let leader = c.start_all();
+    let dd = c.data_dir(&leader);
+    let dd = dd.to_str().unwrap().to_string();
+    assert_ne!(
+        decisions(&c, &leader),
+        before,
+        "the fresh cluster starts without them"
+    );
+
+    // Bad input first: garbage, and a backup of another spec; nothing changes.
+    std::fs::write(c.path().join("junk.json"), "{ not json").unwrap();
+    let (code, stderr) = op(
+        &c,
+        &dd,
+        &["restore", c.path().join("junk.json").to_str().unwrap()],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("not a quorate backup"), "{stderr}");
+    let mut other: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&backup).unwrap()).unwrap();
+    other["applied"]["hash"] = "0000".into();
+    std::fs::write(c.path().join("other.json"), other.to_string()).unwrap();
+    let (code, stderr) = op(
+        &c,
+        &dd,
+        &["restore", c.path().join("other.json").to_str().unwrap()],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("different spec") && stderr.contains("nothing was changed"),
+        "{stderr}"
+    );
+
+    // The real restore: the same decisions, and placements follow from them.
+    let (code, stderr) = op(&c, &dd, &["restore", backup.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    c.wait_for("the restored decisions", Duration::from_secs(30), || {
+        decisions(&c, &leader) == before
+    });
+    c.wait_running_elsewhere(&leader, "web", None);
+    assert_eq!(
+        c.service(&leader, "web").0.as_deref(),
+        Some(web_target.as_str())
+    );
+    c.wait_running_elsewhere(&leader, "db", Some(&db_host));
+    let events = String::from_utf8_lossy(&c.ok(&["events", "-n", "100", "--data-dir", &dd]).stdout)
+        .into_owned();
+    assert!(
+        events.contains("restored a backup") && events.contains("api: disabled"),
+        "{events}"
+    );
+    assert!(double_runs(&runs(&c.journal())).is_empty());
+}

@@ -26,7 +26,7 @@ use openraft::Instant;
 use openraft::{Config, ServerState, SnapshotPolicy};
 use quorate_net::Partition;
 use quorate_pki::SharedTls;
-pub use quorate_state::{ClusterState, Command, CommandResult};
+pub use quorate_state::{Backup, ClusterState, Command, CommandResult, BACKUP_FORMAT};
 use tokio::sync::RwLock;
 
 pub use crate::network::{kinds, PeerReply, PeerRequest, RaftAnswer, RaftMessage};

@@ -147,6 +147,24 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// The backup of this state, when a spec is applied.
+    #[must_use]
+    pub fn backup(&self) -> Option<Backup> {
+        let applied = self.applied.clone()?;
+        Some(Backup {
+            format: BACKUP_FORMAT,
+            cluster: applied.spec.cluster.name.clone(),
+            applied,
+            admin: self.admin.clone(),
+            pins: self.pins.clone(),
+            disabled: self.disabled.clone(),
+            bans: self.bans.clone(),
+            cluster_maintenance: self.cluster_maintenance,
+            generations: self.generations.clone(),
+            events: self.events.clone(),
+        })
+    }
+
     /// The bans in force at `now_ms`: service → nodes.
     #[must_use]
     pub fn active_bans(&self, now_ms: u64) -> BTreeMap<String, BTreeSet<String>> {
@@ -164,6 +182,43 @@ impl ClusterState {
             .collect()
     }
 }
+
+/// What `quorate backup` exports: everything operators and the cluster decided,
+/// consistent as of one committed index. Placements and reports are not in it: a
+/// restored cluster derives them again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backup {
+    /// Format of this file.
+    pub format: u32,
+    /// The cluster.
+    pub cluster: String,
+    /// The applied spec, its lock, hash and version.
+    pub applied: AppliedSpec,
+    /// Operator node states.
+    #[serde(default)]
+    pub admin: BTreeMap<String, AdminState>,
+    /// Pins.
+    #[serde(default)]
+    pub pins: BTreeMap<String, String>,
+    /// Disabled services.
+    #[serde(default)]
+    pub disabled: BTreeSet<String>,
+    /// Bans.
+    #[serde(default)]
+    pub bans: BTreeMap<String, BTreeMap<String, Option<u64>>>,
+    /// Cluster maintenance.
+    #[serde(default)]
+    pub cluster_maintenance: bool,
+    /// Restart generations.
+    #[serde(default)]
+    pub generations: BTreeMap<String, u64>,
+    /// The event log.
+    #[serde(default)]
+    pub events: VecDeque<Event>,
+}
+
+/// The [`Backup`] format this version writes and reads.
+pub const BACKUP_FORMAT: u32 = 1;
 
 /// A change to the cluster state, ordered by Raft.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,6 +335,16 @@ pub enum Command {
         /// Proposer's wall clock.
         at_ms: u64,
     },
+    /// Operator decisions and history from a backup of this cluster with the same
+    /// applied spec (`quorate restore`).
+    Restore {
+        /// The backup.
+        backup: Box<Backup>,
+        /// Who asked.
+        by: String,
+        /// Proposer's wall clock.
+        at_ms: u64,
+    },
     /// The whole cluster keeps what runs and moves nothing, or returns to normal.
     SetClusterMaintenance {
         /// True to enter maintenance.
@@ -325,6 +390,7 @@ impl std::fmt::Display for Command {
             Self::Unban { service, node, .. } => write!(f, "unban {service} from {node}"),
             Self::Cleanup { service, .. } => write!(f, "clean up {service}"),
             Self::SetClusterMaintenance { on, .. } => write!(f, "cluster maintenance {on}"),
+            Self::Restore { by, .. } => write!(f, "restore a backup by {by}"),
         }
     }
 }
@@ -502,6 +568,43 @@ impl ClusterState {
                     by,
                     *at_ms,
                     format!("{service}: failures{scope} forgotten (cleanup)"),
+                );
+                CommandResult::Recorded
+            }
+            Command::Restore { backup, by, at_ms } => {
+                // Only onto the same spec and lock: anything else is refused before it
+                // is proposed, and ignored here should it arrive anyway.
+                let same = self
+                    .applied
+                    .as_ref()
+                    .is_some_and(|a| a.hash == backup.applied.hash);
+                if !same || backup.format != BACKUP_FORMAT {
+                    return CommandResult::Recorded;
+                }
+                let spec = &backup.applied.spec;
+                self.admin = backup.admin.clone();
+                self.admin.retain(|n, _| spec.nodes.contains_key(n));
+                self.pins = backup.pins.clone();
+                self.disabled = backup.disabled.clone();
+                self.bans = backup.bans.clone();
+                self.cluster_maintenance = backup.cluster_maintenance;
+                for (service, g) in &backup.generations {
+                    let mine = self.generations.entry(service.clone()).or_insert(0);
+                    *mine = (*mine).max(*g);
+                }
+                // The old history first, then this cluster's own, then the restore.
+                let mine = std::mem::take(&mut self.events);
+                for e in backup.events.iter().chain(mine.iter()) {
+                    self.event(&e.by, e.at_ms, e.what.clone());
+                }
+                let taken = backup.events.back().map_or(0, |e| e.at_ms);
+                self.event(
+                    by,
+                    *at_ms,
+                    format!(
+                        "restored a backup of `{}` (spec version {}, last event at {taken} ms): pins, node states, disabled services, bans and history",
+                        backup.cluster, backup.applied.version
+                    ),
                 );
                 CommandResult::Recorded
             }
