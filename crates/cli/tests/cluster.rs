@@ -469,3 +469,47 @@ fn apply_refuses_a_destructive_change_unless_allowed() {
     );
     c.wait_agreed(&["n1", "n2", "n3"], 3);
 }
+
+/// Issue 16, item 13: the whole cluster powered off and on, every node cold. Every
+/// service comes back exactly once; the time from the first agent's start to every
+/// service running is printed (docs/BENCHMARKS.md).
+#[test]
+fn a_whole_cluster_power_cycle_brings_every_service_back_once() {
+    let names = ["s1", "s2", "s3", "s4", "s5"];
+    let mut c = TestCluster::with_services(3, &TestCluster::demo_services(&names));
+    let leader = c.start_all();
+    for s in names {
+        c.wait_running_elsewhere(&leader, s, None);
+    }
+    let mut timings = Vec::new();
+    for cycle in 0..3 {
+        for n in c.names.clone() {
+            c.poweroff(&n);
+        }
+        let runs_before = quorate_lab::checker::runs(&c.journal()).len();
+        let began = std::time::Instant::now();
+        for n in c.names.clone() {
+            c.start(&n);
+        }
+        let all: Vec<&str> = c.names.iter().map(String::as_str).collect::<Vec<_>>();
+        let leader = c.wait_agreed(&all, 1);
+        c.wait_for(
+            "every service running after the power cycle",
+            Duration::from_secs(60),
+            || names.iter().all(|s| c.service(&leader, s).1 == "running"),
+        );
+        timings.push(began.elapsed().as_millis());
+        // Exactly one new run per service: nothing started twice on the way up.
+        let runs = quorate_lab::checker::runs(&c.journal());
+        let new: Vec<_> = runs[runs_before..].iter().collect();
+        for s in names {
+            let count = new.iter().filter(|r| r.service == s).count();
+            assert_eq!(
+                count, 1,
+                "cycle {cycle}: {s} started {count} times: {new:?}"
+            );
+        }
+        assert_eq!(c.violations(), Vec::<String>::new());
+    }
+    println!("{{\"power_cycle_ms\": {timings:?}}}");
+}
