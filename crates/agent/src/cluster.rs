@@ -225,7 +225,7 @@ impl Node {
                         .take(limit)
                         .rev()
                         .map(
-                            |e| json!({"seq": e.seq, "at_ms": e.at_ms, "by": e.by, "what": e.what}),
+                            |e| json!({"seq": e.seq, "at_ms": e.at_ms, "by": e.by, "what": e.what, "kind": e.kind}),
                         )
                         .collect()
                 })

@@ -12,6 +12,7 @@
 //! **Architecture Invariant:** the agent talks to Raft only through
 //! `quorate-consensus`; it never names openraft.
 
+mod alerts;
 mod cluster;
 mod control;
 mod decide;
@@ -176,6 +177,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         tokio::spawn(async move { node.ensure_gluster_volumes_forever().await })
     };
     let control_task = tokio::spawn(control::serve(control, node.clone()));
+    let alerts_task = tokio::spawn(alerts::run_forever(node.clone()));
     let runtime = Arc::new(Runtime::new(
         node.clone(),
         config.data_dir.clone(),
@@ -227,6 +229,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     drbd_task.abort();
     gluster_task.abort();
     control_task.abort();
+    alerts_task.abort();
     reload.abort();
     server.abort();
     consensus.shutdown().await;

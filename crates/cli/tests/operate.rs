@@ -710,3 +710,71 @@ fn backup_then_every_data_dir_destroyed_then_restore_gives_the_same_status() {
     );
     assert!(double_runs(&runs(&c.journal())).is_empty());
 }
+
+/// Issue 16, item 9: `[alerts]` runs a command on the leader for events of the chosen
+/// kinds, the event as JSON on stdin; other kinds are not alerted.
+#[test]
+fn alerts_run_the_spec_command_for_the_chosen_kinds() {
+    let aux = tempfile::tempdir().unwrap();
+    let got = aux.path().join("alerts");
+    let script = format!("cat >> {}", got.display());
+    let mut c = TestCluster::with_services(3, &TestCluster::demo_services(&["web", "db"]));
+    c.edit_spec(&format!(
+        "\n[alerts]\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\nkinds = [\"operator\", \"node\", \"failover\", \"quorum\"]\ntimeout = \"5s\"\n"
+    ));
+    let leader = c.start_all();
+    let host = c.wait_running_elsewhere(&leader, "web", None);
+    let dd = c.data_dir(&leader);
+    let dd = dd.to_str().unwrap().to_string();
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&got)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    c.wait_for("the election alert", Duration::from_secs(10), || {
+        read().iter().any(|a| a["kind"] == "quorum")
+    });
+    // An operator change, then a failover under a dead node.
+    let other = c
+        .names
+        .iter()
+        .find(|n| **n != host && **n != leader)
+        .cloned();
+    if let Some(other) = other {
+        assert_eq!(op(&c, &dd, &["maintenance", "on", &other]).0, Some(0));
+        assert_eq!(op(&c, &dd, &["maintenance", "off", &other]).0, Some(0));
+    } else {
+        assert_eq!(op(&c, &dd, &["disable", "db"]).0, Some(0));
+    }
+    if host != leader {
+        c.poweroff(&host);
+        c.wait_running_elsewhere(&leader, "web", Some(&host));
+    }
+    c.wait_for(
+        "operator, node and failover alerts",
+        Duration::from_secs(20),
+        || {
+            let alerts = read();
+            let has = |k: &str| alerts.iter().any(|a| a["kind"] == k);
+            has("operator") && (host == leader || (has("node") && has("failover")))
+        },
+    );
+    let alerts = read();
+    for a in &alerts {
+        assert_eq!(a["cluster"], "test", "{a}");
+        assert!(a["what"].as_str().is_some_and(|w| !w.is_empty()), "{a}");
+        assert_ne!(a["kind"], "placement", "placement was not chosen: {a}");
+    }
+    if host != leader {
+        assert!(
+            alerts.iter().any(|a| a["kind"] == "node"
+                && a["what"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("{host} is down"))),
+            "{alerts:#?}"
+        );
+    }
+}

@@ -67,6 +67,7 @@ fn world() -> impl Strategy<Value = World> {
             network: quorate_spec::Network::default(),
             services: spec_services,
             storage,
+            alerts: None,
         };
         World { spec, nodes: node_states, current, pins }
     })

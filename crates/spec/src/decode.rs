@@ -9,8 +9,8 @@ use ipnet::IpNet;
 
 use crate::diagnostic::{Diagnostic, Span};
 use crate::model::{
-    Cluster, Health, HealthKind, Network, NodeSpec, Restart, ServiceKind, ServiceSpec, Spec,
-    StorageKind, StorageSpec, Timings, Transport,
+    Alerts, Cluster, Health, HealthKind, Network, NodeSpec, Restart, ServiceKind, ServiceSpec,
+    Spec, StorageKind, StorageSpec, Timings, Transport,
 };
 use crate::source::{Entry, Node, Value};
 use crate::units::{ByteSize, SpecDuration};
@@ -419,6 +419,7 @@ pub fn decode(root: &Node) -> Decoded {
         network: Network::default(),
         services: BTreeMap::new(),
         storage: BTreeMap::new(),
+        alerts: None,
     };
     let Some(mut top) = d.table(root, "", 0..0) else {
         return finish(d, spec, broken);
@@ -485,9 +486,17 @@ pub fn decode(root: &Node) -> Decoded {
             }
         }
     }
+    if let Some((node, path)) = top.get("alerts") {
+        spec.alerts = alerts(&mut d, node, &path);
+        if spec.alerts.is_none() {
+            broken.insert(path);
+        }
+    }
     top.finish(
         &mut d,
-        &["cluster", "nodes", "network", "services", "storage"],
+        &[
+            "cluster", "nodes", "network", "services", "storage", "alerts",
+        ],
     );
     finish(d, spec, broken)
 }
@@ -543,6 +552,8 @@ pub mod keys {
     ];
     /// `[services.NAME.restart]`
     pub const RESTART: &[&str] = &["max_restarts", "window"];
+    /// `[alerts]`
+    pub const ALERTS: &[&str] = &["command", "kinds", "timeout", "retries"];
     /// `[storage.NAME]`
     pub const STORAGE: &[&str] = &[
         "kind",
@@ -779,6 +790,37 @@ fn health(d: &mut Decoder, node: &Node, path: &str) -> Option<Health> {
         interval,
         timeout,
         failures,
+    })
+}
+
+fn alerts(d: &mut Decoder, node: &Node, path: &str) -> Option<Alerts> {
+    let mut f = d.table(node, path, node.span.clone())?;
+    let command = f
+        .required(
+            d,
+            "command",
+            "the alert command",
+            "[\"/run/current-system/sw/bin/my-alert\"]",
+        )
+        .and_then(|(n, p)| d.strings(n, &p, false));
+    let kinds = f
+        .get("kinds")
+        .and_then(|(n, p)| d.strings(n, &p, true))
+        .unwrap_or_default();
+    let timeout = f
+        .get("timeout")
+        .and_then(|(n, p)| d.duration(n, &p))
+        .unwrap_or_else(Alerts::default_timeout);
+    let retries = f
+        .get("retries")
+        .and_then(|(n, p)| d.integer::<u32>(n, &p, "from 0 to 4294967295"))
+        .unwrap_or_else(Alerts::default_retries);
+    f.finish(d, keys::ALERTS);
+    Some(Alerts {
+        command: command?,
+        kinds,
+        timeout,
+        retries,
     })
 }
 

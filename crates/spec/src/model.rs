@@ -27,6 +27,59 @@ pub struct Spec {
     /// Replicated storage by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub storage: BTreeMap<String, StorageSpec>,
+    /// A command the leader runs for cluster events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Alerts>,
+}
+
+/// `[alerts]`: a command the leader runs for every cluster event of the chosen kinds,
+/// with the event as JSON on stdin and in `QUORATE_EVENT_*` variables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    /// argv of the command (absolute program).
+    pub command: Vec<String>,
+    /// Event kinds to alert on (default: all): `failover`, `placement`, `operator`,
+    /// `spec`, `node`, `service`, `quorum`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
+    /// Time one run may take (default 10s).
+    #[serde(default = "Alerts::default_timeout")]
+    pub timeout: SpecDuration,
+    /// Further tries after a failed run, a second apart and doubling (default 3).
+    #[serde(default = "Alerts::default_retries")]
+    pub retries: u32,
+}
+
+impl Alerts {
+    /// The event kinds there are.
+    pub const KINDS: [&'static str; 7] = [
+        "failover",
+        "placement",
+        "operator",
+        "spec",
+        "node",
+        "service",
+        "quorum",
+    ];
+
+    /// Default time per run.
+    #[must_use]
+    pub fn default_timeout() -> SpecDuration {
+        SpecDuration::from_millis(10_000)
+    }
+
+    /// Default retries.
+    #[must_use]
+    pub fn default_retries() -> u32 {
+        3
+    }
+
+    /// True when events of `kind` are alerted on.
+    #[must_use]
+    pub fn wants(&self, kind: &str) -> bool {
+        self.kinds.is_empty() || self.kinds.iter().any(|k| k == kind)
+    }
 }
 
 /// `[cluster]`

@@ -188,6 +188,7 @@ pub fn validate(spec: &Spec, spans: &SpanIndex, broken: &BTreeSet<String>) -> Ve
     };
     names(&mut c);
     fence_command(&mut c);
+    alerts(&mut c);
     nodes(&mut c);
     timings(&mut c);
     network(&mut c);
@@ -321,6 +322,28 @@ fn names(c: &mut Checker<'_>) {
                 format!("`{path}` is renamed from `{old}`, but `{old}` is still defined"),
                 "the old name still exists",
                 format!("remove the old entry `{old}`, or drop `renamed_from`"),
+            );
+        }
+    }
+}
+
+fn alerts(c: &mut Checker<'_>) {
+    let Some(a) = c.spec.alerts.clone() else {
+        return;
+    };
+    match a.command.first() {
+        None => c.error("spec::alerts", "alerts.command", "the alert command is empty", "no program", "give the argv of the command to run, e.g. [\"/run/current-system/sw/bin/curl\", \"-fsS\", \"--data-binary\", \"@-\", \"https://…\"]"),
+        Some(p) if !p.starts_with('/') => c.error("spec::alerts", "alerts.command[0]", format!("alert program \"{p}\" is not an absolute path"), "relative program", "give the absolute path of the program"),
+        Some(_) => {}
+    }
+    for (i, kind) in a.kinds.iter().enumerate() {
+        if !crate::model::Alerts::KINDS.contains(&kind.as_str()) {
+            c.error(
+                "spec::alerts",
+                &format!("alerts.kinds[{i}]"),
+                format!("unknown event kind \"{kind}\""),
+                "unknown kind",
+                format!("use some of {:?}", crate::model::Alerts::KINDS),
             );
         }
     }

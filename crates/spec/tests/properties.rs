@@ -149,7 +149,7 @@ fn schema_and_decoder_agree_on_every_key() {
     };
     assert_eq!(
         props(&schema),
-        sorted(&["cluster", "nodes", "network", "services", "storage"])
+        sorted(&["cluster", "nodes", "network", "services", "storage", "alerts"])
     );
     for (def, keys) in [
         ("Cluster", keys::CLUSTER),
@@ -160,6 +160,7 @@ fn schema_and_decoder_agree_on_every_key() {
         ("Health", keys::HEALTH),
         ("Restart", keys::RESTART),
         ("StorageSpec", keys::STORAGE),
+        ("Alerts", keys::ALERTS),
     ] {
         assert_eq!(
             props(&defs[def]),
@@ -382,6 +383,7 @@ fn every_spec_key_is_read_by_code_that_acts_on_it() {
         ("services.NAME.health", keys::HEALTH),
         ("services.NAME.restart", keys::RESTART),
         ("storage.NAME", keys::STORAGE),
+        ("alerts", keys::ALERTS),
     ] {
         for key in keys {
             let read = acting.match_indices(&format!(".{key}")).any(|(at, m)| {

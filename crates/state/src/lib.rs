@@ -62,6 +62,10 @@ pub struct Event {
     pub by: String,
     /// What happened.
     pub what: String,
+    /// What kind of event: `failover`, `placement`, `operator`, `spec` (see
+    /// `quorate_spec::Alerts::KINDS`); empty in logs written before kinds existed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
 }
 
 /// Where a service should run, decided by the leader's scheduler.
@@ -473,6 +477,32 @@ impl ClusterState {
     /// Applies one command. Deterministic: the same commands in the same order give
     /// the same state on every node.
     pub fn apply(&mut self, command: &Command) -> CommandResult {
+        let first_new = self.next_event;
+        let result = self.apply_command(command);
+        // Each event says what kind it is, for alerts: a placement away from a down
+        // node or a spent restart budget is a failover.
+        let kind = match command {
+            Command::Place { .. } => "placement",
+            Command::Bootstrap { .. } | Command::ApplySpec { .. } => "spec",
+            _ => "operator",
+        };
+        for e in self
+            .events
+            .iter_mut()
+            .filter(|e| e.seq >= first_new && e.kind.is_empty())
+        {
+            e.kind = if kind == "placement"
+                && (e.what.contains("(down)") || e.what.contains("restart budget"))
+            {
+                "failover".into()
+            } else {
+                kind.into()
+            };
+        }
+        result
+    }
+
+    fn apply_command(&mut self, command: &Command) -> CommandResult {
         match command {
             Command::Place { changes, by, at_ms } => self.place(changes, by, *at_ms),
             Command::Pin {
@@ -596,6 +626,9 @@ impl ClusterState {
                 let mine = std::mem::take(&mut self.events);
                 for e in backup.events.iter().chain(mine.iter()) {
                     self.event(&e.by, e.at_ms, e.what.clone());
+                    if let Some(last) = self.events.back_mut() {
+                        last.kind.clone_from(&e.kind);
+                    }
                 }
                 let taken = backup.events.back().map_or(0, |e| e.at_ms);
                 self.event(
@@ -832,6 +865,7 @@ impl ClusterState {
             at_ms,
             by: by.to_string(),
             what,
+            kind: String::new(),
         });
         self.next_event += 1;
         while self.events.len() > EVENT_LOG_CAPACITY {
