@@ -493,10 +493,18 @@ fn a_whole_cluster_power_cycle_brings_every_service_back_once() {
         }
         let all: Vec<&str> = c.names.iter().map(String::as_str).collect::<Vec<_>>();
         let leader = c.wait_agreed(&all, 1);
+        // Running again means a new run in the journal (the status may still show the
+        // reports from before the power went) and the cluster saying so.
         c.wait_for(
             "every service running after the power cycle",
             Duration::from_secs(60),
-            || names.iter().all(|s| c.service(&leader, s).1 == "running"),
+            || {
+                let runs = quorate_lab::checker::runs(&c.journal());
+                let new = runs.get(runs_before..).unwrap_or_default();
+                names.iter().all(|s| {
+                    new.iter().any(|r| r.service == *s) && c.service(&leader, s).1 == "running"
+                })
+            },
         );
         timings.push(began.elapsed().as_millis());
         // Exactly one new run per service: nothing started twice on the way up.
