@@ -18,6 +18,47 @@ use quorate_state::AdminState;
 use crate::cluster::PeerMessage;
 use crate::Node;
 
+/// The applied spec, or why there is none yet.
+fn applied_spec(st: &quorate_consensus::ClusterState) -> Result<&quorate_spec::Spec, String> {
+    st.applied
+        .as_ref()
+        .map(|a| &a.spec)
+        .ok_or_else(|| "the cluster has no spec yet".to_string())
+}
+
+/// `service` is one of `spec`'s, or an error naming the ones there are.
+fn known_service(spec: &quorate_spec::Spec, service: &str) -> Result<(), String> {
+    if spec.services.contains_key(service) {
+        return Ok(());
+    }
+    Err(format!(
+        "no service `{service}` in the applied spec (services: {:?})",
+        spec.services.keys().collect::<Vec<_>>()
+    ))
+}
+
+/// `node` is one of `spec`'s, or an error naming the ones there are.
+fn known_node(spec: &quorate_spec::Spec, node: &str) -> Result<(), String> {
+    if spec.nodes.contains_key(node) {
+        return Ok(());
+    }
+    Err(format!(
+        "no node `{node}` (nodes: {:?})",
+        spec.nodes.keys().collect::<Vec<_>>()
+    ))
+}
+
+/// `service` (and `node`, when given) exist in the applied spec.
+fn check_names(
+    st: &quorate_consensus::ClusterState,
+    service: &str,
+    node: Option<&str>,
+) -> Result<(), String> {
+    let spec = applied_spec(st)?;
+    known_service(spec, service)?;
+    node.map_or(Ok(()), |n| known_node(spec, n))
+}
+
 /// The operators' runtime decisions in force now: disabled services, unexpired bans.
 fn constraints(st: &quorate_consensus::ClusterState) -> quorate_scheduler::Constraints {
     quorate_scheduler::Constraints {
@@ -582,6 +623,20 @@ impl Node {
         }
     }
 
+    /// Commits `command` once `check` passed; a failed check is refused with exit 1
+    /// and changes nothing.
+    async fn commit_checked(
+        &self,
+        check: Result<(), String>,
+        command: Command,
+        done: String,
+    ) -> quorate_api::ControlReply {
+        match check {
+            Ok(()) => self.commit(command, done).await,
+            Err(why) => Self::refused(1, format!("{why}; nothing was changed")),
+        }
+    }
+
     /// The leader's node states, and why `service` may or may not run on each node
     /// given where everything else would be placed now.
     fn explain_service(
@@ -593,6 +648,21 @@ impl Node {
         BTreeMap<String, NodeState>,
         BTreeMap<String, Option<String>>,
     ) {
+        self.explain_under(spec, st, service, &constraints(st))
+    }
+
+    /// [`explain_service`](Self::explain_service) under `constraints` instead of the
+    /// ones in force (e.g. with a ban that is only being asked for).
+    fn explain_under(
+        &self,
+        spec: &quorate_spec::Spec,
+        st: &quorate_consensus::ClusterState,
+        service: &str,
+        constraints: &quorate_scheduler::Constraints,
+    ) -> (
+        BTreeMap<String, NodeState>,
+        BTreeMap<String, Option<String>>,
+    ) {
         let states = self.node_states(spec, &st.admin);
         let current: BTreeMap<String, String> = st
             .placements
@@ -600,14 +670,13 @@ impl Node {
             .filter_map(|(s, a)| a.node.clone().map(|n| (s.clone(), n)))
             .collect();
         let failed = self.recent_failures(spec, st);
-        let constraints = constraints(st);
         let input = Input {
             spec,
             nodes: &states,
             current: &current,
             pins: &st.pins,
             failed: &failed,
-            constraints: &constraints,
+            constraints,
         };
         let placed = place(&input);
         let why_not = quorate_scheduler::explain(&input, &placed, service);
@@ -624,14 +693,8 @@ impl Node {
         let check = self
             .consensus
             .with_state(|st| {
-                let applied = st.applied.as_ref().ok_or("the cluster has no spec yet")?;
-                let spec = &applied.spec;
-                if !spec.services.contains_key(service) {
-                    return Err(format!(
-                        "no service `{service}` in the applied spec (services: {:?})",
-                        spec.services.keys().collect::<Vec<_>>()
-                    ));
-                }
+                let spec = applied_spec(st)?;
+                known_service(spec, service)?;
                 let Some(target) = &node else {
                     return if st.pins.contains_key(service) {
                         Ok(())
@@ -639,12 +702,7 @@ impl Node {
                         Err(format!("`{service}` is not pinned; nothing to clear"))
                     };
                 };
-                if !spec.nodes.contains_key(target) {
-                    return Err(format!(
-                        "no node `{target}` (nodes: {:?})",
-                        spec.nodes.keys().collect::<Vec<_>>()
-                    ));
-                }
+                known_node(spec, target)?;
                 let (states, why_not) = self.explain_service(spec, st, service);
                 if states.get(target) != Some(&NodeState::Up) {
                     return Err(format!(
@@ -659,14 +717,12 @@ impl Node {
                 }
             })
             .await;
-        if let Err(why) = check {
-            return Self::refused(1, format!("{why}; nothing was changed"));
-        }
         let done = match &node {
             Some(n) => format!("{service} is pinned to {n}; it moves there (stop first, then start). `quorate move --clear {service}` removes the pin"),
             None => format!("{service}'s pin is cleared; normal placement applies (it stays where it is)"),
         };
-        self.commit(
+        self.commit_checked(
+            check,
             Command::Pin {
                 service: service.to_string(),
                 node,
@@ -718,34 +774,6 @@ impl Node {
         }
     }
 
-    /// Checks that `service` (and `node`, when given) exist in the applied spec.
-    fn check_names(
-        st: &quorate_consensus::ClusterState,
-        service: &str,
-        node: Option<&str>,
-    ) -> Result<(), String> {
-        let spec = &st
-            .applied
-            .as_ref()
-            .ok_or("the cluster has no spec yet")?
-            .spec;
-        if !spec.services.contains_key(service) {
-            return Err(format!(
-                "no service `{service}` in the applied spec (services: {:?})",
-                spec.services.keys().collect::<Vec<_>>()
-            ));
-        }
-        if let Some(node) = node {
-            if !spec.nodes.contains_key(node) {
-                return Err(format!(
-                    "no node `{node}` (nodes: {:?})",
-                    spec.nodes.keys().collect::<Vec<_>>()
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// On the leader: `quorate disable SVC` / `enable SVC`.
     pub(crate) async fn set_disabled(
         &self,
@@ -756,7 +784,7 @@ impl Node {
         let check = self
             .consensus
             .with_state(|st| {
-                Self::check_names(st, service, None)?;
+                check_names(st, service, None)?;
                 match (disabled, st.disabled.contains(service)) {
                     (true, true) => Err(format!("`{service}` is already disabled")),
                     (false, false) => Err(format!("`{service}` is not disabled")),
@@ -764,15 +792,13 @@ impl Node {
                 }
             })
             .await;
-        if let Err(why) = check {
-            return Self::refused(1, format!("{why}; nothing was changed"));
-        }
         let done = if disabled {
             format!("{service} is disabled: it stops where it runs and starts nowhere until `quorate enable {service}`")
         } else {
             format!("{service} is enabled: it is placed again")
         };
-        self.commit(
+        self.commit_checked(
+            check,
             Command::SetDisabled {
                 service: service.to_string(),
                 disabled,
@@ -796,20 +822,16 @@ impl Node {
         let check = self
             .consensus
             .with_state(|st| {
-                Self::check_names(st, service, Some(node))?;
-                let spec = &st
-                    .applied
-                    .as_ref()
-                    .ok_or("the cluster has no spec yet")?
-                    .spec;
+                check_names(st, service, Some(node))?;
+                let spec = applied_spec(st)?;
                 // With the ban in force, would it still have a node?
-                let mut banned = st.clone();
+                let mut banned = constraints(st);
                 banned
-                    .bans
+                    .banned
                     .entry(service.to_string())
                     .or_default()
-                    .insert(node.to_string(), None);
-                let (_, why_not) = self.explain_service(spec, &banned, service);
+                    .insert(node.to_string());
+                let (_, why_not) = self.explain_under(spec, st, service, &banned);
                 if why_not.values().all(Option::is_some) && !st.disabled.contains(service) {
                     let reasons: Vec<String> = why_not
                         .iter()
@@ -823,14 +845,12 @@ impl Node {
                 Ok(())
             })
             .await;
-        if let Err(why) = check {
-            return Self::refused(1, format!("{why}; nothing was changed"));
-        }
         let how_long = for_ms.map_or_else(
             || format!("until `quorate unban {service} {node}`"),
             |ms| format!("for {} s", ms.div_ceil(1000)),
         );
-        self.commit(
+        self.commit_checked(
+            check,
             Command::Ban {
                 service: service.to_string(),
                 node: node.to_string(),
@@ -853,7 +873,7 @@ impl Node {
         let check = self
             .consensus
             .with_state(|st| {
-                Self::check_names(st, service, Some(node))?;
+                check_names(st, service, Some(node))?;
                 if st
                     .active_bans(now_ms())
                     .get(service)
@@ -865,10 +885,8 @@ impl Node {
                 }
             })
             .await;
-        if let Err(why) = check {
-            return Self::refused(1, format!("{why}; nothing was changed"));
-        }
-        self.commit(
+        self.commit_checked(
+            check,
             Command::Unban {
                 service: service.to_string(),
                 node: node.to_string(),
@@ -890,34 +908,38 @@ impl Node {
     ) -> quorate_api::ControlReply {
         let check = self
             .consensus
-            .with_state(|st| Self::check_names(st, service, node))
+            .with_state(|st| check_names(st, service, node))
             .await;
-        if let Err(why) = check {
-            return Self::refused(1, format!("{why}; nothing was changed"));
-        }
-        if let Ok(mut log) = self.failures.lock() {
-            match node {
-                Some(n) => {
-                    if let Some(nodes) = log.get_mut(service) {
-                        nodes.remove(n);
+        let scope = node.map_or_else(|| " everywhere".to_string(), |n| format!(" on {n}"));
+        let reply = self
+            .commit_checked(
+                check,
+                Command::Cleanup {
+                    service: service.to_string(),
+                    node: node.map(str::to_string),
+                    by: caller.by(),
+                    at_ms: now_ms(),
+                },
+                format!("{service}: failures{scope} forgotten; it may be placed there again"),
+            )
+            .await;
+        // The leader's own record of where the budget was spent goes with the commit
+        // (a refused or uncommitted cleanup changes nothing).
+        if matches!(reply, quorate_api::ControlReply::Done { .. }) {
+            if let Ok(mut log) = self.failures.lock() {
+                match node {
+                    Some(n) => {
+                        if let Some(nodes) = log.get_mut(service) {
+                            nodes.remove(n);
+                        }
                     }
-                }
-                None => {
-                    log.remove(service);
+                    None => {
+                        log.remove(service);
+                    }
                 }
             }
         }
-        let scope = node.map_or_else(|| " everywhere".to_string(), |n| format!(" on {n}"));
-        self.commit(
-            Command::Cleanup {
-                service: service.to_string(),
-                node: node.map(str::to_string),
-                by: caller.by(),
-                at_ms: now_ms(),
-            },
-            format!("{service}: failures{scope} forgotten; it may be placed there again"),
-        )
-        .await
+        reply
     }
 
     /// On the leader: the backup, read after confirming leadership (consistent as of
@@ -949,7 +971,10 @@ impl Node {
         let check = self
             .consensus
             .with_state(|st| {
-                let applied = st.applied.as_ref().ok_or("the cluster has no spec yet")?;
+                let applied = st
+                    .applied
+                    .as_ref()
+                    .ok_or_else(|| "the cluster has no spec yet".to_string())?;
                 if backup.format != quorate_consensus::BACKUP_FORMAT {
                     return Err(format!("the backup has format {}, this quorate reads {}", backup.format, quorate_consensus::BACKUP_FORMAT));
                 }
@@ -962,16 +987,14 @@ impl Node {
                 Ok(())
             })
             .await;
-        if let Err(why) = check {
-            return Self::refused(1, format!("{why}; nothing was changed"));
-        }
         let (pins, admin, disabled, bans) = (
             backup.pins.len(),
             backup.admin.len(),
             backup.disabled.len(),
             backup.bans.len(),
         );
-        self.commit(
+        self.commit_checked(
+            check,
             Command::Restore {
                 backup: Box::new(backup),
                 by: caller.by(),
@@ -1035,17 +1058,8 @@ impl Node {
         let check = self
             .consensus
             .with_state(|st| {
-                let spec = &st
-                    .applied
-                    .as_ref()
-                    .ok_or("the cluster has no spec yet")?
-                    .spec;
-                if !spec.nodes.contains_key(node) {
-                    return Err(format!(
-                        "no node `{node}` (nodes: {:?})",
-                        spec.nodes.keys().collect::<Vec<_>>()
-                    ));
-                }
+                let spec = applied_spec(st)?;
+                known_node(spec, node)?;
                 if admin == AdminState::Draining {
                     let states = self.node_states(spec, &st.admin);
                     if !states.iter().any(|(n, s)| n != node && *s == NodeState::Up) {
@@ -1057,10 +1071,8 @@ impl Node {
                 Ok(())
             })
             .await;
-        if let Err(why) = check {
-            return Self::refused(1, format!("{why}; nothing was changed"));
-        }
-        self.commit(
+        self.commit_checked(
+            check,
             Command::SetAdmin {
                 node: node.to_string(),
                 state: admin,
