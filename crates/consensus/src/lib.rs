@@ -482,32 +482,27 @@ impl Consensus {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_peer_may_not_speak_as_another_node() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("ca");
+    /// A fresh Raft of raft id 1 named `n1`, with its own CA, in `dir`.
+    async fn open_n1(dir: &Path) -> Consensus {
+        let ca = dir.join("ca");
         quorate_pki::init_ca(&ca, "t", quorate_pki::CA_VALIDITY).unwrap();
-        quorate_pki::issue(
-            &ca,
-            "n1",
-            &dir.path().join("tls"),
-            quorate_pki::NODE_VALIDITY,
-        )
-        .unwrap();
+        quorate_pki::issue(&ca, "n1", &dir.join("tls"), quorate_pki::NODE_VALIDITY).unwrap();
         let tls = SharedTls::new(
-            quorate_pki::load(
-                &quorate_pki::TlsFiles::in_dir(&dir.path().join("tls")),
-                "n1",
-            )
-            .unwrap(),
+            quorate_pki::load(&quorate_pki::TlsFiles::in_dir(&dir.join("tls")), "n1").unwrap(),
         );
         let timings = Timings {
             heartbeat: Duration::from_millis(100),
             election_timeout: Duration::from_millis(500),
         };
-        let c = Consensus::open(dir.path(), 1, timings, tls, Partition::default(), None)
+        Consensus::open(dir, 1, timings, tls, Partition::default(), None)
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_peer_may_not_speak_as_another_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open_n1(dir.path()).await;
         c.set_peers(
             [
                 ("n1".to_string(), 1),
@@ -608,36 +603,7 @@ mod tests {
             .build()
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("ca");
-        quorate_pki::init_ca(&ca, "t", quorate_pki::CA_VALIDITY).unwrap();
-        quorate_pki::issue(
-            &ca,
-            "n1",
-            &dir.path().join("tls"),
-            quorate_pki::NODE_VALIDITY,
-        )
-        .unwrap();
-        let tls = SharedTls::new(
-            quorate_pki::load(
-                &quorate_pki::TlsFiles::in_dir(&dir.path().join("tls")),
-                "n1",
-            )
-            .unwrap(),
-        );
-        let timings = Timings {
-            heartbeat: Duration::from_millis(100),
-            election_timeout: Duration::from_millis(500),
-        };
-        let c = rt
-            .block_on(Consensus::open(
-                dir.path(),
-                1,
-                timings,
-                tls,
-                Partition::default(),
-                None,
-            ))
-            .unwrap();
+        let c = rt.block_on(open_n1(dir.path()));
         c.set_peers([("n1".to_string(), 1), ("n2".to_string(), 2)].into());
         // A member of a two-voter group whose other voter (n2) is the fuzzer.
         let peer = |name: &str| PeerNode {
