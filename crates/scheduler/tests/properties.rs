@@ -150,49 +150,73 @@ proptest! {
     }
 }
 
+/// The spec of `text`, which must be valid.
+fn spec_from(text: &str) -> Spec {
+    quorate_spec::check(text, quorate_spec::Format::Toml)
+        .spec
+        .unwrap()
+}
+
+/// Each of `names` up.
+fn all_up(names: &[&str]) -> BTreeMap<String, NodeState> {
+    names
+        .iter()
+        .map(|n| ((*n).to_string(), NodeState::Up))
+        .collect()
+}
+
+/// What `place` works from, without pins or recent failures.
+fn input<'a>(
+    spec: &'a Spec,
+    nodes: &'a BTreeMap<String, NodeState>,
+    current: &'a BTreeMap<String, String>,
+    constraints: &'a quorate_scheduler::Constraints,
+) -> Input<'a> {
+    Input {
+        spec,
+        nodes,
+        current,
+        pins: &EMPTY_PINS,
+        failed: &EMPTY_FAILED,
+        constraints,
+    }
+}
+
+static EMPTY_PINS: BTreeMap<String, String> = BTreeMap::new();
+static EMPTY_FAILED: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+
 #[test]
 fn a_failed_node_moves_its_services_to_the_preferred_survivor() {
     let text = "[cluster]\nname = \"t\"\n[nodes.a]\naddress = \"10.0.0.1\"\n[nodes.b]\naddress = \"10.0.0.2\"\n[nodes.c]\naddress = \"10.0.0.3\"\n[services.web]\nkind = \"process\"\ncommand = [\"/bin/web\"]\nprefer = [\"a\", \"c\"]\n";
-    let spec = quorate_spec::check(text, quorate_spec::Format::Toml)
-        .spec
-        .unwrap();
-    let mut nodes: BTreeMap<String, NodeState> = ["a", "b", "c"]
-        .iter()
-        .map(|n| ((*n).to_string(), NodeState::Up))
-        .collect();
-    let out = place(&Input {
-        spec: &spec,
-        nodes: &nodes,
-        current: &BTreeMap::new(),
-        pins: &std::collections::BTreeMap::new(),
-        failed: &std::collections::BTreeMap::new(),
-        constraints: &quorate_scheduler::Constraints::NONE,
-    });
+    let spec = spec_from(text);
+    let mut nodes = all_up(&["a", "b", "c"]);
+    let out = place(&input(
+        &spec,
+        &nodes,
+        &BTreeMap::new(),
+        &quorate_scheduler::Constraints::NONE,
+    ));
     assert_eq!(out["web"].node.as_deref(), Some("a"));
     assert_eq!(out["web"].reason, "placed on a (preferred)");
     nodes.insert("a".into(), NodeState::Down);
     let current = [("web".to_string(), "a".to_string())].into();
-    let out = place(&Input {
-        spec: &spec,
-        nodes: &nodes,
-        current: &current,
-        pins: &std::collections::BTreeMap::new(),
-        failed: &std::collections::BTreeMap::new(),
-        constraints: &quorate_scheduler::Constraints::NONE,
-    });
+    let out = place(&input(
+        &spec,
+        &nodes,
+        &current,
+        &quorate_scheduler::Constraints::NONE,
+    ));
     assert_eq!(out["web"].node.as_deref(), Some("c"));
     assert_eq!(out["web"].reason, "moved from a (down) to c (preferred)");
     // a comes back: the service stays on c (sticky), no flapping.
     nodes.insert("a".into(), NodeState::Up);
     let current = [("web".to_string(), "c".to_string())].into();
-    let out = place(&Input {
-        spec: &spec,
-        nodes: &nodes,
-        current: &current,
-        pins: &std::collections::BTreeMap::new(),
-        failed: &std::collections::BTreeMap::new(),
-        constraints: &quorate_scheduler::Constraints::NONE,
-    });
+    let out = place(&input(
+        &spec,
+        &nodes,
+        &current,
+        &quorate_scheduler::Constraints::NONE,
+    ));
     assert_eq!(out["web"].node.as_deref(), Some("c"));
 }
 
@@ -205,22 +229,15 @@ fn node_labels_are_required_and_preferred() {
         [services.db]\nkind = \"process\"\ncommand = [\"/bin/db\"]\nrequire = { disk = \"ssd\" }\nprefer_labels = { zone = \"y\" }\n\
         [services.cache]\nkind = \"process\"\ncommand = [\"/bin/cache\"]\nprefer_labels = { zone = \"x\", disk = \"hdd\" }\n\
         [services.gpu]\nkind = \"process\"\ncommand = [\"/bin/gpu\"]\nrequire = { gpu = \"yes\" }\n";
-    let spec = quorate_spec::check(text, quorate_spec::Format::Toml)
-        .spec
-        .unwrap();
-    let mut nodes: BTreeMap<String, NodeState> = ["a", "b", "c"]
-        .iter()
-        .map(|n| ((*n).to_string(), NodeState::Up))
-        .collect();
+    let spec = spec_from(text);
+    let mut nodes = all_up(&["a", "b", "c"]);
     let input = |nodes: &BTreeMap<String, NodeState>| {
-        place(&Input {
-            spec: &spec,
+        place(&input(
+            &spec,
             nodes,
-            current: &BTreeMap::new(),
-            pins: &BTreeMap::new(),
-            failed: &BTreeMap::new(),
-            constraints: &quorate_scheduler::Constraints::NONE,
-        })
+            &BTreeMap::new(),
+            &quorate_scheduler::Constraints::NONE,
+        ))
     };
     let out = input(&nodes);
     // db needs an ssd (b or c) and prefers zone y: c.
@@ -272,19 +289,14 @@ fn a_witness_votes_but_never_runs_a_service() {
     let checked = quorate_spec::check(text, quorate_spec::Format::Toml);
     let spec = checked.spec.unwrap();
     assert_eq!(spec.voters().count(), 3, "the witness votes");
-    let mut nodes: BTreeMap<String, NodeState> = ["a", "b", "pi"]
-        .iter()
-        .map(|n| ((*n).to_string(), NodeState::Up))
-        .collect();
+    let mut nodes = all_up(&["a", "b", "pi"]);
     let placed = |nodes: &BTreeMap<String, NodeState>| {
-        place(&Input {
-            spec: &spec,
+        place(&input(
+            &spec,
             nodes,
-            current: &BTreeMap::new(),
-            pins: &BTreeMap::new(),
-            failed: &BTreeMap::new(),
-            constraints: &quorate_scheduler::Constraints::NONE,
-        })
+            &BTreeMap::new(),
+            &quorate_scheduler::Constraints::NONE,
+        ))
     };
     let out = placed(&nodes);
     for (service, p) in &out {
@@ -314,27 +326,15 @@ fn disabled_services_go_nowhere_and_bans_keep_services_off_nodes() {
     let text = "[cluster]\nname = \"t\"\n[nodes.a]\naddress = \"10.0.0.1\"\n[nodes.b]\naddress = \"10.0.0.2\"\n[nodes.c]\naddress = \"10.0.0.3\"\n\
         [services.web]\nkind = \"process\"\ncommand = [\"/bin/web\"]\nprefer = [\"a\"]\n\
         [services.db]\nkind = \"process\"\ncommand = [\"/bin/db\"]\n";
-    let spec = quorate_spec::check(text, quorate_spec::Format::Toml)
-        .spec
-        .unwrap();
-    let nodes: BTreeMap<String, NodeState> = ["a", "b", "c"]
-        .iter()
-        .map(|n| ((*n).to_string(), NodeState::Up))
-        .collect();
+    let spec = spec_from(text);
+    let nodes = all_up(&["a", "b", "c"]);
     let constraints = quorate_scheduler::Constraints {
         disabled: ["db".to_string()].into(),
         banned: [("web".to_string(), ["a".to_string()].into())].into(),
     };
     let current: BTreeMap<String, String> =
         [("web".into(), "a".into()), ("db".into(), "b".into())].into();
-    let out = place(&Input {
-        spec: &spec,
-        nodes: &nodes,
-        current: &current,
-        pins: &BTreeMap::new(),
-        failed: &BTreeMap::new(),
-        constraints: &constraints,
-    });
+    let out = place(&input(&spec, &nodes, &current, &constraints));
     assert_eq!(out["db"].node, None, "{:?}", out["db"]);
     assert!(out["db"].reason.starts_with("disabled"), "{:?}", out["db"]);
     // web leaves its preferred node a, which it is banned from.
@@ -343,18 +343,8 @@ fn disabled_services_go_nowhere_and_bans_keep_services_off_nodes() {
         "{:?}",
         out["web"]
     );
-    let why = quorate_scheduler::explain(
-        &Input {
-            spec: &spec,
-            nodes: &nodes,
-            current: &current,
-            pins: &BTreeMap::new(),
-            failed: &BTreeMap::new(),
-            constraints: &constraints,
-        },
-        &out,
-        "web",
-    );
+    let why =
+        quorate_scheduler::explain(&input(&spec, &nodes, &current, &constraints), &out, "web");
     assert!(
         why["a"].as_deref().is_some_and(|w| w.contains("banned")),
         "{why:?}"
