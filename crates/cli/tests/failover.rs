@@ -139,18 +139,7 @@ fn a_paused_agent_is_fenced_before_its_service_starts_elsewhere() {
 }
 
 fn partition(c: &TestCluster, node: &str, cut: bool) {
-    let socket = c.data_dir(node).join("control.sock");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let reply = rt
-        .block_on(quorate_api::call(
-            &socket,
-            &quorate_api::ControlRequest::Partition { cut },
-            Duration::from_secs(5),
-        ))
-        .unwrap();
+    let reply = c.control(node, &quorate_api::ControlRequest::Partition { cut });
     assert!(
         matches!(reply, quorate_api::ControlReply::Done { .. }),
         "{reply:?}"

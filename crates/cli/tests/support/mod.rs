@@ -336,6 +336,41 @@ impl TestCluster {
         )
     }
 
+    /// Each node's state (`up`, `down`, …) as `ask` reports it; panics when `ask`
+    /// gives no report.
+    pub fn node_states(&self, ask: &str) -> BTreeMap<String, String> {
+        let (_, status) = self.status(ask, false);
+        status["nodes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{ask} gave no node states: {status:#}"))
+            .iter()
+            .map(|n| {
+                (
+                    n["name"].as_str().unwrap_or_default().to_string(),
+                    n["state"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Sends `request` to the node's own control socket and returns the reply.
+    pub fn control(
+        &self,
+        name: &str,
+        request: &quorate_api::ControlRequest,
+    ) -> quorate_api::ControlReply {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(quorate_api::call(
+            &self.data_dir(name).join("control.sock"),
+            request,
+            Duration::from_secs(5),
+        ))
+        .unwrap()
+    }
+
     /// Waits until `check` holds, polling; panics with `what` after `limit` (a hang guard,
     /// not a performance assertion).
     pub fn wait_for(&self, what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
