@@ -7,8 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quorate_api::{ControlReply, ControlRequest, NodeStatus, StatusReport, StorageStatus};
 use quorate_consensus::{
-    call_app, AppClass, CallError, ClusterState, Command, CommandResult, Consensus, PeerNode,
-    WriteError,
+    call_app, AppClass, ClusterState, Command, CommandResult, Consensus, PeerNode, WriteError,
 };
 use quorate_lock::Lock;
 use quorate_net::{Partition, PeerClient};
@@ -53,7 +52,7 @@ pub struct Node {
     pub(crate) power_fencing: std::sync::Arc<std::sync::Mutex<crate::failover::PowerFencing>>,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
@@ -106,6 +105,17 @@ pub fn members(spec: &Spec, lock: &Lock) -> BTreeMap<String, u64> {
         .keys()
         .filter_map(|name| Some((name.clone(), lock.nodes.get(name)?.raft_id)))
         .collect()
+}
+
+/// The voters Raft should have: the applied spec's, less those a forced recovery left
+/// out (until they rejoin).
+fn wanted_voters(state: &quorate_state::ClusterState) -> BTreeMap<u64, PeerNode> {
+    let Some(applied) = &state.applied else {
+        return BTreeMap::new();
+    };
+    let mut wanted = voters(&applied.spec, &applied.lock);
+    wanted.retain(|_, p| !state.left_out.contains(&p.name));
+    wanted
 }
 
 /// Raft members of `spec` + `lock` that vote: raft id → name and address.
@@ -165,7 +175,7 @@ impl Node {
     }
 
     /// This node's address in its local spec: peer connections are made from it.
-    fn own_address(&self) -> Option<std::net::IpAddr> {
+    pub(crate) fn own_address(&self) -> Option<std::net::IpAddr> {
         self.local.spec.nodes.get(&self.name).map(|n| n.address)
     }
 
@@ -456,6 +466,7 @@ impl Node {
                 .collect(),
             local_spec_differs: applied.is_some_and(|a| a.hash != self.local.hash),
             cluster_maintenance: state.cluster_maintenance,
+            left_out: state.left_out.iter().cloned().collect(),
             nodes,
             services: spec
                 .services
@@ -625,8 +636,25 @@ impl Node {
                     Err(e) => tracing::debug!("bootstrap not yet possible: {e}"),
                 }
             }
-            Some(applied) => {
-                let wanted = voters(&applied.spec, &applied.lock);
+            Some(_) => {
+                let wanted = wanted_voters(&state);
+                let current = self.consensus.status().voters;
+                if wanted.keys().eq(current.keys()) {
+                    return;
+                }
+                // Decide on everything committed so far: a leader just elected may
+                // not have applied its predecessor's last entries (a forced recovery's
+                // left-out voters among them), and a wrong membership change would
+                // need a majority that is gone.
+                if self
+                    .consensus
+                    .confirm_leadership(self.quorum_timeout())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let wanted = self.consensus.with_state(wanted_voters).await;
                 match self
                     .consensus
                     .set_voters(&wanted, self.quorum_timeout())
@@ -740,21 +768,20 @@ impl Node {
                 continue;
             }
             let addr = std::net::SocketAddr::new(n.address, self.local.spec.network.port);
-            let mut client = PeerClient::new(name, addr, &self.tls, self.partition.clone())
-                .from_address(self.own_address());
-            let probe = serde_json::to_value(PeerMessage::Probe).unwrap_or_default();
-            match call_app(
-                &mut client,
-                AppClass::Report,
-                probe,
+            let answer = crate::recovery::probe(
+                name,
+                addr,
+                &self.tls,
+                self.partition.clone(),
+                self.own_address(),
                 Duration::from_millis(500),
             )
-            .await
-            {
-                Ok(reply) if reply["has_state"] == true => return true,
+            .await;
+            match answer {
+                crate::recovery::ProbeAnswer::Answered { has_state: true } => return true,
                 // A peer that refuses this node has a spec without it: the cluster
                 // exists, and this node must wait until a spec that has it is applied.
-                Err(CallError::NotMember(why)) => {
+                crate::recovery::ProbeAnswer::NotMember(why) => {
                     tracing::info!(peer = name, "{why}");
                     return true;
                 }

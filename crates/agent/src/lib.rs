@@ -19,6 +19,7 @@ mod decide;
 mod failover;
 mod health;
 mod notify;
+mod recovery;
 mod runtime;
 pub mod setup;
 
@@ -32,6 +33,7 @@ use quorate_pki::TlsFiles;
 
 pub use crate::cluster::{members, voters, Caller, Node};
 pub use crate::failover::LeaseTable;
+pub use crate::recovery::{check_force_single, force_single, Recovered, RecoveryCheck};
 pub use crate::runtime::Runtime;
 use crate::setup::Identity;
 
@@ -176,6 +178,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         let node = node.clone();
         tokio::spawn(async move { node.ensure_gluster_volumes_forever().await })
     };
+    let rejoin = {
+        let node = node.clone();
+        tokio::spawn(async move { node.rejoin_left_out_forever().await })
+    };
     let control_task = tokio::spawn(control::serve(control, node.clone()));
     let alerts_task = tokio::spawn(alerts::run_forever(node.clone()));
     let runtime = Arc::new(Runtime::new(
@@ -223,6 +229,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     watchdog.abort();
     duties.abort();
     volumes.abort();
+    rejoin.abort();
     joining.abort();
     lease_task.abort();
     reconcile_task.abort();

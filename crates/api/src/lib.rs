@@ -247,6 +247,10 @@ pub struct StatusReport {
     /// --cluster`).
     #[serde(default)]
     pub cluster_maintenance: bool,
+    /// Voters left out by `quorate recover --force-single`: each votes again once it
+    /// has come back with an empty data dir.
+    #[serde(default)]
+    pub left_out: Vec<String>,
 }
 
 /// One node in [`StatusReport`].

@@ -48,7 +48,7 @@ impl AgentSocket {
     }
 }
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Option<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(4)
@@ -176,6 +176,12 @@ fn print_status(r: &StatusReport) {
     );
     if r.cluster_maintenance {
         println!("CLUSTER MAINTENANCE: everything keeps running where it is; nothing moves or starts (`quorate maintenance off --cluster` ends it)");
+    }
+    if !r.left_out.is_empty() {
+        println!(
+            "FORCED RECOVERY: left out of the voters until each comes back with an empty data dir (keep its tls/): {}",
+            r.left_out.join(", ")
+        );
     }
     if r.local_spec_differs {
         println!("note: this node's local spec file differs from the applied spec (run `quorate plan`, then `quorate apply` to change the cluster)");

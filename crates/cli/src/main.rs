@@ -4,6 +4,7 @@
 mod cluster_commands;
 mod exit;
 mod pki_commands;
+mod recover;
 mod render;
 mod sandbox;
 mod simulate;
@@ -402,6 +403,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Losing the majority for good (dead disks, not a power cut): make this node a
+    /// cluster of one voter with the last state it had committed. Stop its agent first.
+    /// Refuses while any other voter answers and asks for the node's name as
+    /// confirmation. Afterwards start the agent here; each left-out node rejoins by
+    /// itself once it comes back with an empty data dir (keep its tls/). Changes the
+    /// lost majority committed after this node last heard of them are lost: the README
+    /// runbook "Losing the majority" explains the risks.
+    Recover {
+        /// Required: the only recovery there is, named so that nobody runs it by accident.
+        #[arg(long, required = true)]
+        force_single: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        files: NodeFiles,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Forget a service's recorded failures, so it may return to the nodes where it
     /// spent its restart budget (otherwise only its restart window clears them).
     Cleanup {
@@ -459,6 +480,37 @@ enum Command {
 /// `quorate agent` flags.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
+    #[command(flatten)]
+    files: NodeFiles,
+    /// Control socket [default: <data-dir>/control.sock].
+    #[arg(long, value_name = "PATH", env = "QUORATE_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Hardware watchdog the fence process pets (e.g. /dev/watchdog): if fenced
+    /// workloads cannot be confirmed dead, it stops petting and the node is reset.
+    #[arg(long, value_name = "DEVICE", env = "QUORATE_WATCHDOG")]
+    watchdog: Option<PathBuf>,
+    /// What to log: a level (error, warn, info, debug, trace) or per-module directives
+    /// (`quorate_agent=debug,info`). Under systemd the log goes to journald with
+    /// priorities (`journalctl -u quorate -p warning`); elsewhere to stderr.
+    #[arg(
+        long,
+        value_name = "FILTER",
+        env = "QUORATE_LOG",
+        default_value = "info"
+    )]
+    log: String,
+    /// Sandbox and tests only: let the control socket take the `partition` fault.
+    #[arg(long, env = "QUORATE_ALLOW_FAULT_INJECTION", hide = true)]
+    allow_fault_injection: bool,
+    /// A group (name or number) whose members may run `status`, `events` and `explain`
+    /// through the control socket (mode 0660); without it, root and the agent's user only.
+    #[arg(long, value_name = "GROUP", env = "QUORATE_READ_ONLY_GROUP")]
+    read_only_group: Option<String>,
+}
+
+/// A node's files: spec, lock, name, data dir and TLS material.
+#[derive(Debug, Args)]
+pub struct NodeFiles {
     /// The spec file.
     #[arg(
         long,
@@ -490,33 +542,11 @@ pub struct AgentArgs {
     /// This node's private key [default: <data-dir>/tls/node.key].
     #[arg(long, value_name = "PATH", env = "QUORATE_KEY")]
     key: Option<PathBuf>,
-    /// Control socket [default: <data-dir>/control.sock].
-    #[arg(long, value_name = "PATH", env = "QUORATE_SOCKET")]
-    socket: Option<PathBuf>,
-    /// Hardware watchdog the fence process pets (e.g. /dev/watchdog): if fenced
-    /// workloads cannot be confirmed dead, it stops petting and the node is reset.
-    #[arg(long, value_name = "DEVICE", env = "QUORATE_WATCHDOG")]
-    watchdog: Option<PathBuf>,
-    /// What to log: a level (error, warn, info, debug, trace) or per-module directives
-    /// (`quorate_agent=debug,info`). Under systemd the log goes to journald with
-    /// priorities (`journalctl -u quorate -p warning`); elsewhere to stderr.
-    #[arg(
-        long,
-        value_name = "FILTER",
-        env = "QUORATE_LOG",
-        default_value = "info"
-    )]
-    log: String,
-    /// Sandbox and tests only: let the control socket take the `partition` fault.
-    #[arg(long, env = "QUORATE_ALLOW_FAULT_INJECTION", hide = true)]
-    allow_fault_injection: bool,
-    /// A group (name or number) whose members may run `status`, `events` and `explain`
-    /// through the control socket (mode 0660); without it, root and the agent's user only.
-    #[arg(long, value_name = "GROUP", env = "QUORATE_READ_ONLY_GROUP")]
-    read_only_group: Option<String>,
 }
 
-impl AgentArgs {
+impl NodeFiles {
+    /// The agent's configuration for these files, with the other settings at their
+    /// defaults.
     fn into_config(self) -> quorate_agent::AgentConfig {
         let tls = quorate_pki::TlsFiles::in_dir(&self.data_dir.join("tls"));
         let lock = self.lock.unwrap_or_else(|| {
@@ -525,9 +555,7 @@ impl AgentArgs {
                 .map_or_else(|| PathBuf::from("quorate.lock"), |d| d.join("quorate.lock"))
         });
         quorate_agent::AgentConfig {
-            socket: self
-                .socket
-                .unwrap_or_else(|| self.data_dir.join("control.sock")),
+            socket: self.data_dir.join("control.sock"),
             tls: quorate_pki::TlsFiles {
                 ca: self.ca.unwrap_or(tls.ca),
                 cert: self.cert.unwrap_or(tls.cert),
@@ -537,9 +565,22 @@ impl AgentArgs {
             lock,
             node: self.node,
             data_dir: self.data_dir,
+            watchdog: None,
+            allow_fault_injection: false,
+            read_only_group: None,
+        }
+    }
+}
+
+impl AgentArgs {
+    fn into_config(self) -> quorate_agent::AgentConfig {
+        let files = self.files.into_config();
+        quorate_agent::AgentConfig {
+            socket: self.socket.unwrap_or(files.socket),
             watchdog: self.watchdog,
             allow_fault_injection: self.allow_fault_injection,
             read_only_group: self.read_only_group,
+            ..files
         }
     }
 }
@@ -855,6 +896,12 @@ fn main() -> ExitCode {
         ),
         Command::Backup { file, agent, json } => cluster_commands::backup(&agent, &file, json),
         Command::Restore { file, agent, json } => cluster_commands::restore(&agent, &file, json),
+        Command::Recover {
+            force_single: _,
+            yes,
+            files,
+            json,
+        } => recover::force_single(&files.into_config(), yes, json),
         Command::Cleanup {
             service,
             on,

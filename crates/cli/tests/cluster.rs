@@ -363,6 +363,38 @@ fn apply_of_an_invalid_or_foreign_lock_is_refused() {
     );
 }
 
+/// A voter added by `apply` that never starts must not cost the cluster its
+/// tolerance: before, it became a voter at once (openraft counts a learner within
+/// 5,000 entries as caught up), so 4 voters with one missing lost quorum at the next
+/// failure and a dead node's service never moved. Now it votes only once it has
+/// replicated the log.
+#[test]
+fn a_new_voter_that_never_starts_stalls_neither_scheduling_nor_quorum() {
+    let mut c = TestCluster::with_services(3, &TestCluster::demo_services(&["web"]));
+    let leader = c.start_all();
+    let host = c.wait_running_elsewhere(&leader, "web", None);
+    c.edit_spec("\n[nodes.n4]\naddress = \"127.0.0.4\"\n");
+    let dd = c.data_dir("n1");
+    let applied = c.run(&["apply", "--data-dir", dd.to_str().unwrap()]);
+    assert_eq!(
+        applied.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    // n4 is a learner at most: the voters do not change until it has caught up.
+    std::thread::sleep(Duration::from_secs(2));
+    let ask = ["n1", "n2", "n3"].into_iter().find(|n| *n != host).unwrap();
+    assert_eq!(
+        c.status(ask, false).1["raft_voters"],
+        serde_json::json!(["n1", "n2", "n3"])
+    );
+    c.poweroff(&host);
+    c.wait_running_elsewhere(ask, "web", Some(&host));
+    let bad = c.violations();
+    assert!(bad.is_empty(), "{bad:?}");
+}
+
 #[test]
 fn a_node_added_by_apply_joins_as_a_voter_and_a_removed_one_leaves() {
     let mut c = TestCluster::new(3);

@@ -778,3 +778,160 @@ fn alerts_run_the_spec_command_for_the_chosen_kinds() {
         );
     }
 }
+
+/// Everything in a node's data dir but its TLS material, as the runbook says to empty it.
+fn empty_data_dir_but_tls(c: &TestCluster, node: &str) {
+    for entry in std::fs::read_dir(c.data_dir(node)).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n == "tls") {
+            continue;
+        }
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+}
+
+fn voters_and_left_out(c: &TestCluster, ask: &str) -> (Vec<String>, Vec<String>) {
+    let (_, s) = c.status(ask, false);
+    let names = |key: &str| -> Vec<String> {
+        s[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    (names("raft_voters"), names("left_out"))
+}
+
+/// Issue 16, item 11: two of three voters lost for good. `recover --force-single` on
+/// the survivor refuses while others answer, while its agent runs and without
+/// confirmation; then makes it a one-voter cluster that runs every service again. A
+/// left-out node that comes back with its old log is kept out; emptied, each rejoins
+/// and votes again — never a service twice.
+#[test]
+fn recover_force_single_then_the_cluster_grows_back_to_three() {
+    let services = TestCluster::demo_service("web", "prefer = [\"n2\"]")
+        + &TestCluster::demo_service("db", "prefer = [\"n3\"]");
+    let mut c = TestCluster::with_services(3, &services);
+    c.start_all();
+    for (s, on) in [("web", "n2"), ("db", "n3")] {
+        c.wait_for(&format!("{s} on {on}"), Duration::from_secs(30), || {
+            c.service("n1", s) == (Some(on.into()), "running".into())
+        });
+    }
+    let dd1 = c.data_dir("n1").to_str().unwrap().to_owned();
+    let recover = |c: &TestCluster, extra: &[&str]| {
+        let mut args = vec![
+            "recover",
+            "--force-single",
+            "--node",
+            "n1",
+            "--data-dir",
+            &dd1,
+        ];
+        args.extend_from_slice(extra);
+        let o = c.run(&args);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let raft_file = c.data_dir("n1").join("raft.redb");
+    let untouched = || std::fs::read(&raft_file).unwrap();
+
+    // The majority is alive: refused, whatever the flags.
+    let (code, out) = recover(&c, &["--yes"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("n2, n3 answered") && out.contains("nothing was changed"),
+        "{out}"
+    );
+
+    c.poweroff("n2");
+    c.poweroff("n3");
+    // n1's agent still runs: refused before anything is written.
+    let (code, out) = recover(&c, &["--yes"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("stop the agent on this node first"), "{out}");
+    c.poweroff("n1");
+    let before = untouched();
+    // No terminal and no --yes: refused.
+    let (code, out) = recover(&c, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("without confirmation"), "{out}");
+    assert!(
+        before == untouched(),
+        "a refused recovery changed the Raft state"
+    );
+
+    let (code, out) = recover(&c, &["--yes", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let done: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(done["left_out"], serde_json::json!(["n2", "n3"]), "{done}");
+    assert!(done["committed_index"].as_u64().unwrap() > 0, "{done}");
+
+    // Alone, n1 leads with quorum and runs both services.
+    c.start("n1");
+    c.wait_for("n1 to lead alone", Duration::from_secs(20), || {
+        let (_, s) = c.status("n1", false);
+        s["leader"] == "n1" && s["quorum"] == true
+    });
+    assert_eq!(
+        voters_and_left_out(&c, "n1"),
+        (
+            vec!["n1".to_string()],
+            vec!["n2".to_string(), "n3".to_string()]
+        )
+    );
+    for s in ["web", "db"] {
+        c.wait_for(&format!("{s} on n1"), Duration::from_secs(30), || {
+            c.service("n1", s) == (Some("n1".into()), "running".into())
+        });
+    }
+    let o = c.ok(&["status", "--data-dir", &dd1]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("FORCED RECOVERY") && text.contains("n2, n3"),
+        "{text}"
+    );
+
+    // n2 back with its old log: kept out, its vote requests refused, nothing run there.
+    c.start("n2");
+    c.wait_for(
+        "the leader to notice n2's old state",
+        Duration::from_secs(20),
+        || c.log("n1").contains("still has its old Raft state"),
+    );
+    assert_eq!(voters_and_left_out(&c, "n1").0, vec!["n1".to_string()]);
+    assert_eq!(c.status("n1", false).1["leader"], "n1");
+    c.wait_for(
+        "n1 to refuse n2's vote requests",
+        Duration::from_secs(20),
+        || c.log("n1").contains("refused a vote request"),
+    );
+    c.poweroff("n2");
+
+    // Emptied, n2 rejoins and votes again; then n3.
+    for (node, voters) in [("n2", vec!["n1", "n2"]), ("n3", vec!["n1", "n2", "n3"])] {
+        empty_data_dir_but_tls(&c, node);
+        c.start(node);
+        c.wait_for(
+            &format!("{node} to vote again"),
+            Duration::from_secs(40),
+            || voters_and_left_out(&c, "n1").0 == voters,
+        );
+    }
+    assert!(voters_and_left_out(&c, "n1").1.is_empty());
+    // A whole cluster again: n1 can fail and the other two carry on.
+    c.poweroff("n1");
+    c.wait_running_elsewhere("n2", "web", Some("n1"));
+    c.wait_running_elsewhere("n2", "db", Some("n1"));
+    let bad = c.violations();
+    assert!(bad.is_empty(), "{bad:?}");
+}

@@ -32,6 +32,7 @@ use tokio::sync::RwLock;
 pub use crate::network::{kinds, PeerReply, PeerRequest, RaftAnswer, RaftMessage};
 use crate::network::{NetworkFactory, RaftReply, RaftRpc};
 pub use crate::service::{call_app, AppClass, AppHandler, CallError, PeerService};
+pub use crate::store::ForcedSingle;
 pub use crate::types::PeerNode;
 use crate::types::Raft;
 
@@ -183,6 +184,34 @@ impl Consensus {
         })
     }
 
+    /// Offline, with the agent stopped (`quorate recover --force-single`): turns the
+    /// Raft state in `dir` into that of a one-voter group of `id`, keeping everything
+    /// committed and proposing `command` as the first new entry (see
+    /// [`store::force_single`]).
+    ///
+    /// # Errors
+    /// When the database is in use (the agent runs) or has no committed state.
+    pub fn force_single(
+        dir: &Path,
+        id: u64,
+        me: PeerNode,
+        command: Command,
+    ) -> Result<ForcedSingle, ConsensusError> {
+        let path = dir.join("raft.redb");
+        let open = |source| ConsensusError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        if !path.exists() {
+            return Err(open(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file: this node never joined a cluster",
+            )));
+        }
+        let db = store::open_db(&path).map_err(open)?;
+        store::force_single(&db, id, me, command).map_err(open)
+    }
+
     /// This node's raft id.
     #[must_use]
     pub fn id(&self) -> u64 {
@@ -293,8 +322,11 @@ impl Consensus {
     }
 
     /// On the leader: makes `voters` the voting members, through joint consensus.
-    /// New members first join as learners and catch up; members no longer listed
-    /// are removed. Does nothing when the voters already match.
+    /// New members first join as learners; the voters change only once every one of
+    /// them has caught up (so a new voter that is down never takes the majority with
+    /// it, and nothing here waits for it). Members no longer listed are removed.
+    /// Returns true when the voters changed, false when they match or a new member is
+    /// still catching up (call again later).
     ///
     /// # Errors
     /// Not the leader, no quorum, or a membership change Raft refuses.
@@ -317,19 +349,43 @@ impl Consensus {
             },
             other => WriteError::Fatal(other.to_string()),
         };
+        let deadline =
+            |what: &str| WriteError::Uncertain(format!("{what} not confirmed within {timeout:?}"));
         for (id, node) in voters {
             if !status.members.contains_key(id) {
-                self.raft
-                    .add_learner(*id, node.clone(), true)
+                tokio::time::timeout(timeout, self.raft.add_learner(*id, node.clone(), false))
                     .await
+                    .map_err(|_| deadline("adding a learner"))?
                     .map_err(map_err)?;
             }
         }
-        self.raft
-            .change_membership(wanted, false)
+        if !self.caught_up(&wanted) {
+            return Ok(false);
+        }
+        tokio::time::timeout(timeout, self.raft.change_membership(wanted, false))
             .await
+            .map_err(|_| deadline("the membership change"))?
             .map_err(map_err)?;
         Ok(true)
+    }
+
+    /// On the leader: true when every node of `ids` has replicated the log up to the
+    /// current membership entry (the one that made the new ones learners).
+    fn caught_up(&self, ids: &std::collections::BTreeSet<u64>) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let Some(needed) = m.membership_config.log_id().as_ref().map(|l| l.index) else {
+            return false;
+        };
+        let Some(replication) = m.replication.as_ref() else {
+            return false;
+        };
+        ids.iter().all(|id| {
+            *id == self.id
+                || replication
+                    .get(id)
+                    .and_then(|matched| matched.as_ref())
+                    .is_some_and(|l| l.index >= needed)
+        })
     }
 
     /// The current leader's raft id and node, when known.
@@ -419,6 +475,24 @@ impl Consensus {
             return RaftAnswer(RaftReply::Refused(format!(
                 "node `{from}` may not speak as raft id {claimed}"
             )));
+        }
+        // A candidate must be a member of this node's Raft group: a node left out by a
+        // forced recovery (or removed) that still has its old log must not win votes
+        // or bump terms here. (A new voter is a learner, thus a member, first.)
+        if let RaftRpc::Vote(_) | RaftRpc::PreVote(_) = &message.0 {
+            let metrics = self.raft.metrics().borrow_watched().clone();
+            let membership = metrics.membership_config.membership();
+            // (A node not yet initialized knows no group: it votes as Raft says.)
+            let uninitialized = membership.nodes().next().is_none();
+            if !uninitialized && membership.get_node(&claimed).is_none() {
+                tracing::warn!(
+                    peer = from,
+                    "refused a vote request: the candidate is not a member of this Raft group"
+                );
+                return RaftAnswer(RaftReply::Refused(format!(
+                    "`{from}` is not a member of this node's Raft group; if it was left out by `quorate recover --force-single`, empty its data dir so that it rejoins"
+                )));
+            }
         }
         // Only a leader replicates, and a leader's vote is committed: an append or a
         // snapshot under an uncommitted vote is nonsense that openraft does not expect

@@ -82,6 +82,91 @@ async fn blocking<T: Send + 'static>(
         .map_err(io_err)?
 }
 
+/// What [`force_single`] did.
+#[derive(Clone, Copy, Debug)]
+pub struct ForcedSingle {
+    /// The last committed log index kept.
+    pub committed: u64,
+    /// Uncommitted entries dropped after it.
+    pub dropped: u64,
+    /// The term of the new entries (above every term this node has seen).
+    pub term: u64,
+}
+
+/// Offline (the agent stopped): makes this node's log that of a one-voter group.
+/// Entries after the last committed one are dropped (nobody confirmed them); then
+/// `command` and a membership of `id` alone are appended at a term above every term
+/// this node has seen, and the vote is moved to that term. On start the node elects
+/// itself and commits both: the state machine continues from the committed state.
+///
+/// # Errors
+/// When the database is in use or unreadable, or holds no Raft state.
+pub fn force_single(
+    db: &Database,
+    id: u64,
+    me: crate::PeerNode,
+    command: quorate_state::Command,
+) -> io::Result<ForcedSingle> {
+    use openraft::entry::RaftEntry;
+    use openraft::vote::RaftLeaderId;
+    let vote: Option<Vote> = meta_get(db, KEY_VOTE)?;
+    let committed: Option<LogId> = meta_get::<Option<LogId>>(db, KEY_COMMITTED)?.flatten();
+    let purged: Option<LogId> = meta_get(db, KEY_PURGED)?;
+    let (Some(vote), Some(committed)) = (vote, committed.or(purged)) else {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "this data dir has no committed Raft state: there is nothing to recover",
+        ));
+    };
+    let tx = db.begin_write().map_err(io_err)?;
+    let (dropped, last_term) = {
+        let mut table = tx.open_table(LOG).map_err(io_err)?;
+        let mut last_term = committed.committed_leader_id().term;
+        let mut dropped = 0;
+        for item in table.range(committed.index + 1..).map_err(io_err)? {
+            let (_, v) = item.map_err(io_err)?;
+            let e: Entry = serde_json::from_slice(v.value()).map_err(io_err)?;
+            last_term = last_term.max(e.log_id.committed_leader_id().term);
+            dropped += 1;
+        }
+        table
+            .retain_in(committed.index + 1.., |_, _| false)
+            .map_err(io_err)?;
+        (dropped, last_term)
+    };
+    let term = vote.leader_id().term().max(last_term) + 1;
+    let leader = <crate::types::LeaderId as RaftLeaderId>::new(term, id).to_committed();
+    let entries = [
+        Entry::new_normal(LogId::new(leader, committed.index + 1), command),
+        Entry::new_membership(
+            LogId::new(leader, committed.index + 2),
+            openraft::Membership::new(
+                vec![std::collections::BTreeSet::from([id])],
+                std::collections::BTreeMap::from([(id, me)]),
+            )
+            .map_err(io_err)?,
+        ),
+    ];
+    {
+        let mut table = tx.open_table(LOG).map_err(io_err)?;
+        for e in &entries {
+            let bytes = serde_json::to_vec(e).map_err(io_err)?;
+            table
+                .insert(e.log_id.index, bytes.as_slice())
+                .map_err(io_err)?;
+        }
+        let mut meta = tx.open_table(META).map_err(io_err)?;
+        let bytes = serde_json::to_vec(&Vote::new(term, id)).map_err(io_err)?;
+        meta.insert(KEY_VOTE, bytes.as_slice()).map_err(io_err)?;
+    }
+    tx.commit().map_err(io_err)?;
+    Ok(ForcedSingle {
+        committed: committed.index,
+        dropped,
+        term,
+    })
+}
+
 /// The Raft log (and vote) in redb.
 #[derive(Clone, Debug)]
 pub struct LogStore {

@@ -31,6 +31,7 @@ openraft::declare_raft_types!(
 pub(crate) type Raft = openraft::Raft<TypeConfig, crate::store::StateMachineStore>;
 pub(crate) type Entry = <TypeConfig as openraft::RaftTypeConfig>::Entry;
 pub(crate) type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub(crate) type LeaderId = openraft::alias::LeaderIdOf<TypeConfig>;
 pub(crate) type Vote = openraft::alias::VoteOf<TypeConfig>;
 pub(crate) type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub(crate) type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;

@@ -148,6 +148,11 @@ pub struct ClusterState {
     /// --cluster`).
     #[serde(default)]
     pub cluster_maintenance: bool,
+    /// Voters of the applied spec left out of Raft's voters by `quorate recover
+    /// --force-single`: each votes again only once it has come back with an empty
+    /// data dir (its old log could disagree with the recovered one).
+    #[serde(default)]
+    pub left_out: BTreeSet<String>,
 }
 
 impl ClusterState {
@@ -358,6 +363,24 @@ pub enum Command {
         /// Proposer's wall clock.
         at_ms: u64,
     },
+    /// The first entry after `quorate recover --force-single` on `by`: the applied
+    /// spec's other voters are left out of Raft's voters until each rejoins with an
+    /// empty data dir.
+    Recovered {
+        /// The surviving node.
+        by: String,
+        /// Its wall clock.
+        at_ms: u64,
+    },
+    /// A node left out by a recovery came back with an empty data dir: it may vote again.
+    Rejoined {
+        /// The node.
+        node: String,
+        /// Proposing node (the leader).
+        by: String,
+        /// Proposer's wall clock.
+        at_ms: u64,
+    },
     /// A new spec (`quorate apply`). Same content hash = no change.
     ApplySpec {
         /// The spec.
@@ -395,6 +418,8 @@ impl std::fmt::Display for Command {
             Self::Cleanup { service, .. } => write!(f, "clean up {service}"),
             Self::SetClusterMaintenance { on, .. } => write!(f, "cluster maintenance {on}"),
             Self::Restore { by, .. } => write!(f, "restore a backup by {by}"),
+            Self::Recovered { by, .. } => write!(f, "recovered alone on {by}"),
+            Self::Rejoined { node, .. } => write!(f, "{node} rejoined after a recovery"),
         }
     }
 }
@@ -484,6 +509,7 @@ impl ClusterState {
         let kind = match command {
             Command::Place { .. } => "placement",
             Command::Bootstrap { .. } | Command::ApplySpec { .. } => "spec",
+            Command::Recovered { .. } | Command::Rejoined { .. } => "recovery",
             _ => "operator",
         };
         for e in self
@@ -522,6 +548,27 @@ impl ClusterState {
                     }
                 };
                 self.event(by, *at_ms, what);
+                CommandResult::Recorded
+            }
+            Command::Recovered { by, at_ms } => {
+                let left_out: BTreeSet<String> = self
+                    .applied
+                    .iter()
+                    .flat_map(|a| a.spec.voters())
+                    .filter(|n| n != by)
+                    .map(str::to_owned)
+                    .collect();
+                self.left_out.clone_from(&left_out);
+                self.event(by, *at_ms, format!(
+                    "forced recovery: {by} is the only voter, with the last state it had committed; left out until they rejoin with an empty data dir: {}",
+                    left_out.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
+                CommandResult::Recorded
+            }
+            Command::Rejoined { node, by, at_ms } => {
+                if self.left_out.remove(node) {
+                    self.event(by, *at_ms, format!("{node} rejoined with an empty data dir after the forced recovery; it votes again once it has caught up"));
+                }
                 CommandResult::Recorded
             }
             Command::SetDisabled {
@@ -779,6 +826,8 @@ impl ClusterState {
                 self.pins
                     .retain(|s, n| spec.services.contains_key(s) && spec.nodes.contains_key(n));
                 self.disabled.retain(|s| spec.services.contains_key(s));
+                self.left_out
+                    .retain(|n| spec.nodes.get(n).is_some_and(|n| n.voter));
                 self.bans.retain(|s, nodes| {
                     nodes.retain(|n, _| spec.nodes.contains_key(n));
                     spec.services.contains_key(s) && !nodes.is_empty()
