@@ -45,9 +45,11 @@ pub struct Node {
     pub(crate) placing: tokio::sync::Mutex<()>,
     /// The members' addresses, whose handshakes have slots of their own.
     pub(crate) known_addresses: quorate_net::KnownAddresses,
-    /// The end of validity of each peer's certificate, as seen at its last handshake
-    /// with this node (the leader sees every node: all renew their leases with it).
-    pub(crate) peer_certificates: std::sync::Mutex<BTreeMap<String, SystemTime>>,
+    /// The end of validity of each peer's certificate and the protocol version it
+    /// announced, as seen at its last handshake with this node (the leader sees every
+    /// node: all renew their leases with it).
+    pub(crate) peer_certificates:
+        std::sync::Mutex<BTreeMap<String, (SystemTime, quorate_pki::ProtocolVersion)>>,
     /// On the leader: runs of the spec's fence_command.
     pub(crate) power_fencing: std::sync::Arc<std::sync::Mutex<crate::failover::PowerFencing>>,
 }
@@ -399,14 +401,18 @@ impl Node {
                     (true, Some(AdminState::Maintenance)) => "maintenance",
                     (true, _) => "up",
                 };
-                let expires = if *name == self.name {
-                    Some(self.tls.get().not_after)
+                let seen = if *name == self.name {
+                    Some((
+                        self.tls.get().not_after,
+                        quorate_pki::ProtocolVersion::spoken(),
+                    ))
                 } else {
                     self.peer_certificates
                         .lock()
                         .ok()
                         .and_then(|seen| seen.get(name).copied())
                 };
+                let expires = seen.map(|(at, _)| at);
                 NodeStatus {
                     name: name.clone(),
                     state: state_name.into(),
@@ -415,6 +421,7 @@ impl Node {
                     voter: n.voter,
                     certificate_expires: expires.map(quorate_pki::format_time),
                     certificate_days_left: expires.map(days_left),
+                    protocol: seen.map(|(_, v)| v.to_string()),
                 }
             })
             .collect();
@@ -752,9 +759,12 @@ impl quorate_consensus::AppHandler for PeerApp {
         }
     }
 
-    fn connected(&self, peer: &str, not_after: SystemTime) {
+    fn connected(&self, identity: &quorate_pki::PeerIdentity) {
         if let Ok(mut seen) = self.0.peer_certificates.lock() {
-            seen.insert(peer.to_string(), not_after);
+            seen.insert(
+                identity.node.clone(),
+                (identity.not_after, identity.protocol),
+            );
         }
     }
 }

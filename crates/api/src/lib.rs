@@ -273,6 +273,11 @@ pub struct NodeStatus {
     /// Whole days until then (negative once expired); null when unknown.
     #[serde(default)]
     pub certificate_days_left: Option<i64>,
+    /// The highest quorate protocol version it announced (`1.0`) at its last handshake
+    /// with the answering node; null when unknown. Differs between nodes only during
+    /// a rolling upgrade.
+    #[serde(default)]
+    pub protocol: Option<String>,
 }
 
 /// One service in [`StatusReport`].

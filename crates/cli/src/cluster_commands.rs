@@ -177,6 +177,22 @@ fn print_status(r: &StatusReport) {
     if r.cluster_maintenance {
         println!("CLUSTER MAINTENANCE: everything keeps running where it is; nothing moves or starts (`quorate maintenance off --cluster` ends it)");
     }
+    let versions: std::collections::BTreeSet<&str> = r
+        .nodes
+        .iter()
+        .filter_map(|n| n.protocol.as_deref())
+        .collect();
+    if versions.len() > 1 {
+        println!(
+            "rolling upgrade: nodes speak quorate protocol {} ({})",
+            versions.into_iter().collect::<Vec<_>>().join(" and "),
+            r.nodes
+                .iter()
+                .filter_map(|n| Some(format!("{} {}", n.name, n.protocol.as_deref()?)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if !r.left_out.is_empty() {
         println!(
             "FORCED RECOVERY: left out of the voters until each comes back with an empty data dir (keep its tls/): {}",

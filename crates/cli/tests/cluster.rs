@@ -553,3 +553,88 @@ fn a_whole_cluster_power_cycle_brings_every_service_back_once() {
     }
     println!("{{\"power_cycle_ms\": {timings:?}}}");
 }
+
+fn protocols(c: &TestCluster, ask: &str) -> std::collections::BTreeMap<String, String> {
+    let (_, s) = c.status(ask, false);
+    s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| {
+            Some((
+                n["name"].as_str()?.to_owned(),
+                n["protocol"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// Issue 16, item 12: a rolling upgrade. Nodes announce their protocol version in the
+/// TLS handshake (ALPN); a node one minor version ahead works with the others (it
+/// forms, leads or follows, fails over), `status` shows who runs what; a node with no
+/// version in common (a major ahead) is refused by every peer with a message naming
+/// both versions, and the others carry on without it. (`QUORATE_PROTOCOL_VERSION` makes
+/// this binary announce another version, standing in for another build.)
+#[test]
+fn a_node_one_minor_version_ahead_works_and_one_a_major_ahead_is_refused_clearly() {
+    let mut c =
+        TestCluster::with_services(3, &TestCluster::demo_service("web", "prefer = [\"n1\"]"));
+    let newer = |v: &str| [("QUORATE_PROTOCOL_VERSION".to_string(), v.to_string())];
+    c.start_with("n1", &newer("1.1"));
+    c.start("n2");
+    c.start("n3");
+    let leader = c.wait_agreed(&["n1", "n2", "n3"], 1);
+    c.wait_for("web on n1", Duration::from_secs(30), || {
+        c.service("n2", "web") == (Some("n1".into()), "running".into())
+    });
+    c.wait_for(
+        "the leader to see every node's version",
+        Duration::from_secs(20),
+        || protocols(&c, &leader).len() == 3,
+    );
+    let seen = protocols(&c, &leader);
+    assert_eq!(seen["n1"], "1.1", "{seen:?}");
+    assert_eq!(
+        (seen["n2"].as_str(), seen["n3"].as_str()),
+        ("1.0", "1.0"),
+        "{seen:?}"
+    );
+    let dd = c.data_dir(&leader);
+    let text =
+        String::from_utf8_lossy(&c.ok(&["status", "--data-dir", dd.to_str().unwrap()]).stdout)
+            .into_owned();
+    assert!(
+        text.contains("rolling upgrade: nodes speak quorate protocol 1.0 and 1.1"),
+        "{text}"
+    );
+
+    // The newer node fails; the older ones fail its service over.
+    c.poweroff("n1");
+    c.wait_running_elsewhere("n2", "web", Some("n1"));
+
+    // A node two versions ahead (2.0): no version in common. Refused by both peers, it
+    // says why, and the other two keep quorum.
+    c.start_with("n1", &newer("2.0"));
+    c.wait_for(
+        "n2 to refuse n1 with both versions named",
+        Duration::from_secs(20),
+        || {
+            c.log("n2")
+                .contains("it speaks quorate protocol 2.0 and this node 1.0: no version in common")
+        },
+    );
+    c.wait_for(
+        "n1 to say its peers speak no common version",
+        Duration::from_secs(20),
+        || {
+            c.log("n1")
+                .contains("speaks no quorate protocol version in common with this node (2.0)")
+        },
+    );
+    let (code, s) = c.status("n2", false);
+    assert_eq!(code, Some(0), "{s}");
+    assert_eq!(s["quorum"], true, "{s}");
+    assert_ne!(s["leader"], "n1", "{s}");
+    let bad = c.violations();
+    assert!(bad.is_empty(), "{bad:?}");
+}

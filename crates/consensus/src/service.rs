@@ -42,8 +42,9 @@ pub trait AppHandler: Send + Sync + 'static {
         request: serde_json::Value,
     ) -> impl Future<Output = serde_json::Value> + Send;
 
-    /// A peer connected with a certificate valid until `not_after`.
-    fn connected(&self, _peer: &str, _not_after: std::time::SystemTime) {}
+    /// A member connected: its certificate's node and validity, and the protocol
+    /// version it announced.
+    fn connected(&self, _identity: &quorate_pki::PeerIdentity) {}
 }
 
 /// Serves the peer protocol for one node.
@@ -71,7 +72,7 @@ impl<A: AppHandler> quorate_net::Handler for PeerService<A> {
 
     fn connected(&self, identity: &quorate_pki::PeerIdentity) {
         if self.consensus.is_member(&identity.node) {
-            self.app.connected(&identity.node, identity.not_after);
+            self.app.connected(identity);
         }
     }
 
@@ -105,8 +106,14 @@ impl<A: AppHandler> quorate_net::Handler for PeerService<A> {
                 ))
             }
             (_, Err(e)) => {
-                tracing::warn!(peer, "undecodable peer request: {e}");
-                PeerReply::Error(format!("undecodable request: {e}"))
+                let ours = quorate_pki::ProtocolVersion::spoken();
+                tracing::warn!(
+                    peer,
+                    "undecodable peer request (this node speaks quorate protocol {ours}; is the peer another version?): {e}"
+                );
+                PeerReply::Error(format!(
+                    "undecodable request for quorate protocol {ours}: {e}"
+                ))
             }
         };
         encode(&reply)

@@ -27,7 +27,8 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::rustls;
+use tokio_rustls::TlsConnector;
 
 /// Largest frame of any kind, and the largest reply a client reads.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -133,6 +134,14 @@ pub enum NetError {
         peer: String,
         /// The announced length.
         len: usize,
+    },
+    /// The peer speaks no protocol version this node speaks.
+    #[error("{peer} speaks no quorate protocol version in common with this node ({ours}): upgrade nodes one minor version at a time; its own log names its version")]
+    Incompatible {
+        /// The peer.
+        peer: String,
+        /// The versions this node speaks.
+        ours: String,
     },
     /// Traffic to this peer is cut (sandbox `partition`).
     #[error("{peer}: traffic is blocked (partitioned)")]
@@ -263,6 +272,9 @@ pub trait Handler: Send + Sync + 'static {
 /// Warns at most once a minute per key, so that a flood cannot flood the log too.
 #[derive(Debug, Default)]
 struct Quiet(Mutex<BTreeMap<String, Instant>>);
+
+/// Warnings of this process's clients, at most once a minute per key.
+static CLIENT_WARNINGS: Quiet = Quiet(Mutex::new(BTreeMap::new()));
 
 impl Quiet {
     fn allow(&self, key: &str) -> bool {
@@ -456,7 +468,7 @@ pub async fn serve<H: Handler>(
         } else {
             (&shared.handshakes, limits.max_handshakes)
         };
-        let Ok(handshake) = slots.clone().try_acquire_owned() else {
+        let Ok(handshake_slot) = slots.clone().try_acquire_owned() else {
             if shared.quiet.allow("handshakes") {
                 tracing::warn!(%addr, "refused a connection: {max} TLS handshakes already in progress");
             }
@@ -479,21 +491,19 @@ pub async fn serve<H: Handler>(
             };
             Some(slot)
         };
-        let acceptor = TlsAcceptor::from(tls.get().server);
+        let config = tls.get().server;
         let shared = shared.clone();
         connections.spawn(async move {
             keepalive(&tcp);
-            let accepted =
-                tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)).await;
-            drop((handshake, slot));
-            let stream = match accepted {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    if shared.quiet.allow(&format!("tls {}", addr.ip())) {
-                        tracing::warn!(%addr, "refused peer connection: TLS handshake failed: {e}");
-                    }
-                    return;
-                }
+            let accepted = tokio::time::timeout(
+                shared.limits.handshake_timeout,
+                handshake(tcp, config, addr, &shared.quiet),
+            )
+            .await;
+            drop((handshake_slot, slot));
+            let (stream, announced) = match accepted {
+                Ok(Some(accepted)) => accepted,
+                Ok(None) => return,
                 Err(_) => {
                     if shared.quiet.allow(&format!("tls {}", addr.ip())) {
                         tracing::warn!(%addr, "refused peer connection: TLS handshake timed out");
@@ -506,7 +516,11 @@ pub async fn serve<H: Handler>(
                 .1
                 .peer_certificates()
                 .and_then(|c| c.first())
-                .and_then(quorate_pki::peer_identity);
+                .and_then(quorate_pki::peer_identity)
+                .map(|identity| quorate_pki::PeerIdentity {
+                    protocol: announced,
+                    ..identity
+                });
             let Some(identity) = identity else {
                 tracing::warn!(%addr, "refused peer connection: certificate names no node");
                 return;
@@ -517,6 +531,62 @@ pub async fn serve<H: Handler>(
                 .register(&identity.node, shared.limits.max_connections_per_peer);
             serve_connection(stream, &identity, &shared, &slot).await;
         });
+    }
+}
+
+/// The server side of a TLS handshake; also returns the highest protocol version the
+/// client announced. A client with no version in common gets rustls's
+/// `no_application_protocol` alert, and both ends say why in their logs.
+async fn handshake(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    addr: SocketAddr,
+    quiet: &Quiet,
+) -> Option<(
+    tokio_rustls::server::TlsStream<TcpStream>,
+    quorate_pki::ProtocolVersion,
+)> {
+    use quorate_pki::ProtocolVersion;
+    let refused = |why: String| {
+        if quiet.allow(&format!("tls {}", addr.ip())) {
+            tracing::warn!(%addr, "refused peer connection: {why}");
+        }
+    };
+    let start =
+        match tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await
+        {
+            Ok(start) => start,
+            Err(e) => {
+                refused(format!("TLS handshake failed: {e}"));
+                return None;
+            }
+        };
+    let offered: Vec<ProtocolVersion> = start
+        .client_hello()
+        .alpn()
+        .map(|ids| ids.filter_map(ProtocolVersion::from_alpn).collect())
+        .unwrap_or_default();
+    let announced = offered
+        .iter()
+        .max()
+        .copied()
+        .unwrap_or(ProtocolVersion::UNANNOUNCED);
+    let ours = ProtocolVersion::spoken().accepted();
+    let common = offered.is_empty() || offered.iter().any(|v| ours.contains(v));
+    match start.into_stream(config).await {
+        Ok(stream) => Some((stream, announced)),
+        Err(_) if !common => {
+            refused(format!(
+                "it speaks quorate protocol {} and this node {}: no version in common. Upgrade nodes one minor version at a time (a node talks to the minor version before its own)",
+                offered.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and "),
+                ours.iter().map(ToString::to_string).collect::<Vec<_>>().join(" and ")
+            ));
+            None
+        }
+        Err(e) => {
+            refused(format!("TLS handshake failed: {e}"));
+            None
+        }
     }
 }
 
@@ -696,7 +766,35 @@ impl PeerClient {
         TlsConnector::from(self.tls.get().client)
             .connect(name, tcp)
             .await
-            .map_err(io_error(&self.node))
+            .map_err(|source| {
+                let incompatible = source
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<rustls::Error>())
+                    .is_some_and(|e| {
+                        *e == rustls::Error::AlertReceived(
+                            rustls::AlertDescription::NoApplicationProtocol,
+                        )
+                    });
+                if incompatible {
+                    let e = NetError::Incompatible {
+                        peer: self.node.clone(),
+                        ours: quorate_pki::ProtocolVersion::spoken()
+                            .accepted()
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(" and "),
+                    };
+                    if CLIENT_WARNINGS.allow(&format!("incompatible {}", self.node)) {
+                        tracing::warn!("{e}");
+                    }
+                    return e;
+                }
+                NetError::Io {
+                    peer: self.node.clone(),
+                    source,
+                }
+            })
     }
 
     /// Sends `request` as a frame of `kind` and waits up to `timeout` for the reply

@@ -420,6 +420,91 @@ impl SharedTls {
     }
 }
 
+/// A version of the node-to-node protocol. Peers announce theirs in the TLS handshake
+/// (ALPN `quorate/MAJOR.MINOR`, the highest first, then the one before it): two nodes
+/// talk when they have a version in common, i.e. the same major and minors at most one
+/// apart. A minor version only adds (fields with defaults, messages sent only once
+/// every member announces that minor); anything an older node cannot read is a new
+/// major version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProtocolVersion {
+    /// Incompatible changes.
+    pub major: u16,
+    /// Additive changes.
+    pub minor: u16,
+}
+
+/// The protocol version this build speaks.
+pub const PROTOCOL: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+
+impl ProtocolVersion {
+    /// What a peer that announces nothing speaks: builds from before the announcement.
+    pub const UNANNOUNCED: Self = Self { major: 1, minor: 0 };
+
+    /// The version this process speaks: [`PROTOCOL`], unless `QUORATE_PROTOCOL_VERSION`
+    /// (`MAJOR.MINOR`) says otherwise — a testing aid that makes this binary act as
+    /// the build of another version in mixed-version tests.
+    #[must_use]
+    pub fn spoken() -> Self {
+        static SPOKEN: std::sync::OnceLock<ProtocolVersion> = std::sync::OnceLock::new();
+        *SPOKEN.get_or_init(|| {
+            std::env::var("QUORATE_PROTOCOL_VERSION")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(PROTOCOL)
+        })
+    }
+
+    /// The versions a node of this version talks: itself and the minor before it.
+    #[must_use]
+    pub fn accepted(self) -> Vec<Self> {
+        let mut all = vec![self];
+        if self.minor > 0 {
+            all.push(Self {
+                major: self.major,
+                minor: self.minor - 1,
+            });
+        }
+        all
+    }
+
+    /// Its ALPN identifier.
+    #[must_use]
+    pub fn alpn(self) -> Vec<u8> {
+        format!("quorate/{self}").into_bytes()
+    }
+
+    /// The version an ALPN identifier names, if it is one of quorate's.
+    #[must_use]
+    pub fn from_alpn(id: &[u8]) -> Option<Self> {
+        std::str::from_utf8(id)
+            .ok()?
+            .strip_prefix("quorate/")?
+            .parse()
+            .ok()
+    }
+}
+
+impl std::fmt::Display for ProtocolVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+impl std::str::FromStr for ProtocolVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (major, minor) = s
+            .split_once('.')
+            .ok_or_else(|| format!("`{s}` is not MAJOR.MINOR"))?;
+        Ok(Self {
+            major: major.parse().map_err(|e| format!("`{s}`: {e}"))?,
+            minor: minor.parse().map_err(|e| format!("`{s}`: {e}"))?,
+        })
+    }
+}
+
 /// Who a peer certificate names, and until when it is valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerIdentity {
@@ -427,6 +512,9 @@ pub struct PeerIdentity {
     pub node: String,
     /// The end of the certificate's validity.
     pub not_after: SystemTime,
+    /// The highest protocol version the peer announced in its handshake (filled in by
+    /// the transport; [`ProtocolVersion::UNANNOUNCED`] when it announced none).
+    pub protocol: ProtocolVersion,
 }
 
 impl PeerIdentity {
@@ -501,11 +589,12 @@ pub fn load(files: &TlsFiles, expected_node: &str) -> Result<NodeTls, PkiError> 
         path: files.key.display().to_string(),
         problem: e.to_string(),
     })?;
-    let PeerIdentity { node, not_after } =
-        peer_identity(&chain[0]).ok_or_else(|| PkiError::Bad {
-            path: files.cert.display().to_string(),
-            problem: "the certificate names no node".into(),
-        })?;
+    let PeerIdentity {
+        node, not_after, ..
+    } = peer_identity(&chain[0]).ok_or_else(|| PkiError::Bad {
+        path: files.cert.display().to_string(),
+        problem: "the certificate names no node".into(),
+    })?;
     if node != expected_node {
         return Err(PkiError::Bad {
             path: files.cert.display().to_string(),
@@ -524,12 +613,13 @@ pub fn load(files: &TlsFiles, expected_node: &str) -> Result<NodeTls, PkiError> 
     let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
         .build()
         .map_err(|e| PkiError::Tls(e.to_string()))?;
-    let server = ServerConfig::builder_with_provider(provider.clone())
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(TLS_VERSIONS)
         .map_err(tls)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(tls)?;
+    server.alpn_protocols = alpn_protocols();
     let client = client_config(provider, roots, chain, key, TLS_VERSIONS)?;
     Ok(NodeTls {
         node,
@@ -550,13 +640,23 @@ fn client_config(
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<Arc<ClientConfig>, PkiError> {
     let tls = |e: rustls::Error| PkiError::Tls(e.to_string());
-    let client = ClientConfig::builder_with_provider(provider)
+    let mut client = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(tls)?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(tls)?;
+    client.alpn_protocols = alpn_protocols();
     Ok(Arc::new(client))
+}
+
+/// The ALPN identifiers of the protocol versions this node talks, highest first.
+fn alpn_protocols() -> Vec<Vec<u8>> {
+    ProtocolVersion::spoken()
+        .accepted()
+        .into_iter()
+        .map(ProtocolVersion::alpn)
+        .collect()
 }
 
 /// A client config for other TLS versions than nodes use: for tests that show an
@@ -592,6 +692,7 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
     Some(PeerIdentity {
         node: peer_node_name(cert)?,
         not_after: not_after(cert)?,
+        protocol: ProtocolVersion::UNANNOUNCED,
     })
 }
 
@@ -620,6 +721,22 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn nodes_talk_across_one_minor_version_and_never_across_majors() {
+        let v = |s: &str| s.parse::<ProtocolVersion>().unwrap();
+        let common = |a: &str, b: &str| {
+            let theirs = v(b).accepted();
+            v(a).accepted().iter().any(|x| theirs.contains(x))
+        };
+        assert!(common("1.1", "1.0") && common("1.0", "1.1") && common("1.2", "1.1"));
+        assert!(!common("1.2", "1.0") && !common("2.0", "1.0") && !common("2.0", "1.9"));
+        assert_eq!(ProtocolVersion::from_alpn(&v("1.7").alpn()), Some(v("1.7")));
+        assert_eq!(ProtocolVersion::from_alpn(b"h2"), None);
+        assert!(
+            "1".parse::<ProtocolVersion>().is_err() && "a.b".parse::<ProtocolVersion>().is_err()
+        );
+    }
 
     #[test]
     fn request_sign_and_issue_produce_loadable_certs_naming_the_node() {
