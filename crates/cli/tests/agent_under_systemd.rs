@@ -37,6 +37,34 @@ fn agent_unit(c: &TestCluster, node: &str, kill_mode: &str, stop_timeout: &str) 
     )
 }
 
+/// `quorate-apply.service` as nix/module.nix writes it: its very script (read from the
+/// module), with this cluster's paths for the package and /etc/quorate.
+fn apply_unit(c: &TestCluster, node: &str) -> String {
+    let module = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../nix/module.nix"),
+    )
+    .unwrap();
+    let unit = &module[module.find("systemd.services.quorate-apply").unwrap()..];
+    let body = &unit[unit.find("script = ''").unwrap() + "script = ''".len()..];
+    let body = &body[..body.find("'';").unwrap()];
+    let dir = c.path().display().to_string();
+    let script = body
+        .replace("${cfg.package}/bin/quorate", quorate_bin())
+        .replace("/etc/quorate/cluster.json", &format!("{dir}/quorate.toml"))
+        .replace("/etc/quorate/quorate.lock", &format!("{dir}/quorate.lock"));
+    assert!(
+        !script.contains("${"),
+        "unsubstituted Nix in the apply script: {script}"
+    );
+    let path = c.path().join(format!("apply-{node}.sh"));
+    std::fs::write(&path, format!("set -e\n{script}")).unwrap();
+    format!(
+        "[Unit]\nDescription=Apply the spec\nAfter=quorate.service\nRequires=quorate.service\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nEnvironment=QUORATE_DATA_DIR={dd}\nExecStart=/bin/sh {script}\nStandardOutput=append:{dir}/apply-{node}.log\nStandardError=append:{dir}/apply-{node}.log\n",
+        dd = c.data_dir(node).display(),
+        script = path.display(),
+    )
+}
+
 fn witness_unit(node: &str, journal: &str) -> String {
     format!(
         "[Service]\nExecStart={} demo\nEnvironment=QUORATE_NODE={node} QUORATE_SERVICE=web QUORATE_WITNESS_JOURNAL={journal}\n",
@@ -82,6 +110,7 @@ fn rig(prefix: &str, kill_mode: &str, stop_timeout: &str) -> Option<Rig> {
                     agent_unit(&cluster, n, kill_mode, stop_timeout),
                 ),
                 ("quorate-witness.service", witness_unit(n, &journal)),
+                ("quorate-apply.service", apply_unit(&cluster, n)),
             ];
             let ct = SystemdContainer::boot_in(&units, &[cluster.path(), &bin_dir], Some(ns));
             (n.clone(), ct)
@@ -131,8 +160,8 @@ impl Rig {
             .count()
     }
 
-    fn settle_and_judge(&self, what: &str) {
-        self.cluster.wait_agreed(&["n1", "n2", "n3"], 1);
+    fn settle_and_judge(&self, what: &str, version: u64) {
+        self.cluster.wait_agreed(&["n1", "n2", "n3"], version);
         std::thread::sleep(Duration::from_secs(3));
         let bad = self.cluster.violations();
         assert!(
@@ -152,7 +181,7 @@ fn restart_stop_kill_and_watchdog_abort_of_a_systemd_run_agent_never_run_twice()
     // A restart (as a package upgrade does): the fence and both workloads stay, the
     // new agent adopts them — no restart of either service.
     rig.systemctl("n1", &["restart", "quorate.service"]);
-    rig.settle_and_judge("systemctl restart");
+    rig.settle_and_judge("systemctl restart", 1);
     for service in ["web", "proc"] {
         assert_eq!(rig.runs_on(service, "n1"), 1, "{service} was not restarted");
         assert_eq!(rig.cluster.service("n2", service).0.as_deref(), Some("n1"));
@@ -168,7 +197,7 @@ fn restart_stop_kill_and_watchdog_abort_of_a_systemd_run_agent_never_run_twice()
         "n1",
         &["kill", "--kill-whom=main", "-s", "KILL", "quorate.service"],
     );
-    rig.settle_and_judge("systemctl kill --kill-whom=main -s KILL");
+    rig.settle_and_judge("systemctl kill --kill-whom=main -s KILL", 1);
 
     // A stop: nobody renews the lease, the fence kills both at the deadline and the
     // cluster runs them elsewhere.
@@ -178,7 +207,7 @@ fn restart_stop_kill_and_watchdog_abort_of_a_systemd_run_agent_never_run_twice()
     rig.cluster.wait_running_elsewhere(ask, "web", Some(&host));
     rig.cluster.wait_running_elsewhere(ask, "proc", Some(&host));
     rig.systemctl(&host, &["start", "quorate.service"]);
-    rig.settle_and_judge("systemctl stop");
+    rig.settle_and_judge("systemctl stop", 1);
 
     // A hung agent: SIGSTOP, the watchdog aborts it (SIGABRT, then SIGKILL), systemd
     // restarts it; meanwhile its fence has killed what it ran.
@@ -203,7 +232,7 @@ fn restart_stop_kill_and_watchdog_abort_of_a_systemd_run_agent_never_run_twice()
         },
     );
     rig.cluster.wait_running_elsewhere(ask, "web", None);
-    rig.settle_and_judge("a watchdog abort");
+    rig.settle_and_judge("a watchdog abort", 1);
 }
 
 #[test]
@@ -222,4 +251,70 @@ fn with_kill_mode_control_group_a_stop_kills_the_fence_and_the_checker_sees_the_
         bad.iter().any(|v| v.starts_with("web ran twice")),
         "the unfenced unit must show as a double run: {bad:?}"
     );
+}
+
+/// Issue 16, item 1: `nixos-rebuild switch` with a changed spec. The module restarts
+/// only `quorate-apply.service` (its restartTriggers), never the agent; on every node
+/// that unit applies the new spec to the running cluster: committed once, the same
+/// spec a no-op on the others, the agents and their workloads untouched. A change
+/// quorate refuses fails the unit with quorate's message, and changes nothing.
+#[test]
+fn a_spec_change_through_the_activation_unit_applies_without_a_bounce() {
+    let Some(rig) = rig("qtsa", "process", "30s") else {
+        return;
+    };
+    let pids: Vec<u32> = ["n1", "n2", "n3"].iter().map(|n| rig.main_pid(n)).collect();
+    rig.cluster
+        .edit_spec(&TestCluster::demo_service("extra", "prefer = [\"n2\"]"));
+    for node in ["n1", "n2", "n3"] {
+        rig.systemctl(node, &["restart", "quorate-apply.service"]);
+    }
+    rig.cluster.wait_agreed(&["n1", "n2", "n3"], 2);
+    rig.cluster
+        .wait_for("extra on n2", Duration::from_secs(30), || {
+            rig.cluster.service("n1", "extra") == (Some("n2".into()), "running".into())
+        });
+    let after: Vec<u32> = ["n1", "n2", "n3"].iter().map(|n| rig.main_pid(n)).collect();
+    assert_eq!(pids, after, "an agent was restarted by the spec change");
+    for service in ["web", "proc"] {
+        assert_eq!(rig.runs_on(service, "n1"), 1, "{service} was bounced");
+    }
+    let logs: String = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(rig.cluster.path().join(format!("apply-{n}.log")))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        logs.contains("unchanged") || logs.contains("no change"),
+        "{logs}"
+    );
+
+    // A refused change (a service preferring a node that does not exist) fails the
+    // unit with quorate's message and exit status, and the cluster stays at version 2.
+    let spec_path = rig.cluster.path().join("quorate.toml");
+    let spec = std::fs::read_to_string(&spec_path).unwrap();
+    std::fs::write(
+        &spec_path,
+        spec.replace("prefer = [\"n2\"]", "prefer = [\"n9\"]"),
+    )
+    .unwrap();
+    let ct = &rig.nodes.iter().find(|(n, _)| n == "n1").unwrap().1;
+    let out = ct.systemctl(&["restart", "quorate-apply.service"]);
+    assert!(!out.status.success(), "a refused change must fail the unit");
+    let status = ct.systemctl(&[
+        "show",
+        "-p",
+        "ExecMainStatus",
+        "--value",
+        "quorate-apply.service",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), "1");
+    let log = std::fs::read_to_string(rig.cluster.path().join("apply-n1.log")).unwrap();
+    assert!(log.contains("n9"), "{log}");
+    std::fs::write(&spec_path, spec).unwrap();
+    let (_, s) = rig.cluster.status("n2", false);
+    assert_eq!(s["spec_version"], 2, "{s}");
+    rig.settle_and_judge("a spec change through the activation unit", 2);
 }
