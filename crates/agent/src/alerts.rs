@@ -20,7 +20,8 @@ use crate::Node;
 /// One alert to deliver.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct Alert {
-    /// `failover`, `placement`, `operator`, `spec`, `node`, `service` or `quorum`.
+    /// `failover`, `placement`, `operator`, `spec`, `node`, `service`, `quorum` or
+    /// `fence`.
     kind: String,
     /// What happened.
     what: String,
@@ -69,6 +70,18 @@ pub(crate) async fn run_forever(node: Arc<Node>) {
             });
         }
         if leader {
+            let fenced = node
+                .power_fencing
+                .lock()
+                .map(|mut f| std::mem::take(&mut f.outcomes))
+                .unwrap_or_default();
+            out.extend(fenced.into_iter().map(|(_, what)| Alert {
+                kind: "fence".into(),
+                what,
+                by: node.name.clone(),
+                at_ms: now_ms(),
+                seq: None,
+            }));
             let first = !was_leader;
             out.extend(
                 node.consensus

@@ -122,6 +122,8 @@ pub struct PowerFencing {
     running: std::collections::BTreeSet<String>,
     /// When a node's last attempt failed (retried after 5 s).
     failed: BTreeMap<String, Instant>,
+    /// Outcomes not yet alerted: (node, what happened).
+    pub(crate) outcomes: Vec<(String, String)>,
 }
 
 /// The leader's view of everyone's lease. Lives in the leader's memory only, and
@@ -439,14 +441,25 @@ impl Node {
                 f.running.remove(&node);
                 if ok {
                     tracing::warn!(node, "fence_command succeeded: its services may move");
+                    f.outcomes.push((
+                        node.clone(),
+                        format!("{node} was power-fenced (fence_command succeeded): its services may move"),
+                    ));
                     f.done.insert(node);
                 } else {
                     tracing::error!(
                         node,
                         "fence_command failed ({result:?}): its services stay put; retrying in 5 s"
                     );
+                    f.outcomes.push((
+                        node.clone(),
+                        format!("fence_command for {node} failed ({result:?}): its services stay put; retrying in 5 s"),
+                    ));
                     f.failed.insert(node, Instant::now());
                 }
+                // Kept only for alerts: bounded when nobody drains them.
+                let excess = f.outcomes.len().saturating_sub(100);
+                f.outcomes.drain(..excess);
             }
         });
     }

@@ -719,13 +719,25 @@ fn alerts_run_the_spec_command_for_the_chosen_kinds() {
     let got = aux.path().join("alerts");
     let script = format!("cat >> {}", got.display());
     let mut c = TestCluster::with_services(3, &TestCluster::demo_services(&["web", "db"]));
+    c.set_fence_command("true");
     c.edit_spec(&format!(
-        "\n[alerts]\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\nkinds = [\"operator\", \"node\", \"failover\", \"quorum\"]\ntimeout = \"5s\"\n"
+        "\n[alerts]\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\nkinds = [\"operator\", \"node\", \"failover\", \"quorum\", \"fence\"]\ntimeout = \"5s\"\n"
     ));
     let leader = c.start_all();
-    let host = c.wait_running_elsewhere(&leader, "web", None);
+    let mut host = c.wait_running_elsewhere(&leader, "web", None);
     let dd = c.data_dir(&leader);
     let dd = dd.to_str().unwrap().to_string();
+    if host == leader {
+        // The failover below needs web on a follower: move it there, then drop the pin
+        // (it stays, sticky).
+        let to = c.names.iter().find(|n| **n != leader).unwrap().clone();
+        assert_eq!(op(&c, &dd, &["move", "web", &to]).0, Some(0));
+        c.wait_for("web on a follower", Duration::from_secs(20), || {
+            c.service(&leader, "web") == (Some(to.clone()), "running".into())
+        });
+        assert_eq!(op(&c, &dd, &["move", "--clear", "web"]).0, Some(0));
+        host = to;
+    }
     let read = || -> Vec<serde_json::Value> {
         std::fs::read_to_string(&got)
             .unwrap_or_default()
@@ -741,24 +753,19 @@ fn alerts_run_the_spec_command_for_the_chosen_kinds() {
         .names
         .iter()
         .find(|n| **n != host && **n != leader)
-        .cloned();
-    if let Some(other) = other {
-        assert_eq!(op(&c, &dd, &["maintenance", "on", &other]).0, Some(0));
-        assert_eq!(op(&c, &dd, &["maintenance", "off", &other]).0, Some(0));
-    } else {
-        assert_eq!(op(&c, &dd, &["disable", "db"]).0, Some(0));
-    }
-    if host != leader {
-        c.poweroff(&host);
-        c.wait_running_elsewhere(&leader, "web", Some(&host));
-    }
+        .cloned()
+        .unwrap();
+    assert_eq!(op(&c, &dd, &["maintenance", "on", &other]).0, Some(0));
+    assert_eq!(op(&c, &dd, &["maintenance", "off", &other]).0, Some(0));
+    c.poweroff(&host);
+    c.wait_running_elsewhere(&leader, "web", Some(&host));
     c.wait_for(
         "operator, node and failover alerts",
         Duration::from_secs(20),
         || {
             let alerts = read();
             let has = |k: &str| alerts.iter().any(|a| a["kind"] == k);
-            has("operator") && (host == leader || (has("node") && has("failover")))
+            has("operator") && has("node") && has("failover") && has("fence")
         },
     );
     let alerts = read();
@@ -767,16 +774,22 @@ fn alerts_run_the_spec_command_for_the_chosen_kinds() {
         assert!(a["what"].as_str().is_some_and(|w| !w.is_empty()), "{a}");
         assert_ne!(a["kind"], "placement", "placement was not chosen: {a}");
     }
-    if host != leader {
-        assert!(
-            alerts.iter().any(|a| a["kind"] == "node"
-                && a["what"]
-                    .as_str()
-                    .unwrap()
-                    .contains(&format!("{host} is down"))),
-            "{alerts:#?}"
-        );
-    }
+    assert!(
+        alerts.iter().any(|a| a["kind"] == "node"
+            && a["what"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{host} is down"))),
+        "{alerts:#?}"
+    );
+    assert!(
+        alerts.iter().any(|a| a["kind"] == "fence"
+            && a["what"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{host} was power-fenced"))),
+        "{alerts:#?}"
+    );
 }
 
 /// Everything in a node's data dir but its TLS material, as the runbook says to empty it.

@@ -40,7 +40,8 @@ pub struct Alerts {
     /// argv of the command (absolute program).
     pub command: Vec<String>,
     /// Event kinds to alert on (default: all): `failover`, `placement`, `operator`,
-    /// `spec`, `node`, `service`, `quorum`.
+    /// `spec`, `node`, `service`, `quorum`, `fence` (the leader ran `fence_command`),
+    /// `recovery` (`recover --force-single` and each rejoin after it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kinds: Vec<String>,
     /// Time one run may take (default 10s).
@@ -53,7 +54,7 @@ pub struct Alerts {
 
 impl Alerts {
     /// The event kinds there are.
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 9] = [
         "failover",
         "placement",
         "operator",
@@ -61,6 +62,8 @@ impl Alerts {
         "node",
         "service",
         "quorum",
+        "fence",
+        "recovery",
     ];
 
     /// Default time per run.
