@@ -206,8 +206,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .map_err(io_err)?;
             let mut out = Vec::new();
             for item in iter {
-                let (_, v) = item.map_err(io_err)?;
-                out.push(serde_json::from_slice(v.value()).map_err(io_err)?);
+                let (index, v) = item.map_err(io_err)?;
+                out.push(serde_json::from_slice(v.value()).map_err(|e| {
+                    io_err(format!(
+                        "Raft log entry {} cannot be read by this quorate (protocol {}): {e}; was it written by a newer version? upgrade quorate on this node",
+                        index.value(),
+                        quorate_pki::ProtocolVersion::spoken()
+                    ))
+                })?);
             }
             Ok(out)
         })
@@ -476,5 +482,54 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             meta: s.meta,
             snapshot: s.data,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_snapshot_or_log_entry_from_a_newer_version_is_refused_with_upgrade_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(&dir.path().join("raft.redb")).unwrap();
+        let mut sm = StateMachineStore::new(db.clone());
+        let body = serde_json::json!({
+            "format": quorate_state::STATE_VERSION + 1,
+            "last_applied": null,
+            "membership": StoredMembership::default(),
+            "state": ClusterState::default(),
+        });
+        let e = sm
+            .install_snapshot(&SnapshotMeta::default(), serde_json::to_vec(&body).unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("newer than this quorate understands"),
+            "{e}"
+        );
+        assert!(
+            sm.get_current_snapshot().await.unwrap().is_none(),
+            "nothing was stored"
+        );
+
+        // A log entry whose command this version does not know.
+        let tx = db.begin_write().unwrap();
+        {
+            let mut table = tx.open_table(LOG).unwrap();
+            let entry = br#"{"log_id":{"leader_id":{"term":1,"node_id":1},"index":1},"payload":{"Normal":{"command":"from_the_future"}}}"#;
+            table.insert(1, entry.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+        let e = LogStore::new(db)
+            .try_get_log_entries(1..2)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("written by a newer version? upgrade quorate"),
+            "{e}"
+        );
     }
 }
