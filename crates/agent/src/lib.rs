@@ -18,6 +18,7 @@ mod control;
 mod decide;
 mod failover;
 mod health;
+pub mod lease_rules;
 mod notify;
 mod recovery;
 mod runtime;
