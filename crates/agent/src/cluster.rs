@@ -778,16 +778,7 @@ impl Node {
                 continue;
             }
             let addr = std::net::SocketAddr::new(n.address, self.local.spec.network.port);
-            let answer = crate::recovery::probe(
-                name,
-                addr,
-                &self.tls,
-                self.partition.clone(),
-                self.own_address(),
-                Duration::from_millis(500),
-            )
-            .await;
-            match answer {
+            match self.probe(name, addr).await {
                 crate::recovery::ProbeAnswer::Answered { has_state: true } => return true,
                 // A peer that refuses this node has a spec without it: the cluster
                 // exists, and this node must wait until a spec that has it is applied.

@@ -158,6 +158,19 @@ pub fn force_single(config: &AgentConfig) -> Result<Recovered, AgentError> {
 }
 
 impl Node {
+    /// Asks a peer whether it has Raft state (500 ms), from this node's address.
+    pub(crate) async fn probe(&self, name: &str, addr: std::net::SocketAddr) -> ProbeAnswer {
+        probe(
+            name,
+            addr,
+            &self.tls,
+            self.partition.clone(),
+            self.own_address(),
+            Duration::from_millis(500),
+        )
+        .await
+    }
+
     /// On the leader, every few seconds: asks each node left out by a forced recovery
     /// whether it came back with an empty data dir, and lets it rejoin if so.
     pub(crate) async fn rejoin_left_out_forever(&self) {
@@ -180,16 +193,7 @@ impl Node {
                 let Some(addr) = crate::setup::peer_addr(&spec, &name) else {
                     continue;
                 };
-                let answer = probe(
-                    &name,
-                    addr,
-                    &self.tls,
-                    self.partition.clone(),
-                    self.own_address(),
-                    Duration::from_millis(500),
-                )
-                .await;
-                match answer {
+                match self.probe(&name, addr).await {
                     ProbeAnswer::Answered { has_state: false } => {
                         let command = Command::Rejoined {
                             node: name.clone(),

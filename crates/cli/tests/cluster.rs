@@ -363,6 +363,18 @@ fn apply_of_an_invalid_or_foreign_lock_is_refused() {
     );
 }
 
+/// `quorate apply` through `node`'s agent; insists on exit `code`.
+fn apply_on(c: &TestCluster, node: &str, code: i32) {
+    let dd = c.data_dir(node);
+    let out = c.run(&["apply", "--data-dir", dd.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A voter added by `apply` that never starts must not cost the cluster its
 /// tolerance: before, it became a voter at once (openraft counts a learner within
 /// 5,000 entries as caught up), so 4 voters with one missing lost quorum at the next
@@ -374,14 +386,7 @@ fn a_new_voter_that_never_starts_stalls_neither_scheduling_nor_quorum() {
     let leader = c.start_all();
     let host = c.wait_running_elsewhere(&leader, "web", None);
     c.edit_spec("\n[nodes.n4]\naddress = \"127.0.0.4\"\n");
-    let dd = c.data_dir("n1");
-    let applied = c.run(&["apply", "--data-dir", dd.to_str().unwrap()]);
-    assert_eq!(
-        applied.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    apply_on(&c, "n1", 0);
     // n4 is a learner at most: the voters do not change until it has caught up.
     std::thread::sleep(Duration::from_secs(2));
     let ask = ["n1", "n2", "n3"].into_iter().find(|n| *n != host).unwrap();
@@ -412,13 +417,7 @@ fn a_node_added_by_apply_joins_as_a_voter_and_a_removed_one_leaves() {
         out.to_str().unwrap(),
     ]);
     let dd = c.data_dir("n1");
-    let applied = c.run(&["apply", "--data-dir", dd.to_str().unwrap()]);
-    assert_eq!(
-        applied.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    apply_on(&c, "n1", 0);
     c.names.push("n4".into());
     c.start("n4");
     c.wait_agreed(&["n1", "n2", "n3", "n4"], 2);
