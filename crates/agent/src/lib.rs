@@ -34,9 +34,10 @@ use quorate_pki::TlsFiles;
 
 pub use crate::cluster::{members, voters, Caller, Node};
 pub use crate::failover::LeaseTable;
-pub use crate::recovery::{check_force_single, force_single, Recovered, RecoveryCheck};
+pub use crate::recovery::{check_force_single, force_single, RecoveryCheck};
 pub use crate::runtime::Runtime;
 use crate::setup::Identity;
+pub use quorate_consensus::ForcedSingle;
 
 /// How to run one agent.
 #[derive(Clone, Debug)]

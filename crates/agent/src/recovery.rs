@@ -9,9 +9,9 @@
 //! log is never asked back (its log could disagree with the recovered one) and its
 //! vote requests are refused; the leader asks it again every few seconds.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use quorate_consensus::{call_app, AppClass, CallError, Command, Consensus};
+use quorate_consensus::{call_app, AppClass, CallError, Command, Consensus, ForcedSingle};
 use quorate_net::{Partition, PeerClient};
 use quorate_pki::SharedTls;
 
@@ -57,17 +57,6 @@ pub(crate) async fn probe(
 pub struct RecoveryCheck {
     /// The other voters of the local spec, each silent.
     pub silent: Vec<(String, String)>,
-}
-
-/// What `recover --force-single` did.
-#[derive(Debug)]
-pub struct Recovered {
-    /// The last committed log index, kept.
-    pub committed: u64,
-    /// Entries after it that nobody had confirmed, dropped.
-    pub dropped: u64,
-    /// The new term.
-    pub term: u64,
 }
 
 /// Checks that a forced recovery may run on this node: the local files are sound, this
@@ -128,7 +117,7 @@ pub async fn check_force_single(config: &AgentConfig) -> Result<RecoveryCheck, A
 ///
 /// # Errors
 /// The data dir is in use or holds no committed state; nothing was changed then.
-pub fn force_single(config: &AgentConfig) -> Result<Recovered, AgentError> {
+pub fn force_single(config: &AgentConfig) -> Result<ForcedSingle, AgentError> {
     let local = crate::setup::load_local(&config.spec, &config.lock)?;
     let me = crate::cluster::voters(&local.spec, &local.lock)
         .into_iter()
@@ -141,19 +130,12 @@ pub fn force_single(config: &AgentConfig) -> Result<Recovered, AgentError> {
         })?;
     let command = Command::Recovered {
         by: config.node.clone(),
-        at_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
+        at_ms: crate::cluster::now_ms(),
     };
-    let done = Consensus::force_single(&config.data_dir, me.0, me.1, command).map_err(|e| {
+    Consensus::force_single(&config.data_dir, me.0, me.1, command).map_err(|e| {
         AgentError::Input(format!(
             "{e}\n  help: stop the agent on this node first (`systemctl stop quorate`); nothing was changed"
         ))
-    })?;
-    Ok(Recovered {
-        committed: done.committed,
-        dropped: done.dropped,
-        term: done.term,
     })
 }
 
