@@ -22,7 +22,7 @@
 //! listed process group and every listed cgroup (`cgroup.kill`: nothing a workload
 //! forked escapes, not even after `setsid()`), then asks systemd over D-Bus to SIGKILL and stop every listed
 //! unit (retrying every second until systemd confirms they are down), removes the
-//! services' floating addresses (`ip addr del`) so that the node stops answering for
+//! services' floating addresses (rtnetlink `RTM_DELADDR`, no `ip` forked) so that the node stops answering for
 //! them, and appends a
 //! `fence` record per service to the witness journal when one is configured
 //! (`QUORATE_WITNESS_JOURNAL`): a SIGKILLed workload cannot log its own stop. When the pipe closes (the agent died) it keeps waiting for
@@ -38,6 +38,8 @@
 //! **Architecture Invariant:** depends on nothing of quorate but the D-Bus client of
 //! systemd (`quorate-systemd`); it must keep working when everything else on the node
 //! is stuck.
+
+pub mod netlink;
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -248,14 +250,14 @@ impl Fence {
             }
             self.unconfirmed_since = mono_ns();
             for (interface, address) in &self.ips {
-                let removed = std::process::Command::new("ip")
-                    .args(["addr", "del", address, "dev", interface])
-                    .stderr(std::process::Stdio::null())
-                    .status();
+                let outcome = match netlink::remove_address(interface, address) {
+                    Ok(netlink::Removal::Removed) => "done".to_owned(),
+                    Ok(netlink::Removal::WasNotThere) => "was not there".to_owned(),
+                    Err(e) => format!("FAILED: {e}"),
+                };
                 eprintln!(
-                    "quorate fence: lease of node {} expired: removed {address} from {interface} ({})",
-                    self.node,
-                    if removed.is_ok_and(|s| s.success()) { "done" } else { "was not there" }
+                    "quorate fence: lease of node {} expired: removed {address} from {interface} ({outcome})",
+                    self.node
                 );
             }
             self.unconfirmed_cgroups
