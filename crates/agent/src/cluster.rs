@@ -463,6 +463,7 @@ impl Node {
             commit_index: raft.committed,
             answered_by: self.name.clone(),
             raft_voters: raft.voters.values().map(|p| p.name.clone()).collect(),
+            raft_membership_changing: !raft.membership_settled,
             recent_events: state
                 .events
                 .iter()

@@ -234,6 +234,11 @@ pub struct StatusReport {
     /// Nodes that vote in Raft right now (may lag the spec while a membership change
     /// is carried out).
     pub raft_voters: Vec<String>,
+    /// True while a change of the voters is under way (both the old and the new
+    /// voters must then form a majority each): wait for false before taking a voter
+    /// down.
+    #[serde(default)]
+    pub raft_membership_changing: bool,
     /// Nodes.
     pub nodes: Vec<NodeStatus>,
     /// Services (filled once scheduling lands).

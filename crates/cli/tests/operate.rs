@@ -940,6 +940,18 @@ fn recover_force_single_then_the_cluster_grows_back_to_three() {
             || voters_and_left_out(&c, "n1").0 == voters,
         );
     }
+    // Until the joint configuration {n1,n2} + {n1,n2,n3} is over, n1 and n2 are both
+    // needed (this test once powered n1 off inside that window and lost quorum, as
+    // Raft must): status says when the change has settled on every node.
+    c.wait_for(
+        "the membership change to settle everywhere",
+        Duration::from_secs(20),
+        || {
+            ["n1", "n2", "n3"]
+                .iter()
+                .all(|n| c.status(n, false).1["raft_membership_changing"] == false)
+        },
+    );
     assert!(voters_and_left_out(&c, "n1").1.is_empty());
     // A whole cluster again: n1 can fail and the other two carry on.
     c.poweroff("n1");

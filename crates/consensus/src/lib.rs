@@ -104,6 +104,10 @@ pub struct RaftStatus {
     pub voters: BTreeMap<u64, PeerNode>,
     /// All members (voters and learners) by raft id.
     pub members: BTreeMap<u64, PeerNode>,
+    /// False while a membership change is under way: a joint configuration (during
+    /// which `voters` is the union of the old and the new voters, and a majority of
+    /// *each* is needed) or a membership entry not yet applied here.
+    pub membership_settled: bool,
     /// On the leader: ms since each follower last acknowledged a heartbeat.
     pub last_contact_ms: BTreeMap<u64, Option<u64>>,
     /// On the leader: ms since a quorum last acknowledged it.
@@ -450,6 +454,9 @@ impl Consensus {
             snapshot: m.snapshot.as_ref().map(|l| l.index),
             voters,
             members,
+            membership_settled: membership.get_joint_config().len() == 1
+                && m.membership_config.log_id().as_ref().map(|l| l.index)
+                    <= m.last_applied.as_ref().map(|l| l.index),
             last_contact_ms,
             quorum_ack_ms: m
                 .last_quorum_acked
