@@ -76,6 +76,26 @@ fn run_random(nodes: usize, count: usize, seed: u64, prefix: &str) {
                 "{kind:?} never drawn"
             );
         }
+        // The spec changes under a fault were really made: at least one rename and
+        // one removal was acknowledged by the cluster (their first operation).
+        for kind in [
+            faults::FaultKind::RenameInFault,
+            faults::FaultKind::RemoveInFault,
+        ] {
+            assert!(
+                report
+                    .faults
+                    .iter()
+                    .filter(|f| f.kind == kind)
+                    .any(|f| f.operations.first().is_some_and(|op| op.2)),
+                "no {kind:?} was acknowledged: {:?}",
+                report
+                    .faults
+                    .iter()
+                    .filter(|f| f.kind == kind)
+                    .collect::<Vec<_>>()
+            );
+        }
     }
     // Teardown leaves no namespace and no process behind.
     let dir = cluster.path().to_owned();

@@ -10,7 +10,8 @@
 //!
 //! The client record holds the operations the lab submitted, one JSON object per line:
 //! `{"t": ns, "op": "move", "service": "s1", "node": "n2", "acked": true}` (`node`
-//! null for `move --clear`).
+//! null for `move --clear`; `op` `rename`/`remove`/`add` for spec changes, see
+//! [`Operation`]).
 //!
 //! It reports (a) any overlap of run intervals of one service on two nodes (DESIGN
 //! invariant 1), (b) any acknowledged operation not in effect once the faults have
@@ -272,14 +273,29 @@ pub fn violations(journal: &Path) -> Vec<String> {
 pub struct Operation {
     /// When it was submitted (CLOCK_BOOTTIME ns).
     pub t: u64,
-    /// `move` (with `node`) or `clear` (a `move --clear`).
+    /// `move` (with `node`), `clear` (a `move --clear`), or a spec change applied
+    /// with `quorate apply`: `rename` (`node` holds the new name), `remove`, `add`.
     pub op: String,
     /// The service.
     pub service: String,
-    /// The target node of a move.
+    /// The target node of a move (the new name of a rename).
     pub node: Option<String>,
     /// Whether the cluster acknowledged it (committed through Raft).
     pub acked: bool,
+}
+
+impl Operation {
+    /// The pin this operation leaves on `service` when it takes effect: a move pins,
+    /// everything else leaves no pin (a renamed or removed service's pin goes with its
+    /// name; an added service starts without one).
+    #[must_use]
+    pub fn pin_after(&self) -> Option<String> {
+        if self.op == "move" {
+            self.node.clone()
+        } else {
+            None
+        }
+    }
 }
 
 /// The operations in a client record file.
@@ -323,7 +339,7 @@ pub fn lost_operations(
             .iter()
             .enumerate()
             .filter(|(i, o)| *i == 0 || !o.acked)
-            .map(|(_, o)| o.node.clone())
+            .map(|(_, o)| o.pin_after())
             .collect();
         let found = pins.get(service).cloned().flatten();
         if !allowed.contains(&found) {
@@ -523,6 +539,33 @@ mod tests {
         // An acknowledged clear means no pin.
         let ops = [op(1, Some("n1"), true), op(2, None, true)];
         assert!(lost_operations(&ops, &pins(None)).is_empty());
+    }
+
+    #[test]
+    fn a_renamed_or_removed_service_must_have_lost_its_pin() {
+        let pins = |p: Option<&str>| -> BTreeMap<String, Option<String>> {
+            [("s1".to_owned(), p.map(Into::into))].into()
+        };
+        let spec_change = |t: u64, what: &str, acked: bool| Operation {
+            t,
+            op: what.into(),
+            service: "s1".into(),
+            node: (what == "rename").then(|| "s1-r1".to_owned()),
+            acked,
+        };
+        for what in ["rename", "remove"] {
+            let ops = [op(1, Some("n1"), true), spec_change(2, what, true)];
+            assert!(lost_operations(&ops, &pins(None)).is_empty(), "{what}");
+            // The old name still pinned after an acknowledged rename/removal: lost.
+            assert_eq!(lost_operations(&ops, &pins(Some("n1"))).len(), 1, "{what}");
+            // Unacknowledged: either outcome.
+            let ops = [op(1, Some("n1"), true), spec_change(2, what, false)];
+            assert!(
+                lost_operations(&ops, &pins(Some("n1"))).is_empty(),
+                "{what}"
+            );
+            assert!(lost_operations(&ops, &pins(None)).is_empty(), "{what}");
+        }
     }
 
     #[test]

@@ -178,8 +178,11 @@ pub struct LabCluster {
     pub dir: tempfile::TempDir,
     /// Node names `n1`…
     pub names: Vec<String>,
-    /// Service names `s1`…
+    /// The names of the witness services in the spec now: `s1`… at first; a rename
+    /// (see [`LabCluster::rename_service`]) changes one, a removal takes one out.
     pub services: Vec<String>,
+    /// Every witness service as the spec has it now, in spec order.
+    shapes: Vec<ServiceShape>,
     options: Options,
     agents: BTreeMap<String, Child>,
     /// Persistent mount namespaces per node (gluster labs), under a private mount.
@@ -198,7 +201,58 @@ pub const WORKLOADS: [(&str, &str); 4] = [
     (", \"--stop-delay\", \"1s\"", "4s"),
 ];
 
+/// A witness service as the lab's spec declares it.
+#[derive(Clone, Debug)]
+struct ServiceShape {
+    /// Its name in the spec now.
+    name: String,
+    /// Which witness it is (0 for s1): its workload, and the name its records carry
+    /// (`--witness-as s1` under every name, so that the checker follows it across
+    /// renames).
+    index: usize,
+    /// `renamed_from` in the spec.
+    renamed_from: Option<String>,
+    /// False while removed from the spec.
+    in_spec: bool,
+}
+
 impl LabCluster {
+    /// Writes `quorate.toml`: the nodes, the witness services as they are now, and
+    /// the extra spec.
+    fn write_spec(&self) -> Result<(), String> {
+        let mut spec = String::from("[cluster]\nname = \"lab\"\n\n[network]\nport = 7400\n");
+        for (i, name) in self.names.iter().enumerate() {
+            spec.push_str(&format!(
+                "\n[nodes.{name}]\naddress = \"{}\"\n",
+                Network::address(i + 1)
+            ));
+        }
+        for shape in self.shapes.iter().filter(|s| s.in_spec) {
+            let (extra, stop_timeout) = WORKLOADS[shape.index % WORKLOADS.len()];
+            spec.push_str(&format!(
+                "\n[services.{}]\nkind = \"process\"\ncommand = [{:?}, \"demo\", \"--witness-as\", \"s{}\"{extra}]\nstop_timeout = \"{stop_timeout}\"\n",
+                shape.name,
+                self.options.quorate.display().to_string(),
+                shape.index + 1,
+            ));
+            if let Some(old) = &shape.renamed_from {
+                spec.push_str(&format!("renamed_from = \"{old}\"\n"));
+            }
+        }
+        spec.push_str(
+            &self
+                .options
+                .extra_spec
+                .replace("@DIR@", &self.dir.path().to_string_lossy()),
+        );
+        // Whole or not at all: an agent (re)starting now reads one spec or the other.
+        let path = self.dir.path().join("quorate.toml");
+        let temp = self.dir.path().join("quorate.toml.tmp");
+        std::fs::write(&temp, spec)
+            .and_then(|()| std::fs::rename(&temp, &path))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+
     /// Makes the network, the spec, the lock, the CA and one certificate per node.
     ///
     /// # Errors
@@ -215,38 +269,28 @@ impl LabCluster {
         }
         let names: Vec<String> = (1..=options.nodes).map(|i| format!("n{i}")).collect();
         let services: Vec<String> = (1..=options.services).map(|i| format!("s{i}")).collect();
-        let mut spec = String::from("[cluster]\nname = \"lab\"\n\n[network]\nport = 7400\n");
-        for (i, name) in names.iter().enumerate() {
-            spec.push_str(&format!(
-                "\n[nodes.{name}]\naddress = \"{}\"\n",
-                Network::address(i + 1)
-            ));
-        }
-        for (i, s) in services.iter().enumerate() {
-            spec.push_str(&format!(
-                "\n[services.{s}]\nkind = \"process\"\ncommand = [{:?}, \"demo\"{}]\nstop_timeout = \"{}\"\n",
-                options.quorate.display().to_string(),
-                WORKLOADS[i % WORKLOADS.len()].0,
-                WORKLOADS[i % WORKLOADS.len()].1,
-            ));
-        }
-        spec.push_str(
-            &options
-                .extra_spec
-                .replace("@DIR@", &dir.path().to_string_lossy()),
-        );
-        std::fs::write(dir.path().join("quorate.toml"), spec).map_err(|e| e.to_string())?;
         let gluster = options.gluster;
         let mut cluster = Self {
             net,
             dir,
             names,
+            shapes: services
+                .iter()
+                .enumerate()
+                .map(|(i, name)| ServiceShape {
+                    name: name.clone(),
+                    index: i,
+                    renamed_from: None,
+                    in_spec: true,
+                })
+                .collect(),
             services,
             options,
             agents: BTreeMap::new(),
             mount_ns: None,
             paused: std::collections::BTreeSet::new(),
         };
+        cluster.write_spec()?;
         lock_and_certify(
             &cluster.options.quorate,
             cluster.path(),
@@ -665,6 +709,110 @@ impl LabCluster {
             let _ = checker::append(&self.client_record(), &line);
         }
         acked
+    }
+
+    /// A node whose agent runs, is not paused and is not `except`: the one to submit
+    /// through.
+    fn answering_node(&self, except: &str) -> Option<String> {
+        self.names
+            .iter()
+            .find(|n| *n != except && self.is_running(n) && !self.paused.contains(*n))
+            .cloned()
+    }
+
+    /// Writes the spec as the shapes say, locks it and applies it through `via`
+    /// (retried for 15 s while there is no quorum); records the operation in the client
+    /// record and returns whether it was acknowledged.
+    fn apply_shapes(&self, via: &str, record: Operation) -> bool {
+        let acked = self.write_spec().is_ok()
+            && self.quorate(&["lock"]).is_ok_and(|o| o.status.success())
+            && {
+                let dd = self.data_dir(via).to_string_lossy().into_owned();
+                let t0 = Instant::now();
+                loop {
+                    let out = self.quorate(&["apply", "--allow-destructive", "--data-dir", &dd]);
+                    match out {
+                        Ok(o) if o.status.success() => break true,
+                        // 4: no quorum (an election in progress): try again.
+                        Ok(o)
+                            if o.status.code() == Some(4)
+                                && t0.elapsed() < Duration::from_secs(15) =>
+                        {
+                            std::thread::sleep(Duration::from_millis(300));
+                        }
+                        _ => break false,
+                    }
+                }
+            };
+        if let Ok(line) = serde_json::to_string(&Operation { acked, ..record }) {
+            let _ = checker::append(&self.client_record(), &line);
+        }
+        acked
+    }
+
+    /// Renames witness service `old` in the spec (with `renamed_from`) and applies it
+    /// through a node other than `not_via`; returns the new name and whether the
+    /// change was acknowledged. The workload keeps its witness name.
+    pub fn rename_service(&mut self, old: &str, not_via: &str) -> Option<(String, bool)> {
+        let via = self.answering_node(not_via)?;
+        let shape = self
+            .shapes
+            .iter_mut()
+            .find(|s| s.name == old && s.in_spec)?;
+        let base = format!("s{}", shape.index + 1);
+        let generation = old
+            .rsplit_once("-r")
+            .and_then(|(_, n)| n.parse::<u32>().ok())
+            .unwrap_or(0);
+        let new = format!("{base}-r{}", generation + 1);
+        shape.renamed_from = Some(old.to_owned());
+        shape.name.clone_from(&new);
+        for s in &mut self.services {
+            if s == old {
+                s.clone_from(&new);
+            }
+        }
+        let t = checker::mono_ns();
+        let acked = self.apply_shapes(
+            &via,
+            Operation {
+                t,
+                op: "rename".into(),
+                service: old.to_owned(),
+                node: Some(new.clone()),
+                acked: false,
+            },
+        );
+        Some((new, acked))
+    }
+
+    /// Takes witness service `name` out of the spec (`in_spec = false`) or puts it
+    /// back under the same name, applied through a node other than `not_via`; returns
+    /// whether the change was acknowledged.
+    pub fn set_in_spec(&mut self, name: &str, in_spec: bool, not_via: &str) -> Option<bool> {
+        let via = self.answering_node(not_via)?;
+        let shape = self.shapes.iter_mut().find(|s| s.name == name)?;
+        shape.in_spec = in_spec;
+        // A service added back is new: no rename to follow.
+        shape.renamed_from = None;
+        if in_spec {
+            if !self.services.iter().any(|s| s == name) {
+                self.services.push(name.to_owned());
+            }
+        } else {
+            self.services.retain(|s| s != name);
+        }
+        let t = checker::mono_ns();
+        Some(self.apply_shapes(
+            &via,
+            Operation {
+                t,
+                op: if in_spec { "add" } else { "remove" }.into(),
+                service: name.to_owned(),
+                node: None,
+                acked: false,
+            },
+        ))
     }
 
     /// The pins the cluster shows now: service → pinned node.

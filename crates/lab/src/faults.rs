@@ -36,11 +36,18 @@ pub enum FaultKind {
     /// A service is moved to the node, and its agent is killed (-9) while it starts
     /// it; started again after.
     KillInStart,
+    /// A service of the node is renamed in the spec (`renamed_from`) while the node is
+    /// paused, cut off or its agent killed: the new name must wait for the old one's
+    /// stop, or for the node's fence.
+    RenameInFault,
+    /// A service of the node is removed from the spec while the node is paused, cut
+    /// off or its agent killed, and added back under its name before the node heals.
+    RemoveInFault,
 }
 
 impl FaultKind {
     /// All kinds.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::PowerLoss,
         Self::Isolate,
         Self::Split,
@@ -52,6 +59,8 @@ impl FaultKind {
         Self::KillInStop,
         Self::KillInAdoption,
         Self::KillInStart,
+        Self::RenameInFault,
+        Self::RemoveInFault,
     ];
 }
 
@@ -91,6 +100,26 @@ fn move_one_away(
     let to = (*others.get(rng.usize(0..others.len().max(1)))?).clone();
     let acked = cluster.move_service(&service, Some(&to));
     Some((service, Some(to), acked))
+}
+
+/// Makes one of the single-node faults a rename or removal happens under.
+fn make_simple(cluster: &mut LabCluster, kind: FaultKind, node: &str) -> Result<(), String> {
+    match kind {
+        FaultKind::Pause => cluster.pause(node, true),
+        FaultKind::Isolate => cluster.link(node, false)?,
+        _ => cluster.kill_agent(node),
+    }
+    Ok(())
+}
+
+/// Heals what [`make_simple`] made.
+fn heal_simple(cluster: &mut LabCluster, kind: FaultKind, node: &str) -> Result<(), String> {
+    match kind {
+        FaultKind::Pause => cluster.pause(node, false),
+        FaultKind::Isolate => cluster.net.heal()?,
+        _ => cluster.power_on(node)?,
+    }
+    Ok(())
 }
 
 /// Who it hits.
@@ -207,6 +236,10 @@ pub fn run_schedule(
         let held = Duration::from_millis(rng.u64(500..3000));
         let mut nodes = vec![node.clone()];
         let mut operations = Vec::new();
+        // Rename/remove faults: the fault under the spec change, and the service to
+        // add back.
+        let mut underlying: Option<FaultKind> = None;
+        let mut removed: Option<String> = None;
         match kind {
             FaultKind::PowerLoss => cluster.poweroff(&node)?,
             FaultKind::Isolate | FaultKind::Flap => cluster.link(&node, false)?,
@@ -244,6 +277,34 @@ pub fn run_schedule(
                 std::thread::sleep(Duration::from_millis(rng.u64(20..400)));
                 cluster.kill_agent(&node);
             }
+            FaultKind::RenameInFault | FaultKind::RemoveInFault => {
+                let hosted: Vec<String> = cluster
+                    .services
+                    .iter()
+                    .filter(|s| cluster.host_of(s).as_deref() == Some(node.as_str()))
+                    .cloned()
+                    .collect();
+                let pool = if hosted.is_empty() {
+                    cluster.services.clone()
+                } else {
+                    hosted
+                };
+                let under =
+                    [FaultKind::Pause, FaultKind::Isolate, FaultKind::Restart][rng.usize(0..3)];
+                make_simple(cluster, under, &node)?;
+                underlying = Some(under);
+                std::thread::sleep(Duration::from_millis(rng.u64(50..600)));
+                if let Some(service) = pool.get(rng.usize(0..pool.len().max(1))).cloned() {
+                    if kind == FaultKind::RenameInFault {
+                        if let Some((new, acked)) = cluster.rename_service(&service, &node) {
+                            operations.push((service, Some(new), acked));
+                        }
+                    } else if let Some(acked) = cluster.set_in_spec(&service, false, &node) {
+                        operations.push((service.clone(), None, acked));
+                        removed = Some(service);
+                    }
+                }
+            }
             FaultKind::KillInStart => {
                 operations.extend(move_one_here(cluster, &node, &mut rng));
                 // The old holder stops first (seconds for the adversarial workloads),
@@ -271,6 +332,15 @@ pub fn run_schedule(
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
+        if let Some(service) = removed {
+            // Back under its name while the node is still cut off or paused.
+            if let Some(acked) = cluster.set_in_spec(&service, true, &node) {
+                operations.push((service, None, acked));
+            }
+        }
+        if let Some(under) = underlying {
+            heal_simple(cluster, under, &node)?;
+        }
         // Heal.
         match kind {
             FaultKind::PowerLoss
@@ -284,6 +354,7 @@ pub fn run_schedule(
                 let i = cluster.names.iter().position(|x| *x == node).unwrap_or(0) + 1;
                 cluster.net.clear_netem(i);
             }
+            FaultKind::RenameInFault | FaultKind::RemoveInFault => {}
         }
         let healing = Instant::now();
         cluster
