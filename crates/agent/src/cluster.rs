@@ -697,6 +697,13 @@ pub enum PeerMessage {
     Probe,
     /// "Renew my lease": the sender (named by its certificate) asks the leader.
     RenewLease,
+    /// "How long ago did you last hear from a leader of a term before `term`?" —
+    /// asked by the new leader of `term` (crate::handover). Answered only by a node
+    /// whose own term is `term`.
+    LeaseBound {
+        /// The asker's term.
+        term: u64,
+    },
     /// Service states of the sender, for the leader to commit.
     Observe {
         /// Service → state.
@@ -752,6 +759,7 @@ impl quorate_consensus::AppHandler for PeerApp {
                 }),
                 None => json!({ "ok": false }),
             },
+            Ok(PeerMessage::LeaseBound { term }) => self.0.answer_lease_bound(term),
             Ok(PeerMessage::Observe { services, epochs }) => {
                 json!({ "ok": self.0.record_observed(&peer, services, epochs).await })
             }

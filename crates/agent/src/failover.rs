@@ -3,8 +3,9 @@
 //! **Safety rule (DESIGN invariant 1):** the leader assigns a service to a node only
 //! when no other node may still run it: the previous holder reported it stopped, or
 //! that holder's lease has surely expired — `last renewal acknowledged + TTL + drift
-//! margin` on the leader's own clock, and a new leader first waits a full TTL + drift
-//! margin, because leases granted by its predecessor are unknown to it. A move between
+//! margin` on the leader's own clock. A new leader does not know its predecessors'
+//! grants: it waits until a majority of voters bounded them (crate::handover) + the
+//! drift margin, or a full TTL + drift margin from its election, whichever is first. A move between
 //! two live nodes is therefore two steps: stop on the old node, then (after its
 //! report) start on the new one.
 
@@ -138,18 +139,31 @@ pub struct LeaseTable {
     /// When this node became leader (None while it is not).
     leader_since: Option<Instant>,
     /// The term the acknowledgements belong to.
-    term: u64,
+    pub(crate) term: u64,
+    /// When every lease granted by an earlier leader has ended, once a majority of
+    /// voters answered (crate::handover).
+    pub(crate) predecessors_end: Option<Instant>,
+    /// When the voters were last asked for that bound.
+    pub(crate) bound_asked: Option<Instant>,
 }
 
 impl LeaseTable {
-    /// Forgets acknowledgements of another term than `term`.
-    fn for_term(&mut self, term: u64) -> &mut Self {
+    /// Forgets acknowledgements (and the predecessors' bound) of another term than
+    /// `term`.
+    pub(crate) fn for_term(&mut self, term: u64) -> &mut Self {
         if self.term != term {
-            self.ends.clear();
-            self.leader_since = None;
+            self.forget();
             self.term = term;
         }
         self
+    }
+
+    /// Forgets everything learnt as leader.
+    fn forget(&mut self) {
+        self.ends.clear();
+        self.leader_since = None;
+        self.predecessors_end = None;
+        self.bound_asked = None;
     }
 }
 
@@ -180,7 +194,7 @@ impl Node {
     }
 
     /// The applied spec's timings, once there is one.
-    fn applied_timings(&self) -> Option<quorate_spec::Timings> {
+    pub(crate) fn applied_timings(&self) -> Option<quorate_spec::Timings> {
         self.applied_timings.lock().ok().and_then(|t| *t)
     }
 
@@ -196,6 +210,9 @@ impl Node {
         // Only under an applied spec: its TTL is the one every node fences by.
         let ttl = self.applied_timings()?.lease_ttl.get();
         let term = self.consensus.status().term;
+        // Before the confirmation: if this node answers a later leader's question
+        // (crate::handover) after this point, the answer covers this grant.
+        self.consensus.note_leader_heard(term);
         if self.consensus.confirm_leadership(ttl / 3).await.is_err() {
             return None;
         }
@@ -225,16 +242,28 @@ impl Node {
         if self.is_leader() {
             return self.grant_lease(&self.name).await;
         }
-        let (_, leader) = self.consensus.leader()?;
-        let reply = self
-            .call_peer(
-                "lease",
-                &leader,
-                &PeerMessage::RenewLease,
-                self.lease_ttl() / 3,
-            )
-            .await
-            .ok()?;
+        let (leader_id, leader) = self.consensus.leader()?;
+        let call = self.call_peer(
+            "lease",
+            &leader,
+            &PeerMessage::RenewLease,
+            self.lease_ttl() / 3,
+        );
+        // A leader that died can hold this call for the whole connect budget (2 s):
+        // give up on it as soon as Raft names another leader (or none), so that the
+        // renewal goes to the new one, or to this node when it won.
+        let leader_moved = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if self.consensus.leader().map(|(id, _)| id) != Some(leader_id) {
+                    break;
+                }
+            }
+        };
+        let reply = tokio::select! {
+            reply = call => reply.ok()?,
+            () = leader_moved => return None,
+        };
         if reply["ok"] != true {
             return None;
         }
@@ -334,7 +363,8 @@ impl Node {
         };
         let table = table.for_term(term);
         let since = *table.leader_since.get_or_insert_with(Instant::now);
-        let in_grace = since.elapsed() <= ttl + drift;
+        let in_grace =
+            crate::lease_rules::in_grace(Instant::now(), since, table.predecessors_end, ttl, drift);
         spec.nodes
             .keys()
             .map(|name| {
@@ -358,8 +388,7 @@ impl Node {
     /// Called when this node is not the leader: forget the lease table.
     pub(crate) fn step_down(&self) {
         if let Ok(mut t) = self.leases.lock() {
-            t.ends.clear();
-            t.leader_since = None;
+            t.forget();
         }
     }
 

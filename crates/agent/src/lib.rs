@@ -17,6 +17,7 @@ mod cluster;
 mod control;
 mod decide;
 mod failover;
+mod handover;
 mod health;
 pub mod lease_rules;
 mod notify;
@@ -184,6 +185,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         let node = node.clone();
         tokio::spawn(async move { node.rejoin_left_out_forever().await })
     };
+    let handover = tokio::spawn(node.clone().bound_predecessor_leases_forever());
     let control_task = tokio::spawn(control::serve(control, node.clone()));
     let alerts_task = tokio::spawn(alerts::run_forever(node.clone()));
     let runtime = Arc::new(Runtime::new(
@@ -232,6 +234,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     duties.abort();
     volumes.abort();
     rejoin.abort();
+    handover.abort();
     joining.abort();
     lease_task.abort();
     reconcile_task.abort();

@@ -704,6 +704,9 @@ impl Runtime {
                     &serde_json::to_vec(&file).unwrap_or_default(),
                 );
                 self.tell_fence(&format!("lease {deadline}\n")).await;
+                tracing::trace!(index = grant.applied, "lease renewed");
+            } else {
+                tracing::trace!("lease renewal failed");
             }
             tokio::time::sleep(if renewed.is_some() {
                 period

@@ -172,6 +172,43 @@ fn an_isolated_node_stops_its_workload_before_the_majority_starts_a_copy() {
     assert_no_double_run(&c);
 }
 
+/// The lease handover (issue 17): the new leader bounds the leases its isolated
+/// predecessor granted (itself included) by asking the voters, instead of waiting a
+/// full TTL + drift from its election. The old leader's own service must still end
+/// (its fence) before the copy starts, and the new leader must have used the bound.
+#[test]
+fn an_isolated_leader_is_fenced_before_the_new_leader_starts_its_service() {
+    let mut c = TestCluster::with_services(3, &three_services());
+    let (leader, placed) = running_cluster(&mut c);
+    let (service, _) = placed.iter().find(|(_, n)| *n == leader).cloned().unwrap();
+    partition(&c, &leader, true);
+    let ask = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != leader)
+        .unwrap();
+    let new_host = c.wait_running_elsewhere(ask, &service, Some(&leader));
+    wait_started(&c, &service, &new_host);
+    let all = runs(&c.journal());
+    let old = first_run(&all, &service, &leader);
+    let new = first_run(&all, &service, &new_host);
+    assert!(
+        old.end.is_some_and(|e| e < new.start),
+        "the isolated leader's copy {old:?} must end before {new:?}"
+    );
+    let new_leader = c.status(ask, false).1["leader"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        c.log(&new_leader).contains("earlier leaders' leases end"),
+        "the new leader {new_leader} did not bound its predecessor's leases:\n{}",
+        c.log(&new_leader)
+    );
+    partition(&c, &leader, false);
+    c.wait_agreed(&["n1", "n2", "n3"], 1);
+    assert_no_double_run(&c);
+}
+
 #[test]
 fn a_restarted_agent_adopts_workloads_under_a_valid_lease_and_kills_the_rest() {
     let mut c = TestCluster::with_services(3, &three_services());

@@ -9,6 +9,7 @@
 //! leader or candidate id is not the raft id of the node named by the sender's
 //! certificate is refused.
 
+mod heard;
 mod network;
 mod service;
 mod store;
@@ -122,6 +123,8 @@ pub struct Consensus {
     id: u64,
     /// The members: node name → raft id. Only members may speak, each only as itself.
     peers: Arc<std::sync::RwLock<BTreeMap<String, u64>>>,
+    /// When a leader of each term was last heard from (the lease handover's input).
+    heard: Arc<std::sync::Mutex<heard::HeardFromLeaders>>,
 }
 
 impl std::fmt::Debug for Consensus {
@@ -185,6 +188,9 @@ impl Consensus {
             applied,
             id,
             peers: Arc::default(),
+            heard: Arc::new(std::sync::Mutex::new(heard::HeardFromLeaders::new(
+                std::time::Instant::now(),
+            ))),
         })
     }
 
@@ -518,6 +524,16 @@ impl Consensus {
                 "an append or snapshot must carry its leader's committed vote".into(),
             ));
         }
+        // What a leader says is noted before Raft acts on it (and so before any
+        // answer could confirm a lease grant of that leader).
+        let leader_term = match &message.0 {
+            RaftRpc::Append(r) => Some(r.vote.leader_id().term()),
+            RaftRpc::Snapshot { vote, .. } => Some(vote.leader_id().term()),
+            RaftRpc::Vote(_) | RaftRpc::PreVote(_) => None,
+        };
+        if let Some(term) = leader_term {
+            self.note_leader_heard(term);
+        }
         let reply = match message.0 {
             RaftRpc::Append(r) => self
                 .raft
@@ -551,6 +567,27 @@ impl Consensus {
                 .map_err(|e| e.to_string()),
         };
         RaftAnswer(reply.unwrap_or_else(RaftReply::Refused))
+    }
+
+    /// Notes that a leader of `term` is heard now. The leader calls this for its own
+    /// term before it confirms a lease grant; [`Self::handle`] calls it for every
+    /// append and snapshot before Raft sees it.
+    pub fn note_leader_heard(&self, term: u64) {
+        if let Ok(mut heard) = self.heard.lock() {
+            heard.note(term, std::time::Instant::now());
+        }
+    }
+
+    /// For a new leader of `term`: how long ago this node last heard from a leader of
+    /// an earlier term. Answered only while this node's own term is `term`: Raft then
+    /// refuses every earlier leader, so the answer can no longer change.
+    #[must_use]
+    pub fn heard_from_earlier_leaders(&self, term: u64) -> Option<std::time::Duration> {
+        if self.raft.metrics().borrow_watched().current_term != term {
+            return None;
+        }
+        let latest = self.heard.lock().ok()?.latest_before(term)?;
+        Some(latest.elapsed())
     }
 
     /// Stops Raft.
