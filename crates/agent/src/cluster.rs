@@ -38,11 +38,9 @@ pub struct Node {
     pub(crate) applied_timings: std::sync::Mutex<Option<quorate_spec::Timings>>,
     /// On the leader: where each service recently failed for good, and since when.
     pub(crate) failures: std::sync::Mutex<BTreeMap<String, BTreeMap<String, std::time::Instant>>>,
-    /// Held by the leader's scheduler from reading the state until its placements are
-    /// committed, and by a lease grant while it records the grant and reads the index
-    /// to return: a grant never returns an index older than a placement decided
-    /// while the node was counted down.
-    pub(crate) placing: tokio::sync::Mutex<()>,
+    /// Wakes lease grants waiting for a decision of the scheduler that counted their
+    /// node down to be proposed (see `Node::grant_lease`).
+    pub(crate) decision_done: tokio::sync::Notify,
     /// The members' addresses, whose handshakes have slots of their own.
     pub(crate) known_addresses: quorate_net::KnownAddresses,
     /// The end of validity of each peer's certificate and the protocol version it
@@ -162,7 +160,7 @@ impl Node {
             peer_certificates: std::sync::Mutex::default(),
             known_addresses: quorate_net::KnownAddresses::default(),
             failures: std::sync::Mutex::default(),
-            placing: tokio::sync::Mutex::default(),
+            decision_done: tokio::sync::Notify::new(),
         }
     }
 

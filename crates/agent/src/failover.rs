@@ -145,6 +145,9 @@ pub struct LeaseTable {
     pub(crate) predecessors_end: Option<Instant>,
     /// When the voters were last asked for that bound.
     pub(crate) bound_asked: Option<Instant>,
+    /// Nodes the scheduler counted down in a decision it has not proposed yet: their
+    /// renewals wait (see `Node::grant_lease`).
+    deciding: std::collections::BTreeSet<String>,
 }
 
 impl LeaseTable {
@@ -160,6 +163,7 @@ impl LeaseTable {
 
     /// Forgets everything learnt as leader.
     fn forget(&mut self) {
+        self.deciding.clear();
         self.ends.clear();
         self.leader_since = None;
         self.predecessors_end = None;
@@ -175,6 +179,19 @@ pub struct LeaseGrant {
     pub applied: u64,
     /// The lease's time to live, counted by the holder from when it asked.
     pub ttl: Duration,
+}
+
+/// `QUORATE_TEST_SLOW_PLACEMENT_MS` (tests only, never in the spec): how long the
+/// scheduler waits between deciding placements and committing them, to show that no
+/// lease granted in between lets a node act on the older view.
+fn test_placement_delay() -> Option<Duration> {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("QUORATE_TEST_SLOW_PLACEMENT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    })
 }
 
 fn now_ms() -> u64 {
@@ -200,9 +217,10 @@ impl Node {
 
     /// On the leader: acknowledges a renewal from `node` once a majority confirms this
     /// node still leads (so a deposed leader cannot extend anyone's lease). Returns the
-    /// leader's applied index: the holder may act on its assignments only once its own
+    /// leader's last log index: the holder may act on its assignments only once its own
     /// state has applied that far, so a node waking from a pause cannot start work from
-    /// a stale view with a fresh lease.
+    /// a stale view with a fresh lease — not even from a view that misses a placement
+    /// the leader proposed but has not committed yet.
     pub(crate) async fn grant_lease(&self, node: &str) -> Option<LeaseGrant> {
         if !self.is_leader() {
             return None;
@@ -216,21 +234,38 @@ impl Node {
         if self.consensus.confirm_leadership(ttl / 3).await.is_err() {
             return None;
         }
-        // Not while the scheduler is between reading the state (maybe counting this
-        // node down) and committing what it decided: the index below covers it.
-        let _placing = self.placing.lock().await;
-        let status = self.consensus.status();
-        if status.term != term {
+        // A node the scheduler counted down in a decision it has not proposed yet gets
+        // no lease until the proposal is in the log: the index below must cover it.
+        // Every other node renews meanwhile (a slow commit must not let every lease
+        // in the cluster run out).
+        let waited = tokio::time::timeout(ttl / 3, async {
+            loop {
+                let released = self.decision_done.notified();
+                let undecided = self.leases.lock().is_ok_and(|t| t.deciding.contains(node));
+                if !undecided {
+                    break;
+                }
+                released.await;
+            }
+        })
+        .await;
+        if waited.is_err() {
             return None;
         }
-        if let Ok(mut t) = self.leases.lock() {
-            let end = Instant::now() + ttl;
-            let ends = &mut t.for_term(term).ends;
-            let latest = ends.get(node).map_or(end, |e| (*e).max(end));
-            ends.insert(node.to_string(), latest);
+        // Checked and recorded under the table's lock, which the scheduler holds while
+        // it reads the node states: either it saw this renewal, or this index covers
+        // what it proposes.
+        let mut t = self.leases.lock().ok()?;
+        let status = self.consensus.status();
+        if status.term != term || t.deciding.contains(node) {
+            return None;
         }
+        let end = Instant::now() + ttl;
+        let ends = &mut t.for_term(term).ends;
+        let latest = ends.get(node).map_or(end, |e| (*e).max(end));
+        ends.insert(node.to_string(), latest);
         Some(LeaseGrant {
-            applied: status.applied.unwrap_or(0),
+            applied: status.last_log.unwrap_or(0),
             ttl,
         })
     }
@@ -352,6 +387,35 @@ impl Node {
         spec: &quorate_spec::Spec,
         admin: &BTreeMap<String, AdminState>,
     ) -> BTreeMap<String, NodeState> {
+        self.states_of_nodes(spec, admin, false)
+    }
+
+    /// [`node_states`](Self::node_states) for a decision of the scheduler: the nodes
+    /// counted down are held in `deciding` (no lease for them) until the decision is
+    /// proposed ([`Self::decision_proposed`]).
+    fn node_states_for_decision(
+        &self,
+        spec: &quorate_spec::Spec,
+        admin: &BTreeMap<String, AdminState>,
+    ) -> BTreeMap<String, NodeState> {
+        self.states_of_nodes(spec, admin, true)
+    }
+
+    /// The scheduler's decision is in the log (or was given up): renewals of the nodes
+    /// it counted down go ahead, with an index that covers it.
+    fn decision_proposed(&self) {
+        if let Ok(mut t) = self.leases.lock() {
+            t.deciding.clear();
+        }
+        self.decision_done.notify_waiters();
+    }
+
+    fn states_of_nodes(
+        &self,
+        spec: &quorate_spec::Spec,
+        admin: &BTreeMap<String, AdminState>,
+        deciding: bool,
+    ) -> BTreeMap<String, NodeState> {
         // `spec` is the applied one: its timings are the ones leases were granted by.
         let (ttl, drift) = (
             spec.cluster.timings.lease_ttl.get(),
@@ -365,7 +429,8 @@ impl Node {
         let since = *table.leader_since.get_or_insert_with(Instant::now);
         let in_grace =
             crate::lease_rules::in_grace(Instant::now(), since, table.predecessors_end, ttl, drift);
-        spec.nodes
+        let states: BTreeMap<String, NodeState> = spec
+            .nodes
             .keys()
             .map(|name| {
                 let alive = *name == self.name
@@ -382,7 +447,15 @@ impl Node {
                 };
                 (name.clone(), state)
             })
-            .collect()
+            .collect();
+        if deciding {
+            table.deciding = states
+                .iter()
+                .filter(|(_, s)| **s == NodeState::Down)
+                .map(|(n, _)| n.clone())
+                .collect();
+        }
+        states
     }
 
     /// Called when this node is not the leader: forget the lease table.
@@ -528,13 +601,12 @@ impl Node {
 
     /// On the leader: runs the scheduler and commits the changes it may make now.
     pub(crate) async fn schedule(&self) {
-        let _placing = self.placing.lock().await;
         let proposal = self
             .consensus
             .with_state(|st| {
                 let applied = st.applied.as_ref()?;
                 let spec = &applied.spec;
-                let states = self.node_states(spec, &st.admin);
+                let states = self.node_states_for_decision(spec, &st.admin);
                 self.forget_fencing_of_live_nodes(&states);
                 let current: BTreeMap<String, String> = st.placements.iter().filter_map(|(s, a)| a.node.clone().map(|n| (s.clone(), n))).collect();
                 let failed = self.recent_failures(spec, st);
@@ -633,17 +705,27 @@ impl Node {
             })
             .await;
         let Some(changes) = proposal.filter(|c| !c.is_empty()) else {
+            self.decision_proposed();
             return;
         };
         for (service, (node, reason)) in &changes {
             tracing::info!(service, node = node.as_deref().unwrap_or("-"), "{reason}");
+        }
+        if let Some(delay) = test_placement_delay() {
+            // Tests only: widen the window between the decision and its commit.
+            tokio::time::sleep(delay).await;
         }
         let command = Command::Place {
             changes,
             by: self.name.clone(),
             at_ms: now_ms(),
         };
-        if let Err(e) = self.consensus.write(command, self.lease_ttl()).await {
+        let result = self.consensus.write(command, self.lease_ttl()).await;
+        // The proposal is in the log now (committed, or appended and maybe still
+        // committing), or it never will be: renewals of the nodes counted down get an
+        // index that covers it.
+        self.decision_proposed();
+        if let Err(e) = result {
             tracing::warn!("cannot commit placements: {e}");
         }
     }

@@ -330,3 +330,69 @@ fn a_node_that_fails_twice_is_power_fenced_twice() {
     }
     assert_never_twice(&c);
 }
+
+/// Path 5: a node that wakes up while the leader is between deciding to move its
+/// service away (the node counted down) and committing that decision must not get a
+/// lease whose index predates the decision: it would restart the service from its
+/// old view while the new holder starts it too. The scheduler is slowed down here
+/// (`QUORATE_TEST_SLOW_PLACEMENT_MS`) to hold that window open for 3 s; the old holder
+/// stops slowly, so a copy started by mistake would overlap the new one. Failed
+/// (double run) with a grant that neither waits nor covers the pending decision; and
+/// (web fenced) with the earlier fix that made every grant wait for the scheduler.
+#[test]
+fn a_node_waking_while_its_service_is_being_moved_does_not_restart_it() {
+    // A long election timeout: the woken node must not start an election of its own
+    // (openraft lets a node back from a pause depose the leader), which would void
+    // the leader's pending decision instead of racing it.
+    let services = adversary("db", &["--stop-delay", "2s"], "stop_timeout = \"20s\"")
+        + &adversary("web", &[], "")
+        + "\n[cluster.timings]\nelection_timeout = \"6s\"\n";
+    let mut c = TestCluster::with_services(3, &services);
+    c.env
+        .push(("QUORATE_TEST_SLOW_PLACEMENT_MS".into(), "3000".into()));
+    let leader = c.start_all();
+    let mut host = c.wait_running_elsewhere(&leader, "db", None);
+    if host == leader {
+        let to = other_than(&c.names, &[&leader]).to_owned();
+        c.ok(&[
+            "move",
+            "db",
+            &to,
+            "--data-dir",
+            c.data_dir(&leader).to_str().unwrap(),
+        ]);
+        c.wait_for("db to move off the leader", Duration::from_secs(30), || {
+            c.service(&leader, "db") == (Some(to.clone()), "running".into())
+        });
+        host = to;
+    }
+    c.signal(&host, "-STOP");
+    // The leader counts the host down once its lease surely expired (the fence has
+    // killed db by then) and decides to move db; the decision waits 3 s to commit.
+    // (The scheduler logs its decision before the delay.)
+    let decided = format!("moved from {host} (down)");
+    c.wait_for(
+        "the leader to decide to move db",
+        Duration::from_secs(20),
+        || c.log(&leader).contains(&decided),
+    );
+    c.signal(&host, "-CONT");
+    let new_host = c.wait_running_elsewhere(&leader, "db", Some(&host));
+    // Time for a mistaken copy on the old host to show up and overlap.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        c.service(&leader, "db").0.as_deref(),
+        Some(new_host.as_str())
+    );
+    assert_never_twice(&c);
+    // The slow decision held back the woken node's lease only: every other node kept
+    // renewing, so nothing elsewhere was fenced (holding every grant back, as an
+    // earlier design did, let all leases run out and fenced web too).
+    let journal = std::fs::read_to_string(c.journal()).unwrap();
+    assert!(
+        !journal
+            .lines()
+            .any(|l| l.starts_with("fence ") && l.contains(" web ")),
+        "web was fenced while the scheduler was slow:\n{journal}"
+    );
+}

@@ -99,6 +99,8 @@ pub struct RaftStatus {
     pub committed: Option<u64>,
     /// Index of the last applied entry.
     pub applied: Option<u64>,
+    /// Index of the last entry in this node's log (committed or not).
+    pub last_log: Option<u64>,
     /// Index of the last snapshot.
     pub snapshot: Option<u64>,
     /// Voting members by raft id.
@@ -457,6 +459,7 @@ impl Consensus {
             term: m.current_term,
             committed: m.local_committed.as_ref().map(|l| l.index),
             applied: m.last_applied.as_ref().map(|l| l.index),
+            last_log: m.last_log_index,
             snapshot: m.snapshot.as_ref().map(|l| l.index),
             voters,
             members,
