@@ -49,6 +49,7 @@ fn a_gluster_volume_follows_its_service_and_keeps_every_acknowledged_write() {
     let mut cluster = LabCluster::new(Options {
         nodes: 3,
         services: 0,
+        voters: None,
         quorate: support::quorate_bin().into(),
         env: Vec::new(),
         prefix: "qltg".into(),

@@ -19,6 +19,7 @@ fn options(nodes: usize, services: usize, prefix: &str) -> Options {
     Options {
         nodes,
         services,
+        voters: None,
         quorate: support::quorate_bin().into(),
         env: Vec::new(),
         prefix: prefix.to_owned(),

@@ -20,6 +20,9 @@ pub struct Options {
     pub nodes: usize,
     /// Number of witness services (`s1`…).
     pub services: usize,
+    /// How many of the nodes vote in Raft (the first ones); the rest are members
+    /// with `voter = false`. `None`: every node votes.
+    pub voters: Option<usize>,
     /// The `quorate` binary.
     pub quorate: PathBuf,
     /// Extra environment for every agent (e.g. `QUORATE_UNSAFE_NO_FENCE=1`).
@@ -226,6 +229,9 @@ impl LabCluster {
                 "\n[nodes.{name}]\naddress = \"{}\"\n",
                 Network::address(i + 1)
             ));
+            if self.options.voters.is_some_and(|v| i >= v) {
+                spec.push_str("voter = false\n");
+            }
         }
         for shape in self.shapes.iter().filter(|s| s.in_spec) {
             let (extra, stop_timeout) = WORKLOADS[shape.index % WORKLOADS.len()];

@@ -43,6 +43,10 @@ struct LabArgs {
     /// Witness services.
     #[arg(long, default_value_t = 4)]
     services: usize,
+    /// How many nodes vote in Raft (the first ones); the others join as members with
+    /// `voter = false` [default: all].
+    #[arg(long)]
+    voters: Option<usize>,
     /// The quorate binary [default: beside quorate-lab, else on PATH].
     #[arg(long, value_name = "PATH")]
     quorate: Option<PathBuf>,
@@ -61,6 +65,7 @@ impl LabArgs {
         Options {
             nodes: self.nodes,
             services: self.services,
+            voters: self.voters,
             quorate: self.quorate.clone().unwrap_or_else(default_quorate),
             env,
             prefix: netns::PREFIX.to_owned(),
@@ -127,6 +132,15 @@ enum BenchCommand {
         /// Also write the result as a markdown table to this file.
         #[arg(long, value_name = "FILE")]
         markdown: Option<PathBuf>,
+    },
+    /// One idle cluster: formation, RSS per agent, the leader's CPU, `status` latency
+    /// (e.g. `--nodes 25 --voters 5`; targets: leader < 5 % of a core, RSS < 30 MB).
+    Scale {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// How long to measure the idle leader's CPU.
+        #[arg(long, default_value_t = 20)]
+        idle_seconds: u64,
     },
 }
 
@@ -246,6 +260,28 @@ fn main() -> ExitCode {
             seed,
             json,
         } => schedule(&lab, 0, Some(minutes), seed, json),
+        Command::Bench(BenchCommand::Scale { lab, idle_seconds }) => {
+            if let Some(why) = netns::unavailable() {
+                eprintln!("error: the lab needs network namespaces: {why}");
+                return ExitCode::from(2);
+            }
+            let options = lab.options();
+            match bench::scale(&options, Duration::from_secs(idle_seconds), |line| {
+                eprintln!("{line}");
+            }) {
+                Ok(result) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&result).unwrap_or_default()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Bench(BenchCommand::Failover {
             lab,
             runs,
