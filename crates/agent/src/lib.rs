@@ -173,7 +173,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             loop {
                 node.refresh_applied().await;
                 node.leader_duties().await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(node.duties_pause()).await;
             }
         })
     };
