@@ -720,10 +720,20 @@ impl Runtime {
     /// The reconciler: every 50 ms, make what runs here match what is assigned here.
     pub(crate) async fn reconcile_forever(self: Arc<Self>) {
         loop {
+            let seen = self.node.consensus.status().applied;
             self.ensure_fence().await;
             self.reconcile().await;
             self.report().await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The next round after 50 ms, or as soon as something new is applied (a
+            // placement for this node, a stop order): no tick to wait for in a failover.
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                () = async {
+                    // At least 5 ms apart, however fast entries are applied.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    self.node.consensus.applied_beyond(seen).await;
+                } => {}
+            }
         }
     }
 

@@ -572,6 +572,22 @@ impl Consensus {
         RaftAnswer(reply.unwrap_or_else(RaftReply::Refused))
     }
 
+    /// Resolves once this node has applied past `seen` (an applied index read
+    /// earlier): the reconciler wakes at once for a new placement instead of at its
+    /// next tick.
+    pub async fn applied_beyond(&self, seen: Option<u64>) {
+        let mut rx = self.raft.data_metrics();
+        loop {
+            if rx.borrow_watched().last_applied.as_ref().map(|l| l.index) != seen {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                // Raft stopped: nothing will be applied any more.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Notes that a leader of `term` is heard now. The leader calls this for its own
     /// term before it confirms a lease grant; [`Self::handle`] calls it for every
     /// append and snapshot before Raft sees it.

@@ -47,6 +47,10 @@ struct LabArgs {
     /// `voter = false` [default: all].
     #[arg(long)]
     voters: Option<usize>,
+    /// The spec's `cluster.timings.drift_margin` (e.g. "250ms") [default: the spec's
+    /// default, 500ms].
+    #[arg(long, value_name = "DURATION")]
+    drift_margin: Option<String>,
     /// The quorate binary [default: beside quorate-lab, else on PATH].
     #[arg(long, value_name = "PATH")]
     quorate: Option<PathBuf>,
@@ -70,7 +74,9 @@ impl LabArgs {
             env,
             prefix: netns::PREFIX.to_owned(),
             gluster: false,
-            extra_spec: String::new(),
+            extra_spec: self.drift_margin.as_ref().map_or_else(String::new, |m| {
+                format!("\n[cluster.timings]\ndrift_margin = {m:?}\n")
+            }),
         }
     }
 }
