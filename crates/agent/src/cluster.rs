@@ -118,12 +118,32 @@ fn wanted_voters(state: &quorate_state::ClusterState) -> BTreeMap<u64, PeerNode>
     wanted
 }
 
+/// The non-voting members Raft should have: the applied spec's nodes with
+/// `voter = false`, as learners (they get the log and leases, they do not vote).
+fn wanted_learners(state: &quorate_state::ClusterState) -> BTreeMap<u64, PeerNode> {
+    let Some(applied) = &state.applied else {
+        return BTreeMap::new();
+    };
+    let mut wanted = nodes_where(&applied.spec, &applied.lock, |n| !n.voter);
+    wanted.retain(|_, p| !state.left_out.contains(&p.name));
+    wanted
+}
+
 /// Raft members of `spec` + `lock` that vote: raft id → name and address.
 #[must_use]
 pub fn voters(spec: &Spec, lock: &Lock) -> BTreeMap<u64, PeerNode> {
+    nodes_where(spec, lock, |n| n.voter)
+}
+
+/// The nodes of `spec` + `lock` that `keep` selects: raft id → name and address.
+fn nodes_where(
+    spec: &Spec,
+    lock: &Lock,
+    keep: impl Fn(&quorate_spec::NodeSpec) -> bool,
+) -> BTreeMap<u64, PeerNode> {
     spec.nodes
         .iter()
-        .filter(|(_, n)| n.voter)
+        .filter(|(_, n)| keep(n))
         .filter_map(|(name, n)| {
             let id = lock.nodes.get(name)?.raft_id;
             Some((
@@ -644,8 +664,11 @@ impl Node {
             }
             Some(_) => {
                 let wanted = wanted_voters(&state);
-                let current = self.consensus.status().voters;
-                if wanted.keys().eq(current.keys()) {
+                let learners = wanted_learners(&state);
+                let status = self.consensus.status();
+                if wanted.keys().eq(status.voters.keys())
+                    && learners.keys().all(|id| status.members.contains_key(id))
+                {
                     return;
                 }
                 // Decide on everything committed so far: a leader just elected may
@@ -660,10 +683,13 @@ impl Node {
                 {
                     return;
                 }
-                let wanted = self.consensus.with_state(wanted_voters).await;
+                let (wanted, learners) = self
+                    .consensus
+                    .with_state(|st| (wanted_voters(st), wanted_learners(st)))
+                    .await;
                 match self
                     .consensus
-                    .set_voters(&wanted, self.quorum_timeout())
+                    .set_voters(&wanted, &learners, self.quorum_timeout())
                     .await
                 {
                     Ok(true) => tracing::info!(

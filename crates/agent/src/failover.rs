@@ -229,13 +229,23 @@ impl Node {
         if !self.is_leader() {
             return None;
         }
+        // The holder's deadline runs from when it asked, before this moment: the
+        // lease ends at `arrived + ttl` at the latest, however long the confirmation.
+        let arrived = Instant::now();
         // Only under an applied spec: its TTL is the one every node fences by.
         let ttl = self.applied_timings()?.lease_ttl.get();
         let term = self.consensus.status().term;
         // Before the confirmation: if this node answers a later leader's question
         // (crate::handover) after this point, the answer covers this grant.
         self.consensus.note_leader_heard(term);
-        if self.consensus.confirm_leadership(ttl / 3).await.is_err() {
+        // Confirmed by the next regular heartbeat round (sent after this point): all
+        // renewals arriving within one heartbeat interval share it.
+        if self
+            .consensus
+            .confirm_leadership_with_next_heartbeat(ttl / 3)
+            .await
+            .is_err()
+        {
             return None;
         }
         // A node the scheduler counted down in a decision it has not proposed yet gets
@@ -264,7 +274,7 @@ impl Node {
         if status.term != term || t.deciding.contains(node) {
             return None;
         }
-        let end = Instant::now() + ttl;
+        let end = arrived + ttl;
         let ends = &mut t.for_term(term).ends;
         let latest = ends.get(node).map_or(end, |e| (*e).max(end));
         ends.insert(node.to_string(), latest);

@@ -277,13 +277,34 @@ impl Consensus {
     /// # Errors
     /// [`WriteError::NotLeader`] or [`WriteError::NoQuorum`] after `timeout`.
     pub async fn confirm_leadership(&self, timeout: Duration) -> Result<(), WriteError> {
-        match tokio::time::timeout(
+        self.confirm_with(openraft::ReadPolicy::ReadIndex, timeout)
+            .await
+    }
+
+    /// Like [`Self::confirm_leadership`], without a heartbeat round of its own: waits
+    /// for the next periodic heartbeat (sent after this call) that a quorum
+    /// acknowledges. Many callers at once share that round, so lease renewals of a
+    /// large cluster cost no extra RPCs; each waits up to one heartbeat interval.
+    ///
+    /// # Errors
+    /// As [`Self::confirm_leadership`].
+    pub async fn confirm_leadership_with_next_heartbeat(
+        &self,
+        timeout: Duration,
+    ) -> Result<(), WriteError> {
+        self.confirm_with(
+            openraft::LinearizerOption::new(Some(Duration::ZERO), false),
             timeout,
-            self.raft
-                .ensure_linearizable(openraft::ReadPolicy::ReadIndex),
         )
         .await
-        {
+    }
+
+    async fn confirm_with(
+        &self,
+        option: impl Into<openraft::LinearizerOption>,
+        timeout: Duration,
+    ) -> Result<(), WriteError> {
+        match tokio::time::timeout(timeout, self.raft.ensure_linearizable(option)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(_)))) => {
                 Err(WriteError::NoQuorum(timeout))
@@ -333,7 +354,8 @@ impl Consensus {
         }
     }
 
-    /// On the leader: makes `voters` the voting members, through joint consensus.
+    /// On the leader: makes `voters` the voting members, through joint consensus, and
+    /// adds `learners` (nodes with `voter = false`) as non-voting members.
     /// New members first join as learners; the voters change only once every one of
     /// them has caught up (so a new voter that is down never takes the majority with
     /// it, and nothing here waits for it). Members no longer listed are removed.
@@ -345,12 +367,17 @@ impl Consensus {
     pub async fn set_voters(
         &self,
         voters: &BTreeMap<u64, PeerNode>,
+        learners: &BTreeMap<u64, PeerNode>,
         timeout: Duration,
     ) -> Result<bool, WriteError> {
         let status = self.status();
         let current: std::collections::BTreeSet<u64> = status.voters.keys().copied().collect();
         let wanted: std::collections::BTreeSet<u64> = voters.keys().copied().collect();
-        if current == wanted {
+        let missing_learners: Vec<(&u64, &PeerNode)> = learners
+            .iter()
+            .filter(|(id, _)| !status.members.contains_key(id))
+            .collect();
+        if current == wanted && missing_learners.is_empty() {
             return Ok(false);
         }
         self.confirm_leadership(timeout).await?;
@@ -363,13 +390,17 @@ impl Consensus {
         };
         let deadline =
             |what: &str| WriteError::Uncertain(format!("{what} not confirmed within {timeout:?}"));
-        for (id, node) in voters {
+        // Non-voting members stay learners; new voters start as learners.
+        for (id, node) in voters.iter().chain(missing_learners) {
             if !status.members.contains_key(id) {
                 tokio::time::timeout(timeout, self.raft.add_learner(*id, node.clone(), false))
                     .await
                     .map_err(|_| deadline("adding a learner"))?
                     .map_err(map_err)?;
             }
+        }
+        if current == wanted {
+            return Ok(false);
         }
         if !self.caught_up(&wanted) {
             return Ok(false);
