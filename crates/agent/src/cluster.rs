@@ -482,6 +482,12 @@ impl Node {
             answered_by: self.name.clone(),
             raft_voters: raft.voters.values().map(|p| p.name.clone()).collect(),
             raft_membership_changing: !raft.membership_settled,
+            raft_learners: raft
+                .members
+                .iter()
+                .filter(|(id, _)| !raft.voters.contains_key(id))
+                .map(|(_, p)| p.name.clone())
+                .collect(),
             recent_events: state
                 .events
                 .iter()
@@ -666,9 +672,12 @@ impl Node {
                 let wanted = wanted_voters(&state);
                 let learners = wanted_learners(&state);
                 let status = self.consensus.status();
-                if wanted.keys().eq(status.voters.keys())
-                    && learners.keys().all(|id| status.members.contains_key(id))
-                {
+                let members_ok = status
+                    .members
+                    .keys()
+                    .all(|id| wanted.contains_key(id) || learners.contains_key(id))
+                    && learners.keys().all(|id| status.members.contains_key(id));
+                if wanted.keys().eq(status.voters.keys()) && members_ok {
                     return;
                 }
                 // Decide on everything committed so far: a leader just elected may

@@ -239,6 +239,9 @@ pub struct StatusReport {
     /// down.
     #[serde(default)]
     pub raft_membership_changing: bool,
+    /// Raft members that do not vote (nodes with `voter = false`).
+    #[serde(default)]
+    pub raft_learners: Vec<String>,
     /// Nodes.
     pub nodes: Vec<NodeStatus>,
     /// Services (filled once scheduling lands).

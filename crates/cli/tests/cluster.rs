@@ -637,3 +637,63 @@ fn a_node_one_minor_version_ahead_works_and_one_a_major_ahead_is_refused_clearly
     let bad = c.violations();
     assert!(bad.is_empty(), "{bad:?}");
 }
+
+/// A node with `voter = false` joins as a Raft learner: it gets the log and a lease and
+/// runs services, but does not vote; removed from the spec, it leaves Raft's
+/// membership. Before, such a node was never added to Raft and stayed down (the
+/// 25-node lab bench found it: 20 of 25 nodes down).
+#[test]
+fn a_non_voting_node_runs_services_as_a_learner_and_leaves_when_removed() {
+    let mut c = TestCluster::with_services(3, &TestCluster::demo_service("web", ""));
+    c.start_all();
+    let node4 = "\n[nodes.n4]\naddress = \"127.0.0.4\"\nvoter = false\n";
+    c.edit_spec(node4);
+    let out = c.data_dir("n4").join("tls");
+    c.ok(&[
+        "ca",
+        "issue",
+        "n4",
+        "--ca",
+        "ca",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    apply_on(&c, "n1", 0);
+    c.names.push("n4".into());
+    c.start("n4");
+    c.wait_for("n4 to be up as a learner", Duration::from_secs(30), || {
+        let (_, r) = c.status("n1", false);
+        r["raft_learners"] == serde_json::json!(["n4"])
+            && r["nodes"].as_array().is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n["name"] == "n4" && n["state"] == "up" && n["voter"] == false)
+            })
+    });
+    assert_eq!(
+        c.status("n1", false).1["raft_voters"],
+        serde_json::json!(["n1", "n2", "n3"])
+    );
+    // It runs a service.
+    let dd = c.data_dir("n1");
+    let dd = dd.to_str().unwrap();
+    c.ok(&["move", "web", "n4", "--data-dir", dd]);
+    c.wait_for("web to run on n4", Duration::from_secs(30), || {
+        c.service("n1", "web") == (Some("n4".into()), "running".into())
+    });
+    // Moved away, then n4 removed from the spec: it leaves the membership.
+    c.ok(&["move", "web", "n1", "--data-dir", dd]);
+    c.wait_for("web to run on n1", Duration::from_secs(30), || {
+        c.service("n1", "web") == (Some("n1".into()), "running".into())
+    });
+    let spec = std::fs::read_to_string(c.path().join("quorate.toml")).unwrap();
+    std::fs::write(c.path().join("quorate.toml"), spec.replace(node4, "")).unwrap();
+    c.ok(&["lock", "--allow-destructive"]);
+    c.ok(&["apply", "--allow-destructive", "--data-dir", dd]);
+    c.wait_for("n4 to leave Raft", Duration::from_secs(30), || {
+        c.status("n1", false).1["raft_learners"] == serde_json::json!([])
+    });
+    c.kill("n4");
+    c.names.pop();
+    let bad = c.violations();
+    assert!(bad.is_empty(), "{bad:?}");
+}

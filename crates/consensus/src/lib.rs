@@ -24,7 +24,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::vote::RaftLeaderId;
 use openraft::Instant;
-use openraft::{Config, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use quorate_net::Partition;
 use quorate_pki::SharedTls;
 pub use quorate_state::{Backup, ClusterState, Command, CommandResult, BACKUP_FORMAT};
@@ -377,7 +377,19 @@ impl Consensus {
             .iter()
             .filter(|(id, _)| !status.members.contains_key(id))
             .collect();
-        if current == wanted && missing_learners.is_empty() {
+        // Non-voting members no longer in the spec (voters leave through the voter
+        // change below).
+        let stale_learners: std::collections::BTreeSet<u64> = status
+            .members
+            .keys()
+            .filter(|id| {
+                !status.voters.contains_key(id)
+                    && !voters.contains_key(id)
+                    && !learners.contains_key(id)
+            })
+            .copied()
+            .collect();
+        if current == wanted && missing_learners.is_empty() && stale_learners.is_empty() {
             return Ok(false);
         }
         self.confirm_leadership(timeout).await?;
@@ -398,6 +410,16 @@ impl Consensus {
                     .map_err(|_| deadline("adding a learner"))?
                     .map_err(map_err)?;
             }
+        }
+        if !stale_learners.is_empty() {
+            tokio::time::timeout(
+                timeout,
+                self.raft
+                    .change_membership(ChangeMembers::RemoveNodes(stale_learners), false),
+            )
+            .await
+            .map_err(|_| deadline("removing a non-voting member"))?
+            .map_err(map_err)?;
         }
         if current == wanted {
             return Ok(false);
