@@ -57,6 +57,7 @@ pub(crate) async fn run_forever(node: Arc<Node>) {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let leader = node.is_leader();
         let mut out = Vec::new();
+        let mut looked = true;
         if !leader && was_leader && node.consensus.leader().is_none() {
             out.push(Alert {
                 kind: "quorum".into(),
@@ -83,13 +84,22 @@ pub(crate) async fn run_forever(node: Arc<Node>) {
                 seq: None,
             }));
             let first = !was_leader;
-            out.extend(
-                node.consensus
-                    .with_state(|st| look(&node, st, &mut seen, first))
-                    .await,
-            );
+            // Before the spec is applied there is nothing to look at (nor an alert
+            // command): the first look, with the election alert, waits for it.
+            match node
+                .consensus
+                .with_state(|st| {
+                    st.applied
+                        .is_some()
+                        .then(|| look(&node, st, &mut seen, first))
+                })
+                .await
+            {
+                Some(alerts) => out.extend(alerts),
+                None => looked = false,
+            }
         }
-        was_leader = leader;
+        was_leader = leader && looked;
         for alert in out {
             if tx.try_send(alert).is_err() {
                 tracing::warn!("alert queue full: an alert was dropped");
