@@ -377,13 +377,10 @@ fn a_node_waking_while_its_service_is_being_moved_does_not_restart_it() {
         || c.log(&leader).contains(&decided),
     );
     c.signal(&host, "-CONT");
-    let new_host = c.wait_running_elsewhere(&leader, "db", Some(&host));
-    // Time for a mistaken copy on the old host to show up and overlap.
+    c.wait_running_elsewhere(&leader, "db", Some(&host));
+    // Time for a mistaken copy on the old host to show up and overlap. (Where db is
+    // afterwards is not the point: later decisions are slowed down too.)
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(
-        c.service(&leader, "db").0.as_deref(),
-        Some(new_host.as_str())
-    );
     assert_never_twice(&c);
     // The slow decision held back the woken node's lease only: every other node kept
     // renewing, so nothing elsewhere was fenced (holding every grant back, as an
