@@ -364,6 +364,24 @@ fn apply_of_an_invalid_or_foreign_lock_is_refused() {
 }
 
 /// `quorate apply` through `node`'s agent; insists on exit `code`.
+/// Adds `table` (a `[nodes.<name>]` table) to the spec, issues the node's
+/// certificate and applies the spec through n1; the node is not started.
+fn add_node_by_apply(c: &mut TestCluster, name: &str, table: &str) {
+    c.edit_spec(table);
+    let out = c.data_dir(name).join("tls");
+    c.ok(&[
+        "ca",
+        "issue",
+        name,
+        "--ca",
+        "ca",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    apply_on(c, "n1", 0);
+    c.names.push(name.into());
+}
+
 fn apply_on(c: &TestCluster, node: &str, code: i32) {
     let dd = c.data_dir(node);
     let out = c.run(&["apply", "--data-dir", dd.to_str().unwrap()]);
@@ -405,20 +423,8 @@ fn a_node_added_by_apply_joins_as_a_voter_and_a_removed_one_leaves() {
     let mut c = TestCluster::new(3);
     c.start_all();
     // Add n4 to the spec (and give it a certificate), apply, then start it.
-    c.edit_spec("\n[nodes.n4]\naddress = \"127.0.0.4\"\n");
-    let out = c.data_dir("n4").join("tls");
-    c.ok(&[
-        "ca",
-        "issue",
-        "n4",
-        "--ca",
-        "ca",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    add_node_by_apply(&mut c, "n4", "\n[nodes.n4]\naddress = \"127.0.0.4\"\n");
     let dd = c.data_dir("n1");
-    apply_on(&c, "n1", 0);
-    c.names.push("n4".into());
     c.start("n4");
     c.wait_agreed(&["n1", "n2", "n3", "n4"], 2);
     c.wait_for("n4 to be up as a voter", Duration::from_secs(30), || {
@@ -647,19 +653,7 @@ fn a_non_voting_node_runs_services_as_a_learner_and_leaves_when_removed() {
     let mut c = TestCluster::with_services(3, &TestCluster::demo_service("web", ""));
     c.start_all();
     let node4 = "\n[nodes.n4]\naddress = \"127.0.0.4\"\nvoter = false\n";
-    c.edit_spec(node4);
-    let out = c.data_dir("n4").join("tls");
-    c.ok(&[
-        "ca",
-        "issue",
-        "n4",
-        "--ca",
-        "ca",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    apply_on(&c, "n1", 0);
-    c.names.push("n4".into());
+    add_node_by_apply(&mut c, "n4", node4);
     c.start("n4");
     c.wait_for("n4 to be up as a learner", Duration::from_secs(30), || {
         let (_, r) = c.status("n1", false);
