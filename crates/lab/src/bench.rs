@@ -59,14 +59,24 @@ fn place_for(cluster: &LabCluster, on_leader: bool) -> Result<(String, String), 
     Ok((target, leader))
 }
 
+/// The longest random pause before a fault: ten heartbeat intervals and two lease
+/// renewal periods at the default timings.
+const PHASE_SPREAD_MS: u64 = 1000;
+
 fn measure_failover(
     cluster: &mut LabCluster,
     power_loss: bool,
     on_leader: bool,
+    rng: &mut fastrand::Rng,
 ) -> Result<f64, String> {
     cluster.wait_healthy(LIMIT)?;
     let (host, _) = place_for(cluster, on_leader)?;
     cluster.wait_healthy(LIMIT)?;
+    // A fault strikes at any moment of the cluster's heartbeat and renewal cycles,
+    // not right after a status query: on the leader, `status` sends a heartbeat round
+    // of its own, so a fault injected at once would always hit the leader just after
+    // the voters heard from it (the worst phase for the lease handover).
+    std::thread::sleep(Duration::from_millis(rng.u64(0..PHASE_SPREAD_MS)));
     let t0 = mono_ns();
     if power_loss {
         cluster.poweroff(&host)?;
@@ -127,8 +137,10 @@ fn measure_move(cluster: &LabCluster) -> Result<f64, String> {
 pub fn failover(
     options: &Options,
     runs: usize,
+    seed: u64,
     mut say: impl FnMut(&str),
 ) -> Result<Value, String> {
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut formation = Vec::new();
     for _ in 0..runs.min(5) {
         let mut cluster = LabCluster::new(options.clone())?;
@@ -147,7 +159,12 @@ pub fn failover(
     ] {
         let mut sample = Vec::new();
         for _ in 0..runs {
-            sample.push(measure_failover(&mut cluster, power_loss, on_leader)?);
+            sample.push(measure_failover(
+                &mut cluster,
+                power_loss,
+                on_leader,
+                &mut rng,
+            )?);
         }
         let s = stats(sample);
         say(&format!("{name}: {s}"));
@@ -170,7 +187,8 @@ pub fn failover(
         "bench": "lab failover",
         "nodes": options.nodes,
         "voters": options.voters.unwrap_or(options.nodes),
-        "note": "ms from the fault (CLOCK_BOOTTIME) to the witness's `start` record on another node; default timings (heartbeat 100ms, election 1s, lease 1.5s + 500ms drift margin) unless `spec_extra` sets others",
+        "seed": seed,
+        "note": "ms from the fault (CLOCK_BOOTTIME, struck after a seeded random pause of up to 1 s) to the witness's `start` record on another node; default timings (heartbeat 100ms, election 1s, lease 1.5s + 500ms drift margin) unless `spec_extra` sets others",
         "spec_extra": options.extra_spec,
         "formation_ms": stats(formation),
         "failover_ms": results,

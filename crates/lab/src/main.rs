@@ -135,6 +135,10 @@ enum BenchCommand {
         /// Runs per measurement.
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// Seed of the random pause (up to 1 s) before each fault, so that faults
+        /// strike at any phase of the heartbeat and renewal cycles.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
         /// Also write the result as a markdown table to this file.
         #[arg(long, value_name = "FILE")]
         markdown: Option<PathBuf>,
@@ -291,6 +295,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Failover {
             lab,
             runs,
+            seed,
             markdown,
         }) => {
             if let Some(why) = netns::unavailable() {
@@ -299,7 +304,7 @@ fn main() -> ExitCode {
             }
             let mut options = lab.options();
             options.services = 1;
-            match bench::failover(&options, runs, |line| eprintln!("{line}")) {
+            match bench::failover(&options, runs, seed, |line| eprintln!("{line}")) {
                 Ok(result) => {
                     println!(
                         "{}",
