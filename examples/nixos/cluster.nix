@@ -21,9 +21,9 @@
       };
 
       nodes = {
-        alpha = { address = "192.168.1.11"; labels = { rack = "shelf"; disk = "ssd"; }; };
-        beta = { address = "192.168.1.12"; labels = { rack = "shelf"; disk = "ssd"; }; };
-        gamma = { address = "192.168.1.13"; labels = { rack = "closet"; disk = "hdd"; }; };
+        alpha = { address = "192.168.1.11"; labels = { rack = "shelf"; disk = "ssd"; }; wireguard.public_key = "PbebX3sHIVb9WIQL3GXQfBgdTHiZsPgEdXhvrtwPLGI="; };
+        beta = { address = "192.168.1.12"; labels = { rack = "shelf"; disk = "ssd"; }; wireguard.public_key = "TXDy/EEZcjRSOtLvSYdAacfXysP37N3fPbti4XvmUAs="; };
+        gamma = { address = "192.168.1.13"; labels = { rack = "closet"; disk = "hdd"; }; wireguard.public_key = "Rk5+rdpIx7UNmCOcFLae75r8z1rQStdJ7E/gbp58EiI="; };
       };
 
       network = {

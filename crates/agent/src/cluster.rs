@@ -144,13 +144,13 @@ fn nodes_where(
     spec.nodes
         .iter()
         .filter(|(_, n)| keep(n))
-        .filter_map(|(name, n)| {
+        .filter_map(|(name, _)| {
             let id = lock.nodes.get(name)?.raft_id;
             Some((
                 id,
                 PeerNode {
                     name: name.clone(),
-                    addr: std::net::SocketAddr::new(n.address, spec.network.port).to_string(),
+                    addr: crate::setup::peer_addr(spec, lock, name)?.to_string(),
                 },
             ))
         })
@@ -194,9 +194,10 @@ impl Node {
         self.local.spec.cluster.timings.lease_ttl.as_millis()
     }
 
-    /// This node's address in its local spec: peer connections are made from it.
+    /// This node's cluster address in its local spec and lock: peer connections are
+    /// made from it.
     pub(crate) fn own_address(&self) -> Option<std::net::IpAddr> {
-        self.local.spec.nodes.get(&self.name).map(|n| n.address)
+        quorate_lock::cluster_address(&self.local.spec, &self.local.lock, &self.name)
     }
 
     /// The current leader's name, when this node knows one.
@@ -634,7 +635,10 @@ impl Node {
                 (
                     st.applied.as_ref().map(|a| a.spec.cluster.timings),
                     members(spec, lock),
-                    spec.nodes.values().map(|n| n.address).collect(),
+                    spec.nodes
+                        .keys()
+                        .filter_map(|n| quorate_lock::cluster_address(spec, lock, n))
+                        .collect(),
                 )
             })
             .await;
@@ -815,11 +819,14 @@ impl Node {
     /// True when any other node of the local spec answers that it has Raft state,
     /// i.e. the cluster already exists and this node must wait to be added.
     pub async fn cluster_exists(&self) -> bool {
-        for (name, n) in &self.local.spec.nodes {
+        for name in self.local.spec.nodes.keys() {
             if *name == self.name {
                 continue;
             }
-            let addr = std::net::SocketAddr::new(n.address, self.local.spec.network.port);
+            let Some(addr) = crate::setup::peer_addr(&self.local.spec, &self.local.lock, name)
+            else {
+                continue;
+            };
             match self.probe(name, addr).await {
                 crate::recovery::ProbeAnswer::Answered { has_state: true } => return true,
                 // A peer that refuses this node has a spec without it: the cluster

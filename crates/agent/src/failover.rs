@@ -1272,7 +1272,9 @@ impl Node {
                         return (Vec::new(), String::new());
                     };
                     let spec = &applied.spec;
-                    let address = |n: &String| spec.nodes.get(n).map(|x| x.address.to_string());
+                    let address = |n: &String| {
+                        quorate_lock::cluster_address(spec, &applied.lock, n).map(|a| a.to_string())
+                    };
                     let volumes: Vec<quorate_drivers::GlusterVolume> = spec
                         .storage
                         .iter()

@@ -102,8 +102,12 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         std::fs::OpenOptions::new().write(true).open(dog).map(drop).map_err(|e| AgentError::Input(format!("cannot open the watchdog {}: {e}\n  help: check --watchdog / QUORATE_WATCHDOG, or leave it unset", dog.display())))?;
     }
     let tls = quorate_pki::SharedTls::new(load_tls(&config)?);
-    let addr = setup::peer_addr(spec, &config.node)
-        .ok_or_else(|| AgentError::Input("node has no address".into()))?;
+    let addr = setup::peer_addr(spec, &local.lock, &config.node).ok_or_else(|| {
+        AgentError::Input(format!(
+            "node `{}` has no overlay address in the lock (network.transport = \"wireguard\")\n  help: run `quorate lock` and deploy the new lock",
+            config.node
+        ))
+    })?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         AgentError::Input(format!(
             "cannot listen on {addr} (node `{}`'s address and network.port): {e}",

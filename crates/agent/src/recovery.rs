@@ -84,7 +84,7 @@ pub async fn check_force_single(config: &AgentConfig) -> Result<RecoveryCheck, A
     let mut silent = Vec::new();
     let mut answered = Vec::new();
     for name in spec.voters().filter(|n| *n != config.node) {
-        let Some(addr) = crate::setup::peer_addr(spec, name) else {
+        let Some(addr) = crate::setup::peer_addr(spec, &local.lock, name) else {
             continue;
         };
         match probe(
@@ -92,7 +92,7 @@ pub async fn check_force_single(config: &AgentConfig) -> Result<RecoveryCheck, A
             addr,
             &tls,
             Partition::default(),
-            Some(me.address),
+            quorate_lock::cluster_address(spec, &local.lock, &config.node),
             Duration::from_secs(2),
         )
         .await
@@ -166,13 +166,13 @@ impl Node {
                 .with_state(|s| {
                     (
                         s.left_out.clone(),
-                        s.applied.as_ref().map(|a| a.spec.clone()),
+                        s.applied.as_ref().map(|a| (a.spec.clone(), a.lock.clone())),
                     )
                 })
                 .await;
-            let Some(spec) = spec else { continue };
+            let Some((spec, lock)) = spec else { continue };
             for name in left_out {
-                let Some(addr) = crate::setup::peer_addr(&spec, &name) else {
+                let Some(addr) = crate::setup::peer_addr(&spec, &lock, &name) else {
                     continue;
                 };
                 match self.probe(&name, addr).await {

@@ -314,10 +314,8 @@ impl Runtime {
                         })
                         .map(|(n, s)| (n.clone(), s.volume.clone().unwrap_or_else(|| n.clone())))
                         .collect();
-                    let address = spec
-                        .nodes
-                        .get(&me)
-                        .map(|n| n.address.to_string())
+                    let address = quorate_lock::cluster_address(spec, &applied.lock, &me)
+                        .map(|a| a.to_string())
                         .unwrap_or_default();
                     (volumes, address)
                 })
@@ -1242,10 +1240,8 @@ fn storage_steps(
     let Some(svc) = spec.services.get(service) else {
         return Vec::new();
     };
-    let address = spec
-        .nodes
-        .get(node)
-        .map(|n| n.address.to_string())
+    let address = quorate_lock::cluster_address(spec, lock, node)
+        .map(|a| a.to_string())
         .unwrap_or_default();
     svc.storage
         .iter()

@@ -141,12 +141,11 @@ pub fn write_identity(dir: &Path, identity: &Identity) -> Result<(), AgentError>
         .map_err(|e| AgentError::Input(format!("cannot write {}: {e}", path.display())))
 }
 
-/// The peer address of `node` in `spec`.
+/// The peer address of `node`: its cluster address (the overlay one over WireGuard,
+/// see [`quorate_lock::cluster_address`]) and `network.port`.
 #[must_use]
-pub fn peer_addr(spec: &Spec, node: &str) -> Option<SocketAddr> {
-    spec.nodes
-        .get(node)
-        .map(|n| SocketAddr::new(n.address, spec.network.port))
+pub fn peer_addr(spec: &Spec, lock: &quorate_lock::Lock, node: &str) -> Option<SocketAddr> {
+    quorate_lock::cluster_address(spec, lock, node).map(|ip| SocketAddr::new(ip, spec.network.port))
 }
 
 /// Default TLS directory inside a data dir.

@@ -9,6 +9,7 @@ mod render;
 mod sandbox;
 mod simulate;
 mod spec_commands;
+mod wg_commands;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -475,6 +476,70 @@ enum Command {
     /// This node's certificate.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// This node's WireGuard key (network.transport = "wireguard").
+    #[command(subcommand)]
+    Wg(WgCommand),
+    /// The WireGuard mesh interface (`quorate0`) on this node.
+    #[command(subcommand)]
+    Net(NetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum WgCommand {
+    /// On the node: create its WireGuard private key in the data dir (0600; it never
+    /// leaves the node) and print the public key for `nodes.<n>.wireguard.public_key`.
+    /// Keeps an existing key (running it twice changes nothing) unless --force.
+    Keygen {
+        /// State directory (the key goes to <DIR>/wireguard.key).
+        #[arg(
+            long,
+            value_name = "DIR",
+            env = "QUORATE_DATA_DIR",
+            default_value = "/var/lib/quorate"
+        )]
+        data_dir: PathBuf,
+        /// Replace an existing key (the spec must then get the new public key).
+        #[arg(long)]
+        force: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the public key of the data dir's private key.
+    Pubkey {
+        /// State directory.
+        #[arg(
+            long,
+            value_name = "DIR",
+            env = "QUORATE_DATA_DIR",
+            default_value = "/var/lib/quorate"
+        )]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NetCommand {
+    /// Bring the mesh interface up from spec + lock + the data dir's key: kernel
+    /// WireGuard when present, wireguard-go otherwise; peers, overlay address and MTU
+    /// (the underlay's − 80 unless network.mtu). Idempotent: rerun it after a spec
+    /// change to sync the peers (unchanged peers keep their sessions). The NixOS module
+    /// uses systemd-networkd instead (`quorate render` writes its files).
+    Up {
+        #[command(flatten)]
+        files: NodeFiles,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the mesh interface.
+    Down,
+    /// Each peer's latest handshake and traffic (`wg show quorate0 dump`, read for you).
+    Show {
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `quorate agent` flags.
@@ -1006,6 +1071,24 @@ fn main() -> ExitCode {
         Command::Cert(CertCommand::Request { node, out }) => {
             pki_commands::cert_request(&node, &out)
         }
+        Command::Wg(WgCommand::Keygen {
+            data_dir,
+            force,
+            json,
+        }) => wg_commands::keygen(&data_dir, force, json),
+        Command::Wg(WgCommand::Pubkey { data_dir }) => wg_commands::pubkey(&data_dir),
+        Command::Net(NetCommand::Up { files, json }) => {
+            let config = files.into_config();
+            wg_commands::up(
+                &config.spec,
+                &config.lock,
+                &config.node,
+                &config.data_dir,
+                json,
+            )
+        }
+        Command::Net(NetCommand::Down) => wg_commands::down(),
+        Command::Net(NetCommand::Show { json }) => wg_commands::show(json),
     };
     exit.into()
 }

@@ -200,6 +200,11 @@ fn random_specs_pass_drbdadm_and_numbers_never_collide() {
         }
         for n in 1..=nodes {
             spec.push_str(&format!("[nodes.n{n}]\naddress = \"10.66.{round}.{n}\"\n"));
+            if wireguard {
+                // Any 32 bytes in base64 make a key `check` accepts.
+                let key = format!("{:A<43}=", format!("n{n}"));
+                spec.push_str(&format!("wireguard.public_key = \"{key}\"\n"));
+            }
         }
         let resources = rng.usize(1..=6);
         for r in 0..resources {

@@ -75,14 +75,29 @@ fn check_json_summarises_a_good_spec() {
     assert_eq!(doc["errors"], 0);
     assert_eq!(doc["summary"]["cluster"], "homelab");
     assert_eq!(doc["summary"]["nodes"], 3);
-    // Settings whose feature is not built yet are reported, never silently ignored.
+    // Every setting of the example is active (its WireGuard transport too): no warnings.
+    assert_eq!(doc["diagnostics"], serde_json::json!([]), "{doc:#}");
+}
+
+#[test]
+fn a_setting_not_active_yet_is_reported_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("quorate.toml");
+    std::fs::write(
+        &spec,
+        "[cluster]\nname = \"c\"\n[nodes.n1]\naddress = \"10.0.0.1\"\n\
+         [storage.img]\nkind = \"ceph-rbd\"\nnodes = [\"n1\"]\n",
+    )
+    .unwrap();
+    let o = quorate(dir.path(), &["check", "--json", "quorate.toml"]);
+    let doc = json(&o);
     let codes: Vec<&str> = doc["diagnostics"]
         .as_array()
         .unwrap()
         .iter()
         .map(|d| d["code"].as_str().unwrap())
         .collect();
-    assert!(codes.contains(&"spec::not-active"), "{codes:?}");
+    assert!(codes.contains(&"spec::not-active"), "{doc:#}");
 }
 
 #[test]

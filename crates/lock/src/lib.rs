@@ -20,6 +20,25 @@ pub use format::{
     LOCK_VERSION,
 };
 
+/// The address `node`'s cluster traffic uses (Raft and the control RPC, DRBD,
+/// GlusterFS peers and bricks): its overlay address when `network.transport =
+/// "wireguard"`, else its underlay `address`. `None` for a node not in the spec or,
+/// over WireGuard, not locked yet. Floating service addresses and the fence command's
+/// `{address}` stay on the underlay: users and power switches reach nodes there.
+#[must_use]
+pub fn cluster_address(
+    spec: &quorate_spec::Spec,
+    lock: &Lock,
+    node: &str,
+) -> Option<std::net::IpAddr> {
+    let underlay = spec.nodes.get(node)?.address;
+    if spec.network.transport == quorate_spec::Transport::Wireguard {
+        lock.nodes.get(node)?.overlay_ip
+    } else {
+        Some(underlay)
+    }
+}
+
 /// First Raft node id.
 pub const RAFT_ID_BASE: u64 = 1;
 /// First service id.

@@ -96,6 +96,7 @@ fn apply(spec: &mut Spec, world: &mut World, e: &Edit) {
                         voter: true,
                         workloads: true,
                         renamed_from: None,
+                        wireguard: None,
                     },
                 );
                 let id = world.fresh();
@@ -373,6 +374,7 @@ fn two_replica_drbd_gets_a_diskless_tie_breaker_and_keeps_it() {
                 voter: true,
                 workloads: true,
                 renamed_from: None,
+                wireguard: None,
             },
         );
     }
@@ -427,6 +429,7 @@ fn a_full_overlay_is_a_clear_error() {
                 voter: true,
                 workloads: true,
                 renamed_from: None,
+                wireguard: None,
             },
         );
     }

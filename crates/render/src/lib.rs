@@ -103,8 +103,191 @@ pub fn node_files(spec: &Spec, lock: &Lock, node: &str) -> Result<Vec<NodeFile>,
             purpose: format!("systemd drop-in: quorate manages {unit}"),
         });
     }
+    if spec.network.transport == Transport::Wireguard {
+        files.extend(wireguard_files(spec, lock, node)?);
+    }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+/// The WireGuard interface quorate's mesh uses on every node.
+pub const WIREGUARD_INTERFACE: &str = "quorate0";
+/// Where the node's private key lives, relative to its data dir (0600, written by
+/// `quorate wg keygen`; never in the Nix store, the spec or the Raft log).
+pub const WIREGUARD_KEY_FILE: &str = "wireguard.key";
+/// The MTU when the spec sets none and the underlay's is unknown (1500 − 80).
+pub const WIREGUARD_DEFAULT_MTU: u16 = 1420;
+/// Keepalive towards every peer, seconds: keeps handshakes fresh so that `status`
+/// can tell a dead tunnel from an idle one, and NAT mappings open.
+pub const WIREGUARD_KEEPALIVE_S: u16 = 5;
+
+/// One peer of a node's mesh.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshPeer {
+    /// Node name.
+    pub name: String,
+    /// Its public key (from the spec).
+    pub public_key: String,
+    /// Its underlay address and WireGuard port.
+    pub endpoint: std::net::SocketAddr,
+    /// Its overlay address (the only source address accepted from it).
+    pub overlay: IpAddr,
+}
+
+/// A node's side of the mesh: what `quorate net up` configures and the files below
+/// describe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mesh {
+    /// This node's overlay address.
+    pub address: IpAddr,
+    /// The overlay's prefix length.
+    pub prefix_len: u8,
+    /// This node's WireGuard listen port.
+    pub listen_port: u16,
+    /// The spec's MTU, if it sets one.
+    pub mtu: Option<u16>,
+    /// Every other node.
+    pub peers: Vec<MeshPeer>,
+}
+
+impl Mesh {
+    /// The peers in `wg setconf` form (without the `[Interface]` private key, which
+    /// the caller adds from the data dir).
+    #[must_use]
+    pub fn wg_peers(&self) -> String {
+        let mut out = String::new();
+        for p in &self.peers {
+            let _ = write!(
+                out,
+                "\n[Peer]\n# {name}\nPublicKey = {key}\nEndpoint = {endpoint}\nAllowedIPs = {ip}/{bits}\nPersistentKeepalive = {WIREGUARD_KEEPALIVE_S}\n",
+                name = p.name,
+                key = p.public_key,
+                endpoint = p.endpoint,
+                ip = p.overlay,
+                bits = if p.overlay.is_ipv4() { 32 } else { 128 },
+            );
+        }
+        out
+    }
+}
+
+/// `node`'s side of the WireGuard mesh, from the spec (public keys, underlay
+/// addresses, overlay, MTU) and the lock (overlay addresses, ports).
+///
+/// # Errors
+/// An unknown node, a transport that is not WireGuard, a node without a public key,
+/// or a lock without the node's overlay address or port.
+pub fn mesh(spec: &Spec, lock: &Lock, node: &str) -> Result<Mesh, RenderError> {
+    if !spec.nodes.contains_key(node) {
+        return Err(RenderError::UnknownNode {
+            node: node.to_owned(),
+            known: spec.nodes.keys().cloned().collect::<Vec<_>>().join(", "),
+        });
+    }
+    if spec.network.transport != Transport::Wireguard {
+        return Err(RenderError::Incomplete(
+            "network.transport is not \"wireguard\": there is no mesh to set up".into(),
+        ));
+    }
+    let overlay = spec.network.overlay.ok_or_else(|| {
+        RenderError::Incomplete("transport = \"wireguard\" needs `network.overlay`".into())
+    })?;
+    let numbers = |name: &str| -> Result<(IpAddr, u16), RenderError> {
+        let entry = lock.nodes.get(name);
+        let ip = entry
+            .and_then(|e| e.overlay_ip)
+            .ok_or_else(|| RenderError::NotLocked {
+                what: format!("overlay address for node `{name}`"),
+            })?;
+        let port = entry
+            .and_then(|e| e.wg_port)
+            .ok_or_else(|| RenderError::NotLocked {
+                what: format!("WireGuard port for node `{name}`"),
+            })?;
+        Ok((ip, port))
+    };
+    let (address, listen_port) = numbers(node)?;
+    let mut peers = Vec::new();
+    for (name, n) in &spec.nodes {
+        if name == node {
+            continue;
+        }
+        let public_key = n
+            .wireguard
+            .as_ref()
+            .map(|w| w.public_key.clone())
+            .ok_or_else(|| {
+                RenderError::Incomplete(format!(
+                    "node `{name}` has no `wireguard.public_key`: run `quorate wg keygen` on {name} and add the key to the spec"
+                ))
+            })?;
+        let (ip, port) = numbers(name)?;
+        peers.push(MeshPeer {
+            name: name.clone(),
+            public_key,
+            endpoint: std::net::SocketAddr::new(n.address, port),
+            overlay: ip,
+        });
+    }
+    Ok(Mesh {
+        address,
+        prefix_len: overlay.prefix_len(),
+        listen_port,
+        mtu: spec.network.mtu,
+        peers,
+    })
+}
+
+/// systemd-networkd's `.netdev` and `.network` for the mesh, and the `wg setconf`
+/// peer list `quorate net up` uses. The private key is read from `data_dir`.
+fn wireguard_files(spec: &Spec, lock: &Lock, node: &str) -> Result<Vec<NodeFile>, RenderError> {
+    let mesh = mesh(spec, lock, node)?;
+    let iface = WIREGUARD_INTERFACE;
+    let mut netdev = format!(
+        "{HEADER}# The WireGuard mesh of cluster `{cluster}` (network.transport = \"wireguard\").\n\
+         [NetDev]\nName={iface}\nKind=wireguard\nMTUBytes={mtu}\n\n\
+         [WireGuard]\nPrivateKeyFile=/var/lib/quorate/{WIREGUARD_KEY_FILE}\nListenPort={port}\n",
+        cluster = spec.cluster.name,
+        mtu = mesh.mtu.unwrap_or(WIREGUARD_DEFAULT_MTU),
+        port = mesh.listen_port,
+    );
+    for p in &mesh.peers {
+        let _ = write!(
+            netdev,
+            "\n[WireGuardPeer]\n# {name}\nPublicKey={key}\nEndpoint={endpoint}\nAllowedIPs={ip}/{bits}\nPersistentKeepalive={WIREGUARD_KEEPALIVE_S}\n",
+            name = p.name,
+            key = p.public_key,
+            endpoint = p.endpoint,
+            ip = p.overlay,
+            bits = if p.overlay.is_ipv4() { 32 } else { 128 },
+        );
+    }
+    let network = format!(
+        "{HEADER}[Match]\nName={iface}\n\n[Network]\nAddress={}/{}\n",
+        mesh.address, mesh.prefix_len
+    );
+    let setconf = format!(
+        "{HEADER}# Peers for `wg setconf {iface}`; `quorate net up` adds the private key from the data dir.\n[Interface]\nListenPort={}\n{}",
+        mesh.listen_port,
+        mesh.wg_peers()
+    );
+    Ok(vec![
+        NodeFile {
+            path: format!("etc/systemd/network/50-{iface}.netdev"),
+            contents: netdev,
+            purpose: "systemd-networkd: the WireGuard mesh interface and its peers".into(),
+        },
+        NodeFile {
+            path: format!("etc/systemd/network/50-{iface}.network"),
+            contents: network,
+            purpose: "systemd-networkd: the node's overlay address".into(),
+        },
+        NodeFile {
+            path: format!("etc/quorate/wireguard/{iface}.conf"),
+            contents: setconf,
+            purpose: "wg(8) peers of the mesh (without the private key)".into(),
+        },
+    ])
 }
 
 fn kind_name(kind: ServiceKind) -> &'static str {
@@ -124,23 +307,16 @@ fn may_hold_storage(spec: &Spec, storage: &[String], node: &str) -> bool {
 }
 
 /// The address DRBD uses for `node`: its overlay address over WireGuard, else its
-/// cluster address.
+/// underlay address.
 fn drbd_address(spec: &Spec, lock: &Lock, node: &str) -> Result<IpAddr, RenderError> {
-    let underlay = spec
-        .nodes
-        .get(node)
-        .map(|n| n.address)
-        .ok_or_else(|| RenderError::Incomplete(format!("node `{node}` is not in the spec")))?;
-    if spec.network.transport == Transport::Wireguard {
-        return lock
-            .nodes
-            .get(node)
-            .and_then(|n| n.overlay_ip)
-            .ok_or_else(|| RenderError::NotLocked {
-                what: format!("overlay address for node `{node}`"),
-            });
+    if !spec.nodes.contains_key(node) {
+        return Err(RenderError::Incomplete(format!(
+            "node `{node}` is not in the spec"
+        )));
     }
-    Ok(underlay)
+    quorate_lock::cluster_address(spec, lock, node).ok_or_else(|| RenderError::NotLocked {
+        what: format!("overlay address for node `{node}`"),
+    })
 }
 
 fn drbd_resource(

@@ -9,8 +9,8 @@ use ipnet::IpNet;
 
 use crate::diagnostic::{Diagnostic, Span};
 use crate::model::{
-    Alerts, Cluster, Health, HealthKind, Network, NodeSpec, Restart, ServiceKind, ServiceSpec,
-    Spec, StorageKind, StorageSpec, Timings, Transport,
+    Alerts, Cluster, Health, HealthKind, Network, NodeSpec, NodeWireguard, Restart, ServiceKind,
+    ServiceSpec, Spec, StorageKind, StorageSpec, Timings, Transport,
 };
 use crate::source::{Entry, Node, Value};
 use crate::units::{ByteSize, SpecDuration};
@@ -517,9 +517,18 @@ pub mod keys {
     /// `[cluster.timings]`
     pub const TIMINGS: &[&str] = &["heartbeat", "election_timeout", "lease_ttl", "drift_margin"];
     /// `[nodes.NAME]`
-    pub const NODE: &[&str] = &["address", "labels", "voter", "workloads", "renamed_from"];
+    pub const NODE: &[&str] = &[
+        "address",
+        "labels",
+        "voter",
+        "workloads",
+        "renamed_from",
+        "wireguard",
+    ];
+    /// `[nodes.<n>.wireguard]`
+    pub const NODE_WIREGUARD: &[&str] = &["public_key"];
     /// `[network]`
-    pub const NETWORK: &[&str] = &["transport", "overlay", "port"];
+    pub const NETWORK: &[&str] = &["transport", "overlay", "port", "mtu"];
     /// `[services.NAME]`
     pub const SERVICE: &[&str] = &[
         "kind",
@@ -625,6 +634,21 @@ fn node_spec(d: &mut Decoder, mut f: Fields<'_>) -> Option<NodeSpec> {
         .and_then(|(n, p)| d.bool(n, &p))
         .unwrap_or(true);
     let renamed_from = f.get("renamed_from").and_then(|(n, p)| d.string(n, &p));
+    let wireguard = f.get("wireguard").and_then(|(n, p)| {
+        let mut t = d.table(n, &p, n.span.clone())?;
+        let public_key = t
+            .required(
+                d,
+                "public_key",
+                "the node's WireGuard public key",
+                "\"<what `quorate wg keygen` printed on this node>\"",
+            )
+            .and_then(|(n, p)| d.string(n, &p));
+        t.finish(d, keys::NODE_WIREGUARD);
+        Some(NodeWireguard {
+            public_key: public_key?,
+        })
+    });
     f.finish(d, keys::NODE);
     Some(NodeSpec {
         address: address?,
@@ -632,6 +656,7 @@ fn node_spec(d: &mut Decoder, mut f: Fields<'_>) -> Option<NodeSpec> {
         voter,
         workloads,
         renamed_from,
+        wireguard,
     })
 }
 
@@ -655,6 +680,9 @@ fn network(d: &mut Decoder, node: &Node, path: &str) -> Option<Network> {
         if let Some(port) = d.integer::<u16>(n, &p, "from 1 to 65535") {
             net.port = port;
         }
+    }
+    if let Some((n, p)) = f.get("mtu") {
+        net.mtu = d.integer::<u16>(n, &p, "from 1280 to 9000");
     }
     f.finish(d, keys::NETWORK);
     Some(net)

@@ -13,8 +13,8 @@ pub mod validate;
 
 pub use diagnostic::{line_column, Diagnostic, Severity, Span};
 pub use model::{
-    Alerts, Cluster, Health, HealthKind, Network, NodeSpec, Restart, ServiceKind, ServiceSpec,
-    Spec, StorageKind, StorageSpec, Timings, Transport,
+    Alerts, Cluster, Health, HealthKind, Network, NodeSpec, NodeWireguard, Restart, ServiceKind,
+    ServiceSpec, Spec, StorageKind, StorageSpec, Timings, Transport,
 };
 pub use source::Format;
 pub use units::{ByteSize, SpecDuration};

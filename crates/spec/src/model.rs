@@ -174,6 +174,19 @@ pub struct NodeSpec {
     /// The node's previous name: the lock keeps its numbers under the new name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renamed_from: Option<String>,
+    /// `[nodes.<n>.wireguard]`: the node's identity in the WireGuard mesh
+    /// (`network.transport = "wireguard"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<NodeWireguard>,
+}
+
+/// `[nodes.<n>.wireguard]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeWireguard {
+    /// The node's WireGuard public key (base64, what `quorate wg keygen` prints on that
+    /// node). The private key never leaves the node's data dir.
+    pub public_key: String,
 }
 
 /// How nodes reach each other.
@@ -201,6 +214,10 @@ pub struct Network {
     /// Cluster RPC port (default 7400).
     #[serde(default = "Network::default_port")]
     pub port: u16,
+    /// MTU of the WireGuard interface (default: the underlay's MTU − 80, the size of
+    /// WireGuard's encapsulation over IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
 }
 
 impl Network {
@@ -215,6 +232,7 @@ impl Default for Network {
             transport: Transport::Direct,
             overlay: None,
             port: Self::default_port(),
+            mtu: None,
         }
     }
 }

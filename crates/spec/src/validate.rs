@@ -559,8 +559,37 @@ fn network(c: &mut Checker<'_>) {
                 "add `overlay = \"10.99.0.0/24\"` (a private range not used elsewhere)",
             );
         }
-        c.warning("spec::not-active", "network.transport", "transport = \"wireguard\" is accepted but not active yet in this version: traffic goes direct", "not active yet", "keep it to have the lock allocate WireGuard ports and overlay addresses now");
+        let without: Vec<String> = c
+            .spec
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.wireguard.is_none())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in without {
+            c.error(
+                "spec::wireguard-key",
+                &join("nodes", &name),
+                format!("transport = \"wireguard\" but node `{name}` has no WireGuard public key"),
+                "no public key",
+                format!(
+                    "run `quorate wg keygen` on {name} and add `[nodes.{name}.wireguard]` with `public_key = \"<the key it printed>\"`"
+                ),
+            );
+        }
     }
+    if let Some(mtu) = net.mtu {
+        if !(1280..=9000).contains(&mtu) {
+            c.error(
+                "spec::mtu",
+                "network.mtu",
+                format!("network.mtu {mtu} is outside 1280..9000"),
+                "out of range",
+                "leave it out to use the underlay's MTU − 80, or give a value from 1280 (IPv6's minimum) to 9000",
+            );
+        }
+    }
+    wireguard_keys(c);
     if let Some(overlay) = net.overlay {
         if overlay.addr() != overlay.network() {
             c.error(
@@ -608,6 +637,48 @@ fn network(c: &mut Checker<'_>) {
             );
         }
     }
+}
+
+/// Every WireGuard public key is 32 bytes in base64, and no two nodes share one.
+fn wireguard_keys(c: &mut Checker<'_>) {
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let keys: Vec<(String, String)> = c
+        .spec
+        .nodes
+        .iter()
+        .filter_map(|(name, n)| Some((name.clone(), n.wireguard.as_ref()?.public_key.clone())))
+        .collect();
+    for (name, key) in keys {
+        let at = join(&join(&join("nodes", &name), "wireguard"), "public_key");
+        if !is_wireguard_key(&key) {
+            c.error(
+                "spec::wireguard-key",
+                &at,
+                format!("`{key}` is not a WireGuard public key"),
+                "not 32 bytes of base64",
+                "a public key is 44 characters of base64 ending in `=`, as `quorate wg keygen` (or `wg pubkey`) prints it",
+            );
+        } else if let Some(other) = seen.get(&key) {
+            c.error(
+                "spec::wireguard-key",
+                &at,
+                format!("nodes `{other}` and `{name}` have the same WireGuard public key"),
+                "duplicate key",
+                format!("each node needs its own key: run `quorate wg keygen` on {name} and use the key it prints"),
+            );
+        } else {
+            seen.insert(key, name);
+        }
+    }
+}
+
+/// A WireGuard key as `wg` writes it: standard base64 of 32 bytes.
+#[must_use]
+pub fn is_wireguard_key(key: &str) -> bool {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(key)
+        .is_ok_and(|bytes| bytes.len() == 32)
 }
 
 fn service(c: &mut Checker<'_>, name: &str, s: &ServiceSpec) {
