@@ -259,6 +259,37 @@ pub struct StatusReport {
     /// has come back with an empty data dir.
     #[serde(default)]
     pub left_out: Vec<String>,
+    /// The WireGuard mesh as the node you asked sees it (`network.transport =
+    /// "wireguard"`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<MeshStatus>,
+}
+
+/// The mesh interface of one node, in [`StatusReport`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MeshStatus {
+    /// Whose view this is.
+    pub node: String,
+    /// The interface (`quorate0`).
+    pub interface: String,
+    /// Why the interface could not be read (missing, `wg` not installed); null when read.
+    pub error: Option<String>,
+    /// Every other node of the spec.
+    pub peers: Vec<MeshPeerStatus>,
+}
+
+/// One peer of [`MeshStatus`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MeshPeerStatus {
+    /// The peer node.
+    pub node: String,
+    /// Where its packets last came from (or the configured endpoint).
+    pub endpoint: Option<String>,
+    /// Seconds since the last completed handshake; null: never (or the peer's key is
+    /// not configured on the interface).
+    pub handshake_age_s: Option<u64>,
+    /// Whether that handshake is recent enough for a live tunnel (under 180 s).
+    pub fresh: bool,
 }
 
 /// One node in [`StatusReport`].

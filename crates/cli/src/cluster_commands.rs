@@ -199,6 +199,29 @@ fn print_status(r: &StatusReport) {
             r.left_out.join(", ")
         );
     }
+    if let Some(mesh) = &r.wireguard {
+        let peers: Vec<String> = mesh
+            .peers
+            .iter()
+            .map(|p| match (p.handshake_age_s, p.fresh) {
+                (Some(age), true) => format!("{} {age}s", p.node),
+                (Some(age), false) => format!("{} STALE {age}s", p.node),
+                (None, _) => format!("{} NO HANDSHAKE", p.node),
+            })
+            .collect();
+        match &mesh.error {
+            Some(e) => println!(
+                "wireguard ({} on {}): cannot read: {e}",
+                mesh.interface, mesh.node
+            ),
+            None => println!(
+                "wireguard ({} on {}): handshakes {}",
+                mesh.interface,
+                mesh.node,
+                peers.join(", ")
+            ),
+        }
+    }
     if r.local_spec_differs {
         println!("note: this node's local spec file differs from the applied spec (run `quorate plan`, then `quorate apply` to change the cluster)");
     }

@@ -34,6 +34,26 @@ fn wait(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn a_gluster_volume_follows_its_service_and_keeps_every_acknowledged_write() {
+    follows_its_service("qltg", false);
+}
+
+/// The same over the WireGuard mesh: peers and bricks on overlay addresses, and a
+/// capture of the underlay finds no GlusterFS (or any other) traffic in clear.
+#[test]
+fn over_wireguard_the_volume_replicates_through_the_tunnels_only() {
+    if Command::new("wireguard-go")
+        .arg("--version")
+        .output()
+        .is_err()
+        || Command::new("tcpdump").arg("--version").output().is_err()
+    {
+        support::skip("wireguard-go or tcpdump is not installed (scripts/test.sh installs them)");
+        return;
+    }
+    follows_its_service("qltw", true);
+}
+
+fn follows_its_service(prefix: &str, wireguard: bool) {
     if let Some(why) = netns::unavailable() {
         support::skip(&format!("the lab needs network namespaces: {why}"));
         return;
@@ -52,12 +72,15 @@ fn a_gluster_volume_follows_its_service_and_keeps_every_acknowledged_write() {
         voters: None,
         quorate: support::quorate_bin().into(),
         env: Vec::new(),
-        prefix: "qltg".into(),
+        prefix: prefix.into(),
         gluster: true,
+        wireguard,
         extra_spec,
     })
     .unwrap();
     let dir = cluster.path().to_owned();
+    let capture = wireguard
+        .then(|| support::capture::Capture::start(&cluster.net.switch, &dir.join("underlay.pcap")));
     cluster.start_all(Duration::from_secs(120)).unwrap();
     wait("10 acknowledged writes", Duration::from_secs(60), || {
         acks(&dir).len() >= 10
@@ -128,7 +151,25 @@ fn a_gluster_volume_follows_its_service_and_keeps_every_acknowledged_write() {
         .skip(before)
         .all(|n| *n as usize > before - 1));
 
+    if let Some(capture) = capture {
+        let pcap = capture.stop();
+        let ports = support::capture::wireguard_ports(&dir);
+        let clear = support::capture::in_clear(&pcap, &ports);
+        assert!(
+            clear.is_empty(),
+            "{} node-to-node packets outside WireGuard, e.g.:\n{}",
+            clear.len(),
+            clear
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let tunnel = support::capture::packets(&pcap, support::capture::NODE_TO_NODE);
+        assert!(tunnel.len() > 100, "replication went through the tunnels");
+    }
     drop(cluster);
-    assert!(netns::namespaces("qltg").is_empty());
+    assert!(netns::namespaces(prefix).is_empty());
     assert!(!dir.exists());
 }

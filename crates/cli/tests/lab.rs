@@ -24,6 +24,7 @@ fn options(nodes: usize, services: usize, prefix: &str) -> Options {
         env: Vec::new(),
         prefix: prefix.to_owned(),
         gluster: false,
+        wireguard: false,
         extra_spec: String::new(),
     }
 }

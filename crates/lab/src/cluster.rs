@@ -33,6 +33,11 @@ pub struct Options {
     /// /var/lib/glusterd, /var/log/glusterfs, /run and brick directory), with the
     /// agent inside that namespace too. Bricks are at [`LabCluster::brick_path`].
     pub gluster: bool,
+    /// `network.transport = "wireguard"`: each node gets a key (`quorate wg keygen`),
+    /// a private /run/wireguard (wireguard-go's socket) in its own mount namespace, and
+    /// its mesh interface (`quorate net up`, userspace wireguard-go here) before its
+    /// agent starts; every node-to-node packet then goes through the tunnels.
+    pub wireguard: bool,
     /// TOML appended to the generated spec (more services, storage); `@DIR@` stands
     /// for the lab's work directory.
     pub extra_spec: String,
@@ -188,10 +193,16 @@ pub struct LabCluster {
     shapes: Vec<ServiceShape>,
     options: Options,
     agents: BTreeMap<String, Child>,
-    /// Persistent mount namespaces per node (gluster labs), under a private mount.
+    /// Persistent mount namespaces per node (gluster and WireGuard labs), under a
+    /// private mount.
     mount_ns: Option<PathBuf>,
     paused: std::collections::BTreeSet<String>,
+    /// Each node's WireGuard public key (WireGuard labs).
+    wg_keys: BTreeMap<String, String>,
 }
+
+/// The overlay of WireGuard labs.
+pub const OVERLAY: &str = "10.89.0.0/24";
 
 /// The witness workloads, by service index (s1, s2, …, round robin): extra `demo`
 /// arguments and the stop timeout. Besides a plain one, adversaries: one that ignores
@@ -224,11 +235,19 @@ impl LabCluster {
     /// the extra spec.
     fn write_spec(&self) -> Result<(), String> {
         let mut spec = String::from("[cluster]\nname = \"lab\"\n\n[network]\nport = 7400\n");
+        if self.options.wireguard {
+            spec.push_str(&format!(
+                "transport = \"wireguard\"\noverlay = \"{OVERLAY}\"\n"
+            ));
+        }
         for (i, name) in self.names.iter().enumerate() {
             spec.push_str(&format!(
                 "\n[nodes.{name}]\naddress = \"{}\"\n",
                 Network::address(i + 1)
             ));
+            if let Some(key) = self.wg_keys.get(name) {
+                spec.push_str(&format!("wireguard.public_key = \"{key}\"\n"));
+            }
             if self.options.voters.is_some_and(|v| i >= v) {
                 spec.push_str("voter = false\n");
             }
@@ -276,6 +295,7 @@ impl LabCluster {
         let names: Vec<String> = (1..=options.nodes).map(|i| format!("n{i}")).collect();
         let services: Vec<String> = (1..=options.services).map(|i| format!("s{i}")).collect();
         let gluster = options.gluster;
+        let wireguard = options.wireguard;
         let mut cluster = Self {
             net,
             dir,
@@ -295,7 +315,26 @@ impl LabCluster {
             agents: BTreeMap::new(),
             mount_ns: None,
             paused: std::collections::BTreeSet::new(),
+            wg_keys: BTreeMap::new(),
         };
+        if wireguard {
+            for name in cluster.names.clone() {
+                let out = cluster.quorate(&[
+                    "wg",
+                    "keygen",
+                    "--data-dir",
+                    &cluster.data_dir(&name).to_string_lossy(),
+                ])?;
+                if !out.status.success() {
+                    return Err(format!(
+                        "quorate wg keygen for {name}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ));
+                }
+                let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                cluster.wg_keys.insert(name, key);
+            }
+        }
         cluster.write_spec()?;
         lock_and_certify(
             &cluster.options.quorate,
@@ -303,8 +342,13 @@ impl LabCluster {
             "lab",
             &cluster.names,
         )?;
+        if gluster || wireguard {
+            cluster.make_mount_namespaces()?;
+        }
         if gluster {
-            cluster.start_glusterds()?;
+            for name in cluster.names.clone() {
+                cluster.start_glusterd(&name)?;
+            }
         }
         Ok(cluster)
     }
@@ -335,7 +379,9 @@ impl LabCluster {
         c
     }
 
-    fn start_glusterds(&mut self) -> Result<(), String> {
+    /// One persistent mount namespace per node: private GlusterFS state and /run in
+    /// gluster labs, a private /run/wireguard (wireguard-go's socket) in WireGuard labs.
+    fn make_mount_namespaces(&mut self) -> Result<(), String> {
         let sh = |script: &str| -> Result<(), String> {
             let out = Command::new("sh")
                 .args(["-ec", script])
@@ -359,20 +405,32 @@ impl LabCluster {
             nsdir.display()
         ))?;
         self.mount_ns = Some(nsdir.clone());
+        if self.options.wireguard && !self.options.gluster {
+            std::fs::create_dir_all("/run/wireguard").map_err(|e| e.to_string())?;
+        }
         for name in self.names.clone() {
             let node_dir = self.path().join("gl").join(&name);
-            for sub in ["log", "run", "brick"] {
+            for sub in ["log", "run/wireguard", "brick", "wg"] {
                 std::fs::create_dir_all(node_dir.join(sub)).map_err(|e| e.to_string())?;
             }
             let file = nsdir.join(&name);
             std::fs::write(&file, b"").map_err(|e| e.to_string())?;
-            sh(&format!(
-                "cp -a /var/lib/glusterd {d}/lib && unshare --mount={f} --propagation private sh -ec 'mount --bind {d}/lib /var/lib/glusterd; mount --bind {d}/log /var/log/glusterfs; mount --bind {d}/run /run; mount --bind {d}/brick {b}'",
-                d = node_dir.display(),
-                f = file.display(),
-                b = self.brick_path().display()
-            ))?;
-            self.start_glusterd(&name)?;
+            let mounts = if self.options.gluster {
+                // /run is private, and /run/wireguard with it.
+                format!(
+                    "cp -a /var/lib/glusterd {d}/lib && unshare --mount={f} --propagation private sh -ec 'mount --bind {d}/lib /var/lib/glusterd; mount --bind {d}/log /var/log/glusterfs; mount --bind {d}/run /run; mount --bind {d}/brick {b}'",
+                    d = node_dir.display(),
+                    f = file.display(),
+                    b = self.brick_path().display()
+                )
+            } else {
+                format!(
+                    "unshare --mount={f} --propagation private sh -ec 'mount --bind {d}/wg /run/wireguard'",
+                    d = node_dir.display(),
+                    f = file.display(),
+                )
+            };
+            sh(&mounts)?;
         }
         Ok(())
     }
@@ -463,6 +521,9 @@ impl LabCluster {
             .append(true)
             .open(self.path().join(format!("{name}.log")))
             .map_err(|e| e.to_string())?;
+        if self.options.wireguard {
+            self.mesh_up(name)?;
+        }
         // `nsenter` execs the agent: the child's pid is the agent's.
         let child = self
             .on_node(name)
@@ -495,6 +556,59 @@ impl LabCluster {
             .map_err(|e| format!("cannot start the agent of {name}: {e}"))?;
         self.agents.insert(name.to_owned(), child);
         Ok(())
+    }
+
+    /// `quorate net up` on node `name` (idempotent): its mesh interface from the spec.
+    ///
+    /// # Errors
+    /// The command fails.
+    pub fn mesh_up(&self, name: &str) -> Result<(), String> {
+        let out = self
+            .on_node(name)
+            .arg(&self.options.quorate)
+            .args([
+                "net",
+                "up",
+                "--spec",
+                "quorate.toml",
+                "--node",
+                name,
+                "--data-dir",
+            ])
+            .arg(self.data_dir(name))
+            .current_dir(self.path())
+            .output()
+            .map_err(|e| format!("cannot run quorate net up on {name}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "quorate net up on {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Blocks (`up = false`) or restores node `name`'s tunnel alone: its mesh
+    /// interface goes down while its cable stays up.
+    ///
+    /// # Errors
+    /// `ip` fails.
+    pub fn tunnel(&self, name: &str, up: bool) -> Result<(), String> {
+        let out = self
+            .on_node(name)
+            .args(["ip", "link", "set", "dev", "quorate0"])
+            .arg(if up { "up" } else { "down" })
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "ip link set quorate0 on {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
     }
 
     /// Starts every agent and waits until the cluster is healthy; returns how long

@@ -58,6 +58,10 @@ struct LabArgs {
     /// should then catch double runs. For testing the checker only.
     #[arg(long)]
     unsafe_no_fence: bool,
+    /// Cluster traffic through a WireGuard mesh (network.transport = "wireguard";
+    /// wireguard-go in each namespace).
+    #[arg(long)]
+    wireguard: bool,
 }
 
 impl LabArgs {
@@ -74,6 +78,7 @@ impl LabArgs {
             env,
             prefix: netns::PREFIX.to_owned(),
             gluster: false,
+            wireguard: self.wireguard,
             extra_spec: self.drift_margin.as_ref().map_or_else(String::new, |m| {
                 format!("\n[cluster.timings]\ndrift_margin = {m:?}\n")
             }),

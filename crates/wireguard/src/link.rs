@@ -131,6 +131,9 @@ fn create(interface: &str) -> Result<Backend, WgError> {
     {
         return Ok(Backend::Kernel);
     }
+    // The interface is gone, so a socket left by a wireguard-go that died (power
+    // loss) is stale: waiting for "the" socket below must see the new daemon's.
+    let _ = std::fs::remove_file(uapi_socket(interface));
     run("wireguard-go", &[interface], None).map_err(|e| {
         WgError::Command(format!(
             "this kernel has no WireGuard and wireguard-go did not start: {e}\n  help: load the wireguard module or install wireguard-go (it needs /dev/net/tun)"

@@ -48,6 +48,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+pub mod capture;
 pub mod witness;
 
 pub struct TestCluster {
