@@ -385,49 +385,6 @@ impl Node {
         reply
     }
 
-    /// This node's mesh interface and each peer's latest handshake, when the applied
-    /// (else local) spec's transport is WireGuard.
-    async fn mesh_status(&self) -> Option<quorate_api::MeshStatus> {
-        let spec = self
-            .consensus
-            .with_state(|st| st.applied.as_ref().map(|a| a.spec.clone()))
-            .await
-            .unwrap_or_else(|| self.local.spec.clone());
-        if spec.network.transport != quorate_spec::Transport::Wireguard {
-            return None;
-        }
-        let read = tokio::task::spawn_blocking(quorate_wireguard::link::peers)
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        let (peers, error) = match read {
-            Ok(peers) => (peers, None),
-            Err(e) => (Vec::new(), Some(e)),
-        };
-        let peers = spec
-            .nodes
-            .iter()
-            .filter(|(name, _)| **name != self.name)
-            .map(|(name, n)| {
-                let key = n.wireguard.as_ref().map(|w| w.public_key.as_str());
-                let seen = peers.iter().find(|p| Some(p.public_key.as_str()) == key);
-                let age = seen.and_then(|p| p.handshake_age_s);
-                quorate_api::MeshPeerStatus {
-                    node: name.clone(),
-                    endpoint: seen.and_then(|p| p.endpoint.clone()),
-                    handshake_age_s: age,
-                    fresh: age.is_some_and(|a| a < quorate_wireguard::link::HANDSHAKE_FRESH_S),
-                }
-            })
-            .collect();
-        Some(quorate_api::MeshStatus {
-            node: self.name.clone(),
-            interface: quorate_render::WIREGUARD_INTERFACE.to_owned(),
-            error,
-            peers,
-        })
-    }
-
     /// The status report from this node's view. On the leader, `confirm` checks quorum.
     async fn status(&self, confirm: bool) -> ControlReply {
         let quorum = confirm

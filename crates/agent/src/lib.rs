@@ -20,6 +20,7 @@ mod failover;
 mod handover;
 mod health;
 pub mod lease_rules;
+mod mesh;
 mod notify;
 mod recovery;
 mod runtime;
@@ -190,6 +191,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         tokio::spawn(async move { node.rejoin_left_out_forever().await })
     };
     let handover = tokio::spawn(node.clone().bound_predecessor_leases_forever());
+    let mesh = tokio::spawn(node.clone().keep_mesh_forever(config.data_dir.clone()));
     let control_task = tokio::spawn(control::serve(control, node.clone()));
     let alerts_task = tokio::spawn(alerts::run_forever(node.clone()));
     let runtime = Arc::new(Runtime::new(
@@ -239,6 +241,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     volumes.abort();
     rejoin.abort();
     handover.abort();
+    mesh.abort();
     joining.abort();
     lease_task.abort();
     reconcile_task.abort();

@@ -505,6 +505,24 @@ enum WgCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Start a key rotation: write the next private key (<DIR>/wireguard.key.next) and
+    /// print its public key. Put that key into the spec and `quorate apply`: the agents
+    /// switch together a moment after the change is applied (if this node missed it,
+    /// it tries the next key once it hears from no leader). Running it twice prints the
+    /// same pending key.
+    Rotate {
+        /// State directory.
+        #[arg(
+            long,
+            value_name = "DIR",
+            env = "QUORATE_DATA_DIR",
+            default_value = "/var/lib/quorate"
+        )]
+        data_dir: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the public key of the data dir's private key.
     Pubkey {
         /// State directory.
@@ -1077,6 +1095,7 @@ fn main() -> ExitCode {
             json,
         }) => wg_commands::keygen(&data_dir, force, json),
         Command::Wg(WgCommand::Pubkey { data_dir }) => wg_commands::pubkey(&data_dir),
+        Command::Wg(WgCommand::Rotate { data_dir, json }) => wg_commands::rotate(&data_dir, json),
         Command::Net(NetCommand::Up { files, json }) => {
             let config = files.into_config();
             wg_commands::up(

@@ -42,6 +42,32 @@ pub fn keygen(data_dir: &Path, force: bool, json_out: bool) -> Exit {
     }
 }
 
+/// `quorate wg rotate`: the next key, its public key on stdout.
+pub fn rotate(data_dir: &Path, json_out: bool) -> Exit {
+    match quorate_wireguard::keys::rotate(data_dir) {
+        Ok(next) => {
+            if json_out {
+                println!(
+                    "{}",
+                    json!({"public_key": next.public_key, "created": next.created, "next_key_file": next.path})
+                );
+            } else {
+                println!("{}", next.public_key);
+                eprintln!(
+                    "{} {} (0600). Next: set this node's `wireguard.public_key` to the key above in the spec and `quorate apply`; the mesh switches to it once applied",
+                    if next.created { "wrote the next private key to" } else { "a rotation is pending already:" },
+                    next.path.display()
+                );
+            }
+            Exit::Ok
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Exit::Invalid
+        }
+    }
+}
+
 /// `quorate wg pubkey`: the public key of the data dir's private key.
 pub fn pubkey(data_dir: &Path) -> Exit {
     match quorate_wireguard::keys::read_private(data_dir)
@@ -63,13 +89,21 @@ pub fn up(spec: &Path, lock: &Path, node: &str, data_dir: &Path, json_out: bool)
     let result = (|| -> Result<quorate_wireguard::link::Up, String> {
         let (spec, lock) = load(spec, lock)?;
         let mesh = quorate_render::mesh(&spec, &lock, node).map_err(|e| e.to_string())?;
-        let private = quorate_wireguard::keys::read_private(data_dir).map_err(|e| e.to_string())?;
-        let public = quorate_wireguard::keys::public_of(&private).map_err(|e| e.to_string())?;
         let declared = spec
             .nodes
             .get(node)
             .and_then(|n| n.wireguard.as_ref())
             .map(|w| w.public_key.clone());
+        // A pending rotation (`wg rotate`) whose key the spec declares now: it is done.
+        let next = quorate_wireguard::keys::read_next(data_dir).map_err(|e| e.to_string())?;
+        if let Some(next) = next {
+            let public = quorate_wireguard::keys::public_of(&next).map_err(|e| e.to_string())?;
+            if declared.as_deref() == Some(public.as_str()) {
+                quorate_wireguard::keys::promote_next(data_dir).map_err(|e| e.to_string())?;
+            }
+        }
+        let private = quorate_wireguard::keys::read_private(data_dir).map_err(|e| e.to_string())?;
+        let public = quorate_wireguard::keys::public_of(&private).map_err(|e| e.to_string())?;
         if declared.as_deref() != Some(public.as_str()) {
             return Err(format!(
                 "the spec's public key for `{node}` ({}) is not this data dir's ({public})\n  help: put `public_key = \"{public}\"` under [nodes.{node}.wireguard], or point --data-dir at the node's own data dir",

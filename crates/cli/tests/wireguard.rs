@@ -177,3 +177,117 @@ fn without_wireguard_the_same_capture_sees_raft_in_clear() {
         clear.iter().take(5).collect::<Vec<_>>()
     );
 }
+
+/// Whether every node other than `target` has a handshake with `target` under the key
+/// the applied spec gives it.
+fn all_shook_hands_with(cluster: &LabCluster, target: &str) -> bool {
+    ["n1", "n2", "n3"]
+        .iter()
+        .filter(|n| **n != target)
+        .all(|n| {
+            cluster.status(n).is_some_and(|s| {
+                s["wireguard"]["peers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["node"] == target && p["handshake_age_s"].is_u64())
+            })
+        })
+}
+
+#[test]
+fn keys_rotate_a_followers_then_the_leaders_without_an_election() {
+    if let Some(why) = unavailable() {
+        support::skip(&why);
+        return;
+    }
+    let mut cluster = LabCluster::new(options("qlwr", 1)).unwrap();
+    let from = checker::mono_ns();
+    cluster.start_all(LIMIT).unwrap();
+    let before = cluster.quorate_status().unwrap();
+    let leader = before["leader"].as_str().unwrap().to_owned();
+    let host = cluster.host_of("s1").unwrap();
+    let follower = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != leader)
+        .unwrap()
+        .to_owned();
+    for target in [follower, leader.clone()] {
+        let via = ["n1", "n2", "n3"]
+            .into_iter()
+            .find(|n| *n != target)
+            .unwrap();
+        let key = cluster.rotate_key(&target, via).unwrap();
+        let data_dir = cluster.data_dir(&target);
+        wait_rotated(&cluster, &target, &key);
+        let private = std::fs::read_to_string(data_dir.join("wireguard.key")).unwrap();
+        let public = Command::new("wg")
+            .arg("pubkey")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write as _;
+                c.stdin.take().unwrap().write_all(private.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&public.stdout).trim(),
+            key,
+            "{target} uses the new key"
+        );
+        cluster.wait_healthy(LIMIT).unwrap();
+    }
+    // No election: the same leader in the same term, quorum all along; s1 never moved.
+    let after = cluster.quorate_status().unwrap();
+    assert_eq!(after["leader"], leader.as_str(), "{after:#}");
+    assert_eq!(
+        after["term"], before["term"],
+        "no election during the rotations"
+    );
+    assert_eq!(cluster.host_of("s1").as_deref(), Some(host.as_str()));
+
+    // A node that sleeps through its own rotation: when it wakes, its peers know only
+    // the new key and it knows only the old spec; it finds its way back by trying the
+    // pending key once it hears from no leader.
+    let sleeper = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != leader && *n != host)
+        .unwrap_or_else(|| {
+            ["n1", "n2", "n3"]
+                .into_iter()
+                .find(|n| *n != leader)
+                .unwrap()
+        });
+    cluster.pause(sleeper, true);
+    let key = cluster.rotate_key(sleeper, &leader).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.pause(sleeper, false);
+    wait_rotated(&cluster, sleeper, &key);
+    cluster.wait_healthy(LIMIT).unwrap();
+    let verdict = cluster.verdict(from);
+    assert!(
+        verdict.ok(),
+        "{}",
+        serde_json::to_string_pretty(&verdict).unwrap()
+    );
+}
+
+/// Waits until `target`'s rotation to `key` is done: no next key pending in its data
+/// dir, and every other node had a handshake with it under the key the spec declares.
+fn wait_rotated(cluster: &LabCluster, target: &str, key: &str) {
+    let t0 = Instant::now();
+    loop {
+        let pending = cluster.data_dir(target).join("wireguard.key.next").exists();
+        if !pending && all_shook_hands_with(cluster, target) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < LIMIT,
+            "{target}'s new key {key} did not take over (next key pending: {pending}): {:#}",
+            cluster.quorate_status().unwrap_or_default()["wireguard"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

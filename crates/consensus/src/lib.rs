@@ -650,6 +650,14 @@ impl Consensus {
         }
     }
 
+    /// How long ago this node last heard from a leader of any term (itself included,
+    /// when it leads and grants).
+    #[must_use]
+    pub fn since_leader_heard(&self) -> Option<std::time::Duration> {
+        let latest = self.heard.lock().ok()?.latest_before(u64::MAX)?;
+        Some(latest.elapsed())
+    }
+
     /// For a new leader of `term`: how long ago this node last heard from a leader of
     /// an earlier term. Answered only while this node's own term is `term`: Raft then
     /// refuses every earlier leader, so the answer can no longer change.

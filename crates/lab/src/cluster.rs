@@ -844,30 +844,61 @@ impl LabCluster {
     /// (retried for 15 s while there is no quorum); records the operation in the client
     /// record and returns whether it was acknowledged.
     fn apply_shapes(&self, via: &str, record: Operation) -> bool {
-        let acked = self.write_spec().is_ok()
-            && self.quorate(&["lock"]).is_ok_and(|o| o.status.success())
-            && {
-                let dd = self.data_dir(via).to_string_lossy().into_owned();
-                let t0 = Instant::now();
-                loop {
-                    let out = self.quorate(&["apply", "--allow-destructive", "--data-dir", &dd]);
-                    match out {
-                        Ok(o) if o.status.success() => break true,
-                        // 4: no quorum (an election in progress): try again.
-                        Ok(o)
-                            if o.status.code() == Some(4)
-                                && t0.elapsed() < Duration::from_secs(15) =>
-                        {
-                            std::thread::sleep(Duration::from_millis(300));
-                        }
-                        _ => break false,
-                    }
-                }
-            };
+        let acked = self.apply_spec(via);
         if let Ok(line) = serde_json::to_string(&Operation { acked, ..record }) {
             let _ = checker::append(&self.client_record(), &line);
         }
         acked
+    }
+
+    /// Writes the spec as the lab's state says, locks it and applies it through `via`
+    /// (retried for 15 s while there is no quorum); returns whether it was applied.
+    fn apply_spec(&self, via: &str) -> bool {
+        self.write_spec().is_ok() && self.quorate(&["lock"]).is_ok_and(|o| o.status.success()) && {
+            let dd = self.data_dir(via).to_string_lossy().into_owned();
+            let t0 = Instant::now();
+            loop {
+                let out = self.quorate(&["apply", "--allow-destructive", "--data-dir", &dd]);
+                match out {
+                    Ok(o) if o.status.success() => break true,
+                    // 4: no quorum (an election in progress): try again.
+                    Ok(o)
+                        if o.status.code() == Some(4) && t0.elapsed() < Duration::from_secs(15) =>
+                    {
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    _ => break false,
+                }
+            }
+        }
+    }
+
+    /// Rotates node `name`'s WireGuard key (`quorate wg rotate` in its data dir), puts
+    /// the new public key into the spec and applies it through `via`; returns the new
+    /// key once applied.
+    ///
+    /// # Errors
+    /// `wg rotate` or the apply fails.
+    pub fn rotate_key(&mut self, name: &str, via: &str) -> Result<String, String> {
+        let out = self.quorate(&[
+            "wg",
+            "rotate",
+            "--data-dir",
+            &self.data_dir(name).to_string_lossy(),
+        ])?;
+        if !out.status.success() {
+            return Err(format!(
+                "quorate wg rotate on {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        self.wg_keys.insert(name.to_owned(), key.clone());
+        if self.apply_spec(via) {
+            Ok(key)
+        } else {
+            Err(format!("the spec with {name}'s new key was not applied"))
+        }
     }
 
     /// Renames witness service `old` in the spec (with `renamed_from`) and applies it

@@ -15,6 +15,13 @@ pub fn key_path(data_dir: &Path) -> PathBuf {
     data_dir.join(quorate_render::WIREGUARD_KEY_FILE)
 }
 
+/// The next private key during a rotation (`quorate wg rotate`), until the applied
+/// spec declares its public key.
+#[must_use]
+pub fn next_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(format!("{}.next", quorate_render::WIREGUARD_KEY_FILE))
+}
+
 /// A fresh private key, clamped as `wg genkey` clamps it, in base64.
 #[must_use]
 pub fn generate() -> String {
@@ -44,7 +51,67 @@ pub fn public_of(private: &str) -> Result<String, WgError> {
 /// # Errors
 /// The file is missing, readable by group or others, or not a key.
 pub fn read_private(data_dir: &Path) -> Result<String, WgError> {
-    let path = key_path(data_dir);
+    read_key_file(data_dir, &key_path(data_dir))
+}
+
+/// The next private key of a rotation, if one is pending.
+///
+/// # Errors
+/// The file exists but is readable by others or not a key.
+pub fn read_next(data_dir: &Path) -> Result<Option<String>, WgError> {
+    let path = next_key_path(data_dir);
+    if !path.exists() {
+        return Ok(None);
+    }
+    read_key_file(data_dir, &path).map(Some)
+}
+
+/// `quorate wg rotate`: makes the next key (kept when one is pending already, so
+/// running it twice changes nothing) and returns its public key. The node keeps using
+/// its current key until the applied spec declares the new one.
+///
+/// # Errors
+/// The data dir cannot be written, or a pending next key is unusable.
+pub fn rotate(data_dir: &Path) -> Result<Keygen, WgError> {
+    read_private(data_dir)?;
+    let path = next_key_path(data_dir);
+    if let Some(next) = read_next(data_dir)? {
+        return Ok(Keygen {
+            public_key: public_of(&next)?,
+            created: false,
+            path,
+        });
+    }
+    let private = generate();
+    quorate_files::write_secret(&path, format!("{private}\n").as_bytes())
+        .map_err(|e| WgError::Key(format!("cannot write {}: {e}", path.display())))?;
+    Ok(Keygen {
+        public_key: public_of(&private)?,
+        created: true,
+        path,
+    })
+}
+
+/// Ends a rotation: the next key becomes the key (rename, so the data dir holds one
+/// or the other whole).
+///
+/// # Errors
+/// The rename fails.
+pub fn promote_next(data_dir: &Path) -> Result<(), WgError> {
+    let (next, key) = (next_key_path(data_dir), key_path(data_dir));
+    std::fs::rename(&next, &key)
+        .and_then(|()| std::fs::File::open(data_dir)?.sync_all())
+        .map_err(|e| {
+            WgError::Key(format!(
+                "cannot replace {} with {}: {e}",
+                key.display(),
+                next.display()
+            ))
+        })
+}
+
+fn read_key_file(data_dir: &Path, path: &Path) -> Result<String, WgError> {
+    let path = path.to_owned();
     let meta = std::fs::metadata(&path).map_err(|e| {
         WgError::Key(format!(
             "cannot read the WireGuard key {}: {e}\n  help: run `quorate wg keygen --data-dir {}` on this node and put the public key it prints into the spec",
@@ -149,6 +216,26 @@ mod tests {
             0xaa, 0x9b, 0x4e, 0x6a,
         ]);
         assert_eq!(public_of(&private).unwrap(), public);
+    }
+
+    #[test]
+    fn a_rotation_keeps_the_key_until_the_next_one_is_promoted() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            rotate(dir.path()).is_err(),
+            "nothing to rotate without a key"
+        );
+        let first = keygen(dir.path(), false).unwrap();
+        let next = rotate(dir.path()).unwrap();
+        assert!(next.created);
+        assert_ne!(next.public_key, first.public_key);
+        assert_eq!(rotate(dir.path()).unwrap().public_key, next.public_key);
+        let current = read_private(dir.path()).unwrap();
+        assert_eq!(public_of(&current).unwrap(), first.public_key);
+        promote_next(dir.path()).unwrap();
+        let current = read_private(dir.path()).unwrap();
+        assert_eq!(public_of(&current).unwrap(), next.public_key);
+        assert_eq!(read_next(dir.path()).unwrap(), None);
     }
 
     #[test]
