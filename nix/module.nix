@@ -63,6 +63,12 @@ let
         default = null;
         description = "Whether the node runs services (quorate's default: true); `false` makes a witness that only votes, e.g. a Raspberry Pi beside two servers.";
       };
+      wireguard.public_key = mkOption {
+        type = types.nullOr (types.strMatching "[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=");
+        default = null;
+        example = "PbebX3sHIVb9WIQL3GXQfBgdTHiZsPgEdXhvrtwPLGI=";
+        description = "The node's WireGuard public key (network.transport = \"wireguard\"): what `quorate wg keygen` printed on that node. Its private key stays in the node's data dir.";
+      };
       labels = mkOption {
         type = types.nullOr (types.attrsOf types.str);
         default = null;
@@ -109,7 +115,9 @@ let
   # quorate's own defaults apply.
   withoutNulls = value:
     if builtins.isAttrs value then
-      lib.mapAttrs (_: withoutNulls) (lib.filterAttrs (_: v: v != null) value)
+      let kept = lib.mapAttrs (_: withoutNulls) (lib.filterAttrs (_: v: v != null) value); in
+      # A group of options all left unset (`wireguard.public_key = null`) goes too.
+      lib.filterAttrs (k: v: !(builtins.isAttrs v && v == { } && value.${k} != { })) kept
     else if builtins.isList value then
       map withoutNulls value
     else
@@ -156,6 +164,29 @@ let
           || ((lockedStorage name).drbd.tie_breaker or null) == cfg.nodeName))
       settings.storage));
   wgPort = if lock == null then null else lock.nodes.${cfg.nodeName}.wg_port or null;
+  lockedNode = name: if lock == null then { } else lock.nodes.${name} or { };
+  overlayPrefix = if network.overlay == null then "32" else lib.last (lib.splitString "/" network.overlay);
+  # The mesh as `quorate render` describes it (crates/render, `mesh`): every other node
+  # as a peer at its underlay address and locked port, accepted only from its overlay
+  # address.
+  wgPeers = lib.mapAttrsToList
+    (name: n: {
+      publicKey = n.wireguard.public_key;
+      endpoint = (if lib.hasInfix ":" n.address then "[${n.address}]" else n.address)
+        + ":${toString ((lockedNode name).wg_port or 0)}";
+      allowedIPs = [ "${(lockedNode name).overlay_ip or "0.0.0.0"}/${if lib.hasInfix ":" ((lockedNode name).overlay_ip or "") then "128" else "32"}" ];
+      persistentKeepalive = 5;
+    })
+    (lib.filterAttrs (name: _: name != cfg.nodeName) settings.nodes);
+  meshReady = wireguard && lock != null && (lockedNode cfg.nodeName) ? overlay_ip;
+  # Cluster ports: over WireGuard only on the mesh interface, never on the underlay.
+  clusterTCPPorts = [ clusterPort ] ++ drbdPortsHere
+    ++ lib.optionals (glusterHere != { }) [ 24007 24008 ];
+  # glusterd gives each brick a port from 49152 up.
+  clusterTCPRanges = lib.optional (glusterHere != { }) {
+    from = 49152;
+    to = 49152 + builtins.length (builtins.attrNames glusterHere) - 1;
+  };
 
   referenceChecks = lib.flatten (lib.mapAttrsToList
     (svc: s:
@@ -302,6 +333,11 @@ in
                   type = types.nullOr types.port;
                   default = null;
                   description = "Cluster RPC port (quorate's default: 7400).";
+                };
+                mtu = mkOption {
+                  type = types.nullOr (types.ints.between 1280 9000);
+                  default = null;
+                  description = "MTU of the WireGuard interface `quorate0` (default: 1420, the usual underlay's 1500 − 80).";
                 };
               };
             };
@@ -451,22 +487,36 @@ in
     };
 
 
-    networking.firewall = mkIf cfg.openFirewall {
-      allowedTCPPorts = [ clusterPort ] ++ drbdPortsHere
-        ++ lib.optionals (glusterHere != { }) [ 24007 24008 ];
+    networking.firewall = mkIf cfg.openFirewall ({
+      allowedTCPPorts = lib.optionals (!wireguard) clusterTCPPorts;
       allowedUDPPorts = lib.optional (wireguard && wgPort != null) wgPort;
-      # glusterd gives each brick a port from 49152 up.
-      allowedTCPPortRanges = lib.optional (glusterHere != { }) {
-        from = 49152;
-        to = 49152 + builtins.length (builtins.attrNames glusterHere) - 1;
+      allowedTCPPortRanges = lib.optionals (!wireguard) clusterTCPRanges;
+    } // lib.optionalAttrs wireguard {
+      interfaces.quorate0 = {
+        allowedTCPPorts = clusterTCPPorts;
+        allowedTCPPortRanges = clusterTCPRanges;
       };
+    });
+
+    # The mesh (network.transport = "wireguard"): NixOS's own WireGuard interface, with
+    # the private key from the data dir (`quorate wg keygen` on this node, once). The
+    # agent keeps its peers equal to the applied spec between deploys (key rotations,
+    # nodes added) with `wg syncconf`.
+    networking.wireguard.interfaces = mkIf meshReady {
+      quorate0 = {
+        ips = [ "${(lockedNode cfg.nodeName).overlay_ip}/${overlayPrefix}" ];
+        listenPort = wgPort;
+        privateKeyFile = "${cfg.dataDir}/wireguard.key";
+        peers = wgPeers;
+      } // lib.optionalAttrs (network.mtu != null) { mtu = network.mtu; };
     };
 
     systemd.services.quorate = {
       description = "quorate cluster agent (node ${cfg.nodeName})";
       wantedBy = [ "multi-user.target" ];
-      wants = [ "network-online.target" ];
-      after = [ "network-online.target" ];
+      # Over WireGuard the agent binds its overlay address: the mesh comes first.
+      wants = [ "network-online.target" ] ++ lib.optional meshReady "wireguard-quorate0.service";
+      after = [ "network-online.target" ] ++ lib.optional meshReady "wireguard-quorate0.service";
       # No restartTriggers: a spec or lock change is applied to the running cluster by
       # quorate-apply.service below, never by restarting the agent. Only a new package
       # (a new ExecStart) restarts it, and that restart is fenced safely: KillMode=process
@@ -475,6 +525,8 @@ in
         # The storage steps run drbdadm, blkid, mkfs and mount.
         ++ lib.optionals (drbdHere != { } || drbdPortsHere != [ ]) [ pkgs.drbd pkgs.e2fsprogs pkgs.xfsprogs ]
         ++ lib.optional (glusterHere != { }) pkgs.glusterfs
+        # The agent keeps the mesh's peers in sync and reads its handshakes.
+        ++ lib.optional wireguard pkgs.wireguard-tools
         ++ lib.optional (pkgs ? arping) pkgs.arping;
       environment = {
         QUORATE_SPEC = "/etc/quorate/cluster.json";

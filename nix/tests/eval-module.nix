@@ -26,7 +26,9 @@ let
         allowedTCPPorts = loose (types.listOf types.port) [ ];
         allowedUDPPorts = loose (types.listOf types.port) [ ];
         allowedTCPPortRanges = loose (types.listOf (types.attrsOf types.port)) [ ];
+        interfaces = loose (types.attrsOf types.raw) { };
       };
+      networking.wireguard.interfaces = loose (types.attrsOf types.raw) { };
       environment.etc = loose (types.attrsOf lazyAttrs) { };
       environment.variables = loose (types.attrsOf types.str) { };
       environment.systemPackages = loose (types.listOf types.raw) [ ];
@@ -92,7 +94,9 @@ else {
     tcp = config.networking.firewall.allowedTCPPorts;
     udp = config.networking.firewall.allowedUDPPorts;
     tcpRanges = config.networking.firewall.allowedTCPPortRanges;
+    interfaces = config.networking.firewall.interfaces;
   };
+  wireguard = config.networking.wireguard.interfaces;
   tmpfiles = config.systemd.tmpfiles.rules;
   # The other units the module touches, with what it sets on them.
   managedUnits = builtins.mapAttrs (_: u: u.wantedBy) (removeAttrs config.systemd.services [ "quorate" "quorate-apply" ]);

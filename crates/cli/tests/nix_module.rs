@@ -317,8 +317,11 @@ fn the_agent_unit_is_notify_with_watchdog_restart_and_network_online() {
     ] {
         assert!(service.get(option).is_none(), "{option} is set");
     }
-    assert_eq!(unit["after"], serde_json::json!(["network-online.target"]));
-    assert_eq!(unit["wants"], serde_json::json!(["network-online.target"]));
+    // The example's transport is WireGuard: the agent binds its overlay address, so
+    // the mesh interface comes first.
+    let first = serde_json::json!(["network-online.target", "wireguard-quorate0.service"]);
+    assert_eq!(unit["after"], first);
+    assert_eq!(unit["wants"], first);
     assert_eq!(unit["wantedBy"], serde_json::json!(["multi-user.target"]));
     let env = &unit["environment"];
     assert_eq!(env["QUORATE_NODE"], "beta");
@@ -374,15 +377,20 @@ fn open_firewall_opens_exactly_the_ports_of_the_lock() {
         let fw = &result["firewall"];
         // Every node holds a pgdata replica or is its tie-breaker, and a media brick.
         assert!(drbd["node_ids"].get(node).is_some());
-        let expected_tcp = serde_json::json!([7400, drbd["port"], 24007, 24008]);
-        assert_eq!(fw["tcp"], expected_tcp, "{node}");
+        // Over WireGuard only the tunnel's UDP port is open on the underlay; the
+        // cluster ports only on the mesh interface.
+        assert_eq!(fw["tcp"], serde_json::json!([]), "{node}");
+        assert_eq!(fw["tcpRanges"], serde_json::json!([]), "{node}");
         assert_eq!(
             fw["udp"],
             serde_json::json!([lock["nodes"][node]["wg_port"]]),
             "{node}"
         );
+        let mesh_fw = &fw["interfaces"]["quorate0"];
+        let expected_tcp = serde_json::json!([7400, drbd["port"], 24007, 24008]);
+        assert_eq!(mesh_fw["allowedTCPPorts"], expected_tcp, "{node}");
         assert_eq!(
-            fw["tcpRanges"],
+            mesh_fw["allowedTCPPortRanges"],
             serde_json::json!([{"from": 49152, "to": 49152}])
         );
     }
@@ -405,6 +413,47 @@ fn open_firewall_opens_exactly_the_ports_of_the_lock() {
     )
     .unwrap();
     assert_eq!(result["firewall"]["tcp"], serde_json::json!([]));
+}
+
+#[test]
+fn the_mesh_is_nixoss_wireguard_interface_with_the_peers_quorate_renders() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let example = repo().join("examples/homelab");
+    let spec = quorate_spec::check(
+        &std::fs::read_to_string(example.join("quorate.toml")).unwrap(),
+        quorate_spec::Format::Toml,
+    )
+    .spec
+    .unwrap();
+    let lock: quorate_lock::Lock = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("examples/nixos/quorate.lock")).unwrap(),
+    )
+    .unwrap();
+    for node in ["alpha", "beta", "gamma"] {
+        let result = eval_host(&lib, &host(&example_cluster(), node, ""), &[]).unwrap();
+        let iface = &result["wireguard"]["quorate0"];
+        let mesh = quorate_render::mesh(&spec, &lock, node).unwrap();
+        assert_eq!(
+            iface["ips"],
+            serde_json::json!([format!("{}/{}", mesh.address, mesh.prefix_len)])
+        );
+        assert_eq!(iface["listenPort"], mesh.listen_port);
+        assert_eq!(iface["privateKeyFile"], "/var/lib/quorate/wireguard.key");
+        let peers = iface["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), mesh.peers.len(), "{node}");
+        for (p, want) in peers.iter().zip(&mesh.peers) {
+            assert_eq!(p["publicKey"], want.public_key.as_str());
+            assert_eq!(p["endpoint"], want.endpoint.to_string());
+            assert_eq!(
+                p["allowedIPs"],
+                serde_json::json!([format!("{}/32", want.overlay)])
+            );
+        }
+    }
+    // A direct cluster has no mesh.
+    let vm = repo().join("nix/tests/failover-cluster.nix");
+    let result = eval_host(&lib, &host(&vm, "gamma", ""), &[]).unwrap();
+    assert_eq!(result["wireguard"], serde_json::json!({}));
 }
 
 #[test]
