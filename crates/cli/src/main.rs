@@ -490,14 +490,8 @@ enum WgCommand {
     /// leaves the node) and print the public key for `nodes.<n>.wireguard.public_key`.
     /// Keeps an existing key (running it twice changes nothing) unless --force.
     Keygen {
-        /// State directory (the key goes to <DIR>/wireguard.key).
-        #[arg(
-            long,
-            value_name = "DIR",
-            env = "QUORATE_DATA_DIR",
-            default_value = "/var/lib/quorate"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
         /// Replace an existing key (the spec must then get the new public key).
         #[arg(long)]
         force: bool,
@@ -511,29 +505,30 @@ enum WgCommand {
     /// it tries the next key once it hears from no leader). Running it twice prints the
     /// same pending key.
     Rotate {
-        /// State directory.
-        #[arg(
-            long,
-            value_name = "DIR",
-            env = "QUORATE_DATA_DIR",
-            default_value = "/var/lib/quorate"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Print the public key of the data dir's private key.
     Pubkey {
-        /// State directory.
-        #[arg(
-            long,
-            value_name = "DIR",
-            env = "QUORATE_DATA_DIR",
-            default_value = "/var/lib/quorate"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
     },
+}
+
+/// The node's state directory, where its WireGuard key lives.
+#[derive(Debug, Args)]
+struct DataDir {
+    /// State directory (the key is <DIR>/wireguard.key).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "QUORATE_DATA_DIR",
+        default_value = "/var/lib/quorate"
+    )]
+    data_dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1089,13 +1084,11 @@ fn main() -> ExitCode {
         Command::Cert(CertCommand::Request { node, out }) => {
             pki_commands::cert_request(&node, &out)
         }
-        Command::Wg(WgCommand::Keygen {
-            data_dir,
-            force,
-            json,
-        }) => wg_commands::keygen(&data_dir, force, json),
-        Command::Wg(WgCommand::Pubkey { data_dir }) => wg_commands::pubkey(&data_dir),
-        Command::Wg(WgCommand::Rotate { data_dir, json }) => wg_commands::rotate(&data_dir, json),
+        Command::Wg(WgCommand::Keygen { dir, force, json }) => {
+            wg_commands::keygen(&dir.data_dir, force, json)
+        }
+        Command::Wg(WgCommand::Pubkey { dir }) => wg_commands::pubkey(&dir.data_dir),
+        Command::Wg(WgCommand::Rotate { dir, json }) => wg_commands::rotate(&dir.data_dir, json),
         Command::Net(NetCommand::Up { files, json }) => {
             let config = files.into_config();
             wg_commands::up(

@@ -153,21 +153,7 @@ fn follows_its_service(prefix: &str, wireguard: bool) {
 
     if let Some(capture) = capture {
         let pcap = capture.stop();
-        let ports = support::capture::wireguard_ports(&dir);
-        let clear = support::capture::in_clear(&pcap, &ports);
-        assert!(
-            clear.is_empty(),
-            "{} node-to-node packets outside WireGuard, e.g.:\n{}",
-            clear.len(),
-            clear
-                .iter()
-                .take(10)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        let tunnel = support::capture::packets(&pcap, support::capture::NODE_TO_NODE);
-        assert!(tunnel.len() > 100, "replication went through the tunnels");
+        support::capture::assert_only_wireguard(&pcap, &dir, 100);
     }
     drop(cluster);
     assert!(netns::namespaces(prefix).is_empty());

@@ -315,3 +315,116 @@ pub fn markdown(result: &Value) -> String {
     out.push_str(&row("planned move", &result["planned_move_ms"]));
     out
 }
+
+/// Busy CPU time of the whole machine so far (every core: user, nice, system, irq,
+/// softirq, steal), in seconds.
+fn machine_busy_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4)?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100);
+    Some((total - idle) as f64 / ticks as f64)
+}
+
+/// A process killed when dropped (the iperf3 server).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `quorate-lab bench mesh`: node-to-node TCP throughput (iperf3) and the whole
+/// machine's CPU per GB moved, over the underlay directly and through the WireGuard
+/// mesh (wireguard-go, as the lab has no kernel WireGuard), between two namespaces.
+///
+/// # Errors
+/// The lab cannot be made, iperf3 is missing, or a run fails.
+pub fn mesh(
+    options: &Options,
+    runs: usize,
+    seconds: u32,
+    mut say: impl FnMut(&str),
+) -> Result<Value, String> {
+    let mut options = options.clone();
+    options.nodes = options.nodes.max(2);
+    options.services = 0;
+    options.wireguard = true;
+    let cluster = LabCluster::new(options)?;
+    for name in cluster.names.clone() {
+        cluster.mesh_up(&name)?;
+    }
+    let lock: Value = std::fs::read_to_string(cluster.path().join("quorate.lock"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .ok_or("cannot read the lab's lock")?;
+    let overlay = lock["nodes"]["n2"]["overlay_ip"]
+        .as_str()
+        .ok_or("the lock has no overlay address for n2")?
+        .to_owned();
+    let _server = Killed(
+        cluster
+            .on_node("n2")
+            .args(["iperf3", "-s"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run iperf3 (apt-get install iperf3): {e}"))?,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let mut results = serde_json::Map::new();
+    for (path, address) in [
+        ("direct", crate::netns::Network::address(2)),
+        ("wireguard", overlay),
+    ] {
+        let (mut gbits, mut cpu_per_gb) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let busy0 = machine_busy_s().ok_or("cannot read /proc/stat")?;
+            let out = cluster
+                .on_node("n1")
+                .args(["iperf3", "-c", &address, "-t", &seconds.to_string(), "-J"])
+                .output()
+                .map_err(|e| e.to_string())?;
+            let busy1 = machine_busy_s().ok_or("cannot read /proc/stat")?;
+            let report: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+                format!(
+                    "iperf3 said no JSON ({e}): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?;
+            let received = &report["end"]["sum_received"];
+            let (bps, bytes) = (
+                received["bits_per_second"]
+                    .as_f64()
+                    .ok_or_else(|| format!("iperf3 over {path}: {report}"))?,
+                received["bytes"].as_f64().unwrap_or(0.0),
+            );
+            gbits.push(bps / 1e9);
+            cpu_per_gb.push((busy1 - busy0) / (bytes / 1e9).max(1e-9));
+        }
+        let entry = json!({
+            "throughput_gbit_s": stats(gbits),
+            "cpu_seconds_per_gb": stats(cpu_per_gb),
+        });
+        say(&format!("{path}: {entry}"));
+        results.insert(path.to_owned(), entry);
+    }
+    Ok(json!({
+        "bench": "lab mesh",
+        "note": "iperf3 TCP n1 -> n2 between two namespaces; cpu = the whole machine's busy time (iperf3 both ends, wireguard-go, kernel) per GB received",
+        "seconds_per_run": seconds,
+        "results": results,
+    }))
+}

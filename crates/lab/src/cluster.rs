@@ -526,18 +526,7 @@ impl LabCluster {
         }
         // `nsenter` execs the agent: the child's pid is the agent's.
         let child = self
-            .on_node(name)
-            .arg(&self.options.quorate)
-            .args([
-                "agent",
-                "--spec",
-                "quorate.toml",
-                "--node",
-                name,
-                "--data-dir",
-            ])
-            .arg(self.data_dir(name))
-            .current_dir(self.path())
+            .quorate_on(name, &["agent"])
             .env(
                 "QUORATE_LOG",
                 std::env::var("QUORATE_LAB_LOG").unwrap_or_else(|_| "info".into()),
@@ -558,25 +547,26 @@ impl LabCluster {
         Ok(())
     }
 
+    /// `quorate ARGS --spec quorate.toml --node NAME --data-dir D` inside node `name`'s
+    /// namespaces, from the lab's directory.
+    fn quorate_on(&self, name: &str, args: &[&str]) -> Command {
+        let mut command = self.on_node(name);
+        command
+            .arg(&self.options.quorate)
+            .args(args)
+            .args(["--spec", "quorate.toml", "--node", name, "--data-dir"])
+            .arg(self.data_dir(name))
+            .current_dir(self.path());
+        command
+    }
+
     /// `quorate net up` on node `name` (idempotent): its mesh interface from the spec.
     ///
     /// # Errors
     /// The command fails.
     pub fn mesh_up(&self, name: &str) -> Result<(), String> {
         let out = self
-            .on_node(name)
-            .arg(&self.options.quorate)
-            .args([
-                "net",
-                "up",
-                "--spec",
-                "quorate.toml",
-                "--node",
-                name,
-                "--data-dir",
-            ])
-            .arg(self.data_dir(name))
-            .current_dir(self.path())
+            .quorate_on(name, &["net", "up"])
             .output()
             .map_err(|e| format!("cannot run quorate net up on {name}: {e}"))?;
         if out.status.success() {

@@ -148,6 +148,18 @@ enum BenchCommand {
         #[arg(long, value_name = "FILE")]
         markdown: Option<PathBuf>,
     },
+    /// Node-to-node throughput and CPU per GB, direct vs through the WireGuard mesh
+    /// (iperf3 between two namespaces).
+    Mesh {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Runs per path.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
     /// One idle cluster: formation, RSS per agent, the leader's CPU, `status` latency
     /// (e.g. `--nodes 25 --voters 5`; targets: leader < 5 % of a core, RSS < 30 MB).
     Scale {
@@ -157,6 +169,23 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         idle_seconds: u64,
     },
+}
+
+/// Prints a benchmark's JSON result on stdout, or its error (exit 1).
+fn print_bench(result: Result<serde_json::Value, String>) -> ExitCode {
+    match result {
+        Ok(result) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&result).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn schedule(lab: &LabArgs, faults: usize, minutes: Option<u64>, seed: u64, json: bool) -> ExitCode {
@@ -281,21 +310,20 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             let options = lab.options();
-            match bench::scale(&options, Duration::from_secs(idle_seconds), |line| {
-                eprintln!("{line}");
-            }) {
-                Ok(result) => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&result).unwrap_or_default()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
+            print_bench(bench::scale(
+                &options,
+                Duration::from_secs(idle_seconds),
+                |line| eprintln!("{line}"),
+            ))
+        }
+        Command::Bench(BenchCommand::Mesh { lab, runs, seconds }) => {
+            if let Some(why) = netns::unavailable() {
+                eprintln!("error: the lab needs network namespaces: {why}");
+                return ExitCode::from(2);
             }
+            print_bench(bench::mesh(&lab.options(), runs, seconds, |line| {
+                eprintln!("{line}");
+            }))
         }
         Command::Bench(BenchCommand::Failover {
             lab,

@@ -155,11 +155,17 @@ impl Mesh {
     /// the caller adds from the data dir).
     #[must_use]
     pub fn wg_peers(&self) -> String {
+        self.peer_sections("Peer", " = ")
+    }
+
+    /// One `[section]` per peer, keys and values joined by `eq` (wg(8) writes
+    /// `Key = Value`, systemd-networkd `Key=Value`).
+    fn peer_sections(&self, section: &str, eq: &str) -> String {
         let mut out = String::new();
         for p in &self.peers {
             let _ = write!(
                 out,
-                "\n[Peer]\n# {name}\nPublicKey = {key}\nEndpoint = {endpoint}\nAllowedIPs = {ip}/{bits}\nPersistentKeepalive = {WIREGUARD_KEEPALIVE_S}\n",
+                "\n[{section}]\n# {name}\nPublicKey{eq}{key}\nEndpoint{eq}{endpoint}\nAllowedIPs{eq}{ip}/{bits}\nPersistentKeepalive{eq}{WIREGUARD_KEEPALIVE_S}\n",
                 name = p.name,
                 key = p.public_key,
                 endpoint = p.endpoint,
@@ -243,7 +249,7 @@ pub fn mesh(spec: &Spec, lock: &Lock, node: &str) -> Result<Mesh, RenderError> {
 fn wireguard_files(spec: &Spec, lock: &Lock, node: &str) -> Result<Vec<NodeFile>, RenderError> {
     let mesh = mesh(spec, lock, node)?;
     let iface = WIREGUARD_INTERFACE;
-    let mut netdev = format!(
+    let netdev = format!(
         "{HEADER}# The WireGuard mesh of cluster `{cluster}` (network.transport = \"wireguard\").\n\
          [NetDev]\nName={iface}\nKind=wireguard\nMTUBytes={mtu}\n\n\
          [WireGuard]\nPrivateKeyFile=/var/lib/quorate/{WIREGUARD_KEY_FILE}\nListenPort={port}\n",
@@ -251,17 +257,7 @@ fn wireguard_files(spec: &Spec, lock: &Lock, node: &str) -> Result<Vec<NodeFile>
         mtu = mesh.mtu.unwrap_or(WIREGUARD_DEFAULT_MTU),
         port = mesh.listen_port,
     );
-    for p in &mesh.peers {
-        let _ = write!(
-            netdev,
-            "\n[WireGuardPeer]\n# {name}\nPublicKey={key}\nEndpoint={endpoint}\nAllowedIPs={ip}/{bits}\nPersistentKeepalive={WIREGUARD_KEEPALIVE_S}\n",
-            name = p.name,
-            key = p.public_key,
-            endpoint = p.endpoint,
-            ip = p.overlay,
-            bits = if p.overlay.is_ipv4() { 32 } else { 128 },
-        );
-    }
+    let netdev = netdev + &mesh.peer_sections("WireGuardPeer", "=");
     let network = format!(
         "{HEADER}[Match]\nName={iface}\n\n[Network]\nAddress={}/{}\n",
         mesh.address, mesh.prefix_len

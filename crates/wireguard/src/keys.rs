@@ -82,6 +82,11 @@ pub fn rotate(data_dir: &Path) -> Result<Keygen, WgError> {
             path,
         });
     }
+    write_new(path)
+}
+
+/// Writes a fresh private key to `path` (0600, temp file + fsync + rename).
+fn write_new(path: PathBuf) -> Result<Keygen, WgError> {
     let private = generate();
     quorate_files::write_secret(&path, format!("{private}\n").as_bytes())
         .map_err(|e| WgError::Key(format!("cannot write {}: {e}", path.display())))?;
@@ -168,14 +173,7 @@ pub fn keygen(data_dir: &Path, force: bool) -> Result<Keygen, WgError> {
     }
     std::fs::create_dir_all(data_dir)
         .map_err(|e| WgError::Key(format!("cannot create {}: {e}", data_dir.display())))?;
-    let private = generate();
-    quorate_files::write_secret(&path, format!("{private}\n").as_bytes())
-        .map_err(|e| WgError::Key(format!("cannot write {}: {e}", path.display())))?;
-    Ok(Keygen {
-        public_key: public_of(&private)?,
-        created: true,
-        path,
-    })
+    write_new(path)
 }
 
 #[cfg(test)]

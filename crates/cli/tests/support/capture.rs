@@ -108,6 +108,31 @@ pub fn wireguard_ports(dir: &Path) -> Vec<u16> {
         .collect()
 }
 
+/// Asserts that the underlay carried node-to-node traffic (more than `at_least`
+/// packets) and all of it inside WireGuard, using the ports of the lab's lock in `dir`.
+pub fn assert_only_wireguard(pcap: &Path, dir: &Path, at_least: usize) {
+    let ports = wireguard_ports(dir);
+    assert!(!ports.is_empty(), "the lock has WireGuard ports");
+    let all = packets(pcap, NODE_TO_NODE);
+    assert!(
+        all.len() > at_least,
+        "node-to-node traffic was captured ({} packets)",
+        all.len()
+    );
+    let clear = in_clear(pcap, &ports);
+    assert!(
+        clear.is_empty(),
+        "{} node-to-node packets outside WireGuard, e.g.:\n{}",
+        clear.len(),
+        clear
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 /// The pcap filter for node-to-node packets that are not WireGuard UDP.
 pub fn not_wireguard(ports: &[u16]) -> String {
     let ports: Vec<String> = ports.iter().map(|p| format!("port {p}")).collect();
