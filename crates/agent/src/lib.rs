@@ -115,6 +115,23 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             config.node
         ))
     })?;
+    // The HTTP API, when the spec asks for it: on the node's own (underlay) address,
+    // where operators reach it.
+    let api = match spec.network.api_port {
+        Some(port) => {
+            let address = std::net::SocketAddr::new(spec.nodes[&config.node].address, port);
+            let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+                AgentError::Input(format!(
+                    "cannot listen on {address} for the HTTP API (node `{}`'s address and network.api_port): {e}",
+                    config.node
+                ))
+            })?;
+            let tls = quorate_pki::api_server_config(&config.tls)
+                .map_err(|e| AgentError::Input(format!("the HTTP API's TLS: {e}")))?;
+            Some((listener, tls))
+        }
+        None => None,
+    };
     if write_identity {
         setup::write_identity(&config.data_dir, &identity)?;
     }
@@ -193,6 +210,28 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let handover = tokio::spawn(node.clone().bound_predecessor_leases_forever());
     let mesh = tokio::spawn(node.clone().keep_mesh_forever(config.data_dir.clone()));
     let control_task = tokio::spawn(control::serve(control, node.clone()));
+    let api_task = api.map(|(listener, tls)| {
+        let handler: quorate_http::Handler = {
+            let node = node.clone();
+            Arc::new(move |request, by| {
+                let node = node.clone();
+                Box::pin(async move {
+                    let caller = cluster::Caller {
+                        node: node.name.clone(),
+                        user: Some(by),
+                        forwarded: false,
+                    };
+                    node.handle(request, &caller).await
+                })
+            })
+        };
+        let api = quorate_http::Api {
+            handler,
+            tokens: config.data_dir.join(quorate_http::tokens::TOKENS_FILE),
+        };
+        tracing::info!(address = ?listener.local_addr().ok(), "HTTP API listening");
+        tokio::spawn(quorate_http::serve(listener, tls, api))
+    });
     let alerts_task = tokio::spawn(alerts::run_forever(node.clone()));
     let runtime = Arc::new(Runtime::new(
         node.clone(),
@@ -248,6 +287,9 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     drbd_task.abort();
     gluster_task.abort();
     control_task.abort();
+    if let Some(task) = api_task {
+        task.abort();
+    }
     alerts_task.abort();
     reload.abort();
     server.abort();

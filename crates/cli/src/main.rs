@@ -482,6 +482,26 @@ enum Command {
     /// The WireGuard mesh interface (`quorate0`) on this node.
     #[command(subcommand)]
     Net(NetCommand),
+    /// Tokens for the HTTP API (`network.api_port`).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// On the node: make a token for the HTTP API and print it (once: the node keeps
+    /// only its SHA-256, in <DIR>/api-tokens, 0600). Send it as `Authorization: Bearer
+    /// TOKEN`. A new token for the same name replaces the old one.
+    Create {
+        /// `viewer` (reads) or `operator` (reads and operates).
+        #[arg(long, value_name = "ROLE")]
+        role: quorate_pki::Role,
+        /// Who holds it (recorded in events as `api:NAME@NODE`).
+        #[arg(long, value_name = "NAME", default_value = "browser")]
+        name: String,
+        #[command(flatten)]
+        dir: DataDir,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -757,17 +777,22 @@ enum CaCommand {
     /// Create a node's key and certificate in one step, for delivery by secret tooling
     /// (sops-nix, agenix).
     Issue {
-        /// The node's name.
+        /// The node's name (with --role: the person's or tool's name).
         node: String,
         /// The CA directory.
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
-        /// Output directory (node.pem, node.key, ca.pem).
+        /// Output directory (node.pem, node.key, ca.pem; with --role client.pem,
+        /// client.key, ca.pem).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// How long the certificate is valid, in days (`status` warns 30 days before).
         #[arg(long, value_name = "DAYS", default_value_t = 365)]
         days: u32,
+        /// A client certificate for the HTTP API instead of a node's: `viewer` reads,
+        /// `operator` also operates. It names no node, so nodes never accept it as one.
+        #[arg(long, value_name = "ROLE")]
+        role: Option<quorate_pki::Role>,
     },
     /// Start a rolling CA change: create the new CA (if NEW has none) and the bundle
     /// of old + new CA that every node trusts during the change; prints the steps.
@@ -1074,7 +1099,18 @@ fn main() -> ExitCode {
             ca,
             out,
             days,
+            role: None,
         }) => pki_commands::ca_issue(&ca, &node, &out, days),
+        Command::Ca(CaCommand::Issue {
+            node,
+            ca,
+            out,
+            days,
+            role: Some(role),
+        }) => pki_commands::ca_issue_client(&ca, &node, role, &out, days),
+        Command::Token(TokenCommand::Create { role, name, dir }) => {
+            pki_commands::token_create(&dir.data_dir, &name, role)
+        }
         Command::Ca(CaCommand::Rotate {
             ca,
             new,

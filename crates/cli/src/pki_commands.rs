@@ -58,6 +58,47 @@ pub fn ca_issue(ca: &Path, node: &str, out: &Path, valid_days: u32) -> Exit {
     }
 }
 
+/// `quorate ca issue NAME --role ROLE`: a client certificate for the HTTP API.
+pub fn ca_issue_client(
+    ca: &Path,
+    name: &str,
+    role: quorate_pki::Role,
+    out: &Path,
+    valid_days: u32,
+) -> Exit {
+    match quorate_pki::issue_client(ca, name, role, out, days(valid_days)) {
+        Ok(()) => {
+            eprintln!(
+                "issued `{name}` ({}): {}/client.pem, client.key (0600) and ca.pem, for the HTTP API (e.g. `curl --cert client.pem --key client.key --cacert ca.pem https://NODE:PORT/v1/status`)",
+                role.as_str(),
+                out.display()
+            );
+            Exit::Ok
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// `quorate token create --role ROLE`
+pub fn token_create(data_dir: &Path, name: &str, role: quorate_pki::Role) -> Exit {
+    let file = data_dir.join(quorate_http::tokens::TOKENS_FILE);
+    match quorate_http::tokens::create(&file, name, role) {
+        Ok(token) => {
+            println!("{token}");
+            eprintln!(
+                "a {} token for `{name}`, shown this once (the node keeps its SHA-256 in {}); send it as `Authorization: Bearer TOKEN`",
+                role.as_str(),
+                file.display()
+            );
+            Exit::Ok
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Exit::Invalid
+        }
+    }
+}
+
 /// `quorate ca rotate --ca OLD --new NEW`
 pub fn ca_rotate(old: &Path, new: &Path, cluster: &str, valid_days: u32) -> Exit {
     match quorate_pki::rotate(old, new, cluster, days(valid_days)) {

@@ -325,6 +325,151 @@ pub fn issue(
     Ok(())
 }
 
+/// What a person's (or a tool's) certificate lets it do through the HTTP API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Reads: status, events, explain, metrics.
+    Viewer,
+    /// Reads, and operates: move, restart, drain, maintenance, …
+    Operator,
+}
+
+impl Role {
+    /// `viewer` or `operator`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "viewer" => Ok(Self::Viewer),
+            "operator" => Ok(Self::Operator),
+            other => Err(format!(
+                "unknown role `{other}`: use `viewer` or `operator`"
+            )),
+        }
+    }
+}
+
+/// A client certificate's file names in its directory.
+pub const CLIENT_CERT: &str = "client.pem";
+/// Its key (0600).
+pub const CLIENT_KEY: &str = "client.key";
+
+/// The URI subject-alternative name that carries a client's name and role. A client
+/// certificate has no DNS name, so the transport between nodes never takes it for a
+/// node's (it names none), and a node's certificate carries no role, so the API never
+/// takes a node for a person.
+fn role_uri(name: &str, role: Role) -> String {
+    format!("urn:quorate:{}:{name}", role.as_str())
+}
+
+/// With the CA: a client certificate for the HTTP API (`client.pem`, `client.key`
+/// 0600, and `ca.pem`) in `out_dir`, naming `name` with `role`.
+///
+/// # Errors
+/// Invalid name, existing files, CA not found.
+pub fn issue_client(
+    ca_dir: &Path,
+    name: &str,
+    role: Role,
+    out_dir: &Path,
+    valid_for: Duration,
+) -> Result<(), PkiError> {
+    if !is_node_name(name) {
+        return Err(PkiError::BadName {
+            name: name.to_string(),
+        });
+    }
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from(role_uri(name, role))
+            .map_err(|e| PkiError::Tls(e.to_string()))?,
+    )];
+    set_validity(&mut params, valid_for);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.distinguished_name.push(
+        DnType::OrganizationName,
+        format!("quorate {}", role.as_str()),
+    );
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let issuer = load_issuer(ca_dir)?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    write_new(&out_dir.join(CLIENT_KEY), &key.serialize_pem(), true)?;
+    write_new(&out_dir.join(CLIENT_CERT), &cert.pem(), false)?;
+    let ca_copy = out_dir.join(CA_CERT);
+    if !ca_copy.exists() {
+        write_new(&ca_copy, &read(&ca_dir.join(CA_CERT))?, false)?;
+    }
+    Ok(())
+}
+
+/// The name and role a client certificate carries (see [`issue_client`]); `None` for a
+/// node's certificate or any other.
+#[must_use]
+pub fn client_role(cert: &CertificateDer<'_>) -> Option<(String, Role)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let san = parsed.subject_alternative_name().ok()??;
+    let mut found = san.value.general_names.iter().filter_map(|g| match g {
+        x509_parser::extensions::GeneralName::URI(uri) => {
+            let rest = uri.strip_prefix("urn:quorate:")?;
+            let (role, name) = rest.split_once(':')?;
+            Some((name.to_string(), role.parse::<Role>().ok()?))
+        }
+        _ => None,
+    });
+    let one = found.next()?;
+    // A DNS name too would make it a node's certificate as well: refused.
+    let dns = san
+        .value
+        .general_names
+        .iter()
+        .any(|g| matches!(g, x509_parser::extensions::GeneralName::DNSName(_)));
+    (found.next().is_none() && !dns && is_node_name(&one.0)).then_some(one)
+}
+
+/// The TLS server side of the HTTP API: this node's certificate; a client certificate
+/// from the cluster CA is verified when presented but not required (a token may
+/// authenticate instead). TLS 1.2 and 1.3, HTTP/1.1.
+///
+/// # Errors
+/// Unreadable files or an impossible configuration.
+pub fn api_server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, PkiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for c in certs(&files.ca)? {
+        roots.add(c).map_err(|e| PkiError::Tls(e.to_string()))?;
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| PkiError::Bad {
+        path: files.key.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Tls(e.to_string()))?;
+    let tls = |e: rustls::Error| PkiError::Tls(e.to_string());
+    let mut server = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(tls)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(&files.cert)?, key)
+        .map_err(tls)?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(server))
+}
+
 /// The bundle of old + new CA written by [`rotate`].
 pub const CA_BUNDLE: &str = "bundle.pem";
 
@@ -721,6 +866,37 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn a_client_certificate_carries_a_role_and_never_names_a_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        init_ca(&ca, "t", CA_VALIDITY).unwrap();
+        let alice = dir.path().join("alice");
+        issue_client(&ca, "alice", Role::Operator, &alice, NODE_VALIDITY).unwrap();
+        let cert = &certs(&alice.join(CLIENT_CERT)).unwrap()[0];
+        assert_eq!(client_role(cert), Some(("alice".into(), Role::Operator)));
+        assert_eq!(peer_node_name(cert), None, "the node transport refuses it");
+        let key_mode = std::fs::metadata(alice.join(CLIENT_KEY))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(key_mode & 0o777, 0o600);
+        // A node's certificate has no role.
+        issue(&ca, "n1", &dir.path().join("n1"), NODE_VALIDITY).unwrap();
+        let node = &certs(&dir.path().join("n1").join(NODE_CERT)).unwrap()[0];
+        assert_eq!(client_role(node), None);
+        assert!(issue_client(
+            &ca,
+            "Not A Name",
+            Role::Viewer,
+            &dir.path().join("x"),
+            NODE_VALIDITY
+        )
+        .is_err());
+        assert_eq!("viewer".parse::<Role>(), Ok(Role::Viewer));
+        assert!("admin".parse::<Role>().is_err());
+    }
 
     #[test]
     fn nodes_talk_across_one_minor_version_and_never_across_majors() {

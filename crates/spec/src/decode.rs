@@ -528,7 +528,7 @@ pub mod keys {
     /// `[nodes.<n>.wireguard]`
     pub const NODE_WIREGUARD: &[&str] = &["public_key"];
     /// `[network]`
-    pub const NETWORK: &[&str] = &["transport", "overlay", "port", "mtu"];
+    pub const NETWORK: &[&str] = &["transport", "overlay", "port", "mtu", "api_port"];
     /// `[services.NAME]`
     pub const SERVICE: &[&str] = &[
         "kind",
@@ -680,6 +680,9 @@ fn network(d: &mut Decoder, node: &Node, path: &str) -> Option<Network> {
         if let Some(port) = d.integer::<u16>(n, &p, "from 1 to 65535") {
             net.port = port;
         }
+    }
+    if let Some((n, p)) = f.get("api_port") {
+        net.api_port = d.integer::<u16>(n, &p, "from 1 to 65535");
     }
     if let Some((n, p)) = f.get("mtu") {
         net.mtu = d.integer::<u16>(n, &p, "from 1280 to 9000");

@@ -218,6 +218,9 @@ pub struct Network {
     /// WireGuard's encapsulation over IPv6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
+    /// The HTTP API's port (HTTPS, on each node's address); none: no API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_port: Option<u16>,
 }
 
 impl Network {
@@ -233,6 +236,7 @@ impl Default for Network {
             overlay: None,
             port: Self::default_port(),
             mtu: None,
+            api_port: None,
         }
     }
 }

@@ -578,6 +578,21 @@ fn network(c: &mut Checker<'_>) {
             );
         }
     }
+    if let Some(api) = net.api_port {
+        if api == 0 || api == net.port {
+            c.error(
+                "spec::port",
+                "network.api_port",
+                format!("network.api_port {api} is not a free port of its own"),
+                if api == 0 {
+                    "not a port"
+                } else {
+                    "same as network.port"
+                },
+                "pick another TCP port for the HTTP API, e.g. 7443",
+            );
+        }
+    }
     if let Some(mtu) = net.mtu {
         if !(1280..=9000).contains(&mtu) {
             c.error(

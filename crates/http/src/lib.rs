@@ -1,0 +1,546 @@
+//! The agent's HTTP API (`network.api_port`, off unless set): the control requests the
+//! CLI sends over the local socket, over HTTPS, with the same semantics — reads go
+//! through the leader as `quorate status` does, operations are acknowledged through
+//! Raft — and the CLI's exit codes as HTTP statuses with JSON problem details
+//! (RFC 9457): 1 (invalid or refused) → 422, 3 (destructive) → 409, 4 (no quorum) →
+//! 503.
+//!
+//! Who may ask: a client certificate from the cluster CA that carries a role
+//! (`quorate ca issue NAME --role viewer|operator --client`), or a token (`quorate
+//! token create`, `Authorization: Bearer …`). Nothing else: no certificate and no token
+//! → 401; a certificate of another CA fails the TLS handshake; a node's certificate
+//! carries no role → 401; a viewer asking for an operation → 403. Every operation is
+//! recorded in `events` as `api:NAME@NODE`.
+//!
+//! **Architecture Invariant:** knows nothing of Raft or the agent: it turns HTTP into
+//! [`ControlRequest`]s and hands them to the [`Handler`] the agent gives it. [`ROUTES`]
+//! is the one list of endpoints; `docs/openapi.json` is checked against it.
+
+pub mod tokens;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use quorate_api::{ControlReply, ControlRequest};
+use quorate_pki::Role;
+use serde::Deserialize;
+use serde_json::json;
+
+/// Hands a request to the agent, with who asked (`api:NAME`); returns its reply.
+pub type Handler = Arc<
+    dyn Fn(ControlRequest, String) -> Pin<Box<dyn Future<Output = ControlReply> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// One endpoint: what it is, and the least role that may call it.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    /// `GET` or `POST`.
+    pub method: &'static str,
+    /// The path, with `{name}` parameters as OpenAPI writes them.
+    pub path: &'static str,
+    /// The least role.
+    pub role: Role,
+}
+
+const fn route(method: &'static str, path: &'static str, role: Role) -> Route {
+    Route { method, path, role }
+}
+
+/// Every endpoint of the API.
+pub const ROUTES: &[Route] = &[
+    route("GET", "/v1/status", Role::Viewer),
+    route("GET", "/v1/events", Role::Viewer),
+    route("GET", "/v1/services/{service}/explain", Role::Viewer),
+    route("POST", "/v1/services/{service}/move", Role::Operator),
+    route("POST", "/v1/services/{service}/restart", Role::Operator),
+    route("POST", "/v1/services/{service}/disable", Role::Operator),
+    route("POST", "/v1/services/{service}/enable", Role::Operator),
+    route("POST", "/v1/nodes/{node}/drain", Role::Operator),
+    route("POST", "/v1/nodes/{node}/undrain", Role::Operator),
+    route("POST", "/v1/nodes/{node}/maintenance", Role::Operator),
+];
+
+/// What the API needs from the agent.
+#[derive(Clone)]
+pub struct Api {
+    /// Answers control requests.
+    pub handler: Handler,
+    /// The node's token file (`<data-dir>/api-tokens`).
+    pub tokens: PathBuf,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("tokens", &self.tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who asked, from the connection's client certificate (if it carries a role).
+#[derive(Clone, Debug)]
+struct ConnIdentity(Option<(String, Role)>);
+
+/// A JSON problem (RFC 9457).
+struct Problem {
+    status: StatusCode,
+    title: &'static str,
+    detail: String,
+    exit_code: Option<u8>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            title,
+            detail: detail.into(),
+            exit_code: None,
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = json!({
+            "type": "about:blank",
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        if let Some(code) = self.exit_code {
+            body["exit_code"] = json!(code);
+        }
+        let mut response = (self.status, Json(body)).into_response();
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+/// The caller's name and role: the connection's certificate, else a bearer token;
+/// refused when neither, or when the role is below `needed`.
+fn authorize(
+    api: &Api,
+    conn: &ConnIdentity,
+    headers: &HeaderMap,
+    needed: Role,
+) -> Result<String, Problem> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let who = match (&conn.0, bearer) {
+        (Some(identity), _) => Some(identity.clone()),
+        (None, Some(token)) => tokens::lookup(&api.tokens, token.trim()),
+        (None, None) => None,
+    };
+    let Some((name, role)) = who else {
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "present a client certificate with a role from the cluster CA (`quorate ca issue NAME --client --role viewer|operator`) or a token (`Authorization: Bearer …`, from `quorate token create`)",
+        ));
+    };
+    if role < needed {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "`{name}` is a {}; this needs an {}",
+                role.as_str(),
+                needed.as_str()
+            ),
+        ));
+    }
+    Ok(format!("api:{name}"))
+}
+
+/// The agent's reply as HTTP: a refusal as a problem with the CLI's exit code.
+fn reply(answer: ControlReply) -> Response {
+    match answer {
+        ControlReply::Refused {
+            exit_code, message, ..
+        } => {
+            let (status, title) = match exit_code {
+                3 => (StatusCode::CONFLICT, "Destructive change refused"),
+                4 => (StatusCode::SERVICE_UNAVAILABLE, "No quorum"),
+                _ => (StatusCode::UNPROCESSABLE_ENTITY, "Refused"),
+            };
+            Problem {
+                status,
+                title,
+                detail: message,
+                exit_code: Some(exit_code),
+            }
+            .into_response()
+        }
+        ControlReply::Status(report) => Json(report).into_response(),
+        other => Json(other).into_response(),
+    }
+}
+
+/// Authorizes the caller first (so a stranger learns nothing from a body's errors),
+/// then refuses a bad body, then hands the request to the agent.
+async fn ask(
+    api: &Api,
+    conn: &ConnIdentity,
+    headers: &HeaderMap,
+    needed: Role,
+    request: Result<ControlRequest, Problem>,
+) -> Response {
+    let by = match authorize(api, conn, headers, needed) {
+        Ok(by) => by,
+        Err(problem) => return problem.into_response(),
+    };
+    match request {
+        Ok(request) => reply((api.handler)(request, by).await),
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// A body that is not the JSON an endpoint takes: 400 with what was wrong.
+fn bad_body(rejection: &JsonRejection) -> Problem {
+    Problem {
+        status: StatusCode::BAD_REQUEST,
+        title: "Bad request body",
+        detail: format!("{rejection}; nothing was changed"),
+        exit_code: Some(1),
+    }
+}
+
+/// Operations without parameters take no body, or `{}`: anything else is refused, so
+/// a client that thinks it sends parameters learns that they are not taken.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoBody {}
+
+fn no_body(body: &axum::body::Bytes) -> Result<(), Problem> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    serde_json::from_slice::<NoBody>(body)
+        .map(drop)
+        .map_err(|e| Problem {
+            status: StatusCode::BAD_REQUEST,
+            title: "Bad request body",
+            detail: format!(
+                "this operation takes no parameters (no body, or `{{}}`): {e}; nothing was changed"
+            ),
+            exit_code: Some(1),
+        })
+}
+
+#[derive(Deserialize)]
+struct StatusQuery {
+    #[serde(default)]
+    local: bool,
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveBody {
+    node: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceBody {
+    on: bool,
+}
+
+/// The router of [`ROUTES`], without transport (for [`serve`] and tests).
+pub fn router(api: Api) -> Router {
+    async fn status(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+        Query(q): Query<StatusQuery>,
+    ) -> Response {
+        ask(
+            &api,
+            &conn,
+            &headers,
+            Role::Viewer,
+            Ok(ControlRequest::Status { local: q.local }),
+        )
+        .await
+    }
+    async fn events(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+        Query(q): Query<EventsQuery>,
+    ) -> Response {
+        let limit = q.limit.unwrap_or(50).min(10_000);
+        ask(
+            &api,
+            &conn,
+            &headers,
+            Role::Viewer,
+            Ok(ControlRequest::Events { limit }),
+        )
+        .await
+    }
+    async fn explain(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+        Path(service): Path<String>,
+    ) -> Response {
+        ask(
+            &api,
+            &conn,
+            &headers,
+            Role::Viewer,
+            Ok(ControlRequest::Explain { service }),
+        )
+        .await
+    }
+    async fn move_service(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+        Path(service): Path<String>,
+        body: Result<Json<MoveBody>, JsonRejection>,
+    ) -> Response {
+        let request = body
+            .map(|Json(b)| ControlRequest::Move {
+                service,
+                node: b.node,
+            })
+            .map_err(|e| bad_body(&e));
+        ask(&api, &conn, &headers, Role::Operator, request).await
+    }
+    async fn restart(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+        Path(service): Path<String>,
+        body: axum::body::Bytes,
+    ) -> Response {
+        let request = no_body(&body).map(|()| ControlRequest::Restart { service });
+        ask(&api, &conn, &headers, Role::Operator, request).await
+    }
+    async fn disable(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+        Path(service): Path<String>,
+        body: axum::body::Bytes,
+    ) -> Response {
+        let request = no_body(&body).map(|()| ControlRequest::SetDisabled {
+            service,
+            disabled: true,
+        });
+        ask(&api, &conn, &headers, Role::Operator, request).await
+    }
+    async fn enable(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+        Path(service): Path<String>,
+        body: axum::body::Bytes,
+    ) -> Response {
+        let request = no_body(&body).map(|()| ControlRequest::SetDisabled {
+            service,
+            disabled: false,
+        });
+        ask(&api, &conn, &headers, Role::Operator, request).await
+    }
+    async fn admin(
+        api: &Api,
+        conn: &ConnIdentity,
+        headers: &HeaderMap,
+        request: Result<(String, &str), Problem>,
+    ) -> Response {
+        let request = request.map(|(node, state)| ControlRequest::SetAdmin {
+            node,
+            state: state.to_owned(),
+        });
+        ask(api, conn, headers, Role::Operator, request).await
+    }
+    async fn drain(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+        Path(node): Path<String>,
+        body: axum::body::Bytes,
+    ) -> Response {
+        admin(
+            &api,
+            &conn,
+            &headers,
+            no_body(&body).map(|()| (node, "draining")),
+        )
+        .await
+    }
+    async fn undrain(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+        Path(node): Path<String>,
+        body: axum::body::Bytes,
+    ) -> Response {
+        admin(
+            &api,
+            &conn,
+            &headers,
+            no_body(&body).map(|()| (node, "active")),
+        )
+        .await
+    }
+    async fn maintenance(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+        Path(node): Path<String>,
+        body: Result<Json<MaintenanceBody>, JsonRejection>,
+    ) -> Response {
+        let request = body
+            .map(|Json(b)| (node, if b.on { "maintenance" } else { "active" }))
+            .map_err(|e| bad_body(&e));
+        admin(&api, &conn, &headers, request).await
+    }
+    async fn not_found() -> Response {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "no such endpoint; see docs/openapi.json",
+        )
+        .into_response()
+    }
+
+    // Every entry of ROUTES, and nothing else (a test asks each of them).
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/events", get(events))
+        .route("/v1/services/{service}/explain", get(explain))
+        .route("/v1/services/{service}/move", post(move_service))
+        .route("/v1/services/{service}/restart", post(restart))
+        .route("/v1/services/{service}/disable", post(disable))
+        .route("/v1/services/{service}/enable", post(enable))
+        .route("/v1/nodes/{node}/drain", post(drain))
+        .route("/v1/nodes/{node}/undrain", post(undrain))
+        .route("/v1/nodes/{node}/maintenance", post(maintenance))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(api)
+}
+
+/// How many connections the API serves at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Serves the API on `listener` with `tls` (see [`quorate_pki::api_server_config`])
+/// until the task is dropped. Handshakes must finish within 10 s and request headers
+/// arrive within 10 s; at most 64 connections are served at once.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    api: Api,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let app = router(api);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, "API handshake refused: {e}");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let identity = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(quorate_pki::client_role);
+            let service = hyper_util::service::TowerToHyperService::new(
+                app.layer(Extension(ConnIdentity(identity))),
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn every_listed_route_is_served_and_asks_who_is_calling() {
+        let handler: Handler =
+            Arc::new(|_, _| Box::pin(async { panic!("no request gets past authorization") }));
+        let dir = tempfile::tempdir().unwrap();
+        let app = router(Api {
+            handler,
+            tokens: dir.path().join(tokens::TOKENS_FILE),
+        })
+        .layer(Extension(ConnIdentity(None)));
+        for route in ROUTES {
+            let uri = route
+                .path
+                .replace("{service}", "web")
+                .replace("{node}", "n1");
+            let request = axum::http::Request::builder()
+                .method(route.method)
+                .uri(&uri)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{} {uri}",
+                route.method
+            );
+        }
+        let request = axum::http::Request::builder()
+            .uri("/v1/nope")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+}
