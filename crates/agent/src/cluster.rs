@@ -50,6 +50,8 @@ pub struct Node {
         std::sync::Mutex<BTreeMap<String, (SystemTime, quorate_pki::ProtocolVersion)>>,
     /// On the leader: runs of the spec's fence_command.
     pub(crate) power_fencing: std::sync::Arc<std::sync::Mutex<crate::failover::PowerFencing>>,
+    /// Prometheus metrics (`GET /metrics`).
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -181,6 +183,7 @@ impl Node {
             known_addresses: quorate_net::KnownAddresses::default(),
             failures: std::sync::Mutex::default(),
             decision_done: tokio::sync::Notify::new(),
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 
@@ -383,6 +386,46 @@ impl Node {
             .map_err(|e| format!("{} unreachable: {e}", peer.name));
         self.clients.lock().await.insert(key, client);
         reply
+    }
+
+    /// The Prometheus text of this node's metrics and view (`GET /metrics`).
+    pub async fn metrics_text(&self) -> String {
+        let leads = self.is_leader();
+        let ControlReply::Status(report) = self.status(leads).await else {
+            return String::new();
+        };
+        let snapshot = crate::metrics::Snapshot {
+            term: report.term,
+            leader: leads,
+            quorum: if leads {
+                report.quorum
+            } else {
+                report.leader.is_some()
+            },
+            spec_version: report.spec_version,
+            nodes_up: report
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.state != "down"))
+                .collect(),
+            services: report
+                .services
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.clone(),
+                        s.node.clone().unwrap_or_default(),
+                        s.state.clone(),
+                    )
+                })
+                .collect(),
+            certificate_days: report
+                .nodes
+                .iter()
+                .filter_map(|n| Some((n.name.clone(), n.certificate_days_left?)))
+                .collect(),
+        };
+        crate::metrics::encode(&self.metrics, &snapshot)
     }
 
     /// The status report from this node's view. On the leader, `confirm` checks quorum.
@@ -656,11 +699,26 @@ impl Node {
     /// the cluster has none (DESIGN invariant 7's one exception), and bring Raft's voters
     /// in line with the applied spec, one change at a time.
     pub async fn leader_duties(&self) {
+        self.metrics.saw_leader(self.consensus.status().leader);
         if !self.is_leader() {
             self.step_down();
             return;
         }
         self.schedule().await;
+        if self.metrics.failovers_pending() {
+            let running: Vec<(String, String)> = self
+                .consensus
+                .with_state(|st| {
+                    st.observed
+                        .iter()
+                        .filter(|(_, o)| o.state == "running")
+                        .map(|(s, o)| (s.clone(), o.node.clone()))
+                        .collect()
+                })
+                .await;
+            self.metrics
+                .settle_failovers(|s, n| running.iter().any(|(rs, rn)| rs == s && rn == n));
+        }
         let state = self.consensus.state().await;
         match &state.applied {
             None => {

@@ -663,6 +663,8 @@ impl Node {
                 let constraints = constraints(st);
                 let placements = place(&Input { spec, nodes: &states, current: &current, pins: &st.pins, failed: &failed, constraints: &constraints });
                 let mut changes: BTreeMap<String, (Option<String>, String)> = BTreeMap::new();
+                // Moves away from a down node: (service, old holder, new holder).
+                let mut failovers: Vec<(String, String, String)> = Vec::new();
                 let mut needs_fence: Vec<String> = Vec::new();
                 for (service, p) in &placements {
                     let now = st.placements.get(service).and_then(|a| a.node.clone());
@@ -712,6 +714,9 @@ impl Node {
                                 needs_fence.extend(unfenced);
                                 continue;
                             }
+                            if let Some(old) = now.as_ref().filter(|old| *old != new) {
+                                failovers.push((service.clone(), old.clone(), new.clone()));
+                            }
                             changes.insert(service.clone(), (Some(new.clone()), p.reason.clone()));
                         }
                         (_, None) => {
@@ -747,10 +752,10 @@ impl Node {
                 for node in &needs_fence {
                     self.start_power_fencing(spec, node);
                 }
-                Some(changes)
+                Some((changes, failovers))
             })
             .await;
-        let Some(changes) = proposal.filter(|c| !c.is_empty()) else {
+        let Some((changes, failovers)) = proposal.filter(|(c, _)| !c.is_empty()) else {
             self.decision_proposed();
             return;
         };
@@ -771,8 +776,26 @@ impl Node {
         // committing), or it never will be: renewals of the nodes counted down get an
         // index that covers it.
         self.decision_proposed();
-        if let Err(e) = result {
-            tracing::warn!("cannot commit placements: {e}");
+        match result {
+            Ok(_) => self.count_failovers(&failovers),
+            Err(e) => tracing::warn!("cannot commit placements: {e}"),
+        }
+    }
+
+    /// Counts committed moves away from down nodes, each timed from the old holder's
+    /// last lease renewal this leader granted (else from the bound it took over from
+    /// its predecessors) until the new holder reports the service running.
+    fn count_failovers(&self, failovers: &[(String, String, String)]) {
+        let Some(ttl) = self.applied_timings().map(|t| t.lease_ttl.get()) else {
+            return;
+        };
+        let Ok(table) = self.leases.lock() else {
+            return;
+        };
+        for (service, old, new) in failovers {
+            let last_end = table.ends.get(old).copied().or(table.predecessors_end);
+            let since = last_end.and_then(|end| end.checked_sub(ttl));
+            self.metrics.failover_decided(service, new, since);
         }
     }
 }

@@ -21,6 +21,7 @@ mod handover;
 mod health;
 pub mod lease_rules;
 mod mesh;
+mod metrics;
 mod notify;
 mod recovery;
 mod runtime;
@@ -225,8 +226,16 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 })
             })
         };
+        let metrics: quorate_http::MetricsText = {
+            let node = node.clone();
+            Arc::new(move || {
+                let node = node.clone();
+                Box::pin(async move { node.metrics_text().await })
+            })
+        };
         let api = quorate_http::Api {
             handler,
+            metrics,
             tokens: config.data_dir.join(quorate_http::tokens::TOKENS_FILE),
         };
         tracing::info!(address = ?listener.local_addr().ok(), "HTTP API listening");

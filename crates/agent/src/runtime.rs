@@ -684,7 +684,11 @@ impl Runtime {
         let mut period = Duration::from_millis(100);
         loop {
             let sent = mono_ns();
+            let asked = std::time::Instant::now();
             let renewed = self.node.renew_lease().await;
+            self.node
+                .metrics
+                .renewal(renewed.is_some(), asked.elapsed());
             if let Some(grant) = renewed {
                 // The TTL is the leader's, from the applied spec: this node's fence
                 // deadline never lies after the leader's expiry of this lease.

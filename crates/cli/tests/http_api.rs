@@ -49,10 +49,24 @@ impl Api {
 
     /// `curl` to n1's API; returns the HTTP status (0: no HTTP answer) and the body.
     fn call(&self, method: &str, path: &str, auth: &Auth<'_>, body: Option<&str>) -> (u16, Value) {
+        let (code, text) = self.call_on("n1", method, path, auth, body);
+        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// `curl` to `node`'s API (nodes are n1…n3 at 127.0.0.1…3); the status and the
+    /// body as text.
+    fn call_on(
+        &self,
+        node: &str,
+        method: &str,
+        path: &str,
+        auth: &Auth<'_>,
+        body: Option<&str>,
+    ) -> (u16, String) {
         let mut c = Command::new("curl");
         c.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method])
             .arg("--resolve")
-            .arg(format!("n1:{}:127.0.0.1", self.port))
+            .arg(format!("{node}:{}:127.0.0.{}", self.port, &node[1..]))
             .arg("--cacert")
             .arg(self.ca().join("ca.pem"));
         match auth {
@@ -75,14 +89,11 @@ impl Api {
                 body,
             ]);
         }
-        c.arg(format!("https://n1:{}{path}", self.port));
+        c.arg(format!("https://{node}:{}{path}", self.port));
         let out = c.output().expect("curl");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (
-            code.trim().parse().unwrap_or(0),
-            serde_json::from_str(body).unwrap_or(Value::Null),
-        )
+        (code.trim().parse().unwrap_or(0), body.to_owned())
     }
 
     fn pin_of(&self, service: &str) -> Value {
@@ -271,4 +282,99 @@ fn the_api_answers_as_the_cli_does_and_only_to_whom_it_should() {
         .filter_map(|e| e["by"].as_str())
         .collect();
     assert!(by.contains(&"api:alice@n1"), "events say who asked: {by:?}");
+}
+
+/// The value of `name` (with `labels`, when given) in Prometheus text, parsed by a
+/// Prometheus text-format parser.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name)
+        .and_then(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(*v),
+            _ => None,
+        })
+}
+
+#[test]
+fn metrics_count_a_failover_and_time_it() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        support::skip("curl is not installed (scripts/test.sh installs it)");
+        return;
+    }
+    let mut api = Api::start();
+    let dir = api.cluster.path().join("watcher");
+    issue(&api.ca(), "prometheus", "viewer", &dir);
+    let viewer = Auth::Cert(&dir, "client");
+    let (_, status) = api.cluster.status("n1", false);
+    let leader = status["leader"].as_str().unwrap().to_owned();
+    let (code, text) = api.call_on(&leader, "GET", "/metrics", &viewer, None);
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(metric(&text, "quorate_raft_leader"), Some(1.0), "{text}");
+    assert_eq!(
+        metric(&text, "quorate_failovers_total"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "quorate_lease_renewals_total").is_some_and(|v| v > 0.0),
+        "{text}"
+    );
+    // web on a node that is not the leader, then that node loses power.
+    let host = api.cluster.service(&leader, "web").0.unwrap();
+    let host = if host == leader {
+        let other = ["n1", "n2", "n3"]
+            .into_iter()
+            .find(|n| *n != leader)
+            .unwrap();
+        api.cluster.ok(&[
+            "move",
+            "web",
+            other,
+            "--data-dir",
+            &api.cluster.data_dir(&leader).to_string_lossy(),
+        ]);
+        api.cluster
+            .wait_for("web moved", Duration::from_secs(30), || {
+                api.cluster.service(&leader, "web").0.as_deref() == Some(other)
+            });
+        api.cluster.ok(&[
+            "move",
+            "--clear",
+            "web",
+            "--data-dir",
+            &api.cluster.data_dir(&leader).to_string_lossy(),
+        ]);
+        other.to_owned()
+    } else {
+        host
+    };
+    api.cluster.poweroff(&host);
+    let moved = api
+        .cluster
+        .wait_running_elsewhere(&leader, "web", Some(&host));
+    assert_ne!(moved, host);
+    let mut text = String::new();
+    api.cluster
+        .wait_for("the failover timed", Duration::from_secs(20), || {
+            text = api.call_on(&leader, "GET", "/metrics", &viewer, None).1;
+            metric(&text, "quorate_failover_seconds_count") == Some(1.0)
+        });
+    assert_eq!(
+        metric(&text, "quorate_failovers_total"),
+        Some(1.0),
+        "{text}"
+    );
+    let seconds = metric(&text, "quorate_failover_seconds_sum").unwrap();
+    assert!(
+        (0.5..30.0).contains(&seconds),
+        "from the last renewal to running elsewhere: {seconds} s"
+    );
+    let (code, _) = api.call_on(&leader, "GET", "/metrics", &Auth::None, None);
+    assert_eq!(code, 401);
 }

@@ -42,6 +42,9 @@ pub type Handler = Arc<
         + Sync,
 >;
 
+/// The node's metrics in Prometheus' text format.
+pub type MetricsText = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
+
 /// One endpoint: what it is, and the least role that may call it.
 #[derive(Clone, Copy, Debug)]
 pub struct Route {
@@ -69,6 +72,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/nodes/{node}/drain", Role::Operator),
     route("POST", "/v1/nodes/{node}/undrain", Role::Operator),
     route("POST", "/v1/nodes/{node}/maintenance", Role::Operator),
+    route("GET", "/metrics", Role::Viewer),
 ];
 
 /// What the API needs from the agent.
@@ -76,6 +80,8 @@ pub const ROUTES: &[Route] = &[
 pub struct Api {
     /// Answers control requests.
     pub handler: Handler,
+    /// Renders the node's metrics.
+    pub metrics: MetricsText,
     /// The node's token file (`<data-dir>/api-tokens`).
     pub tokens: PathBuf,
 }
@@ -426,6 +432,24 @@ pub fn router(api: Api) -> Router {
             .map_err(|e| bad_body(&e));
         admin(&api, &conn, &headers, request).await
     }
+    async fn metrics(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+    ) -> Response {
+        if let Err(problem) = authorize(&api, &conn, &headers, Role::Viewer) {
+            return problem.into_response();
+        }
+        let text = (api.metrics)().await;
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response()
+    }
     async fn not_found() -> Response {
         Problem::new(
             StatusCode::NOT_FOUND,
@@ -447,6 +471,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/nodes/{node}/drain", post(drain))
         .route("/v1/nodes/{node}/undrain", post(undrain))
         .route("/v1/nodes/{node}/maintenance", post(maintenance))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(api)
@@ -512,9 +537,12 @@ mod tests {
     async fn every_listed_route_is_served_and_asks_who_is_calling() {
         let handler: Handler =
             Arc::new(|_, _| Box::pin(async { panic!("no request gets past authorization") }));
+        let metrics: MetricsText =
+            Arc::new(|| Box::pin(async { panic!("no request gets past authorization") }));
         let dir = tempfile::tempdir().unwrap();
         let app = router(Api {
             handler,
+            metrics,
             tokens: dir.path().join(tokens::TOKENS_FILE),
         })
         .layer(Extension(ConnIdentity(None)));
