@@ -29,6 +29,12 @@ struct SandboxFile {
     /// service like a floating IP.
     #[serde(default)]
     entry: BTreeMap<String, String>,
+    /// The HTTP API's port on every node (0: a sandbox made before the API).
+    #[serde(default)]
+    api_port: u16,
+    /// An operator token every node accepts, for the dashboard.
+    #[serde(default)]
+    token: String,
 }
 
 /// The entry address of the `index`-th demo service: 127.0.1.1, 127.0.1.2, … (all of
@@ -240,7 +246,8 @@ impl Sandbox {
             ("worker".to_string(), free_port()?),
         ]
         .into();
-        let mut spec = format!("# Written by `quorate sandbox`: {nodes} nodes on loopback.\n[cluster]\nname = \"sandbox\"\n\n[network]\nport = {port}\n");
+        let api_port = free_port()?;
+        let mut spec = format!("# Written by `quorate sandbox`: {nodes} nodes on loopback.\n[cluster]\nname = \"sandbox\"\n\n[network]\nport = {port}\napi_port = {api_port}\n");
         for i in 1..=nodes {
             spec.push_str(&format!("\n[nodes.n{i}]\naddress = \"127.0.0.{i}\"\n"));
         }
@@ -290,11 +297,30 @@ impl Sandbox {
             )
             .map_err(|e| e.to_string())?;
         }
+        // One operator token for the dashboard, accepted by every node.
+        let tokens = |n: usize| {
+            self.data_dir(&format!("n{n}"))
+                .join(quorate_http::tokens::TOKENS_FILE)
+        };
+        let token =
+            quorate_http::tokens::create(&tokens(1), "sandbox", quorate_pki::Role::Operator)
+                .map_err(|e| e.to_string())?;
+        for i in 2..=nodes {
+            quorate_http::tokens::record(
+                &tokens(i),
+                "sandbox",
+                quorate_pki::Role::Operator,
+                &token,
+            )
+            .map_err(|e| e.to_string())?;
+        }
         Ok(SandboxFile {
             port,
             agents: BTreeMap::new(),
             http,
             entry,
+            api_port,
+            token,
         })
     }
 
@@ -355,6 +381,12 @@ impl Sandbox {
         out.push_str(&format!(
             "  quorate sandbox down --dir {d}           # stop everything\n"
         ));
+        if f.api_port != 0 {
+            out.push_str(&format!(
+                "Dashboard (any node serves it; the certificate is the sandbox CA's, so the browser warns once):\n  https://127.0.0.3:{}/#token={}\n",
+                f.api_port, f.token
+            ));
+        }
         out.push_str(&format!("Logs: {d}/logs/  ·  witness journal: {d}/journal"));
         out
     }

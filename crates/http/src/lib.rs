@@ -73,6 +73,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/nodes/{node}/undrain", Role::Operator),
     route("POST", "/v1/nodes/{node}/maintenance", Role::Operator),
     route("GET", "/metrics", Role::Viewer),
+    route("GET", "/v1/stream", Role::Viewer),
 ];
 
 /// What the API needs from the agent.
@@ -151,10 +152,17 @@ fn authorize(
     headers: &HeaderMap,
     needed: Role,
 ) -> Result<String, Problem> {
+    // A browser's EventSource cannot set headers: reads also take the token from
+    // `?access_token=` (see `with_query_token`); operations never do, so a link cannot
+    // make a logged-in browser operate.
+    let query_token = (needed == Role::Viewer)
+        .then(|| headers.get(QUERY_TOKEN).and_then(|v| v.to_str().ok()))
+        .flatten();
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or(query_token);
     let who = match (&conn.0, bearer) {
         (Some(identity), _) => Some(identity.clone()),
         (None, Some(token)) => tokens::lookup(&api.tokens, token.trim()),
@@ -179,6 +187,28 @@ fn authorize(
         ));
     }
     Ok(format!("api:{name}"))
+}
+
+/// An internal header carrying `?access_token=` from the query to [`authorize`]; one
+/// sent by a client is removed first.
+const QUERY_TOKEN: &str = "x-quorate-query-token";
+
+/// Moves `?access_token=` into [`QUERY_TOKEN`] (dropping any such header the client
+/// sent), so that handlers see it like a header.
+async fn with_query_token(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    request.headers_mut().remove(QUERY_TOKEN);
+    let token = request.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("access_token="))
+            .map(str::to_owned)
+    });
+    if let Some(value) = token.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        request.headers_mut().insert(QUERY_TOKEN, value);
+    }
+    next.run(request).await
 }
 
 /// The agent's reply as HTTP: a refusal as a problem with the CLI's exit code.
@@ -450,6 +480,70 @@ pub fn router(api: Api) -> Router {
         )
             .into_response()
     }
+    async fn stream(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+    ) -> Response {
+        let by = match authorize(&api, &conn, &headers, Role::Viewer) {
+            Ok(by) => by,
+            Err(problem) => return problem.into_response(),
+        };
+        let events = futures_util::stream::unfold(
+            (api, by, String::new(), 0u64, None::<std::time::Instant>),
+            |(api, by, last_status, last_seq, sent_at)| async move {
+                let mut first = sent_at.is_none();
+                loop {
+                    if !first {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    first = false;
+                    let status =
+                        (api.handler)(ControlRequest::Status { local: false }, by.clone()).await;
+                    let status = match status {
+                        ControlReply::Status(report) => {
+                            serde_json::to_string(&report).unwrap_or_default()
+                        }
+                        other => serde_json::to_string(&other).unwrap_or_default(),
+                    };
+                    let ControlReply::Events { events } =
+                        (api.handler)(ControlRequest::Events { limit: 50 }, by.clone()).await
+                    else {
+                        continue;
+                    };
+                    let newest = events
+                        .iter()
+                        .filter_map(|e| e["seq"].as_u64())
+                        .max()
+                        .unwrap_or(0);
+                    let stale = sent_at.is_none_or(|t| t.elapsed() > Duration::from_secs(15));
+                    if status != last_status || newest != last_seq || stale {
+                        let data = json!({"status": serde_json::from_str::<serde_json::Value>(&status).unwrap_or_default(), "events": events}).to_string();
+                        let event = axum::response::sse::Event::default()
+                            .event("cluster")
+                            .data(data);
+                        return Some((
+                            Ok::<_, std::convert::Infallible>(event),
+                            (api, by, status, newest, Some(std::time::Instant::now())),
+                        ));
+                    }
+                }
+            },
+        );
+        axum::response::sse::Sse::new(events)
+            .keep_alive(axum::response::sse::KeepAlive::default())
+            .into_response()
+    }
+    async fn dashboard() -> Response {
+        (
+            [
+                (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (axum::http::header::CACHE_CONTROL, "no-store"),
+            ],
+            include_str!("dashboard.html"),
+        )
+            .into_response()
+    }
     async fn not_found() -> Response {
         Problem::new(
             StatusCode::NOT_FOUND,
@@ -472,8 +566,12 @@ pub fn router(api: Api) -> Router {
         .route("/v1/nodes/{node}/undrain", post(undrain))
         .route("/v1/nodes/{node}/maintenance", post(maintenance))
         .route("/metrics", get(metrics))
+        .route("/v1/stream", get(stream))
+        // The page holds no data: it asks the API with the token the user gives it.
+        .route("/", get(dashboard))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::middleware::from_fn(with_query_token))
         .with_state(api)
 }
 

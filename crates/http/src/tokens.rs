@@ -40,11 +40,6 @@ pub enum TokenError {
 /// # Errors
 /// A name that is not a host label, or the file cannot be read or written.
 pub fn create(file: &Path, name: &str, role: Role) -> Result<String, TokenError> {
-    if !quorate_pki::is_node_name(name) {
-        return Err(TokenError::Invalid(format!(
-            "`{name}` is not a token name: use lowercase letters, digits and `-`"
-        )));
-    }
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)
         .map_err(|e| TokenError::Invalid(format!("no randomness for a token: {e}")))?;
@@ -52,11 +47,26 @@ pub fn create(file: &Path, name: &str, role: Role) -> Result<String, TokenError>
         "qrt_{}",
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
+    record(file, name, role, &token)?;
+    Ok(token)
+}
+
+/// Records `token`'s digest for `name` in `file` (e.g. the same token on every node
+/// of a sandbox), replacing the name's previous token.
+///
+/// # Errors
+/// A name that is not a host label, or the file cannot be read or written.
+pub fn record(file: &Path, name: &str, role: Role, token: &str) -> Result<(), TokenError> {
+    if !quorate_pki::is_node_name(name) {
+        return Err(TokenError::Invalid(format!(
+            "`{name}` is not a token name: use lowercase letters, digits and `-`"
+        )));
+    }
     let mut entries: Vec<Entry> = read(file)?.into_iter().filter(|e| e.name != name).collect();
     entries.push(Entry {
         name: name.to_owned(),
         role: role.as_str().to_owned(),
-        sha256: digest(&token),
+        sha256: digest(token),
     });
     let text: String = entries
         .iter()
@@ -64,8 +74,7 @@ pub fn create(file: &Path, name: &str, role: Role) -> Result<String, TokenError>
         .map(|l| l + "\n")
         .collect();
     quorate_files::write_secret(file, text.as_bytes())
-        .map_err(|e| TokenError::Invalid(format!("cannot write {}: {e}", file.display())))?;
-    Ok(token)
+        .map_err(|e| TokenError::Invalid(format!("cannot write {}: {e}", file.display())))
 }
 
 fn read(file: &Path) -> Result<Vec<Entry>, TokenError> {
