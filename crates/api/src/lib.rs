@@ -7,6 +7,8 @@
 //!
 //! **Architecture Invariant:** plain data and a tiny client; knows nothing of Raft.
 
+pub mod simulate;
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -1,125 +1,14 @@
 //! `quorate simulate`: what-if on the same pure scheduler the leader runs, offline
 //! from the spec or from the live cluster's state — like Pacemaker's `crm_simulate`
-//! or Proxmox's HA simulator.
+//! or Proxmox's HA simulator. The simulation itself is `quorate_api::simulate`, which
+//! the HTTP API serves too.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use quorate_api::{ControlReply, ControlRequest, SchedulerView};
-use quorate_scheduler::{place, Input, NodeState, Placement};
-use quorate_spec::Spec;
-use serde_json::json;
+use quorate_api::simulate::{offline, report, simulate};
+use quorate_api::{ControlReply, ControlRequest};
 
 use crate::exit::Exit;
-
-/// Services in an order where every service comes after the ones it is `after`.
-fn start_order(spec: &Spec, services: &BTreeSet<String>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut placed: BTreeSet<&str> = BTreeSet::new();
-    // Specs are checked to have no `after` cycles, so this ends; the bound is a guard.
-    for _ in 0..=services.len() {
-        for s in services {
-            if placed.contains(s.as_str()) {
-                continue;
-            }
-            let deps_done = spec.services.get(s).is_none_or(|x| {
-                x.after
-                    .iter()
-                    .all(|d| !services.contains(d) || placed.contains(d.as_str()))
-            });
-            if deps_done {
-                placed.insert(s);
-                out.push(s.clone());
-            }
-        }
-    }
-    out
-}
-
-/// The outcome of a simulation.
-#[derive(Debug)]
-pub struct Simulation {
-    /// Placements with every node up.
-    pub before: BTreeMap<String, Placement>,
-    /// Placements after the failures and drains.
-    pub after: BTreeMap<String, Placement>,
-    /// Stops, dependents first.
-    pub stops: Vec<(String, String)>,
-    /// Starts, dependencies first.
-    pub starts: Vec<(String, String)>,
-}
-
-/// The offline starting point: every node up, nothing placed, no pins or failures.
-#[must_use]
-pub fn offline(spec: &Spec) -> SchedulerView {
-    SchedulerView {
-        spec: spec.clone(),
-        nodes: spec
-            .nodes
-            .keys()
-            .map(|n| (n.clone(), NodeState::Up))
-            .collect(),
-        current: BTreeMap::new(),
-        pins: BTreeMap::new(),
-        failed: BTreeMap::new(),
-        constraints: quorate_scheduler::Constraints::default(),
-    }
-}
-
-/// Runs the scheduler from `start` (offline, or the live cluster's state), then again
-/// with `fail` down and `drain` draining.
-#[must_use]
-pub fn simulate(start: &SchedulerView, fail: &[String], drain: &[String]) -> Simulation {
-    let spec = &start.spec;
-    let before = place(&Input {
-        spec,
-        nodes: &start.nodes,
-        current: &start.current,
-        pins: &start.pins,
-        failed: &start.failed,
-        constraints: &start.constraints,
-    });
-    let current: BTreeMap<String, String> = before
-        .iter()
-        .filter_map(|(s, p)| p.node.clone().map(|n| (s.clone(), n)))
-        .collect();
-    let mut states = start.nodes.clone();
-    for n in drain {
-        states.insert(n.clone(), NodeState::Draining);
-    }
-    for n in fail {
-        states.insert(n.clone(), NodeState::Down);
-    }
-    let after = place(&Input {
-        spec,
-        nodes: &states,
-        current: &current,
-        pins: &start.pins,
-        failed: &start.failed,
-        constraints: &start.constraints,
-    });
-    let moved: BTreeSet<String> = after
-        .iter()
-        .filter(|(s, p)| before.get(*s).map(|b| &b.node) != Some(&p.node))
-        .map(|(s, _)| s.clone())
-        .collect();
-    let order = start_order(spec, &moved);
-    let stops = order
-        .iter()
-        .rev()
-        .filter_map(|s| before[s].node.clone().map(|n| (s.clone(), n)))
-        .collect();
-    let starts = order
-        .iter()
-        .filter_map(|s| after[s].node.clone().map(|n| (s.clone(), n)))
-        .collect();
-    Simulation {
-        before,
-        after,
-        stops,
-        starts,
-    }
-}
 
 /// `quorate simulate`
 pub fn run(
@@ -169,37 +58,17 @@ pub fn run(
         Some(_) => format!("the live cluster `{}`", spec.cluster.name),
         None => spec_path.display().to_string(),
     };
-    // A disabled service is placed nowhere on purpose: not a problem to report.
-    let unplaceable: Vec<&String> = sim
-        .after
-        .iter()
-        .filter(|(s, p)| p.node.is_none() && !start.constraints.disabled.contains(*s))
-        .map(|(s, _)| s)
+    let json_report = report(&start, &sim, fail, drain, live.is_some());
+    let unplaceable: Vec<String> = json_report["unplaceable"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
         .collect();
     if json {
-        let placements: serde_json::Value = sim
-            .after
-            .iter()
-            .map(|(s, p)| {
-                (
-                    s.clone(),
-                    json!({"before": sim.before[s].node, "after": p.node, "reason": p.reason}),
-                )
-            })
-            .collect::<serde_json::Map<_, _>>()
-            .into();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({
-                "live": live.is_some(),
-                "failed": fail,
-                "draining": drain,
-                "services": placements,
-                "unplaceable": unplaceable,
-                "stops": sim.stops.iter().map(|(s, n)| json!({"service": s, "node": n})).collect::<Vec<_>>(),
-                "starts": sim.starts.iter().map(|(s, n)| json!({"service": s, "node": n})).collect::<Vec<_>>(),
-            }))
-            .unwrap_or_default()
+            serde_json::to_string_pretty(&json_report).unwrap_or_default()
         );
     } else {
         println!(
@@ -246,11 +115,7 @@ pub fn run(
             println!(
                 "\n{} service(s) would have nowhere to run: {}",
                 unplaceable.len(),
-                unplaceable
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                unplaceable.join(", ")
             );
         }
     }

@@ -269,4 +269,20 @@ fn the_dashboard_shows_the_cluster_and_a_service_moving_live() {
         ),
     );
     browser.screenshot(&artifacts.join("dashboard-after-kill.png"));
+
+    // The what-if panel: if the page's own node failed too, where would web go?
+    let page_host = format!("n{page_node}");
+    browser.eval(&format!(
+        "document.getElementById('fail').value = '{page_host}'; \
+         document.querySelector('#whatif button').click(); true"
+    ));
+    browser.wait(
+        "the simulation's answer",
+        Duration::from_secs(15),
+        &format!(
+            "(() => {{ const r = document.querySelector('tr[data-simulated=\"web\"]'); \
+               return !!r && r.dataset.after !== '{page_host}'; }})()"
+        ),
+    );
+    browser.screenshot(&artifacts.join("dashboard-what-if.png"));
 }

@@ -174,6 +174,40 @@ fn the_api_answers_as_the_cli_does_and_only_to_whom_it_should() {
     let (code, explain) = api.call("GET", "/v1/services/web/explain", &bob, None);
     assert_eq!(code, 200, "{explain:#}");
     assert_eq!(explain["service"], "web");
+    for (path, key) in [
+        ("/v1/nodes", "nodes"),
+        ("/v1/services", "services"),
+        ("/v1/storage", "storage"),
+    ] {
+        let (code, part) = api.call("GET", path, &bob, None);
+        assert_eq!(code, 200, "{path}: {part:#}");
+        // That part of the status (by name: contact times move on between calls).
+        let names = |v: &Value| -> Vec<Value> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["name"].clone())
+                .collect()
+        };
+        assert_eq!(names(&part[key]), names(&status[key]), "{path}");
+    }
+    let host = api.cluster.service("n1", "web").0.unwrap();
+    let (code, sim) = api.call("GET", &format!("/v1/simulate?fail={host}"), &bob, None);
+    assert_eq!(code, 200, "{sim:#}");
+    assert_eq!(sim["failed"], serde_json::json!([host]));
+    assert_ne!(sim["services"]["web"]["after"], host.as_str(), "{sim:#}");
+    let (code, problem) = api.call("GET", "/v1/simulate?drain=n9", &bob, None);
+    assert_eq!(code, 422, "{problem:#}");
+    // Events after a cursor: none older than it.
+    let (_, all) = api.call("GET", "/v1/events?limit=100", &bob, None);
+    let first = all["events"][0]["seq"].as_u64().unwrap();
+    let (code, later) = api.call("GET", &format!("/v1/events?after={first}"), &bob, None);
+    assert_eq!(code, 200);
+    assert!(later["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["seq"].as_u64().unwrap() > first));
 
     // Who may not ask.
     let (code, problem) = api.call("GET", "/v1/status", &Auth::None, None);
@@ -211,6 +245,11 @@ fn the_api_answers_as_the_cli_does_and_only_to_whom_it_should() {
         ("/v1/services/web/enable", "[1]"),
         ("/v1/nodes/n2/drain", r#"{"wait": false}"#),
         ("/v1/nodes/n2/undrain", "{"),
+        ("/v1/services/web/ban", "{}"),
+        ("/v1/services/web/ban", r#"{"node": "n2", "for_ms": -1}"#),
+        ("/v1/services/web/unban", r#"{"node": ["n2"]}"#),
+        ("/v1/services/web/cleanup", r#"{"node": "n2", "all": true}"#),
+        ("/v1/cluster/maintenance", r#"{"on": 1}"#),
     ] {
         let (code, problem) = api.call("POST", path, &alice, Some(bad));
         assert_eq!(code, 400, "{path} {bad}: {problem:#}");
@@ -270,6 +309,14 @@ fn the_api_answers_as_the_cli_does_and_only_to_whom_it_should() {
         ("/v1/services/web/restart", None),
         ("/v1/services/web/disable", None),
         ("/v1/services/web/enable", None),
+        (
+            "/v1/services/web/ban",
+            Some(r#"{"node": "n3", "for_ms": 600000}"#),
+        ),
+        ("/v1/services/web/unban", Some(r#"{"node": "n3"}"#)),
+        ("/v1/services/web/cleanup", Some("{}")),
+        ("/v1/cluster/maintenance", Some(r#"{"on": true}"#)),
+        ("/v1/cluster/maintenance", Some(r#"{"on": false}"#)),
     ] {
         let (code, reply) = api.call("POST", path, &alice, body);
         assert_eq!(code, 200, "{path}: {reply:#}");

@@ -74,6 +74,14 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v1/nodes/{node}/maintenance", Role::Operator),
     route("GET", "/metrics", Role::Viewer),
     route("GET", "/v1/stream", Role::Viewer),
+    route("GET", "/v1/nodes", Role::Viewer),
+    route("GET", "/v1/services", Role::Viewer),
+    route("GET", "/v1/storage", Role::Viewer),
+    route("GET", "/v1/simulate", Role::Viewer),
+    route("POST", "/v1/services/{service}/ban", Role::Operator),
+    route("POST", "/v1/services/{service}/unban", Role::Operator),
+    route("POST", "/v1/services/{service}/cleanup", Role::Operator),
+    route("POST", "/v1/cluster/maintenance", Role::Operator),
 ];
 
 /// What the API needs from the agent.
@@ -295,6 +303,40 @@ struct StatusQuery {
 #[derive(Deserialize)]
 struct EventsQuery {
     limit: Option<usize>,
+    /// A cursor: only events after this `seq`.
+    after: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct SimulateQuery {
+    /// Nodes that fail, comma-separated.
+    #[serde(default)]
+    fail: String,
+    /// Nodes that drain, comma-separated.
+    #[serde(default)]
+    drain: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanBody {
+    node: String,
+    /// How long, in ms; none: until `unban`.
+    #[serde(default)]
+    for_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeBody {
+    node: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CleanupBody {
+    #[serde(default)]
+    node: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -333,14 +375,26 @@ pub fn router(api: Api) -> Router {
         Query(q): Query<EventsQuery>,
     ) -> Response {
         let limit = q.limit.unwrap_or(50).min(10_000);
-        ask(
-            &api,
-            &conn,
-            &headers,
-            Role::Viewer,
-            Ok(ControlRequest::Events { limit }),
-        )
-        .await
+        let Some(after) = q.after else {
+            let request = Ok(ControlRequest::Events { limit });
+            return ask(&api, &conn, &headers, Role::Viewer, request).await;
+        };
+        // With a cursor: the first `limit` events after it.
+        let by = match authorize(&api, &conn, &headers, Role::Viewer) {
+            Ok(by) => by,
+            Err(problem) => return problem.into_response(),
+        };
+        match (api.handler)(ControlRequest::Events { limit: 10_000 }, by).await {
+            ControlReply::Events { events } => {
+                let events: Vec<serde_json::Value> = events
+                    .into_iter()
+                    .filter(|e| e["seq"].as_u64().is_some_and(|s| s > after))
+                    .take(limit)
+                    .collect();
+                Json(ControlReply::Events { events }).into_response()
+            }
+            other => reply(other),
+        }
     }
     async fn explain(
         State(api): State<Api>,
@@ -534,6 +588,147 @@ pub fn router(api: Api) -> Router {
             .keep_alive(axum::response::sse::KeepAlive::default())
             .into_response()
     }
+    /// One part of the status report (`nodes`, `services`, `storage`).
+    async fn part(api: &Api, conn: &ConnIdentity, headers: &HeaderMap, key: &str) -> Response {
+        let by = match authorize(api, conn, headers, Role::Viewer) {
+            Ok(by) => by,
+            Err(problem) => return problem.into_response(),
+        };
+        match (api.handler)(ControlRequest::Status { local: false }, by).await {
+            ControlReply::Status(report) => {
+                let value = serde_json::to_value(&report).unwrap_or_default();
+                Json(json!({ key: value[key] })).into_response()
+            }
+            other => reply(other),
+        }
+    }
+    async fn nodes(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+    ) -> Response {
+        part(&api, &conn, &headers, "nodes").await
+    }
+    async fn services(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+    ) -> Response {
+        part(&api, &conn, &headers, "services").await
+    }
+    async fn storage(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+    ) -> Response {
+        part(&api, &conn, &headers, "storage").await
+    }
+    async fn simulate(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+        Query(q): Query<SimulateQuery>,
+    ) -> Response {
+        let by = match authorize(&api, &conn, &headers, Role::Viewer) {
+            Ok(by) => by,
+            Err(problem) => return problem.into_response(),
+        };
+        let list = |s: &str| -> Vec<String> {
+            s.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let (fail, drain) = (list(&q.fail), list(&q.drain));
+        let view = match (api.handler)(ControlRequest::SchedulerInput, by).await {
+            ControlReply::SchedulerInput(view) => view,
+            other => return reply(other),
+        };
+        let unknown = fail
+            .iter()
+            .chain(&drain)
+            .find(|n| !view.spec.nodes.contains_key(*n));
+        if let Some(unknown) = unknown {
+            return Problem {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                title: "Refused",
+                detail: format!(
+                    "`{unknown}` is not a node of the spec (nodes: {})",
+                    view.spec
+                        .nodes
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                exit_code: Some(1),
+            }
+            .into_response();
+        }
+        let sim = quorate_api::simulate::simulate(&view, &fail, &drain);
+        Json(quorate_api::simulate::report(
+            &view, &sim, &fail, &drain, true,
+        ))
+        .into_response()
+    }
+    async fn ban(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+        Path(service): Path<String>,
+        body: Result<Json<BanBody>, JsonRejection>,
+    ) -> Response {
+        let request = body
+            .map(|Json(b)| ControlRequest::Ban {
+                service,
+                node: b.node,
+                for_ms: b.for_ms,
+            })
+            .map_err(|e| bad_body(&e));
+        ask(&api, &conn, &headers, Role::Operator, request).await
+    }
+    async fn unban(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+        Path(service): Path<String>,
+        body: Result<Json<NodeBody>, JsonRejection>,
+    ) -> Response {
+        let request = body
+            .map(|Json(b)| ControlRequest::Unban {
+                service,
+                node: b.node,
+            })
+            .map_err(|e| bad_body(&e));
+        ask(&api, &conn, &headers, Role::Operator, request).await
+    }
+    async fn cleanup(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+        Path(service): Path<String>,
+        body: Result<Json<CleanupBody>, JsonRejection>,
+    ) -> Response {
+        let request = body
+            .map(|Json(b)| ControlRequest::Cleanup {
+                service,
+                node: b.node,
+            })
+            .map_err(|e| bad_body(&e));
+        ask(&api, &conn, &headers, Role::Operator, request).await
+    }
+    async fn cluster_maintenance(
+        State(api): State<Api>,
+        Extension(conn): Extension<ConnIdentity>,
+        headers: HeaderMap,
+        body: Result<Json<MaintenanceBody>, JsonRejection>,
+    ) -> Response {
+        let request = body
+            .map(|Json(b)| ControlRequest::ClusterMaintenance { on: b.on })
+            .map_err(|e| bad_body(&e));
+        ask(&api, &conn, &headers, Role::Operator, request).await
+    }
     async fn dashboard() -> Response {
         (
             [
@@ -567,6 +762,14 @@ pub fn router(api: Api) -> Router {
         .route("/v1/nodes/{node}/maintenance", post(maintenance))
         .route("/metrics", get(metrics))
         .route("/v1/stream", get(stream))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/services", get(services))
+        .route("/v1/storage", get(storage))
+        .route("/v1/simulate", get(simulate))
+        .route("/v1/services/{service}/ban", post(ban))
+        .route("/v1/services/{service}/unban", post(unban))
+        .route("/v1/services/{service}/cleanup", post(cleanup))
+        .route("/v1/cluster/maintenance", post(cluster_maintenance))
         // The page holds no data: it asks the API with the token the user gives it.
         .route("/", get(dashboard))
         .fallback(not_found)
