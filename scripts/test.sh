@@ -50,5 +50,6 @@ cargo run --quiet --locked -p quorate-bench -- cluster --formations 1 --applies 
 cargo run --quiet --locked -p quorate-bench -- scheduler --nodes 100 --services 1000 --runs 1 > /dev/null
 cargo run --quiet --locked -p quorate-bench -- failover --runs 1 > /dev/null 2>&1
 cargo run --quiet --locked -p quorate-bench -- operate --moves 1 --services 3 > /dev/null
+cargo run --quiet --locked -p quorate-bench -- api --requests 5 --streams 1 --seconds 1 > /dev/null
 ./target/debug/quorate-lab bench failover --runs 1 > /dev/null 2>&1
 echo "== all checks passed"

@@ -53,6 +53,20 @@ enum Bench {
         #[arg(long, default_value_t = 100)]
         applies: usize,
     },
+    /// The HTTP API of a 3-node cluster (`network.api_port`): `GET /v1/status` latency
+    /// on a kept-alive HTTPS connection (curl), and the serving agent's RSS and CPU with
+    /// the dashboard's event stream closed and with `streams` of them open.
+    Api {
+        /// Requests per measurement.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// Event streams (open dashboards) for the second measurement.
+        #[arg(long, default_value_t = 10)]
+        streams: usize,
+        /// Seconds to hold each state before measuring RSS and CPU.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// The scheduler on the generated spec: cold placement of every service, and
     /// re-placement after one node fails (target: 10,000 services on 1,000 nodes < 100 ms).
     Scheduler {
@@ -304,9 +318,18 @@ fn form_cluster(quorate: &Path) -> Result<(BenchCluster, f64), String> {
 /// Like [`form_cluster`], with `services` (TOML) in the spec; waits until every
 /// service runs.
 fn form_cluster_with(quorate: &Path, services: &str) -> Result<(BenchCluster, f64), String> {
+    form_cluster_in(quorate, services, "")
+}
+
+/// Like [`form_cluster_with`], with `network` (TOML lines) in `[network]`.
+fn form_cluster_in(
+    quorate: &Path,
+    services: &str,
+    network: &str,
+) -> Result<(BenchCluster, f64), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let port = free_port()?;
-    let mut spec = format!("[cluster]\nname = \"bench\"\n[network]\nport = {port}\n");
+    let mut spec = format!("[cluster]\nname = \"bench\"\n[network]\nport = {port}\n{network}");
     for i in 1..=3 {
         let _ = write!(spec, "[nodes.n{i}]\naddress = \"127.0.0.{i}\"\n");
     }
@@ -883,6 +906,11 @@ fn main() -> std::process::ExitCode {
             runs,
         } => bench_scheduler(nodes, services, runs.max(1)),
         Bench::Failover { runs } => bench_failover(&quorate, runs.max(1)),
+        Bench::Api {
+            requests,
+            streams,
+            seconds,
+        } => bench_api(&quorate, requests.max(1), streams, seconds.max(1)),
         Bench::Operate { moves, services } => {
             bench_operate(&quorate, moves.max(1), services.max(1))
         }
@@ -910,6 +938,125 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// CPU time (user + system) of a process so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// `requests` GETs of /v1/status over one kept-alive connection (one curl, many URLs);
+/// each transfer's total time in ms, the first (with the TLS handshake) left out.
+fn status_latencies(
+    dir: &Path,
+    port: u16,
+    token: &str,
+    requests: usize,
+) -> Result<Vec<f64>, String> {
+    let url = format!("https://n1:{port}/v1/status");
+    let mut c = Command::new("curl");
+    c.args([
+        "-s",
+        "--resolve",
+        &format!("n1:{port}:127.0.0.1"),
+        "--cacert",
+    ])
+    .arg(dir.join("ca/ca.pem"))
+    .args([
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-w",
+        "%{http_code} %{time_total}\\n",
+    ]);
+    for _ in 0..=requests {
+        c.args(["-o", "/dev/null", &url]);
+    }
+    let out = c.output().map_err(|e| format!("curl: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut ms = Vec::new();
+    for line in text.lines().skip(1) {
+        let (code, secs) = line.split_once(' ').ok_or("curl printed no timing")?;
+        if code != "200" {
+            return Err(format!("GET /v1/status answered {code}"));
+        }
+        ms.push(secs.parse::<f64>().map_err(|e| e.to_string())? * 1000.0);
+    }
+    Ok(ms)
+}
+
+fn bench_api(
+    quorate: &Path,
+    requests: usize,
+    streams: usize,
+    seconds: u64,
+) -> Result<serde_json::Value, String> {
+    let api_port = free_port()?;
+    let web = format!(
+        "[services.web]\nkind = \"process\"\ncommand = [{:?}, \"demo\"]\n",
+        quorate.display().to_string()
+    );
+    let (cluster, _) = form_cluster_in(quorate, &web, &format!("api_port = {api_port}\n"))?;
+    let dir = cluster.dir.path();
+    let token = run(
+        quorate,
+        dir,
+        &["token", "create", "--role", "viewer", "--data-dir", "d/n1"],
+    )?;
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_owned();
+    let pid = cluster.agents[0].id();
+    let hold = |what: &str| -> Result<(f64, f64), String> {
+        let (t0, c0) = (Instant::now(), cpu_ticks(pid).ok_or("no /proc stat")?);
+        std::thread::sleep(std::time::Duration::from_secs(seconds));
+        let c1 = cpu_ticks(pid).ok_or("no /proc stat")?;
+        let cpu = (c1 - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
+        let rss = rss_mib(pid).ok_or_else(|| format!("no RSS ({what})"))?;
+        Ok((rss, cpu))
+    };
+    let (rss_closed, cpu_closed) = hold("closed")?;
+    let mut closed = status_latencies(dir, api_port, &token, requests)?;
+    closed.sort_by(f64::total_cmp);
+    let mut open: Vec<std::process::Child> = Vec::new();
+    for _ in 0..streams {
+        let child = Command::new("curl")
+            .args([
+                "-s",
+                "-N",
+                "-o",
+                "/dev/null",
+                "--resolve",
+                &format!("n1:{api_port}:127.0.0.1"),
+                "--cacert",
+            ])
+            .arg(dir.join("ca/ca.pem"))
+            .arg(format!(
+                "https://n1:{api_port}/v1/stream?access_token={token}"
+            ))
+            .spawn()
+            .map_err(|e| format!("curl: {e}"))?;
+        open.push(child);
+    }
+    let held = hold("open");
+    let latencies = status_latencies(dir, api_port, &token, requests);
+    for mut c in open {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let (rss_open, cpu_open) = held?;
+    let mut with_streams = latencies?;
+    with_streams.sort_by(f64::total_cmp);
+    let line = |v: &[f64]| json!({"median_ms": percentile(v, 0.5), "p90_ms": percentile(v, 0.9), "p99_ms": percentile(v, 0.99), "requests": v.len()});
+    Ok(json!({
+        "bench": "api",
+        "note": "GET /v1/status through n1's API (it forwards to the leader like `quorate status`) on one kept-alive HTTPS connection; RSS and CPU of n1's agent after holding each state",
+        "status_latency_streams_closed": line(&closed),
+        "status_latency_streams_open": line(&with_streams),
+        "streams_open": streams,
+        "agent_rss_mib": {"streams_closed": rss_closed, "streams_open": rss_open},
+        "agent_cpu_percent_of_one_core": {"streams_closed": cpu_closed, "streams_open": cpu_open},
+        "seconds_held": seconds,
+    }))
 }
 
 #[cfg(test)]
