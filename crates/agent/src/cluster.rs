@@ -424,6 +424,15 @@ impl Node {
                 .iter()
                 .filter_map(|n| Some((n.name.clone(), n.certificate_days_left?)))
                 .collect(),
+            storage: report
+                .storage
+                .iter()
+                .flat_map(|s| {
+                    s.health
+                        .iter()
+                        .map(|(node, health)| (s.name.clone(), node.clone(), health.clone()))
+                })
+                .collect(),
         };
         crate::metrics::encode(&self.metrics, &snapshot)
     }

@@ -560,6 +560,7 @@ impl Node {
             .collect();
         let environment_file = spec.cluster.fence_environment_file.clone();
         let (log, node) = (self.power_fencing.clone(), node.to_string());
+        let count = self.metrics.power_fenced();
         tokio::spawn(async move {
             tracing::warn!(
                 node,
@@ -585,6 +586,7 @@ impl Node {
                 Err(e) => Err(e),
             };
             let ok = matches!(&result, Ok(status) if status.success());
+            count(&node, ok);
             if let Ok(mut f) = log.lock() {
                 f.running.remove(&node);
                 if ok {
@@ -771,7 +773,9 @@ impl Node {
             by: self.name.clone(),
             at_ms: now_ms(),
         };
+        let asked = Instant::now();
         let result = self.consensus.write(command, self.lease_ttl()).await;
+        self.metrics.commit(asked.elapsed());
         // The proposal is in the log now (committed, or appended and maybe still
         // committing), or it never will be: renewals of the nodes counted down get an
         // index that covers it.
@@ -810,7 +814,10 @@ impl Node {
     }
 
     async fn commit(&self, command: Command, done: String) -> quorate_api::ControlReply {
-        match self.consensus.write(command, self.quorum_timeout()).await {
+        let asked = Instant::now();
+        let written = self.consensus.write(command, self.quorum_timeout()).await;
+        self.metrics.commit(asked.elapsed());
+        match written {
             Ok(_) => quorate_api::ControlReply::Done { message: done },
             Err(e) => Self::refused(4, format!("{e}\n  help: a majority of voters must be up and connected; check `quorate status`")),
         }

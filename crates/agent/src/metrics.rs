@@ -28,6 +28,24 @@ struct NodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FenceLabels {
+    node: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StorageLabels {
+    storage: String,
+    node: String,
+    health: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
     service: String,
     node: String,
@@ -51,6 +69,9 @@ pub(crate) struct Metrics {
     renewal_seconds: Option<Histogram>,
     failovers: Counter,
     failover_seconds: Option<Histogram>,
+    commit_seconds: Option<Histogram>,
+    restarts: Family<ServiceLabel, Counter>,
+    power_fences: Family<FenceLabels, Counter>,
     pending: std::sync::Mutex<Vec<Pending>>,
     last_leader: std::sync::Mutex<Option<u64>>,
 }
@@ -60,6 +81,7 @@ impl Metrics {
         Self {
             renewal_seconds: Some(Histogram::new(RENEWAL_BUCKETS)),
             failover_seconds: Some(Histogram::new(FAILOVER_BUCKETS)),
+            commit_seconds: Some(Histogram::new(RENEWAL_BUCKETS)),
             ..Self::default()
         }
     }
@@ -72,6 +94,37 @@ impl Metrics {
         }
         if let Some(h) = &self.renewal_seconds {
             h.observe(took.as_secs_f64());
+        }
+    }
+
+    /// A write through Raft (a placement or an operator's change) took `took`.
+    pub(crate) fn commit(&self, took: Duration) {
+        if let Some(h) = &self.commit_seconds {
+            h.observe(took.as_secs_f64());
+        }
+    }
+
+    /// This node restarted `service` (a start within its restart window after the
+    /// first, as the restart budget counts them).
+    pub(crate) fn restart(&self, service: &str) {
+        self.restarts
+            .get_or_create(&ServiceLabel {
+                service: service.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A run of the spec's fence_command for `node` ended (`ok`: exit 0); the counter,
+    /// for the task that waits for the command.
+    pub(crate) fn power_fenced(&self) -> impl Fn(&str, bool) + Send + 'static {
+        let family = self.power_fences.clone();
+        move |node, ok| {
+            family
+                .get_or_create(&FenceLabels {
+                    node: node.to_owned(),
+                    result: if ok { "ok" } else { "failed" }.to_owned(),
+                })
+                .inc();
         }
     }
 
@@ -135,6 +188,8 @@ pub(crate) struct Snapshot {
     pub(crate) nodes_up: Vec<(String, bool)>,
     pub(crate) services: Vec<(String, String, String)>,
     pub(crate) certificate_days: Vec<(String, i64)>,
+    /// (storage, node, health report) for every replica's last report.
+    pub(crate) storage: Vec<(String, String, String)>,
 }
 
 /// The Prometheus text of `metrics` and `now`.
@@ -196,6 +251,21 @@ pub(crate) fn encode(metrics: &Metrics, now: &Snapshot) -> String {
         "Days until the node's certificate expires",
         days,
     );
+    let storage = Family::<StorageLabels, Gauge>::default();
+    for (name, node, health) in &now.storage {
+        storage
+            .get_or_create(&StorageLabels {
+                storage: name.clone(),
+                node: node.clone(),
+                health: health.clone(),
+            })
+            .set(1);
+    }
+    registry.register(
+        "storage_health",
+        "1 for each replica's last health report",
+        storage,
+    );
     registry.register(
         "leader_changes",
         "Leader changes this node saw",
@@ -223,6 +293,23 @@ pub(crate) fn encode(metrics: &Metrics, now: &Snapshot) -> String {
         "Services this node, as leader, moved away from a down node",
         metrics.failovers.clone(),
     );
+    registry.register(
+        "restarts",
+        "Restarts of a service on this node (as its restart budget counts them)",
+        metrics.restarts.clone(),
+    );
+    registry.register(
+        "power_fence_runs",
+        "Runs of the spec's fence_command this node made as leader, by result",
+        metrics.power_fences.clone(),
+    );
+    if let Some(h) = &metrics.commit_seconds {
+        registry.register(
+            "commit_seconds",
+            "How long a write through Raft (placements, operators' changes) took on this node",
+            h.clone(),
+        );
+    }
     if let Some(h) = &metrics.failover_seconds {
         registry.register("failover_seconds", "From the old holder's last lease renewal to the new holder reporting the service running", h.clone());
     }

@@ -1022,6 +1022,9 @@ impl Runtime {
                     self.given_up.lock().await.insert(name.to_owned());
                     return Some("failed");
                 }
+                if !log.is_empty() {
+                    self.node.metrics.restart(name);
+                }
                 log.push_back(Instant::now());
             }
         }

@@ -417,6 +417,10 @@ fn metrics_count_a_failover_and_time_it() {
         Some(1.0),
         "{text}"
     );
+    assert!(
+        metric(&text, "quorate_commit_seconds_count").is_some_and(|n| n >= 1.0),
+        "the placement's commit was timed: {text}"
+    );
     let seconds = metric(&text, "quorate_failover_seconds_sum").unwrap();
     assert!(
         (0.5..30.0).contains(&seconds),
