@@ -555,6 +555,7 @@ impl Node {
             cluster_maintenance: state.cluster_maintenance,
             left_out: state.left_out.iter().cloned().collect(),
             wireguard: self.mesh_status().await,
+            failovers: self.metrics.recent_failovers(),
             nodes,
             services: spec
                 .services

@@ -799,7 +799,7 @@ impl Node {
         for (service, old, new) in failovers {
             let last_end = table.ends.get(old).copied().or(table.predecessors_end);
             let since = last_end.and_then(|end| end.checked_sub(ttl));
-            self.metrics.failover_decided(service, new, since);
+            self.metrics.failover_decided(service, old, new, since);
         }
     }
 }

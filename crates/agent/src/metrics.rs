@@ -56,9 +56,13 @@ struct ServiceLabels {
 #[derive(Debug)]
 struct Pending {
     service: String,
+    from: String,
     to: String,
     since: Instant,
 }
+
+/// How many completed failovers the leader remembers for `status`.
+const RECENT_FAILOVERS: usize = 20;
 
 /// The agent's metrics.
 #[derive(Debug, Default)]
@@ -73,6 +77,7 @@ pub(crate) struct Metrics {
     restarts: Family<ServiceLabel, Counter>,
     power_fences: Family<FenceLabels, Counter>,
     pending: std::sync::Mutex<Vec<Pending>>,
+    recent: std::sync::Mutex<std::collections::VecDeque<quorate_api::FailoverStatus>>,
     last_leader: std::sync::Mutex<Option<u64>>,
 }
 
@@ -141,13 +146,20 @@ impl Metrics {
 
     /// This leader committed a move of `service` from a down node to `to`; the old
     /// holder was last known to run it at `since` (timed only when known).
-    pub(crate) fn failover_decided(&self, service: &str, to: &str, since: Option<Instant>) {
+    pub(crate) fn failover_decided(
+        &self,
+        service: &str,
+        from: &str,
+        to: &str,
+        since: Option<Instant>,
+    ) {
         self.failovers.inc();
         let Some(since) = since else { return };
         if let Ok(mut p) = self.pending.lock() {
             p.retain(|x| x.service != service);
             p.push(Pending {
                 service: service.to_owned(),
+                from: from.to_owned(),
                 to: to.to_owned(),
                 since,
             });
@@ -163,13 +175,34 @@ impl Metrics {
         };
         pending.retain(|p| {
             if running(&p.service, &p.to) {
+                let seconds = p.since.elapsed().as_secs_f64();
                 if let Some(h) = &self.failover_seconds {
-                    h.observe(p.since.elapsed().as_secs_f64());
+                    h.observe(seconds);
+                }
+                if let Ok(mut recent) = self.recent.lock() {
+                    recent.push_back(quorate_api::FailoverStatus {
+                        service: p.service.clone(),
+                        from: p.from.clone(),
+                        to: p.to.clone(),
+                        seconds,
+                        at_ms: crate::cluster::now_ms(),
+                    });
+                    while recent.len() > RECENT_FAILOVERS {
+                        recent.pop_front();
+                    }
                 }
                 return false;
             }
             p.since.elapsed() < Duration::from_secs(60)
         });
+    }
+
+    /// The latest completed failovers, oldest first.
+    pub(crate) fn recent_failovers(&self) -> Vec<quorate_api::FailoverStatus> {
+        self.recent
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Whether a failover waits for its new holder's report.

@@ -265,6 +265,26 @@ pub struct StatusReport {
     /// "wireguard"`); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard: Option<MeshStatus>,
+    /// The latest failovers the answering leader decided and saw completed, oldest
+    /// first, with how long each took (its memory only: a new leader starts empty).
+    #[serde(default)]
+    pub failovers: Vec<FailoverStatus>,
+}
+
+/// A failover in [`StatusReport`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FailoverStatus {
+    /// The service.
+    pub service: String,
+    /// The node it left (down).
+    pub from: String,
+    /// The node it runs on now.
+    pub to: String,
+    /// From the old holder's last lease renewal the leader saw to the new holder's
+    /// report that the service runs: the outage's upper bound.
+    pub seconds: f64,
+    /// When the new holder reported it running (ms since the epoch).
+    pub at_ms: u64,
 }
 
 /// The mesh interface of one node, in [`StatusReport`].

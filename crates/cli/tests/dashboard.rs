@@ -262,6 +262,11 @@ fn the_dashboard_shows_the_cluster_and_a_service_moving_live() {
         "updated live, not reloaded"
     );
     browser.wait(
+        "the failover with its measured duration",
+        Duration::from_secs(30),
+        "/failed over .* in [0-9.]+ s/.test(document.querySelector('li[data-failover=\"web\"]')?.textContent ?? '')",
+    );
+    browser.wait(
         "the dead node as down",
         Duration::from_secs(30),
         &format!(

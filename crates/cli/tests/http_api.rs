@@ -426,6 +426,16 @@ fn metrics_count_a_failover_and_time_it() {
         (0.5..30.0).contains(&seconds),
         "from the last renewal to running elsewhere: {seconds} s"
     );
+    // The leader's status (and so the dashboard's timeline) has it with its duration.
+    let (_, status) = api.cluster.status(&leader, false);
+    let failover = &status["failovers"][0];
+    assert_eq!(failover["service"], "web", "{status:#}");
+    assert_eq!(failover["from"], host.as_str());
+    assert_eq!(failover["to"], moved.as_str());
+    assert!(
+        (failover["seconds"].as_f64().unwrap() - seconds).abs() < 1e-6,
+        "the same duration as the histogram's: {failover}"
+    );
     let (code, _) = api.call_on(&leader, "GET", "/metrics", &Auth::None, None);
     assert_eq!(code, 401);
 }

@@ -24,8 +24,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -243,22 +244,55 @@ fn reply(answer: ControlReply) -> Response {
     }
 }
 
-/// Authorizes the caller first (so a stranger learns nothing from a body's errors),
-/// then refuses a bad body, then hands the request to the agent.
-async fn ask(
-    api: &Api,
-    conn: &ConnIdentity,
-    headers: &HeaderMap,
-    needed: Role,
-    request: Result<ControlRequest, Problem>,
-) -> Response {
-    let by = match authorize(api, conn, headers, needed) {
-        Ok(by) => by,
-        Err(problem) => return problem.into_response(),
-    };
-    match request {
-        Ok(request) => reply((api.handler)(request, by).await),
-        Err(refused) => refused.into_response(),
+/// What every handler needs: the API, who the connection is (its client
+/// certificate) and the request's headers (a token).
+struct Ctx {
+    api: Api,
+    conn: ConnIdentity,
+    headers: HeaderMap,
+}
+
+impl axum::extract::FromRequestParts<Api> for Ctx {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        api: &Api,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self {
+            api: api.clone(),
+            conn: parts
+                .extensions
+                .get::<ConnIdentity>()
+                .cloned()
+                .unwrap_or(ConnIdentity(None)),
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+impl Ctx {
+    /// The caller as events name it, or the refusal.
+    fn authorize(&self, needed: Role) -> Result<String, Problem> {
+        authorize(&self.api, &self.conn, &self.headers, needed)
+    }
+
+    /// Hands `request` to the agent as the caller.
+    async fn handle(&self, request: ControlRequest, by: String) -> ControlReply {
+        (self.api.handler)(request, by).await
+    }
+
+    /// Authorizes the caller first (so a stranger learns nothing from a body's
+    /// errors), then refuses a bad body, then hands the request to the agent.
+    async fn ask(&self, needed: Role, request: Result<ControlRequest, Problem>) -> Response {
+        let by = match self.authorize(needed) {
+            Ok(by) => by,
+            Err(problem) => return problem.into_response(),
+        };
+        match request {
+            Ok(request) => reply(self.handle(request, by).await),
+            Err(refused) => refused.into_response(),
+        }
     }
 }
 
@@ -353,38 +387,26 @@ struct MaintenanceBody {
 
 /// The router of [`ROUTES`], without transport (for [`serve`] and tests).
 pub fn router(api: Api) -> Router {
-    async fn status(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
-        Query(q): Query<StatusQuery>,
-    ) -> Response {
-        ask(
-            &api,
-            &conn,
-            &headers,
-            Role::Viewer,
-            Ok(ControlRequest::Status { local: q.local }),
-        )
-        .await
+    async fn status(ctx: Ctx, Query(q): Query<StatusQuery>) -> Response {
+        let request = ControlRequest::Status { local: q.local };
+        ctx.ask(Role::Viewer, Ok(request)).await
     }
-    async fn events(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
-        Query(q): Query<EventsQuery>,
-    ) -> Response {
+    async fn events(ctx: Ctx, Query(q): Query<EventsQuery>) -> Response {
         let limit = q.limit.unwrap_or(50).min(10_000);
         let Some(after) = q.after else {
-            let request = Ok(ControlRequest::Events { limit });
-            return ask(&api, &conn, &headers, Role::Viewer, request).await;
+            return ctx
+                .ask(Role::Viewer, Ok(ControlRequest::Events { limit }))
+                .await;
         };
         // With a cursor: the first `limit` events after it.
-        let by = match authorize(&api, &conn, &headers, Role::Viewer) {
+        let by = match ctx.authorize(Role::Viewer) {
             Ok(by) => by,
             Err(problem) => return problem.into_response(),
         };
-        match (api.handler)(ControlRequest::Events { limit: 10_000 }, by).await {
+        match ctx
+            .handle(ControlRequest::Events { limit: 10_000 }, by)
+            .await
+        {
             ControlReply::Events { events } => {
                 let events: Vec<serde_json::Value> = events
                     .into_iter()
@@ -396,25 +418,12 @@ pub fn router(api: Api) -> Router {
             other => reply(other),
         }
     }
-    async fn explain(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
-        Path(service): Path<String>,
-    ) -> Response {
-        ask(
-            &api,
-            &conn,
-            &headers,
-            Role::Viewer,
-            Ok(ControlRequest::Explain { service }),
-        )
-        .await
+    async fn explain(ctx: Ctx, Path(service): Path<String>) -> Response {
+        ctx.ask(Role::Viewer, Ok(ControlRequest::Explain { service }))
+            .await
     }
     async fn move_service(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
+        ctx: Ctx,
         Path(service): Path<String>,
         body: Result<Json<MoveBody>, JsonRejection>,
     ) -> Response {
@@ -424,107 +433,55 @@ pub fn router(api: Api) -> Router {
                 node: b.node,
             })
             .map_err(|e| bad_body(&e));
-        ask(&api, &conn, &headers, Role::Operator, request).await
+        ctx.ask(Role::Operator, request).await
     }
-    async fn restart(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
-        Path(service): Path<String>,
-        body: axum::body::Bytes,
-    ) -> Response {
+    async fn restart(ctx: Ctx, Path(service): Path<String>, body: Bytes) -> Response {
         let request = no_body(&body).map(|()| ControlRequest::Restart { service });
-        ask(&api, &conn, &headers, Role::Operator, request).await
+        ctx.ask(Role::Operator, request).await
     }
-    async fn disable(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
-        Path(service): Path<String>,
-        body: axum::body::Bytes,
-    ) -> Response {
+    async fn disable(ctx: Ctx, Path(service): Path<String>, body: Bytes) -> Response {
         let request = no_body(&body).map(|()| ControlRequest::SetDisabled {
             service,
             disabled: true,
         });
-        ask(&api, &conn, &headers, Role::Operator, request).await
+        ctx.ask(Role::Operator, request).await
     }
-    async fn enable(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
-        Path(service): Path<String>,
-        body: axum::body::Bytes,
-    ) -> Response {
+    async fn enable(ctx: Ctx, Path(service): Path<String>, body: Bytes) -> Response {
         let request = no_body(&body).map(|()| ControlRequest::SetDisabled {
             service,
             disabled: false,
         });
-        ask(&api, &conn, &headers, Role::Operator, request).await
+        ctx.ask(Role::Operator, request).await
     }
-    async fn admin(
-        api: &Api,
-        conn: &ConnIdentity,
-        headers: &HeaderMap,
-        request: Result<(String, &str), Problem>,
-    ) -> Response {
-        let request = request.map(|(node, state)| ControlRequest::SetAdmin {
+    fn admin(node: String, state: &str) -> ControlRequest {
+        ControlRequest::SetAdmin {
             node,
             state: state.to_owned(),
-        });
-        ask(api, conn, headers, Role::Operator, request).await
+        }
     }
-    async fn drain(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
-        Path(node): Path<String>,
-        body: axum::body::Bytes,
-    ) -> Response {
-        admin(
-            &api,
-            &conn,
-            &headers,
-            no_body(&body).map(|()| (node, "draining")),
-        )
-        .await
+    async fn drain(ctx: Ctx, Path(node): Path<String>, body: Bytes) -> Response {
+        let request = no_body(&body).map(|()| admin(node, "draining"));
+        ctx.ask(Role::Operator, request).await
     }
-    async fn undrain(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
-        Path(node): Path<String>,
-        body: axum::body::Bytes,
-    ) -> Response {
-        admin(
-            &api,
-            &conn,
-            &headers,
-            no_body(&body).map(|()| (node, "active")),
-        )
-        .await
+    async fn undrain(ctx: Ctx, Path(node): Path<String>, body: Bytes) -> Response {
+        let request = no_body(&body).map(|()| admin(node, "active"));
+        ctx.ask(Role::Operator, request).await
     }
     async fn maintenance(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
+        ctx: Ctx,
         Path(node): Path<String>,
         body: Result<Json<MaintenanceBody>, JsonRejection>,
     ) -> Response {
         let request = body
-            .map(|Json(b)| (node, if b.on { "maintenance" } else { "active" }))
+            .map(|Json(b)| admin(node, if b.on { "maintenance" } else { "active" }))
             .map_err(|e| bad_body(&e));
-        admin(&api, &conn, &headers, request).await
+        ctx.ask(Role::Operator, request).await
     }
-    async fn metrics(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
-    ) -> Response {
-        if let Err(problem) = authorize(&api, &conn, &headers, Role::Viewer) {
+    async fn metrics(ctx: Ctx) -> Response {
+        if let Err(problem) = ctx.authorize(Role::Viewer) {
             return problem.into_response();
         }
-        let text = (api.metrics)().await;
+        let text = (ctx.api.metrics)().await;
         (
             [(
                 axum::http::header::CONTENT_TYPE,
@@ -534,34 +491,32 @@ pub fn router(api: Api) -> Router {
         )
             .into_response()
     }
-    async fn stream(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
-    ) -> Response {
-        let by = match authorize(&api, &conn, &headers, Role::Viewer) {
+    async fn stream(ctx: Ctx) -> Response {
+        let by = match ctx.authorize(Role::Viewer) {
             Ok(by) => by,
             Err(problem) => return problem.into_response(),
         };
         let events = futures_util::stream::unfold(
-            (api, by, String::new(), 0u64, None::<std::time::Instant>),
-            |(api, by, last_status, last_seq, sent_at)| async move {
+            (ctx, by, String::new(), 0u64, None::<std::time::Instant>),
+            |(ctx, by, last_status, last_seq, sent_at)| async move {
                 let mut first = sent_at.is_none();
                 loop {
                     if !first {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                     first = false;
-                    let status =
-                        (api.handler)(ControlRequest::Status { local: false }, by.clone()).await;
-                    let status = match status {
+                    let status = match ctx
+                        .handle(ControlRequest::Status { local: false }, by.clone())
+                        .await
+                    {
                         ControlReply::Status(report) => {
                             serde_json::to_string(&report).unwrap_or_default()
                         }
                         other => serde_json::to_string(&other).unwrap_or_default(),
                     };
-                    let ControlReply::Events { events } =
-                        (api.handler)(ControlRequest::Events { limit: 50 }, by.clone()).await
+                    let ControlReply::Events { events } = ctx
+                        .handle(ControlRequest::Events { limit: 50 }, by.clone())
+                        .await
                     else {
                         continue;
                     };
@@ -578,7 +533,7 @@ pub fn router(api: Api) -> Router {
                             .data(data);
                         return Some((
                             Ok::<_, std::convert::Infallible>(event),
-                            (api, by, status, newest, Some(std::time::Instant::now())),
+                            (ctx, by, status, newest, Some(std::time::Instant::now())),
                         ));
                     }
                 }
@@ -589,12 +544,15 @@ pub fn router(api: Api) -> Router {
             .into_response()
     }
     /// One part of the status report (`nodes`, `services`, `storage`).
-    async fn part(api: &Api, conn: &ConnIdentity, headers: &HeaderMap, key: &str) -> Response {
-        let by = match authorize(api, conn, headers, Role::Viewer) {
+    async fn part(ctx: &Ctx, key: &str) -> Response {
+        let by = match ctx.authorize(Role::Viewer) {
             Ok(by) => by,
             Err(problem) => return problem.into_response(),
         };
-        match (api.handler)(ControlRequest::Status { local: false }, by).await {
+        match ctx
+            .handle(ControlRequest::Status { local: false }, by)
+            .await
+        {
             ControlReply::Status(report) => {
                 let value = serde_json::to_value(&report).unwrap_or_default();
                 Json(json!({ key: value[key] })).into_response()
@@ -602,34 +560,17 @@ pub fn router(api: Api) -> Router {
             other => reply(other),
         }
     }
-    async fn nodes(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
-    ) -> Response {
-        part(&api, &conn, &headers, "nodes").await
+    async fn nodes(ctx: Ctx) -> Response {
+        part(&ctx, "nodes").await
     }
-    async fn services(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
-    ) -> Response {
-        part(&api, &conn, &headers, "services").await
+    async fn services(ctx: Ctx) -> Response {
+        part(&ctx, "services").await
     }
-    async fn storage(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
-    ) -> Response {
-        part(&api, &conn, &headers, "storage").await
+    async fn storage(ctx: Ctx) -> Response {
+        part(&ctx, "storage").await
     }
-    async fn simulate(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
-        Query(q): Query<SimulateQuery>,
-    ) -> Response {
-        let by = match authorize(&api, &conn, &headers, Role::Viewer) {
+    async fn simulate(ctx: Ctx, Query(q): Query<SimulateQuery>) -> Response {
+        let by = match ctx.authorize(Role::Viewer) {
             Ok(by) => by,
             Err(problem) => return problem.into_response(),
         };
@@ -641,7 +582,7 @@ pub fn router(api: Api) -> Router {
                 .collect()
         };
         let (fail, drain) = (list(&q.fail), list(&q.drain));
-        let view = match (api.handler)(ControlRequest::SchedulerInput, by).await {
+        let view = match ctx.handle(ControlRequest::SchedulerInput, by).await {
             ControlReply::SchedulerInput(view) => view,
             other => return reply(other),
         };
@@ -673,9 +614,7 @@ pub fn router(api: Api) -> Router {
         .into_response()
     }
     async fn ban(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
+        ctx: Ctx,
         Path(service): Path<String>,
         body: Result<Json<BanBody>, JsonRejection>,
     ) -> Response {
@@ -686,12 +625,10 @@ pub fn router(api: Api) -> Router {
                 for_ms: b.for_ms,
             })
             .map_err(|e| bad_body(&e));
-        ask(&api, &conn, &headers, Role::Operator, request).await
+        ctx.ask(Role::Operator, request).await
     }
     async fn unban(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
+        ctx: Ctx,
         Path(service): Path<String>,
         body: Result<Json<NodeBody>, JsonRejection>,
     ) -> Response {
@@ -701,12 +638,10 @@ pub fn router(api: Api) -> Router {
                 node: b.node,
             })
             .map_err(|e| bad_body(&e));
-        ask(&api, &conn, &headers, Role::Operator, request).await
+        ctx.ask(Role::Operator, request).await
     }
     async fn cleanup(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
+        ctx: Ctx,
         Path(service): Path<String>,
         body: Result<Json<CleanupBody>, JsonRejection>,
     ) -> Response {
@@ -716,18 +651,16 @@ pub fn router(api: Api) -> Router {
                 node: b.node,
             })
             .map_err(|e| bad_body(&e));
-        ask(&api, &conn, &headers, Role::Operator, request).await
+        ctx.ask(Role::Operator, request).await
     }
     async fn cluster_maintenance(
-        State(api): State<Api>,
-        Extension(conn): Extension<ConnIdentity>,
-        headers: HeaderMap,
+        ctx: Ctx,
         body: Result<Json<MaintenanceBody>, JsonRejection>,
     ) -> Response {
         let request = body
             .map(|Json(b)| ControlRequest::ClusterMaintenance { on: b.on })
             .map_err(|e| bad_body(&e));
-        ask(&api, &conn, &headers, Role::Operator, request).await
+        ctx.ask(Role::Operator, request).await
     }
     async fn dashboard() -> Response {
         (
