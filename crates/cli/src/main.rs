@@ -2,6 +2,7 @@
 //! parsing and dispatch; each command lives in its own module.
 
 mod cluster_commands;
+mod deploy;
 mod exit;
 mod pki_commands;
 mod recover;
@@ -485,6 +486,35 @@ enum Command {
     /// Tokens for the HTTP API (`network.api_port`).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Roll new system generations through the cluster one node at a time (drain,
+    /// switch, wait until healthy, undrain; followers first, the leader last).
+    ///
+    /// `--dry-run` prints the plan from the live cluster: the order, which services each
+    /// drain moves where (the leader's scheduler), each node's closure size; it refuses,
+    /// changing nothing, when a target is not in the spec or is down, a store path is not
+    /// valid, or a drain would leave a service nowhere to run. The rollout itself is not
+    /// built yet.
+    Deploy {
+        /// A node to deploy (repeatable) [default: every node].
+        #[arg(long, value_name = "NODE")]
+        on: Vec<String>,
+        /// The system closure to switch to: `PATH` for every node, or `NODE=PATH`
+        /// (repeatable).
+        #[arg(long, value_name = "[NODE=]PATH")]
+        store_path: Vec<String>,
+        /// The Nix store holding the paths (e.g. `local?root=/tmp/build`) [default: the
+        /// local store].
+        #[arg(long, value_name = "STORE")]
+        from_store: Option<String>,
+        /// Only print the plan.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        agent: cluster_commands::AgentSocket,
+        /// Print the plan as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1120,6 +1150,23 @@ fn main() -> ExitCode {
         Command::Cert(CertCommand::Request { node, out }) => {
             pki_commands::cert_request(&node, &out)
         }
+        Command::Deploy {
+            on,
+            store_path,
+            from_store,
+            dry_run,
+            agent,
+            json,
+        } => deploy::run(
+            &agent,
+            &deploy::Request {
+                on: &on,
+                store_paths: &store_path,
+                from_store: from_store.as_deref(),
+                dry_run,
+                json,
+            },
+        ),
         Command::Wg(WgCommand::Keygen { dir, force, json }) => {
             wg_commands::keygen(&dir.data_dir, force, json)
         }

@@ -1,0 +1,312 @@
+//! `quorate deploy --dry-run`: the plan of a rolling deploy, computed from the live
+//! cluster before anything is copied or switched — the order (followers first, the
+//! leader last, one node at a time), which services each drain moves where (the
+//! leader's scheduler, as `simulate` runs it), and the closure to copy to each node.
+//! Every check that can refuse the rollout runs here, so a bad input changes nothing:
+//! a node not in the spec, a node that is down, a store path that does not exist, a
+//! drain that would leave a service nowhere to run.
+//!
+//! The rollout itself (copy, switch, health, undrain, rollback) is not built yet:
+//! without `--dry-run` the command says so and changes nothing.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use quorate_api::{ControlReply, ControlRequest, SchedulerView, StatusReport};
+use serde_json::{json, Value};
+
+use crate::cluster_commands::AgentSocket;
+use crate::exit::Exit;
+
+/// What `quorate deploy` was asked.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// Nodes to deploy (empty: every node of the applied spec).
+    pub on: &'a [String],
+    /// `NODE=PATH` or `PATH` (every node): the system closure to switch to.
+    pub store_paths: &'a [String],
+    /// The Nix store the paths are in (`nix path-info --store`); none: the local one.
+    pub from_store: Option<&'a str>,
+    /// Only the plan.
+    pub dry_run: bool,
+    /// JSON on stdout.
+    pub json: bool,
+}
+
+/// One step of the rollout: a node, the moves its drain makes, its closure.
+#[derive(Debug)]
+struct Step {
+    node: String,
+    leader: bool,
+    moves: Vec<(String, Option<String>)>,
+    store_path: Option<String>,
+    closure_bytes: Option<u64>,
+}
+
+fn refuse(json: bool, message: &str) -> Exit {
+    if json {
+        println!("{}", json!({"ok": false, "error": message}));
+    } else {
+        eprintln!("error: {message}\n  nothing was copied or switched");
+    }
+    Exit::Invalid
+}
+
+/// The store path for each target node from `NODE=PATH` and `PATH` arguments.
+fn paths_per_node(
+    args: &[String],
+    targets: &[String],
+    known: &BTreeMap<String, ()>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for arg in args {
+        match arg.split_once('=') {
+            Some((node, path)) => {
+                if !known.contains_key(node) {
+                    return Err(format!(
+                        "--store-path {arg}: `{node}` is not a node of the spec"
+                    ));
+                }
+                out.insert(node.to_owned(), path.to_owned());
+            }
+            None => {
+                for t in targets {
+                    out.entry(t.clone()).or_insert_with(|| arg.clone());
+                }
+            }
+        }
+    }
+    for path in out.values() {
+        if !path.starts_with('/') {
+            return Err(format!(
+                "--store-path {path}: a store path is absolute (e.g. /nix/store/…-nixos-system-alpha)"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The closure size of `path` (`nix path-info -S --json`), or why there is none.
+fn closure_size(path: &str, store: Option<&str>) -> Result<u64, String> {
+    let mut c = Command::new("nix");
+    c.args([
+        "--extra-experimental-features",
+        "nix-command",
+        "path-info",
+        "--json",
+        "--closure-size",
+    ]);
+    if let Some(store) = store {
+        c.args(["--store", store]);
+    }
+    let out = c.arg(path).output().map_err(|e| {
+        format!(
+            "cannot run `nix path-info` ({e}); install Nix, or leave --store-path out of a dry run"
+        )
+    })?;
+    if !out.status.success() {
+        return Err(format!(
+            "store path {path} is not valid{}: {}",
+            store.map(|s| format!(" in {s}")).unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let info: Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("`nix path-info` printed no JSON: {e}"))?;
+    // Nix 2.8 prints a list of objects; later versions an object keyed by path.
+    let entry = info
+        .as_array()
+        .and_then(|a| a.first().cloned())
+        .or_else(|| info.as_object().and_then(|o| o.values().next().cloned()))
+        .unwrap_or_default();
+    entry["closureSize"]
+        .as_u64()
+        .ok_or_else(|| format!("`nix path-info` gave no closure size for {path}"))
+}
+
+/// The plan, or the reason the rollout is refused.
+fn plan(
+    status: &StatusReport,
+    view: &SchedulerView,
+    request: &Request<'_>,
+) -> Result<Vec<Step>, String> {
+    let known: BTreeMap<String, ()> = view.spec.nodes.keys().map(|n| (n.clone(), ())).collect();
+    let targets: Vec<String> = if request.on.is_empty() {
+        view.spec.nodes.keys().cloned().collect()
+    } else {
+        request.on.to_vec()
+    };
+    for t in &targets {
+        if !known.contains_key(t) {
+            return Err(format!(
+                "`{t}` is not a node of the cluster's spec (nodes: {})",
+                view.spec
+                    .nodes
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let state = status
+            .nodes
+            .iter()
+            .find(|n| n.name == *t)
+            .map_or("unknown", |n| n.state.as_str());
+        if state != "up" {
+            return Err(format!(
+                "`{t}` is {state}: a rollout starts only with every target up and reachable (bring it back, or leave it out with --on)"
+            ));
+        }
+    }
+    let paths = paths_per_node(request.store_paths, &targets, &known)?;
+    // Followers first, the leader last: one election at most, at the very end.
+    let leader = status.leader.clone();
+    let mut order: Vec<String> = targets
+        .iter()
+        .filter(|t| Some(*t) != leader.as_ref())
+        .cloned()
+        .collect();
+    order.extend(
+        targets
+            .iter()
+            .filter(|t| Some(*t) == leader.as_ref())
+            .cloned(),
+    );
+    let mut steps = Vec::new();
+    for node in order {
+        let sim = quorate_api::simulate::simulate(view, &[], std::slice::from_ref(&node));
+        let report =
+            quorate_api::simulate::report(view, &sim, &[], std::slice::from_ref(&node), true);
+        if let Some(stuck) = report["unplaceable"].as_array().and_then(|u| u.first()) {
+            return Err(format!(
+                "draining {node} would leave {} nowhere to run: deploy it when another node can take it (or change the spec first)",
+                stuck.as_str().unwrap_or("a service")
+            ));
+        }
+        let moves = sim
+            .after
+            .iter()
+            .filter(|(s, p)| sim.before[*s].node != p.node)
+            .map(|(s, p)| (s.clone(), p.node.clone()))
+            .collect();
+        let store_path = paths.get(&node).cloned();
+        let closure_bytes = match &store_path {
+            Some(p) => Some(closure_size(p, request.from_store)?),
+            None => None,
+        };
+        steps.push(Step {
+            leader: Some(&node) == leader.as_ref(),
+            node,
+            moves,
+            store_path,
+            closure_bytes,
+        });
+    }
+    Ok(steps)
+}
+
+/// `quorate deploy`
+pub fn run(agent: &AgentSocket, request: &Request<'_>) -> Exit {
+    if !request.dry_run {
+        return refuse(
+            request.json,
+            "the rollout itself (copy, switch, health checks, rollback) is not built yet; `quorate deploy --dry-run` shows its plan",
+        );
+    }
+    let ask = |r: &ControlRequest| {
+        crate::cluster_commands::call(agent, r, Duration::from_secs(15), request.json)
+    };
+    let status = match ask(&ControlRequest::Status { local: false }) {
+        Ok(ControlReply::Status(s)) => *s,
+        Ok(ControlReply::Refused {
+            exit_code, message, ..
+        }) => {
+            eprintln!("error: {message}");
+            return Exit::from_refusal(exit_code);
+        }
+        Ok(_) => return refuse(request.json, "unexpected reply from the agent"),
+        Err(exit) => return exit,
+    };
+    if !status.quorum {
+        eprintln!("error: the cluster has no quorum: a rollout would make it worse\n  help: `quorate status` shows which voters are missing");
+        return Exit::NoQuorum;
+    }
+    let view = match ask(&ControlRequest::SchedulerInput) {
+        Ok(ControlReply::SchedulerInput(v)) => *v,
+        Ok(ControlReply::Refused {
+            exit_code, message, ..
+        }) => {
+            eprintln!("error: {message}");
+            return Exit::from_refusal(exit_code);
+        }
+        Ok(_) => return refuse(request.json, "unexpected reply from the agent"),
+        Err(exit) => return exit,
+    };
+    let steps = match plan(&status, &view, request) {
+        Ok(steps) => steps,
+        Err(why) => return refuse(request.json, &why),
+    };
+    let voters = status.nodes.iter().filter(|n| n.voter).count();
+    let warning = (voters < 3).then(|| {
+        format!("only {voters} voter(s): while a voter switches (its agent may restart) the cluster has no quorum")
+    });
+    if request.json {
+        let steps: Vec<Value> = steps
+            .iter()
+            .map(|s| {
+                json!({
+                    "node": s.node,
+                    "leader": s.leader,
+                    "moves": s.moves.iter().map(|(svc, to)| json!({"service": svc, "to": to})).collect::<Vec<_>>(),
+                    "store_path": s.store_path,
+                    "closure_bytes": s.closure_bytes,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "ok": true,
+                "dry_run": request.dry_run,
+                "order": steps.iter().map(|s| s["node"].clone()).collect::<Vec<_>>(),
+                "steps": steps,
+                "warning": warning,
+            }))
+            .unwrap_or_default()
+        );
+    } else {
+        println!(
+            "Rolling deploy of cluster `{}`, one node at a time:",
+            status.cluster
+        );
+        for (i, s) in steps.iter().enumerate() {
+            let moves = if s.moves.is_empty() {
+                "nothing runs there".to_owned()
+            } else {
+                s.moves
+                    .iter()
+                    .map(|(svc, to)| format!("{svc} → {}", to.as_deref().unwrap_or("nowhere")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let closure = match (&s.store_path, s.closure_bytes) {
+                (Some(p), Some(b)) => {
+                    format!("switch to {p} ({:.1} MiB closure)", b as f64 / 1_048_576.0)
+                }
+                _ => "switch".to_owned(),
+            };
+            println!(
+                "  {}. {}{}: drain ({moves}), {closure}, wait until its agent rejoins healthy, undrain",
+                i + 1,
+                s.node,
+                if s.leader { " (leader, last)" } else { "" }
+            );
+        }
+        if let Some(w) = &warning {
+            println!("warning: {w}");
+        }
+    }
+    Exit::Ok
+}
