@@ -157,14 +157,30 @@ impl Node {
     /// This node's mesh interface and each peer's latest handshake, when the applied
     /// (else local) spec's transport is WireGuard.
     pub(crate) async fn mesh_status(&self) -> Option<quorate_api::MeshStatus> {
-        let spec = self
+        // Each peer's name and public key, only when the transport is WireGuard: a
+        // status of a direct cluster copies nothing.
+        let keys = |spec: &quorate_spec::Spec| -> Option<Vec<(String, Option<String>)>> {
+            (spec.network.transport == quorate_spec::Transport::Wireguard).then(|| {
+                spec.nodes
+                    .iter()
+                    .filter(|(name, _)| **name != self.name)
+                    .map(|(name, n)| {
+                        (
+                            name.clone(),
+                            n.wireguard.as_ref().map(|w| w.public_key.clone()),
+                        )
+                    })
+                    .collect()
+            })
+        };
+        let nodes = match self
             .consensus
-            .with_state(|st| st.applied.as_ref().map(|a| a.spec.clone()))
+            .with_state(|st| st.applied.as_ref().map(|a| keys(&a.spec)))
             .await
-            .unwrap_or_else(|| self.local.spec.clone());
-        if spec.network.transport != quorate_spec::Transport::Wireguard {
-            return None;
-        }
+        {
+            Some(applied) => applied?,
+            None => keys(&self.local.spec)?,
+        };
         let read = tokio::task::spawn_blocking(link::peers)
             .await
             .map_err(|e| e.to_string())
@@ -173,16 +189,15 @@ impl Node {
             Ok(peers) => (peers, None),
             Err(e) => (Vec::new(), Some(e)),
         };
-        let peers = spec
-            .nodes
-            .iter()
-            .filter(|(name, _)| **name != self.name)
-            .map(|(name, n)| {
-                let key = n.wireguard.as_ref().map(|w| w.public_key.as_str());
-                let seen = peers.iter().find(|p| Some(p.public_key.as_str()) == key);
+        let peers = nodes
+            .into_iter()
+            .map(|(name, key)| {
+                let seen = peers
+                    .iter()
+                    .find(|p| Some(p.public_key.as_str()) == key.as_deref());
                 let age = seen.and_then(|p| p.handshake_age_s);
                 quorate_api::MeshPeerStatus {
-                    node: name.clone(),
+                    node: name,
                     endpoint: seen.and_then(|p| p.endpoint.clone()),
                     handshake_age_s: age,
                     fresh: age.is_some_and(|a| a < link::HANDSHAKE_FRESH_S),
