@@ -215,17 +215,20 @@ pub fn run(agent: &AgentSocket, request: &Request<'_>) -> Exit {
             "the rollout itself (copy, switch, health checks, rollback) is not built yet; `quorate deploy --dry-run` shows its plan",
         );
     }
-    let ask = |r: &ControlRequest| {
-        crate::cluster_commands::call(agent, r, Duration::from_secs(15), request.json)
+    // One request to the local agent; a refusal ends the command with its exit code.
+    let ask = |r: &ControlRequest| -> Result<ControlReply, Exit> {
+        match crate::cluster_commands::call(agent, r, Duration::from_secs(15), request.json)? {
+            ControlReply::Refused {
+                exit_code, message, ..
+            } => {
+                eprintln!("error: {message}");
+                Err(Exit::from_refusal(exit_code))
+            }
+            reply => Ok(reply),
+        }
     };
     let status = match ask(&ControlRequest::Status { local: false }) {
         Ok(ControlReply::Status(s)) => *s,
-        Ok(ControlReply::Refused {
-            exit_code, message, ..
-        }) => {
-            eprintln!("error: {message}");
-            return Exit::from_refusal(exit_code);
-        }
         Ok(_) => return refuse(request.json, "unexpected reply from the agent"),
         Err(exit) => return exit,
     };
@@ -235,12 +238,6 @@ pub fn run(agent: &AgentSocket, request: &Request<'_>) -> Exit {
     }
     let view = match ask(&ControlRequest::SchedulerInput) {
         Ok(ControlReply::SchedulerInput(v)) => *v,
-        Ok(ControlReply::Refused {
-            exit_code, message, ..
-        }) => {
-            eprintln!("error: {message}");
-            return Exit::from_refusal(exit_code);
-        }
         Ok(_) => return refuse(request.json, "unexpected reply from the agent"),
         Err(exit) => return exit,
     };

@@ -313,11 +313,23 @@ pub fn issue(
     valid_for: Duration,
 ) -> Result<(), PkiError> {
     let params = node_params(node, valid_for)?;
+    sign_into(&params, ca_dir, out_dir, NODE_CERT, NODE_KEY)
+}
+
+/// Signs `params` with a new key and the CA in `ca_dir`; writes the certificate,
+/// the key (0600) and, when missing, a copy of the CA's certificate into `out_dir`.
+fn sign_into(
+    params: &CertificateParams,
+    ca_dir: &Path,
+    out_dir: &Path,
+    cert_file: &str,
+    key_file: &str,
+) -> Result<(), PkiError> {
     let issuer = load_issuer(ca_dir)?;
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
-    write_new(&out_dir.join(NODE_KEY), &key.serialize_pem(), true)?;
-    write_new(&out_dir.join(NODE_CERT), &cert.pem(), false)?;
+    write_new(&out_dir.join(key_file), &key.serialize_pem(), true)?;
+    write_new(&out_dir.join(cert_file), &cert.pem(), false)?;
     let ca_copy = out_dir.join(CA_CERT);
     if !ca_copy.exists() {
         write_new(&ca_copy, &read(&ca_dir.join(CA_CERT))?, false)?;
@@ -403,16 +415,7 @@ pub fn issue_client(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
-    let issuer = load_issuer(ca_dir)?;
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-    write_new(&out_dir.join(CLIENT_KEY), &key.serialize_pem(), true)?;
-    write_new(&out_dir.join(CLIENT_CERT), &cert.pem(), false)?;
-    let ca_copy = out_dir.join(CA_CERT);
-    if !ca_copy.exists() {
-        write_new(&ca_copy, &read(&ca_dir.join(CA_CERT))?, false)?;
-    }
-    Ok(())
+    sign_into(&params, ca_dir, out_dir, CLIENT_CERT, CLIENT_KEY)
 }
 
 /// The name and role a client certificate carries (see [`issue_client`]); `None` for a
