@@ -319,19 +319,7 @@ impl LabCluster {
         };
         if wireguard {
             for name in cluster.names.clone() {
-                let out = cluster.quorate(&[
-                    "wg",
-                    "keygen",
-                    "--data-dir",
-                    &cluster.data_dir(&name).to_string_lossy(),
-                ])?;
-                if !out.status.success() {
-                    return Err(format!(
-                        "quorate wg keygen for {name}: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    ));
-                }
-                let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                let key = cluster.wg_public_key("keygen", &name)?;
                 cluster.wg_keys.insert(name, key);
             }
         }
@@ -863,6 +851,24 @@ impl LabCluster {
         }
     }
 
+    /// `quorate wg SUBCOMMAND --data-dir D` (`keygen`, `rotate`) for node `name`: the
+    /// public key it prints.
+    fn wg_public_key(&self, subcommand: &str, name: &str) -> Result<String, String> {
+        let out = self.quorate(&[
+            "wg",
+            subcommand,
+            "--data-dir",
+            &self.data_dir(name).to_string_lossy(),
+        ])?;
+        if !out.status.success() {
+            return Err(format!(
+                "quorate wg {subcommand} for {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
     /// Rotates node `name`'s WireGuard key (`quorate wg rotate` in its data dir), puts
     /// the new public key into the spec and applies it through `via`; returns the new
     /// key once applied.
@@ -870,19 +876,7 @@ impl LabCluster {
     /// # Errors
     /// `wg rotate` or the apply fails.
     pub fn rotate_key(&mut self, name: &str, via: &str) -> Result<String, String> {
-        let out = self.quorate(&[
-            "wg",
-            "rotate",
-            "--data-dir",
-            &self.data_dir(name).to_string_lossy(),
-        ])?;
-        if !out.status.success() {
-            return Err(format!(
-                "quorate wg rotate on {name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let key = self.wg_public_key("rotate", name)?;
         self.wg_keys.insert(name.to_owned(), key.clone());
         if self.apply_spec(via) {
             Ok(key)
