@@ -37,7 +37,7 @@ pub struct AgentSocket {
 }
 
 impl AgentSocket {
-    fn path(&self) -> Result<PathBuf, String> {
+    pub(crate) fn path(&self) -> Result<PathBuf, String> {
         if let Some(dir) = &self.sandbox {
             return crate::sandbox::Sandbox::new(dir).socket(self.node.as_deref());
         }
@@ -620,6 +620,17 @@ pub fn move_service(socket: &AgentSocket, service: &str, node: Option<String>, j
     }
 }
 
+/// The services a drain of `node` still waits for: placed there, or stopping (the
+/// status shows a stopping service without a node).
+pub(crate) fn still_on(report: &StatusReport, node: &str) -> Vec<String> {
+    report
+        .services
+        .iter()
+        .filter(|s| s.node.as_deref() == Some(node) || (s.node.is_none() && s.state == "stopping"))
+        .map(|s| s.name.clone())
+        .collect()
+}
+
 /// `quorate drain|undrain NODE`, `quorate maintenance on|off NODE`. A drain waits,
 /// showing progress, until nothing runs on the node any more (unless `no_wait`).
 pub fn set_admin(socket: &AgentSocket, node: &str, state: &str, wait: bool, json: bool) -> Exit {
@@ -645,14 +656,7 @@ pub fn set_admin(socket: &AgentSocket, node: &str, state: &str, wait: bool, json
         ) else {
             return Exit::NoQuorum;
         };
-        let left: Vec<String> = r
-            .services
-            .iter()
-            .filter(|s| {
-                s.node.as_deref() == Some(node) || (s.node.is_none() && s.state == "stopping")
-            })
-            .map(|s| s.name.clone())
-            .collect();
+        let left = still_on(&r, node);
         if left.is_empty() {
             if !json {
                 eprintln!(

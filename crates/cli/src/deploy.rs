@@ -6,8 +6,13 @@
 //! a node not in the spec, a node that is down, a store path that does not exist, a
 //! drain that would leave a service nowhere to run.
 //!
-//! The rollout itself (copy, switch, health, undrain, rollback) is not built yet:
-//! without `--dry-run` the command says so and changes nothing.
+//! Without `--dry-run` the same plan is then carried out by [`rollout`]: the closures
+//! are copied to every node, then each node in turn is drained, switched, checked and
+//! undrained, and rolled back when it does not come back healthy.
+
+mod remote;
+pub use remote::Remote;
+mod rollout;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -30,8 +35,26 @@ pub struct Request<'a> {
     pub from_store: Option<&'a str>,
     /// Only the plan.
     pub dry_run: bool,
-    /// JSON on stdout.
+    /// JSON on stdout (the plan, or one event per line).
     pub json: bool,
+    /// How the nodes are reached, and their system profile.
+    pub remote: remote::Remote,
+    /// `switch-to-configuration` action (`switch`, `test`, `boot`).
+    pub action: &'a str,
+    /// Health check run on each node after its switch.
+    pub check: Option<&'a str>,
+    /// How long a node may take to come back healthy.
+    pub timeout: Duration,
+    /// Switch a node that does not come back healthy back to its generation.
+    pub auto_rollback: bool,
+    /// How many nodes receive their closure at once.
+    pub parallel_copy: usize,
+    /// Continue the rollout recorded in the state file.
+    pub resume: bool,
+    /// Revert the node the recorded rollout was at, and end it.
+    pub abort: bool,
+    /// The state file [default: `<data-dir>/deploy.json`].
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 /// One step of the rollout: a node, the moves its drain makes, its closure.
@@ -120,6 +143,13 @@ fn closure_size(path: &str, store: Option<&str>) -> Result<u64, String> {
         .and_then(|a| a.first().cloned())
         .or_else(|| info.as_object().and_then(|o| o.values().next().cloned()))
         .unwrap_or_default();
+    // A path the store does not hold: exit 0 and `"valid": false` (Nix 2.8).
+    if entry["valid"] == false {
+        return Err(format!(
+            "store path {path} is not valid{}: build it or copy it there first",
+            store.map(|s| format!(" in {s}")).unwrap_or_default()
+        ));
+    }
     entry["closureSize"]
         .as_u64()
         .ok_or_else(|| format!("`nix path-info` gave no closure size for {path}"))
@@ -209,12 +239,38 @@ fn plan(
 
 /// `quorate deploy`
 pub fn run(agent: &AgentSocket, request: &Request<'_>) -> Exit {
-    if !request.dry_run {
-        return refuse(
-            request.json,
-            "the rollout itself (copy, switch, health checks, rollback) is not built yet; `quorate deploy --dry-run` shows its plan",
-        );
+    if request.resume || request.abort {
+        return continue_recorded(agent, request);
     }
+    // A recorded rollout comes first: it is continued or aborted, not replaced.
+    let state = if request.dry_run {
+        None
+    } else {
+        let state = match rollout::StateFile::lock(&state_path(agent, request)) {
+            Ok(s) => s,
+            Err(e) => return refuse(request.json, &e),
+        };
+        match state.load() {
+            Ok(None) => {}
+            Ok(Some(recorded)) => {
+                let at = recorded
+                    .nodes
+                    .iter()
+                    .find(|n| n.phase != rollout::Phase::Done && n.phase != rollout::Phase::Pending)
+                    .map(|n| format!(" (at {})", n.node))
+                    .unwrap_or_default();
+                return refuse(
+                    request.json,
+                    &format!(
+                        "a rollout is in progress{at}, recorded in {}: `quorate deploy --resume` continues it, `quorate deploy --abort` reverts the node it was at and ends it",
+                        state.path().display()
+                    ),
+                );
+            }
+            Err(e) => return refuse(request.json, &e),
+        }
+        Some(state)
+    };
     // One request to the local agent; a refusal ends the command with its exit code.
     let ask = |r: &ControlRequest| -> Result<ControlReply, Exit> {
         match crate::cluster_commands::call(agent, r, Duration::from_secs(15), request.json)? {
@@ -249,7 +305,132 @@ pub fn run(agent: &AgentSocket, request: &Request<'_>) -> Exit {
     let warning = (voters < 3).then(|| {
         format!("only {voters} voter(s): while a voter switches (its agent may restart) the cluster has no quorum")
     });
-    if request.json {
+    if request.dry_run {
+        print_plan(&status, &steps, warning.as_deref(), request.json);
+        return Exit::Ok;
+    }
+    let mut nodes = Vec::new();
+    for s in &steps {
+        let Some(store_path) = s.store_path.clone() else {
+            return refuse(
+                request.json,
+                &format!("no closure for {}: give --store-path PATH (every node) or --store-path {}=PATH", s.node, s.node),
+            );
+        };
+        let address = view
+            .spec
+            .nodes
+            .get(&s.node)
+            .map(|n| n.address.to_string())
+            .unwrap_or_default();
+        let target = remote::Target {
+            node: &s.node,
+            address: &address,
+        };
+        // Reaching every node before anything moves: an unreachable one stops it here.
+        let previous = match request.remote.current(&target) {
+            Ok(p) => p,
+            Err(e) => {
+                return refuse(
+                    request.json,
+                    &format!(
+                        "cannot reach {} to read its generation: {e} (check --exec)",
+                        s.node
+                    ),
+                )
+            }
+        };
+        nodes.push(rollout::NodeRollout {
+            node: s.node.clone(),
+            address,
+            store_path,
+            previous,
+            phase: rollout::Phase::Pending,
+            error: None,
+            seconds: None,
+        });
+    }
+    let report = rollout::Reporter::new(request.json);
+    if let Some(w) = &warning {
+        report.event(
+            "warning",
+            None,
+            json!({"warning": w}),
+            &format!("warning: {w}"),
+        );
+    }
+    report.event(
+        "plan",
+        None,
+        json!({"order": steps.iter().map(|s| s.node.clone()).collect::<Vec<_>>()}),
+        &format!(
+            "rolling deploy of `{}`: {}",
+            status.cluster,
+            steps
+                .iter()
+                .map(|s| s.node.as_str())
+                .collect::<Vec<_>>()
+                .join(" → ")
+        ),
+    );
+    let recorded = rollout::Rollout {
+        cluster: status.cluster.clone(),
+        remote: request.remote.clone(),
+        action: request.action.to_owned(),
+        check: request.check.map(str::to_owned),
+        timeout_secs: request.timeout.as_secs(),
+        auto_rollback: request.auto_rollback,
+        services: status
+            .services
+            .iter()
+            .filter(|s| s.state == "running")
+            .map(|s| s.name.clone())
+            .collect(),
+        nodes,
+    };
+    let Some(state) = state else {
+        return Exit::Invalid;
+    };
+    rollout::run(agent, &state, recorded, request.parallel_copy, &report)
+}
+
+fn state_path(agent: &AgentSocket, request: &Request<'_>) -> std::path::PathBuf {
+    request
+        .state_file
+        .clone()
+        .unwrap_or_else(|| agent.data_dir.join("deploy.json"))
+}
+
+/// `--resume` / `--abort`: the rollout the state file records.
+fn continue_recorded(agent: &AgentSocket, request: &Request<'_>) -> Exit {
+    let state = match rollout::StateFile::lock(&state_path(agent, request)) {
+        Ok(s) => s,
+        Err(e) => return refuse(request.json, &e),
+    };
+    let recorded = match state.load() {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return refuse(
+                request.json,
+                &format!(
+                    "no rollout is in progress ({} does not exist)",
+                    state.path().display()
+                ),
+            )
+        }
+        Err(e) => return refuse(request.json, &e),
+    };
+    let report = rollout::Reporter::new(request.json);
+    if request.abort {
+        rollout::abort(agent, &state, recorded, &report)
+    } else {
+        rollout::run(agent, &state, recorded, request.parallel_copy, &report)
+    }
+}
+
+/// The dry run's output.
+fn print_plan(status: &StatusReport, steps: &[Step], warning: Option<&str>, json: bool) {
+    if json {
         let steps: Vec<Value> = steps
             .iter()
             .map(|s| {
@@ -266,44 +447,43 @@ pub fn run(agent: &AgentSocket, request: &Request<'_>) -> Exit {
             "{}",
             serde_json::to_string_pretty(&json!({
                 "ok": true,
-                "dry_run": request.dry_run,
+                "dry_run": true,
                 "order": steps.iter().map(|s| s["node"].clone()).collect::<Vec<_>>(),
                 "steps": steps,
                 "warning": warning,
             }))
             .unwrap_or_default()
         );
-    } else {
-        println!(
-            "Rolling deploy of cluster `{}`, one node at a time:",
-            status.cluster
-        );
-        for (i, s) in steps.iter().enumerate() {
-            let moves = if s.moves.is_empty() {
-                "nothing runs there".to_owned()
-            } else {
-                s.moves
-                    .iter()
-                    .map(|(svc, to)| format!("{svc} → {}", to.as_deref().unwrap_or("nowhere")))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let closure = match (&s.store_path, s.closure_bytes) {
-                (Some(p), Some(b)) => {
-                    format!("switch to {p} ({:.1} MiB closure)", b as f64 / 1_048_576.0)
-                }
-                _ => "switch".to_owned(),
-            };
-            println!(
-                "  {}. {}{}: drain ({moves}), {closure}, wait until its agent rejoins healthy, undrain",
-                i + 1,
-                s.node,
-                if s.leader { " (leader, last)" } else { "" }
-            );
-        }
-        if let Some(w) = &warning {
-            println!("warning: {w}");
-        }
+        return;
     }
-    Exit::Ok
+    println!(
+        "Rolling deploy of cluster `{}`, one node at a time:",
+        status.cluster
+    );
+    for (i, s) in steps.iter().enumerate() {
+        let moves = if s.moves.is_empty() {
+            "nothing runs there".to_owned()
+        } else {
+            s.moves
+                .iter()
+                .map(|(svc, to)| format!("{svc} → {}", to.as_deref().unwrap_or("nowhere")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let closure = match (&s.store_path, s.closure_bytes) {
+            (Some(p), Some(b)) => {
+                format!("switch to {p} ({:.1} MiB closure)", b as f64 / 1_048_576.0)
+            }
+            _ => "switch".to_owned(),
+        };
+        println!(
+            "  {}. {}{}: drain ({moves}), {closure}, wait until its agent rejoins healthy, undrain",
+            i + 1,
+            s.node,
+            if s.leader { " (leader, last)" } else { "" }
+        );
+    }
+    if let Some(w) = warning {
+        println!("warning: {w}");
+    }
 }

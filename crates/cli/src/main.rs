@@ -489,11 +489,25 @@ enum Command {
     /// Roll new system generations through the cluster one node at a time (drain,
     /// switch, wait until healthy, undrain; followers first, the leader last).
     ///
-    /// `--dry-run` prints the plan from the live cluster: the order, which services each
-    /// drain moves where (the leader's scheduler), each node's closure size; it refuses,
-    /// changing nothing, when a target is not in the spec or is down, a store path is not
-    /// valid, or a drain would leave a service nowhere to run. The rollout itself is not
-    /// built yet.
+    /// First every node's closure is copied (`nix copy`, --parallel-copy at once);
+    /// nothing switches until all copies are done. Then, per node: drain (its services
+    /// move away, the drain is acknowledged) → `nix-env -p PROFILE --set PATH` and
+    /// `PATH/bin/switch-to-configuration ACTION` → wait until its agent is back →
+    /// --check → undrain → wait until every service that ran runs again. A node that
+    /// fails any of it is switched back to the generation it had and undrained, and the
+    /// rollout stops (exit 1). Each phase is recorded in the state file first, so an
+    /// interrupted deploy is continued with --resume or reverted with --abort.
+    ///
+    /// Nodes are reached with --exec (a command prefix; the scripts go to `sh -s` on
+    /// its stdin) and --copy-to (a `nix copy --to` store); `{node}` and `{address}` are
+    /// replaced in both. `--dry-run` prints the plan: the order, which services each
+    /// drain moves where (the leader's scheduler), each node's closure size. Anything
+    /// wrong — a target not in the spec or down or unreachable, a store path that is
+    /// not valid, a drain that would leave a service nowhere to run, no quorum — is
+    /// refused before anything is copied or switched.
+    ///
+    /// Example: quorate deploy --store-path n1=/nix/store/…-nixos-system-n1 \
+    ///            --store-path n2=/nix/store/…-nixos-system-n2 --check 'systemctl is-system-running --wait'
     Deploy {
         /// A node to deploy (repeatable) [default: every node].
         #[arg(long, value_name = "NODE")]
@@ -509,9 +523,54 @@ enum Command {
         /// Only print the plan.
         #[arg(long)]
         dry_run: bool,
+        /// The command prefix that runs a command on a node ({node}, {address}).
+        #[arg(long, value_name = "TEMPLATE", default_value = "ssh root@{address}")]
+        exec: String,
+        /// Where `nix copy --to` sends a node's closure ({node}, {address}).
+        #[arg(long, value_name = "STORE", default_value = "ssh://root@{address}")]
+        copy_to: String,
+        /// `nix copy --no-check-sigs`: accept unsigned paths (trusted builders only).
+        #[arg(long)]
+        no_check_sigs: bool,
+        /// The nodes' system profile.
+        #[arg(
+            long,
+            value_name = "PATH",
+            default_value = "/nix/var/nix/profiles/system"
+        )]
+        profile: String,
+        /// `switch-to-configuration` action: `switch`, `test` (not made the boot
+        /// default) or `boot` (only the next boot).
+        #[arg(long, value_name = "ACTION", default_value = "switch", value_parser = ["switch", "test", "boot"])]
+        action: String,
+        /// A health check run on each node after its switch (a shell command; exit 0 =
+        /// healthy), e.g. `systemctl is-system-running --wait`.
+        #[arg(long, value_name = "COMMAND")]
+        check: Option<String>,
+        /// Seconds a node may take for each phase (drain, rejoin, services back).
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        timeout: u64,
+        /// Switch a node that fails back to its previous generation (false: leave it
+        /// drained on the new one for inspection).
+        #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+        auto_rollback: bool,
+        /// How many nodes receive their closure at once.
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        parallel_copy: usize,
+        /// Continue the rollout recorded in the state file (after an interruption or a
+        /// failure left with --auto-rollback false).
+        #[arg(long, conflicts_with_all = ["abort", "dry_run"])]
+        resume: bool,
+        /// Revert the node the recorded rollout was at (back to its generation,
+        /// undrained) and end the rollout; nodes already done stay.
+        #[arg(long, conflicts_with = "dry_run")]
+        abort: bool,
+        /// The rollout's state file [default: <data-dir>/deploy.json].
+        #[arg(long, value_name = "FILE")]
+        state: Option<std::path::PathBuf>,
         #[command(flatten)]
         agent: cluster_commands::AgentSocket,
-        /// Print the plan as JSON on stdout.
+        /// The plan as JSON, or (rollout) one JSON event per line on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -1155,6 +1214,18 @@ fn main() -> ExitCode {
             store_path,
             from_store,
             dry_run,
+            exec,
+            copy_to,
+            no_check_sigs,
+            profile,
+            action,
+            check,
+            timeout,
+            auto_rollback,
+            parallel_copy,
+            resume,
+            abort,
+            state,
             agent,
             json,
         } => deploy::run(
@@ -1165,6 +1236,21 @@ fn main() -> ExitCode {
                 from_store: from_store.as_deref(),
                 dry_run,
                 json,
+                remote: deploy::Remote {
+                    exec,
+                    copy_to,
+                    from_store: from_store.clone(),
+                    no_check_sigs,
+                    profile,
+                },
+                action: &action,
+                check: check.as_deref(),
+                timeout: std::time::Duration::from_secs(timeout),
+                auto_rollback,
+                parallel_copy,
+                resume,
+                abort,
+                state_file: state,
             },
         ),
         Command::Wg(WgCommand::Keygen { dir, force, json }) => {

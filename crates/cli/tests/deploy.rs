@@ -1,7 +1,7 @@
 //! `quorate deploy --dry-run` against real agents: the plan's order (the leader last),
 //! the moves each drain makes, closure sizes from a real Nix store, and every refusal
 //! before anything is switched (unknown node, node down, invalid store path, a drain
-//! that would strand a service, the rollout not built yet).
+//! that would strand a service, no closure given).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -101,9 +101,9 @@ fn the_dry_run_plans_followers_first_and_refuses_what_it_cannot_do() {
         "{plan}"
     );
     let (code, plan, _) = deploy(&cluster, &[]);
-    assert_eq!(code, Some(1), "the rollout itself is not built yet");
+    assert_eq!(code, Some(1), "a rollout needs closures");
     assert!(
-        plan["error"].as_str().unwrap().contains("--dry-run"),
+        plan["error"].as_str().unwrap().contains("--store-path"),
         "{plan}"
     );
 

@@ -75,6 +75,7 @@ fn follows_its_service(prefix: &str, wireguard: bool) {
         prefix: prefix.into(),
         gluster: true,
         wireguard,
+        nix_stores: false,
         extra_spec,
     })
     .unwrap();

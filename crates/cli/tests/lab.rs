@@ -25,6 +25,7 @@ fn options(nodes: usize, services: usize, prefix: &str) -> Options {
         prefix: prefix.to_owned(),
         gluster: false,
         wireguard: false,
+        nix_stores: false,
         extra_spec: String::new(),
     }
 }

@@ -48,6 +48,7 @@ fn options(prefix: &str, services: usize) -> Options {
         prefix: prefix.to_owned(),
         gluster: false,
         wireguard: true,
+        nix_stores: false,
         extra_spec: String::new(),
     }
 }

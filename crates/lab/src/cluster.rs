@@ -38,6 +38,11 @@ pub struct Options {
     /// its mesh interface (`quorate net up`, userspace wireguard-go here) before its
     /// agent starts; every node-to-node packet then goes through the tunnels.
     pub wireguard: bool,
+    /// Each node gets a Nix store of its own: `<dir>/gl/<node>/nix` is mounted on
+    /// `/nix` in the node's mount namespace, so `nix-env`, profiles and
+    /// `/nix/store/…` paths there are the node's, as on a NixOS host; from outside it
+    /// is the chroot store `local?root=<dir>/gl/<node>` ([`LabCluster::nix_store_template`]).
+    pub nix_stores: bool,
     /// TOML appended to the generated spec (more services, storage); `@DIR@` stands
     /// for the lab's work directory.
     pub extra_spec: String,
@@ -330,7 +335,7 @@ impl LabCluster {
             "lab",
             &cluster.names,
         )?;
-        if gluster || wireguard {
+        if gluster || wireguard || cluster.options.nix_stores {
             cluster.make_mount_namespaces()?;
         }
         if gluster {
@@ -339,6 +344,35 @@ impl LabCluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// `nix copy --to` for node `{node}`'s store (a chroot store whose `/nix` is the
+    /// one mounted in that node's namespace), for `quorate deploy --copy-to`.
+    #[must_use]
+    pub fn nix_store_template(&self) -> String {
+        format!("local?root={}/gl/{{node}}", self.path().display())
+    }
+
+    /// Where node `name`'s `/nix` is, seen from outside.
+    #[must_use]
+    pub fn nix_dir(&self, name: &str) -> PathBuf {
+        self.path().join("gl").join(name).join("nix")
+    }
+
+    /// A command prefix running a command on node `{node}` (its network and mount
+    /// namespaces), for `quorate deploy --exec`.
+    #[must_use]
+    pub fn exec_template(&self) -> String {
+        let ns = self.net.nodes[0].trim_end_matches("-n1");
+        let mut t = format!("nsenter --net=/run/netns/{ns}-{{node}}");
+        if let Some(dir) = &self.mount_ns {
+            t.push_str(&format!(
+                " --mount={}/{{node}} --wd={}",
+                dir.display(),
+                self.path().display()
+            ));
+        }
+        t + " --"
     }
 
     /// The brick directory path (the same on every node; each node's mount namespace
@@ -396,9 +430,13 @@ impl LabCluster {
         if self.options.wireguard && !self.options.gluster {
             std::fs::create_dir_all("/run/wireguard").map_err(|e| e.to_string())?;
         }
+        if self.options.nix_stores {
+            // The mount point; running any `nix` as root makes it anyway.
+            std::fs::create_dir_all("/nix").map_err(|e| e.to_string())?;
+        }
         for name in self.names.clone() {
             let node_dir = self.path().join("gl").join(&name);
-            for sub in ["log", "run/wireguard", "brick", "wg"] {
+            for sub in ["log", "run/wireguard", "brick", "wg", "nix/store"] {
                 std::fs::create_dir_all(node_dir.join(sub)).map_err(|e| e.to_string())?;
             }
             let file = nsdir.join(&name);
@@ -417,6 +455,16 @@ impl LabCluster {
                     d = node_dir.display(),
                     f = file.display(),
                 )
+            };
+            let mounts = if self.options.nix_stores {
+                format!(
+                    "{} && nsenter --mount={f} mount --bind {d}/nix /nix",
+                    mounts,
+                    d = node_dir.display(),
+                    f = file.display(),
+                )
+            } else {
+                mounts
             };
             sh(&mounts)?;
         }

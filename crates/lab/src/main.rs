@@ -79,6 +79,7 @@ impl LabArgs {
             prefix: netns::PREFIX.to_owned(),
             gluster: false,
             wireguard: self.wireguard,
+            nix_stores: false,
             extra_spec: self.drift_margin.as_ref().map_or_else(String::new, |m| {
                 format!("\n[cluster.timings]\ndrift_margin = {m:?}\n")
             }),
