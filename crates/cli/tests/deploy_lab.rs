@@ -22,73 +22,25 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use quorate_lab::cluster::{LabCluster, Options};
+use quorate_lab::generations::{Generation, NixBuilds};
 use quorate_lab::{checker, netns};
 use serde_json::Value;
 
-/// A generation: its name, what its activation does, whether it is healthy.
-struct Generation {
-    name: &'static str,
-    switch_fails: bool,
-    healthy: bool,
-    switch_seconds: u32,
-}
-
-const GENERATIONS: &str = r#"
-{ name, switchFails ? false, healthy ? true, switchSeconds ? 0 }:
-derivation {
-  inherit name;
-  system = builtins.currentSystem;
-  builder = "/bin/sh";
-  args = [ "-c" ''
-    export PATH=/bin
-    mkdir -p $out/bin
-    printf '#!/bin/sh\nsleep ${toString switchSeconds}\necho "${name} $1" >> /nix/var/switches\n${if switchFails then "echo activation of ${name} failed >&2; exit 1" else "exit 0"}\n' > $out/bin/switch-to-configuration
-    printf '#!/bin/sh\n${if healthy then "exit 0" else "echo ${name} is unhealthy >&2; exit 1"}\n' > $out/bin/healthy
-    chmod +x $out/bin/switch-to-configuration $out/bin/healthy
-  '' ];
-}
-"#;
-
 struct Lab {
     cluster: LabCluster,
-    conf: PathBuf,
-    build_store: String,
+    nix: NixBuilds,
 }
 
 impl Lab {
-    fn nix_env(&self, c: &mut Command) {
-        c.env("NIX_CONF_DIR", &self.conf)
-            .env("HOME", self.cluster.path())
-            .env("NIX_PAGER", "cat");
-    }
-
-    /// Builds `g` into the build store; its store path.
     fn build(&self, g: &Generation) -> String {
-        let file = self.cluster.path().join("generation.nix");
-        std::fs::write(&file, GENERATIONS).unwrap();
-        let mut c = Command::new("nix-build");
-        c.args(["--store", &self.build_store, "--no-out-link"])
-            .arg(&file)
-            .args(["--argstr", "name", g.name])
-            .args(["--arg", "switchFails", bool_nix(g.switch_fails)])
-            .args(["--arg", "healthy", bool_nix(g.healthy)])
-            .args(["--arg", "switchSeconds", &g.switch_seconds.to_string()]);
-        self.nix_env(&mut c);
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "nix-build {}: {}",
-            g.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        self.nix.build(g).unwrap()
     }
 
     fn deploy_command(&self, args: &[&str]) -> Command {
         let dd = self.cluster.data_dir("n1");
         let mut c = Command::new(support::quorate_bin());
         c.args(["deploy", "--json", "--data-dir", dd.to_str().unwrap()])
-            .args(["--from-store", &self.build_store, "--no-check-sigs"])
+            .args(["--from-store", &self.nix.store, "--no-check-sigs"])
             .args(["--copy-to", &self.cluster.nix_store_template()])
             .args(["--check", "/nix/var/nix/profiles/system/bin/healthy"])
             .args(["--timeout", "60"])
@@ -96,7 +48,7 @@ impl Lab {
         if !args.contains(&"--exec") {
             c.args(["--exec", &self.cluster.exec_template()]);
         }
-        self.nix_env(&mut c);
+        self.nix.env(&mut c);
         c
     }
 
@@ -143,14 +95,6 @@ impl Lab {
     }
 }
 
-fn bool_nix(b: bool) -> &'static str {
-    if b {
-        "true"
-    } else {
-        "false"
-    }
-}
-
 fn parse(out: &Output) -> (Option<i32>, Vec<Value>, String) {
     let events = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -180,10 +124,6 @@ fn setup() -> Option<Lab> {
         support::skip(&format!("network namespaces: {why}"));
         return None;
     }
-    if Command::new("nix-build").arg("--version").output().is_err() {
-        support::skip("nix is not installed (apt-get install nix-bin; scripts/test.sh does this)");
-        return None;
-    }
     let mut cluster = LabCluster::new(Options {
         nodes: 3,
         services: 3,
@@ -197,22 +137,15 @@ fn setup() -> Option<Lab> {
         extra_spec: String::new(),
     })
     .unwrap();
-    let conf = cluster.path().join("nix-conf");
-    std::fs::create_dir_all(&conf).unwrap();
-    // No daemon, no nixbld group, no binary cache; the build sandbox gets the host's
-    // /bin/sh and libc.
-    std::fs::write(
-        conf.join("nix.conf"),
-        "build-users-group =\nsubstituters =\nextra-sandbox-paths = /usr /bin=/usr/bin /lib=/usr/lib /lib64=/usr/lib64\n",
-    )
-    .unwrap();
-    let build_store = format!("local?root={}", cluster.path().join("build").display());
+    let nix = match NixBuilds::new(cluster.path()) {
+        Ok(nix) => nix,
+        Err(why) => {
+            support::skip(&why);
+            return None;
+        }
+    };
     cluster.start_all(Duration::from_secs(60)).unwrap();
-    Some(Lab {
-        cluster,
-        conf,
-        build_store,
-    })
+    Some(Lab { cluster, nix })
 }
 
 fn assert_all_active(lab: &Lab) {
@@ -226,12 +159,7 @@ fn a_rollout_switches_every_node_and_rolls_back_a_bad_generation() {
     let Some(lab) = setup() else { return };
     let from = checker::mono_ns();
     let names = lab.cluster.names.clone();
-    let good = |name| Generation {
-        name,
-        switch_fails: false,
-        healthy: true,
-        switch_seconds: 0,
-    };
+    let good = Generation::good;
     let v1 = lab.build(&good("gen-v1"));
     let v2 = lab.build(&good("gen-v2"));
     let mut drains = 0;

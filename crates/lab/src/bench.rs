@@ -428,3 +428,128 @@ pub fn mesh(
         "results": results,
     }))
 }
+
+/// `quorate-lab bench deploy`: the wall time of a 3-node `quorate deploy` (parallel
+/// copy, then drain → switch → rejoin → check → undrain per node) against a naive
+/// serial deploy (per node: `nix copy`, then switch; no drain), and the copy
+/// throughput of each, on nodes with stores of their own (`Options::nix_stores`).
+/// Every run deploys fresh generations with `payload_mib` random MiB, so every copy
+/// moves them.
+///
+/// # Errors
+/// The lab cannot be made, Nix is missing, or a deploy fails.
+pub fn deploy(
+    options: &Options,
+    runs: usize,
+    payload_mib: u32,
+    mut say: impl FnMut(&str),
+) -> Result<Value, String> {
+    use crate::generations::{Generation, NixBuilds};
+    let mut options = options.clone();
+    options.nix_stores = true;
+    options.services = options.services.max(1);
+    let mut cluster = LabCluster::new(options.clone())?;
+    let nix = NixBuilds::new(cluster.path())?;
+    cluster.start_all(Duration::from_secs(60))?;
+    cluster.wait_healthy(LIMIT)?;
+    let exec = cluster.exec_template();
+    let copy_to = cluster.nix_store_template();
+    let generation = |name: String| Generation {
+        payload_mib,
+        ..Generation::good(&name)
+    };
+    let bytes = u64::from(payload_mib) * 1_048_576 * cluster.names.len() as u64;
+    let (mut q_total, mut q_copy, mut q_tput) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut n_total, mut n_copy, mut n_tput) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        // quorate deploy
+        let path = nix.build(&generation(format!("bench-{run}-quorate")))?;
+        let data_dir = cluster.data_dir("n1");
+        let mut c = std::process::Command::new(&options.quorate);
+        c.args(["deploy", "--json", "--no-check-sigs", "--timeout", "120"])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--from-store", &nix.store, "--store-path", &path])
+            .args(["--exec", &exec, "--copy-to", &copy_to])
+            .args(["--check", "/nix/var/nix/profiles/system/bin/healthy"]);
+        nix.env(&mut c);
+        let start = Instant::now();
+        let out = c.output().map_err(|e| e.to_string())?;
+        let total = start.elapsed().as_secs_f64();
+        if !out.status.success() {
+            return Err(format!(
+                "quorate deploy failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let copy = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["event"] == "copied")
+            .filter_map(|e| e["seconds"].as_f64())
+            .fold(0.0, f64::max);
+        say(&format!(
+            "run {run}: quorate deploy {total:.2} s (copy {copy:.2} s)"
+        ));
+        q_total.push(total * 1000.0);
+        q_copy.push(copy * 1000.0);
+        q_tput.push(bytes as f64 / 1_048_576.0 / copy.max(1e-6));
+
+        // naive: node by node, copy then switch
+        let path = nix.build(&generation(format!("bench-{run}-naive")))?;
+        let start = Instant::now();
+        let mut copying = 0.0;
+        for name in &cluster.names {
+            let t = Instant::now();
+            let mut c = std::process::Command::new("nix");
+            c.args(["--extra-experimental-features", "nix-command", "copy"])
+                .args(["--no-check-sigs", "--from", &nix.store])
+                .args(["--to", &copy_to.replace("{node}", name), &path]);
+            let out = nix.env(&mut c).output().map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "nix copy: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            copying += t.elapsed().as_secs_f64();
+            let prefix = exec.replace("{node}", name);
+            let mut words = prefix.split_whitespace();
+            let mut c = std::process::Command::new(words.next().unwrap_or("nsenter"));
+            c.args(words).args([
+                "sh",
+                "-ec",
+                &format!("nix-env -p /nix/var/nix/profiles/system --set {path} && {path}/bin/switch-to-configuration switch"),
+            ]);
+            let out = nix.env(&mut c).output().map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!("switch: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+        }
+        let total = start.elapsed().as_secs_f64();
+        say(&format!(
+            "run {run}: naive serial {total:.2} s (copy {copying:.2} s)"
+        ));
+        n_total.push(total * 1000.0);
+        n_copy.push(copying * 1000.0);
+        n_tput.push(bytes as f64 / 1_048_576.0 / copying.max(1e-6));
+    }
+    Ok(json!({
+        "bench": "lab deploy",
+        "nodes": cluster.names.len(),
+        "services": options.services,
+        "payload_mib_per_node": payload_mib,
+        "note": "quorate deploy: parallel copy, then per node drain, switch, rejoin (>= 1 s of readings), health check, undrain, services running again; naive: per node nix copy then switch, no drain (services are never moved, and a real switch could restart them in place). Copies are store to store on one disk (local chroot stores), not over a network.",
+        "quorate_deploy": {
+            "total_ms": stats(q_total),
+            "copy_ms": stats(q_copy),
+            "copy_mib_s": stats(q_tput),
+        },
+        "naive_serial": {
+            "total_ms": stats(n_total),
+            "copy_ms": stats(n_copy),
+            "copy_mib_s": stats(n_tput),
+        },
+    }))
+}

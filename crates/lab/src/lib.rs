@@ -11,4 +11,5 @@ pub mod bench;
 pub mod checker;
 pub mod cluster;
 pub mod faults;
+pub mod generations;
 pub mod netns;

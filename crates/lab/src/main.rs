@@ -161,6 +161,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
     },
+    /// `quorate deploy` of 3 nodes vs a naive serial copy-then-switch: wall time and
+    /// copy throughput (each node has its own Nix store; needs nix-bin).
+    Deploy {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Runs of each.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Random MiB in each generation (what every copy moves, per node).
+        #[arg(long, default_value_t = 64)]
+        payload_mib: u32,
+    },
     /// One idle cluster: formation, RSS per agent, the leader's CPU, `status` latency
     /// (e.g. `--nodes 25 --voters 5`; targets: leader < 5 % of a core, RSS < 30 MB).
     Scale {
@@ -316,6 +328,19 @@ fn main() -> ExitCode {
                 Duration::from_secs(idle_seconds),
                 |line| eprintln!("{line}"),
             ))
+        }
+        Command::Bench(BenchCommand::Deploy {
+            lab,
+            runs,
+            payload_mib,
+        }) => {
+            if let Some(why) = netns::unavailable() {
+                eprintln!("error: the lab needs network namespaces: {why}");
+                return ExitCode::from(2);
+            }
+            print_bench(bench::deploy(&lab.options(), runs, payload_mib, |line| {
+                eprintln!("{line}");
+            }))
         }
         Command::Bench(BenchCommand::Mesh { lab, runs, seconds }) => {
             if let Some(why) = netns::unavailable() {

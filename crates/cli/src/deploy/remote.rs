@@ -5,8 +5,9 @@
 //! arguments into one string for the remote shell, so anything with a space would be
 //! split again there. Values inside a script are single-quoted.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// How to reach the nodes.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -46,8 +47,9 @@ fn fill(template: &str, target: &Target<'_>) -> String {
 
 impl Remote {
     /// Runs `script` with `sh` on the node; its stdout, or why it failed (its exit
-    /// status and the last lines it wrote to stderr).
-    fn run(&self, target: &Target<'_>, script: &str) -> Result<String, String> {
+    /// status and the last lines it wrote to stderr, or that it did not finish within
+    /// `limit`: then the prefix is killed).
+    fn run(&self, target: &Target<'_>, script: &str, limit: Duration) -> Result<String, String> {
         let prefix = fill(&self.exec, target);
         let mut words = prefix.split_whitespace();
         let program = words
@@ -65,20 +67,56 @@ impl Remote {
             // A prefix that exits without reading its stdin is reported by its status.
             let _ = stdin.write_all(format!("set -eu\n{script}\n").as_bytes());
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| format!("`{prefix}`: {e}"))?;
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+        let read = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_string(&mut text);
+                }
+                text
+            })
+        };
+        let stdout = read(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr = read(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let start = Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if start.elapsed() < limit => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "`{prefix}` did not finish within {} s on {} (killed)",
+                        limit.as_secs(),
+                        target.node
+                    ));
+                }
+                Err(e) => return Err(format!("`{prefix}`: {e}")),
+            }
+        };
+        let stdout = stdout.join().unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default();
+        if status.success() {
+            return Ok(stdout.trim().to_owned());
         }
-        let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         Err(format!(
-            "{} on {} ({}){}",
-            out.status,
+            "{status} on {} ({prefix}){}",
             target.node,
-            prefix,
             if tail.is_empty() {
                 String::new()
             } else {
@@ -93,15 +131,26 @@ impl Remote {
     /// The node cannot be reached.
     pub fn current(&self, target: &Target<'_>) -> Result<Option<String>, String> {
         let p = sh_quote(&self.profile);
-        let out = self.run(target, &format!("if [ -e {p} ]; then readlink -f {p}; fi"))?;
+        let out = self.run(
+            target,
+            &format!("if [ -e {p} ]; then readlink -f {p}; fi"),
+            Duration::from_secs(60),
+        )?;
         Ok((!out.is_empty()).then_some(out))
     }
 
-    /// Points the profile at `path` and activates it (`switch-to-configuration ACTION`).
+    /// Points the profile at `path` and activates it (`switch-to-configuration ACTION`),
+    /// within `limit`.
     ///
     /// # Errors
     /// The path is missing on the node, or the activation fails.
-    pub fn switch(&self, target: &Target<'_>, path: &str, action: &str) -> Result<(), String> {
+    pub fn switch(
+        &self,
+        target: &Target<'_>,
+        path: &str,
+        action: &str,
+        limit: Duration,
+    ) -> Result<(), String> {
         let (p, new, action) = (sh_quote(&self.profile), sh_quote(path), sh_quote(action));
         self.run(
             target,
@@ -110,16 +159,17 @@ impl Remote {
                  nix-env -p {p} --set {new}\n\
                  {new}/bin/switch-to-configuration {action}"
             ),
+            limit,
         )
         .map(drop)
     }
 
-    /// Runs the user's health check on the node.
+    /// Runs the user's health check on the node (killed after `limit`).
     ///
     /// # Errors
     /// It fails.
-    pub fn check(&self, target: &Target<'_>, command: &str) -> Result<(), String> {
-        self.run(target, command).map(drop)
+    pub fn check(&self, target: &Target<'_>, command: &str, limit: Duration) -> Result<(), String> {
+        self.run(target, command, limit).map(drop)
     }
 
     /// `nix copy` of `path` to the node's store; `progress(done, total)` in paths as
@@ -226,6 +276,57 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "x' ; echo no '$y");
+    }
+
+    fn local() -> Remote {
+        Remote {
+            exec: "env".into(),
+            copy_to: String::new(),
+            from_store: None,
+            no_check_sigs: false,
+            profile: "/nonexistent/profile".into(),
+        }
+    }
+
+    const HERE: Target<'static> = Target {
+        node: "here",
+        address: "127.0.0.1",
+    };
+
+    #[test]
+    fn scripts_reach_the_shell_whole_and_report_how_they_failed() {
+        let r = local();
+        r.check(
+            &HERE,
+            r#"test "a b" = 'a b' && [ "$(echo x)" = x ]"#,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let e = r
+            .check(&HERE, "echo broken >&2; exit 3", Duration::from_secs(10))
+            .unwrap_err();
+        assert!(e.contains("exit status: 3") && e.contains("broken"), "{e}");
+        assert_eq!(r.current(&HERE).unwrap(), None, "no profile yet");
+    }
+
+    #[test]
+    fn a_script_that_hangs_is_killed_at_its_limit() {
+        let start = Instant::now();
+        let e = local()
+            .check(&HERE, "sleep 30", Duration::from_millis(500))
+            .unwrap_err();
+        assert!(e.contains("did not finish within"), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(20));
+    }
+
+    #[test]
+    fn an_exec_that_cannot_run_is_an_error_not_a_panic() {
+        let mut r = local();
+        r.exec = "/nonexistent/ssh {address}".into();
+        let e = r.current(&HERE).unwrap_err();
+        assert!(e.contains("cannot run `/nonexistent/ssh 127.0.0.1`"), "{e}");
+        r.exec = "  ".into();
+        assert!(r.current(&HERE).unwrap_err().contains("--exec is empty"));
     }
 
     #[test]

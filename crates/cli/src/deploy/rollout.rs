@@ -555,14 +555,14 @@ fn step(
     set_phase(state, rollout, i, Phase::Switching, report);
     rollout
         .remote
-        .switch(&target, &n.store_path, &rollout.action)?;
+        .switch(&target, &n.store_path, &rollout.action, limit)?;
     set_phase(state, rollout, i, Phase::Rejoining, report);
     rejoin(agent, &n.node, limit)?;
     if let Some(check) = rollout.check.clone() {
         set_phase(state, rollout, i, Phase::Checking, report);
         rollout
             .remote
-            .check(&target, &check)
+            .check(&target, &check, limit)
             .map_err(|e| format!("health check `{check}` failed: {e}"))?;
     }
     set_phase(state, rollout, i, Phase::Undraining, report);
@@ -641,7 +641,9 @@ fn revert(
     // It may have been undrained already (a failure after the undrain).
     agent.set_admin(&n.node, "draining")?;
     drain(agent, &n.node, limit)?;
-    rollout.remote.switch(&target, previous, &rollout.action)?;
+    rollout
+        .remote
+        .switch(&target, previous, &rollout.action, limit)?;
     rejoin(agent, &n.node, limit)?;
     agent.set_admin(&n.node, "active")?;
     settle(agent, &n.node, &rollout.services, limit)
