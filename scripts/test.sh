@@ -52,4 +52,5 @@ cargo run --quiet --locked -p quorate-bench -- failover --runs 1 > /dev/null 2>&
 cargo run --quiet --locked -p quorate-bench -- operate --moves 1 --services 3 > /dev/null
 cargo run --quiet --locked -p quorate-bench -- api --requests 5 --streams 1 --seconds 1 > /dev/null
 ./target/debug/quorate-lab bench failover --runs 1 > /dev/null 2>&1
+./target/debug/quorate-lab bench deploy --runs 1 --payload-mib 1 > /dev/null 2>&1
 echo "== all checks passed"

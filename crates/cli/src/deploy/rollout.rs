@@ -58,6 +58,17 @@ pub struct NodeRollout {
     pub seconds: Option<f64>,
 }
 
+impl NodeRollout {
+    /// The node as `--exec` and `--copy-to` templates see it.
+    #[must_use]
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            node: &self.node,
+            address: &self.address,
+        }
+    }
+}
+
 /// The whole rollout, as the state file keeps it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Rollout {
@@ -363,10 +374,7 @@ fn copy_all(rollout: &Rollout, parallel: usize, report: &Reporter) -> Result<(),
             let remote = &rollout.remote;
             scope.spawn(move || {
                 while let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) {
-                    let target = Target {
-                        node: &job.node,
-                        address: &job.address,
-                    };
+                    let target = job.target();
                     let _ = tx.send((job.node.clone(), Ok(Some((0, 0)))));
                     let result = remote.copy(&target, &job.store_path, |done, total| {
                         let _ = tx.send((job.node.clone(), Ok(Some((done, total)))));
@@ -545,10 +553,7 @@ fn step(
 ) -> Result<(), String> {
     let limit = Duration::from_secs(rollout.timeout_secs);
     let n = rollout.nodes[i].clone();
-    let target = Target {
-        node: &n.node,
-        address: &n.address,
-    };
+    let target = n.target();
     may_drain(agent, &n.node)?;
     set_phase(state, rollout, i, Phase::Draining, report);
     drain(agent, &n.node, limit)?;
@@ -633,10 +638,7 @@ fn revert(
 ) -> Result<(), String> {
     let limit = Duration::from_secs(rollout.timeout_secs);
     let n = rollout.nodes[i].clone();
-    let target = Target {
-        node: &n.node,
-        address: &n.address,
-    };
+    let target = n.target();
     set_phase(state, rollout, i, Phase::RollingBack, report);
     // It may have been undrained already (a failure after the undrain).
     agent.set_admin(&n.node, "draining")?;
