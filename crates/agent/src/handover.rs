@@ -1,6 +1,6 @@
 //! The lease handover, the new leader's side (docs/ARCHITECTURE.md, "The failover
 //! protocol"; the rules are [`crate::lease_rules`], checked by the Stateright model in
-//! `tests/lease_model.rs`).
+//! `crates/lease-model/tests/lease_model.rs`).
 //!
 //! A new leader does not know which leases its predecessors granted. Instead of
 //! waiting a full TTL + drift margin from its own election, it asks every voter

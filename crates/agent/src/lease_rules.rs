@@ -1,5 +1,5 @@
 //! The lease handover rules, as pure functions over any clock (the agent passes
-//! `Instant`s and `Duration`s, the model checker in `tests/lease_model.rs` ticks): the
+//! `Instant`s and `Duration`s, the model checker in `crates/lease-model/tests/lease_model.rs` ticks): the
 //! model calls this very code.
 //!
 //! Why the bound holds (docs/ARCHITECTURE.md, "The failover protocol"): a lease is
