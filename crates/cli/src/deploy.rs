@@ -33,6 +33,8 @@ pub struct Request<'a> {
     pub store_paths: &'a [String],
     /// The Nix store the paths are in (`nix path-info --store`); none: the local one.
     pub from_store: Option<&'a str>,
+    /// Build each node's closure from this flake.
+    pub flake: Option<&'a str>,
     /// Only the plan.
     pub dry_run: bool,
     /// JSON on stdout (the plan, or one event per line).
@@ -108,6 +110,61 @@ fn paths_per_node(
         }
     }
     Ok(out)
+}
+
+/// Builds every target's system (`FLAKE#nixosConfigurations.NODE.config.system.build.toplevel`)
+/// in one `nix build` (Nix builds them in parallel); `NODE=PATH` for each.
+fn build_from_flake(
+    flake: &str,
+    targets: &[String],
+    store: Option<&str>,
+    json: bool,
+) -> Result<Vec<String>, String> {
+    let installables: Vec<String> = targets
+        .iter()
+        .map(|t| format!("{flake}#nixosConfigurations.\"{t}\".config.system.build.toplevel"))
+        .collect();
+    if !json {
+        eprintln!(
+            "building {} system closure(s) from {flake} …",
+            installables.len()
+        );
+    }
+    let mut c = Command::new("nix");
+    c.args([
+        "--extra-experimental-features",
+        "nix-command flakes",
+        "build",
+        "--no-link",
+        "--json",
+    ]);
+    if let Some(store) = store {
+        c.args(["--store", store]);
+    }
+    let out = c
+        .args(&installables)
+        .output()
+        .map_err(|e| format!("cannot run `nix build` ({e}): install Nix"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(6).collect();
+        return Err(format!(
+            "--flake {flake}: `nix build` failed: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+        ));
+    }
+    let built: Vec<Value> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("`nix build --json` printed no JSON: {e}"))?;
+    targets
+        .iter()
+        .zip(&built)
+        .map(|(t, b)| {
+            b["outputs"]["out"]
+                .as_str()
+                .map(|p| format!("{t}={p}"))
+                .ok_or_else(|| format!("`nix build` gave no output path for {t}: {b}"))
+        })
+        .collect()
 }
 
 /// The closure size of `path` (`nix path-info -S --json`), or why there is none.
@@ -190,7 +247,13 @@ fn plan(
             ));
         }
     }
-    let paths = paths_per_node(request.store_paths, &targets, &known)?;
+    // Closures built from the flake first; `--store-path NODE=PATH` overrides them.
+    let mut args = match request.flake {
+        Some(flake) => build_from_flake(flake, &targets, request.from_store, request.json)?,
+        None => Vec::new(),
+    };
+    args.extend(request.store_paths.iter().cloned());
+    let paths = paths_per_node(&args, &targets, &known)?;
     // Followers first, the leader last: one election at most, at the very end.
     let leader = status.leader.clone();
     let mut order: Vec<String> = targets
@@ -314,7 +377,7 @@ pub fn run(agent: &AgentSocket, request: &Request<'_>) -> Exit {
         let Some(store_path) = s.store_path.clone() else {
             return refuse(
                 request.json,
-                &format!("no closure for {}: give --store-path PATH (every node) or --store-path {}=PATH", s.node, s.node),
+                &format!("no closure for {}: give --flake REF, --store-path PATH (every node) or --store-path {}=PATH", s.node, s.node),
             );
         };
         let address = view

@@ -489,7 +489,9 @@ enum Command {
     /// Roll new system generations through the cluster one node at a time (drain,
     /// switch, wait until healthy, undrain; followers first, the leader last).
     ///
-    /// First every node's closure is copied (`nix copy`, --parallel-copy at once);
+    /// Each node's closure is built from --flake (one `nix build` of every
+    /// `nixosConfigurations.NODE.config.system.build.toplevel`) or given with
+    /// --store-path. First every closure is copied (`nix copy`, --parallel-copy at once);
     /// nothing switches until all copies are done. Then, per node: drain (its services
     /// move away, the drain is acknowledged) → `nix-env -p PROFILE --set PATH` and
     /// `PATH/bin/switch-to-configuration ACTION` → wait until its agent is back →
@@ -506,14 +508,18 @@ enum Command {
     /// not valid, a drain that would leave a service nowhere to run, no quorum — is
     /// refused before anything is copied or switched.
     ///
-    /// Example: quorate deploy --store-path n1=/nix/store/…-nixos-system-n1 \
-    ///            --store-path n2=/nix/store/…-nixos-system-n2 --check 'systemctl is-system-running --wait'
+    /// Example: `quorate deploy --flake . --check 'systemctl is-system-running --wait'`
     Deploy {
         /// A node to deploy (repeatable) [default: every node].
         #[arg(long, value_name = "NODE")]
         on: Vec<String>,
+        /// Build each node's closure from this flake
+        /// (`REF#nixosConfigurations.NODE.config.system.build.toplevel`, e.g. `.` or
+        /// `github:me/infra`).
+        #[arg(long, value_name = "REF")]
+        flake: Option<String>,
         /// The system closure to switch to: `PATH` for every node, or `NODE=PATH`
-        /// (repeatable).
+        /// (repeatable; overrides what --flake built for that node).
         #[arg(long, value_name = "[NODE=]PATH")]
         store_path: Vec<String>,
         /// The Nix store holding the paths (e.g. `local?root=/tmp/build`) [default: the
@@ -1211,6 +1217,7 @@ fn main() -> ExitCode {
         }
         Command::Deploy {
             on,
+            flake,
             store_path,
             from_store,
             dry_run,
@@ -1234,6 +1241,7 @@ fn main() -> ExitCode {
                 on: &on,
                 store_paths: &store_path,
                 from_store: from_store.as_deref(),
+                flake: flake.as_deref(),
                 dry_run,
                 json,
                 remote: deploy::Remote {

@@ -5,7 +5,8 @@
 //! `bin/healthy` is the health check. The witness services keep running throughout
 //! and the checker judges the whole test: no double run, nothing acknowledged lost.
 //!
-//! Shown here: a rollout copies and switches every node, leader last; a generation
+//! Shown here: a rollout builds each node's closure from a flake, copies and switches
+//! every node, leader last; a generation
 //! whose activation fails, and one that fails its health check, are rolled back on
 //! the first node and the rollout stops there; `--auto-rollback false` leaves the node
 //! drained and `--abort` brings it back; a deploy killed in the middle of a switch is
@@ -160,7 +161,9 @@ fn a_rollout_switches_every_node_and_rolls_back_a_bad_generation() {
     let from = checker::mono_ns();
     let names = lab.cluster.names.clone();
     let good = Generation::good;
-    let v1 = lab.build(&good("gen-v1"));
+    // The first generation comes from a flake: one closure per node (v1-n1, …).
+    let flake = lab.nix.flake("v1", &names).unwrap();
+    let any = lab.build(&good("gen-any"));
     let v2 = lab.build(&good("gen-v2"));
     let mut drains = 0;
 
@@ -169,14 +172,20 @@ fn a_rollout_switches_every_node_and_rolls_back_a_bad_generation() {
     let (code, events, stderr) = lab.deploy(&["--store-path", missing]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(error_of(&events).contains("not valid"), "{events:?}");
-    let (code, events, stderr) = lab.deploy(&["--store-path", &v1, "--on", "n9"]);
+    let (code, events, stderr) = lab.deploy(&["--store-path", &any, "--on", "n9"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         error_of(&events).contains("`n9` is not a node"),
         "{events:?}"
     );
+    let (code, events, stderr) = lab.deploy(&["--flake", "path:/nonexistent/flake"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        error_of(&events).contains("--flake path:/nonexistent/flake"),
+        "{events:?}"
+    );
     let unreachable = lab.cluster.exec_template().replace("{node}", "nowhere");
-    let (code, events, stderr) = lab.deploy(&["--store-path", &v1, "--exec", &unreachable]);
+    let (code, events, stderr) = lab.deploy(&["--store-path", &any, "--exec", &unreachable]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(error_of(&events).contains("cannot reach"), "{events:?}");
     for n in &names {
@@ -186,7 +195,7 @@ fn a_rollout_switches_every_node_and_rolls_back_a_bad_generation() {
 
     // The first rollout: every node, the leader last.
     let leader = lab.cluster.leader().unwrap();
-    let (code, events, stderr) = lab.deploy(&["--store-path", &v1]);
+    let (code, events, stderr) = lab.deploy(&["--flake", &flake]);
     assert_eq!(code, Some(0), "{stderr}\n{events:#?}");
     drains += 3;
     let done: Vec<&str> = events_of(&events, "done")
@@ -196,9 +205,20 @@ fn a_rollout_switches_every_node_and_rolls_back_a_bad_generation() {
     assert_eq!(done.len(), 3, "{events:#?}");
     assert_eq!(done[2], leader, "the leader goes last: {done:?}");
     assert_eq!(events_of(&events, "copied").len(), 3, "{events:#?}");
+    // Each node's own closure, built from the flake.
+    let v1: std::collections::BTreeMap<String, String> = events_of(&events, "done")
+        .iter()
+        .map(|e| {
+            (
+                e["node"].as_str().unwrap().to_owned(),
+                e["store_path"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
     for n in &names {
-        assert_eq!(lab.switches(n), ["gen-v1 switch"], "{n}");
-        assert_eq!(lab.profile(n).as_deref(), Some(v1.as_str()), "{n}");
+        assert!(v1[n].ends_with(&format!("-v1-{n}")), "{v1:?}");
+        assert_eq!(lab.switches(n), [format!("v1-{n} switch")], "{n}");
+        assert_eq!(lab.profile(n).as_ref(), Some(&v1[n]), "{n}");
     }
     assert_all_active(&lab);
     assert!(
@@ -223,11 +243,19 @@ fn a_rollout_switches_every_node_and_rolls_back_a_bad_generation() {
     );
     assert_eq!(
         lab.switches(&first),
-        ["gen-v1 switch", "gen-broken switch", "gen-v1 switch"]
+        [
+            format!("v1-{first} switch"),
+            "gen-broken switch".to_owned(),
+            format!("v1-{first} switch")
+        ]
     );
-    assert_eq!(lab.profile(&first).as_deref(), Some(v1.as_str()));
+    assert_eq!(lab.profile(&first).as_ref(), Some(&v1[&first]));
     for n in names.iter().filter(|n| **n != first) {
-        assert_eq!(lab.switches(n), ["gen-v1 switch"], "{n} was not touched");
+        assert_eq!(
+            lab.switches(n),
+            [format!("v1-{n} switch")],
+            "{n} was not touched"
+        );
     }
     assert_all_active(&lab);
 
@@ -247,8 +275,11 @@ fn a_rollout_switches_every_node_and_rolls_back_a_bad_generation() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(lab.profile(&first).as_deref(), Some(v1.as_str()));
-    assert_eq!(lab.switches(&first).last().unwrap(), "gen-v1 switch");
+    assert_eq!(lab.profile(&first).as_ref(), Some(&v1[&first]));
+    assert_eq!(
+        lab.switches(&first).last().unwrap(),
+        &format!("v1-{first} switch")
+    );
     assert_all_active(&lab);
 
     // --auto-rollback false: the node stays drained on the bad generation until
@@ -272,7 +303,7 @@ fn a_rollout_switches_every_node_and_rolls_back_a_bad_generation() {
     assert!(error_of(&events).contains("--resume"), "{events:?}");
     let (code, events, stderr) = lab.deploy(&["--abort"]);
     assert_eq!(code, Some(0), "{stderr}\n{events:#?}");
-    assert_eq!(lab.profile(&stopped).as_deref(), Some(v1.as_str()));
+    assert_eq!(lab.profile(&stopped).as_ref(), Some(&v1[&stopped]));
     assert_all_active(&lab);
 
     // A deploy killed in the middle of a (slow) switch: the node stays drained, a new

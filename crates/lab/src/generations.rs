@@ -39,10 +39,10 @@ impl Generation {
 }
 
 const EXPRESSION: &str = r#"
-{ name, switchFails, healthy, switchSeconds, payloadMiB }:
+{ name, switchFails ? false, healthy ? true, switchSeconds ? 0, payloadMiB ? 0
+, system ? builtins.currentSystem }:
 derivation {
-  inherit name;
-  system = builtins.currentSystem;
+  inherit name system;
   builder = "/bin/sh";
   args = [ "-c" ''
     export PATH=/bin
@@ -95,6 +95,29 @@ impl NixBuilds {
         c.env("NIX_CONF_DIR", &self.conf)
             .env("HOME", &self.dir)
             .env("NIX_PAGER", "cat")
+    }
+
+    /// Writes a flake (`<dir>/flake`) whose
+    /// `nixosConfigurations.NODE.config.system.build.toplevel` is a good generation
+    /// named `PREFIX-NODE` for each of `nodes`; its reference (`path:…`).
+    ///
+    /// # Errors
+    /// The files cannot be written.
+    pub fn flake(&self, prefix: &str, nodes: &[String]) -> Result<String, String> {
+        let dir = self.dir.join("flake");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("generation.nix"), EXPRESSION).map_err(|e| e.to_string())?;
+        let names: Vec<String> = nodes.iter().map(|n| format!("{n:?}")).collect();
+        std::fs::write(
+            dir.join("flake.nix"),
+            format!(
+                "{{\n  outputs = {{ self }}: {{\n    nixosConfigurations = builtins.listToAttrs (map (n: {{\n      name = n;\n      value.config.system.build.toplevel = import ./generation.nix {{ name = \"{prefix}-${{n}}\"; system = \"{}-linux\"; }};\n    }}) [ {} ]);\n  }};\n}}\n",
+                std::env::consts::ARCH,
+                names.join(" ")
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(format!("path:{}", dir.display()))
     }
 
     /// Builds `g`; its store path.
