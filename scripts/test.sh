@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Packages the tests use. Idempotent: only missing ones are installed.
-PACKAGES=(iproute2 nix-bin systemd systemd-container dbus iputils-arping drbd-utils glusterfs-server glusterfs-client wireguard-go wireguard-tools tcpdump iperf3 curl chromium)
+PACKAGES=(iproute2 nix-bin systemd systemd-container dbus iputils-arping drbd-utils glusterfs-server glusterfs-client wireguard-go wireguard-tools tcpdump iperf3 curl chromium ceph-mon ceph-mgr ceph-osd ceph-mds ceph-common ceph-fuse rbd-fuse)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -71,11 +71,17 @@ pub(crate) async fn run_forever(node: Arc<Node>) {
             });
         }
         if leader {
-            let fenced = node
+            let mut fenced = node
                 .power_fencing
                 .lock()
                 .map(|mut f| std::mem::take(&mut f.outcomes))
                 .unwrap_or_default();
+            fenced.extend(
+                node.ceph_fencing
+                    .lock()
+                    .map(|mut f| std::mem::take(&mut f.outcomes))
+                    .unwrap_or_default(),
+            );
             out.extend(fenced.into_iter().map(|(_, what)| Alert {
                 kind: "fence".into(),
                 what,

@@ -50,6 +50,8 @@ pub struct Node {
         std::sync::Mutex<BTreeMap<String, (SystemTime, quorate_pki::ProtocolVersion)>>,
     /// On the leader: runs of the spec's fence_command.
     pub(crate) power_fencing: std::sync::Arc<std::sync::Mutex<crate::failover::PowerFencing>>,
+    /// Ceph blocklisting done as the leader (storage-level fencing).
+    pub(crate) ceph_fencing: std::sync::Arc<std::sync::Mutex<crate::failover::CephFencing>>,
     /// Prometheus metrics (`GET /metrics`).
     pub(crate) metrics: crate::metrics::Metrics,
 }
@@ -179,6 +181,7 @@ impl Node {
             leases: std::sync::Mutex::default(),
             applied_timings: std::sync::Mutex::default(),
             power_fencing: std::sync::Arc::default(),
+            ceph_fencing: std::sync::Arc::default(),
             peer_certificates: std::sync::Mutex::default(),
             known_addresses: quorate_net::KnownAddresses::default(),
             failures: std::sync::Mutex::default(),
@@ -498,6 +501,11 @@ impl Node {
                 }
             })
             .collect();
+        let blocklisted: Vec<String> = self
+            .ceph_fencing
+            .lock()
+            .map(|f| f.blocklisted())
+            .unwrap_or_default();
         let storage = spec
             .storage
             .iter()
@@ -522,6 +530,14 @@ impl Node {
                             Some((key.strip_prefix(&prefix)?.to_owned(), o.state.clone()))
                         })
                         .collect(),
+                    blocklisted: if matches!(
+                        s.kind,
+                        quorate_spec::StorageKind::CephRbd | quorate_spec::StorageKind::Cephfs
+                    ) {
+                        blocklisted.clone()
+                    } else {
+                        Vec::new()
+                    },
                 }
             })
             .collect();

@@ -114,6 +114,66 @@ fn fence_invocation(
     Ok((expanded, env))
 }
 
+/// How long a fenced node stays on Ceph's blocklist unless it rejoins cleanly first:
+/// far longer than any lease.
+const CEPH_BLOCKLIST_EXPIRY: Duration = Duration::from_secs(3600);
+
+/// True when `service` uses Ceph storage (RBD or CephFS).
+fn uses_ceph(spec: &quorate_spec::Spec, service: &str) -> bool {
+    spec.services.get(service).is_some_and(|svc| {
+        svc.storage.iter().any(|name| {
+            spec.storage.get(name).is_some_and(|st| {
+                matches!(
+                    st.kind,
+                    quorate_spec::StorageKind::CephRbd | quorate_spec::StorageKind::Cephfs
+                )
+            })
+        })
+    })
+}
+
+/// The distinct Ceph clusters (config, keyring, client) the spec's storage uses.
+fn ceph_clusters(spec: &quorate_spec::Spec) -> Vec<quorate_drivers::CephAccess> {
+    let mut out: Vec<quorate_drivers::CephAccess> = Vec::new();
+    for st in spec.storage.values().filter(|st| {
+        matches!(
+            st.kind,
+            quorate_spec::StorageKind::CephRbd | quorate_spec::StorageKind::Cephfs
+        )
+    }) {
+        let access = crate::runtime::ceph_access(st);
+        if !out.contains(&access) {
+            out.push(access);
+        }
+    }
+    out
+}
+
+/// Ceph blocklisting done by this leader (storage-level fencing): a down node that
+/// may hold a Ceph-backed service is blocklisted before the service moves.
+#[derive(Debug, Default)]
+pub struct CephFencing {
+    running: std::collections::BTreeSet<String>,
+    /// Node → the address blocklisted, on which clusters.
+    done: BTreeMap<String, (String, Vec<quorate_drivers::CephAccess>)>,
+    removing: std::collections::BTreeSet<String>,
+    failed: BTreeMap<String, Instant>,
+    /// When removing a node's entry last failed (retried after 30 s).
+    remove_failed: BTreeMap<String, Instant>,
+    /// Outcomes not yet alerted: (node, what happened).
+    pub(crate) outcomes: Vec<(String, String)>,
+}
+
+impl CephFencing {
+    /// The entries in place: `NODE ADDRESS:0/0`.
+    pub(crate) fn blocklisted(&self) -> Vec<String> {
+        self.done
+            .iter()
+            .map(|(node, (address, _))| format!("{node} {address}:0/0"))
+            .collect()
+    }
+}
+
 /// Runs of the spec's `fence_command` (power fencing), on the leader.
 #[derive(Debug, Default)]
 pub struct PowerFencing {
@@ -614,6 +674,147 @@ impl Node {
         });
     }
 
+    /// True when `node` is on the blocklist of every Ceph cluster the spec uses.
+    fn ceph_fenced(&self, node: &str) -> bool {
+        self.ceph_fencing
+            .lock()
+            .is_ok_and(|f| f.done.contains_key(node))
+    }
+
+    /// Adds `node`'s storage address to the OSD blocklist of every Ceph cluster the
+    /// spec uses (unless that runs, or failed less than 5 s ago); its Ceph-backed
+    /// services move once it succeeded.
+    fn start_ceph_fencing(&self, spec: &quorate_spec::Spec, node: &str) {
+        let Some(address) = spec
+            .nodes
+            .get(node)
+            .map(|n| n.storage_address.unwrap_or(n.address).to_string())
+        else {
+            return;
+        };
+        let Ok(mut f) = self.ceph_fencing.lock() else {
+            return;
+        };
+        if f.running.contains(node)
+            || f.done.contains_key(node)
+            || f.failed
+                .get(node)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        {
+            return;
+        }
+        f.running.insert(node.to_string());
+        drop(f);
+        let clusters = ceph_clusters(spec);
+        let (log, node) = (self.ceph_fencing.clone(), node.to_string());
+        tokio::spawn(async move {
+            let runner = quorate_drivers::SystemRunner;
+            let mut result = Ok(());
+            for access in &clusters {
+                if let Err(e) =
+                    quorate_drivers::blocklist(&runner, access, &address, CEPH_BLOCKLIST_EXPIRY)
+                        .await
+                {
+                    result = Err(e.to_string());
+                    break;
+                }
+            }
+            if let Ok(mut f) = log.lock() {
+                f.running.remove(&node);
+                match result {
+                    Ok(()) => {
+                        tracing::warn!(
+                            node,
+                            address,
+                            "blocklisted on Ceph before relocating its services"
+                        );
+                        f.outcomes.push((
+                            node.clone(),
+                            format!("{node} ({address}) added to the Ceph OSD blocklist: its Ceph-backed services may move"),
+                        ));
+                        f.done.insert(node, (address, clusters));
+                    }
+                    Err(e) => {
+                        tracing::error!(node, "Ceph blocklisting failed ({e}): its Ceph-backed services stay put; retrying in 5 s");
+                        f.outcomes.push((
+                            node.clone(),
+                            format!("blocklisting {node} on Ceph failed ({e}): its Ceph-backed services stay put; retrying in 5 s"),
+                        ));
+                        f.failed.insert(node, Instant::now());
+                    }
+                }
+                let excess = f.outcomes.len().saturating_sub(100);
+                f.outcomes.drain(..excess);
+            }
+        });
+    }
+
+    /// Removes the blocklist entries of nodes that rejoined cleanly: up again, and
+    /// running none of the Ceph-backed services (what it ran was stopped and its
+    /// storage detached before it reported so).
+    fn unblocklist_rejoined(
+        &self,
+        spec: &quorate_spec::Spec,
+        st: &quorate_consensus::ClusterState,
+        states: &BTreeMap<String, NodeState>,
+    ) {
+        let Ok(mut f) = self.ceph_fencing.lock() else {
+            return;
+        };
+        let clean: Vec<String> = f
+            .done
+            .keys()
+            .filter(|n| states.get(*n).is_some_and(|s| *s != NodeState::Down))
+            .filter(|n| !f.removing.contains(*n))
+            .filter(|n| {
+                f.remove_failed
+                    .get(*n)
+                    .is_none_or(|t| t.elapsed() > Duration::from_secs(30))
+            })
+            .filter(|n| {
+                !st.observed
+                    .iter()
+                    .any(|(service, o)| o.node == **n && o.may_run() && uses_ceph(spec, service))
+            })
+            .cloned()
+            .collect();
+        for node in clean {
+            let Some((address, clusters)) = f.done.get(&node).cloned() else {
+                continue;
+            };
+            f.removing.insert(node.clone());
+            let log = self.ceph_fencing.clone();
+            tokio::spawn(async move {
+                let runner = quorate_drivers::SystemRunner;
+                let mut result = Ok(());
+                for access in &clusters {
+                    if let Err(e) = quorate_drivers::unblocklist(&runner, access, &address).await {
+                        result = Err(e.to_string());
+                    }
+                }
+                if let Ok(mut f) = log.lock() {
+                    f.removing.remove(&node);
+                    match result {
+                        Ok(()) => {
+                            f.done.remove(&node);
+                            f.outcomes.push((
+                                node.clone(),
+                                format!("{node} rejoined cleanly: {address} removed from the Ceph OSD blocklist"),
+                            ));
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                node,
+                                "cannot remove {address} from the Ceph blocklist yet (retrying in 30 s): {e}"
+                            );
+                            f.remove_failed.insert(node, Instant::now());
+                        }
+                    }
+                }
+            });
+        }
+    }
+
     /// On the leader: nodes where each service recently failed for good (its restart
     /// budget spent there), remembered for the service's restart window.
     pub(crate) fn recent_failures(
@@ -668,6 +869,8 @@ impl Node {
                 // Moves away from a down node: (service, old holder, new holder).
                 let mut failovers: Vec<(String, String, String)> = Vec::new();
                 let mut needs_fence: Vec<String> = Vec::new();
+                let mut needs_ceph_fence: Vec<String> = Vec::new();
+                self.unblocklist_rejoined(spec, st, &states);
                 for (service, p) in &placements {
                     let now = st.placements.get(service).and_then(|a| a.node.clone());
                     if now == p.node {
@@ -710,16 +913,31 @@ impl Node {
                             }
                             // A down node that may still hold it must be power-fenced first
                             // when the spec says so.
-                            let down_holders = now.iter().chain(st.observed.get(service).filter(|o| o.may_run()).map(|o| &o.node)).filter(|n| *n != new && states.get(*n) == Some(&NodeState::Down));
-                            let unfenced: Vec<String> = down_holders.filter(|n| !self.fenced(spec, n)).cloned().collect();
-                            if !unfenced.is_empty() {
+                            let mut down_holders: Vec<String> = now.iter().chain(st.observed.get(service).filter(|o| o.may_run()).map(|o| &o.node)).filter(|n| *n != new && states.get(*n) == Some(&NodeState::Down)).cloned().collect();
+                            down_holders.dedup();
+                            let unfenced: Vec<String> = down_holders.iter().filter(|n| !self.fenced(spec, n)).cloned().collect();
+                            // A Ceph-backed service also waits until the holder is on
+                            // Ceph's blocklist: a hung node can then no longer write.
+                            let unblocked: Vec<String> = if uses_ceph(spec, service) {
+                                down_holders.iter().filter(|n| !self.ceph_fenced(n)).cloned().collect()
+                            } else {
+                                Vec::new()
+                            };
+                            if !unfenced.is_empty() || !unblocked.is_empty() {
                                 needs_fence.extend(unfenced);
+                                needs_ceph_fence.extend(unblocked);
                                 continue;
                             }
                             if let Some(old) = now.as_ref().filter(|old| *old != new) {
                                 failovers.push((service.clone(), old.clone(), new.clone()));
                             }
-                            changes.insert(service.clone(), (Some(new.clone()), p.reason.clone()));
+                            // The event says the storage was fenced before the move.
+                            let reason = if uses_ceph(spec, service) && !down_holders.is_empty() {
+                                format!("{} ({} on the Ceph blocklist first)", p.reason, down_holders.join(", "))
+                            } else {
+                                p.reason.clone()
+                            };
+                            changes.insert(service.clone(), (Some(new.clone()), reason));
                         }
                         (_, None) => {
                             changes.insert(service.clone(), (None, p.reason.clone()));
@@ -753,6 +971,9 @@ impl Node {
                 }
                 for node in &needs_fence {
                     self.start_power_fencing(spec, node);
+                }
+                for node in &needs_ceph_fence {
+                    self.start_ceph_fencing(spec, node);
                 }
                 Some((changes, failovers))
             })

@@ -433,9 +433,15 @@ impl Runtime {
                 .node
                 .consensus
                 .with_state(|st| {
-                    st.applied
-                        .as_ref()
-                        .map(|a| storage_steps(&a.spec, &a.lock, &record.service, &self.node.name))
+                    st.applied.as_ref().map(|a| {
+                        storage_steps(
+                            &a.spec,
+                            &a.lock,
+                            &record.service,
+                            &self.node.name,
+                            &self.data_dir,
+                        )
+                    })
                 })
                 .await
                 .unwrap_or_default();
@@ -802,7 +808,12 @@ impl Runtime {
                     .map(|a| {
                         assigned
                             .iter()
-                            .map(|s| (s.clone(), storage_steps(&a.spec, &a.lock, s, &me)))
+                            .map(|s| {
+                                (
+                                    s.clone(),
+                                    storage_steps(&a.spec, &a.lock, s, &me, &self.data_dir),
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default();
@@ -1234,13 +1245,14 @@ fn stop_rank(service: &str, after: &BTreeMap<String, Vec<String>>) -> usize {
 }
 
 /// The storage steps of `service` on `node`, in the spec's order: DRBD resources with
-/// their locked minor, GlusterFS volumes mounted from the node's own address. Ceph
-/// kinds are not attached by this version (`check` says so).
+/// their locked minor, GlusterFS volumes mounted from the node's own address, Ceph RBD
+/// images (mapping state under `<data-dir>/ceph/<storage>`) and CephFS directories.
 fn storage_steps(
     spec: &quorate_spec::Spec,
     lock: &quorate_lock::Lock,
     service: &str,
     node: &str,
+    data_dir: &std::path::Path,
 ) -> Vec<quorate_drivers::StorageStep> {
     use quorate_drivers::StorageStep;
     use quorate_spec::StorageKind;
@@ -1268,10 +1280,39 @@ fn storage_steps(
                     server: address.clone(),
                     mount: st.mount.clone()?,
                 }),
-                StorageKind::CephRbd | StorageKind::Cephfs => None,
+                StorageKind::CephRbd => Some(StorageStep::CephRbd(quorate_drivers::RbdImage {
+                    resource: name.clone(),
+                    pool: st.ceph_pool().to_owned(),
+                    image: st.image.clone().unwrap_or_else(|| name.clone()),
+                    size: st.size.map(|s| s.0),
+                    fs: st.fs.clone().unwrap_or_else(|| "ext4".into()),
+                    mount: st.mount.clone()?,
+                    access: ceph_access(st),
+                    state_dir: data_dir
+                        .join("ceph")
+                        .join(name)
+                        .to_string_lossy()
+                        .into_owned(),
+                })),
+                StorageKind::Cephfs => Some(StorageStep::Cephfs(quorate_drivers::CephfsMount {
+                    resource: name.clone(),
+                    path: st.path.clone().unwrap_or_else(|| "/".into()),
+                    mount: st.mount.clone()?,
+                    access: ceph_access(st),
+                })),
             }
         })
         .collect()
+}
+
+/// How a Ceph storage reaches its cluster (the spec's paths and client, defaults
+/// filled in).
+pub(crate) fn ceph_access(st: &quorate_spec::StorageSpec) -> quorate_drivers::CephAccess {
+    quorate_drivers::CephAccess {
+        conf: st.ceph_config_path().to_owned(),
+        keyring: st.ceph_keyring_path(),
+        client: st.ceph_client_id().to_owned(),
+    }
 }
 
 #[cfg(test)]

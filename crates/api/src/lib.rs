@@ -378,6 +378,10 @@ pub struct StorageStatus {
     /// GlusterFS: its brick online, entries waiting for heal).
     #[serde(default)]
     pub health: std::collections::BTreeMap<String, String>,
+    /// Ceph: the OSD blocklist entries the leader added for nodes it fenced
+    /// (`NODE ADDRESS:0/0`), until each rejoins cleanly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocklisted: Vec<String>,
 }
 
 /// Why the agent could not be asked.

@@ -135,6 +135,7 @@ fn setup() -> Option<Lab> {
         gluster: false,
         wireguard: false,
         nix_stores: true,
+        ceph: false,
         extra_spec: String::new(),
     })
     .unwrap();

@@ -76,6 +76,7 @@ fn follows_its_service(prefix: &str, wireguard: bool) {
         gluster: true,
         wireguard,
         nix_stores: false,
+        ceph: false,
         extra_spec,
     })
     .unwrap();

@@ -26,6 +26,7 @@ fn options(nodes: usize, services: usize, prefix: &str) -> Options {
         gluster: false,
         wireguard: false,
         nix_stores: false,
+        ceph: false,
         extra_spec: String::new(),
     }
 }

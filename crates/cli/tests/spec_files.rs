@@ -80,7 +80,7 @@ fn check_json_summarises_a_good_spec() {
 }
 
 #[test]
-fn a_setting_not_active_yet_is_reported_not_ignored() {
+fn an_incomplete_ceph_storage_names_everything_it_lacks() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("quorate.toml");
     std::fs::write(
@@ -97,7 +97,14 @@ fn a_setting_not_active_yet_is_reported_not_ignored() {
         .iter()
         .map(|d| d["code"].as_str().unwrap())
         .collect();
-    assert!(codes.contains(&"spec::not-active"), "{doc:#}");
+    // Ceph storage is active now: no "not active" warning, but its two missing keys.
+    assert!(!codes.contains(&"spec::not-active"), "{doc:#}");
+    assert_eq!(
+        codes.iter().filter(|c| **c == "spec::missing-key").count(),
+        2,
+        "size and mount: {doc:#}"
+    );
+    assert_eq!(o.status.code(), Some(1));
 }
 
 #[test]

@@ -49,6 +49,7 @@ fn options(prefix: &str, services: usize) -> Options {
         gluster: false,
         wireguard: true,
         nix_stores: false,
+        ceph: false,
         extra_spec: String::new(),
     }
 }

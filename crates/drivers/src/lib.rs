@@ -14,6 +14,7 @@
 //! **Architecture Invariant:** drivers know nothing of Raft, leases or placement; the
 //! agent decides what runs, drivers only do it.
 
+pub mod ceph;
 pub mod floating_ip;
 pub mod gluster;
 pub mod runner;
@@ -22,6 +23,7 @@ pub mod storage;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub use ceph::{blocklist, unblocklist, CephAccess, CephfsMount, RbdImage};
 pub use floating_ip::{FloatingIp, FloatingIpError};
 pub use gluster::GlusterVolume;
 pub use runner::{CommandOutput, RecordedRunner, Runner, SystemRunner};

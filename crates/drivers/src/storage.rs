@@ -7,6 +7,8 @@
 //!   mounted at the service's mount point; on stop unmounted and `secondary`.
 //!   Resources are never torn down automatically.
 //! - GlusterFS: the volume is FUSE-mounted from the node's own glusterd.
+//! - Ceph: an RBD image mapped and mounted, or a CephFS directory mounted
+//!   ([`crate::ceph`]).
 //! - Mounts have a timeout: a hanging mount fails the start (and the restart policy
 //!   moves the service).
 
@@ -83,9 +85,13 @@ pub enum StorageStep {
         /// Mount point.
         mount: String,
     },
+    /// A Ceph RBD image, mapped and mounted.
+    CephRbd(crate::ceph::RbdImage),
+    /// A CephFS directory, mounted.
+    Cephfs(crate::ceph::CephfsMount),
 }
 
-async fn run(
+pub(crate) async fn run(
     runner: &dyn Runner,
     resource: &str,
     program: &str,
@@ -104,7 +110,7 @@ async fn run(
     Ok(out)
 }
 
-async fn run_ok(
+pub(crate) async fn run_ok(
     runner: &dyn Runner,
     resource: &str,
     program: &str,
@@ -128,7 +134,7 @@ async fn run_ok(
 }
 
 /// What `blkid -p` finds on a device ("ext4", "drbd", …), or None when it is empty.
-async fn signature(
+pub(crate) async fn signature(
     runner: &dyn Runner,
     resource: &str,
     device: &str,
@@ -159,6 +165,8 @@ impl StorageStep {
     fn resource(&self) -> &str {
         match self {
             Self::Drbd { resource, .. } | Self::Gluster { resource, .. } => resource,
+            Self::CephRbd(image) => &image.resource,
+            Self::Cephfs(fs) => &fs.resource,
         }
     }
 
@@ -221,6 +229,8 @@ impl StorageStep {
                 let source = format!("{server}:/{volume}");
                 mount_fs(runner, resource, &source, mount, "glusterfs").await
             }
+            Self::CephRbd(image) => image.attach(runner).await,
+            Self::Cephfs(fs) => fs.attach(runner).await,
         }
     }
 
@@ -233,6 +243,8 @@ impl StorageStep {
         let target = match self {
             Self::Drbd { mount, .. } => mount.clone(),
             Self::Gluster { mount, .. } => Some(mount.clone()),
+            Self::CephRbd(image) => return image.detach(runner).await,
+            Self::Cephfs(fs) => return fs.detach(runner).await,
         };
         if let Some(target) = target {
             let mounted = run(
@@ -317,7 +329,7 @@ pub async fn drbd_up(
     Ok(())
 }
 
-async fn mount_fs(
+pub(crate) async fn mount_fs(
     runner: &dyn Runner,
     resource: &str,
     source: &str,

@@ -43,6 +43,12 @@ pub struct Options {
     /// `/nix/store/…` paths there are the node's, as on a NixOS host; from outside it
     /// is the chroot store `local?root=<dir>/gl/<node>` ([`LabCluster::nix_store_template`]).
     pub nix_stores: bool,
+    /// A real Ceph ([`crate::ceph::Ceph`]) on a storage network of its own: every node
+    /// gets an `eth1` there (`nodes.<n>.storage_address` in the spec) and a mount
+    /// namespace of its own (mount points are per node); the daemons run in one more
+    /// namespace. `@CEPH@` in `extra_spec` stands for Ceph's directory (config,
+    /// keyrings).
+    pub ceph: bool,
     /// TOML appended to the generated spec (more services, storage); `@DIR@` stands
     /// for the lab's work directory.
     pub extra_spec: String,
@@ -204,6 +210,8 @@ pub struct LabCluster {
     paused: std::collections::BTreeSet<String>,
     /// Each node's WireGuard public key (WireGuard labs).
     wg_keys: BTreeMap<String, String>,
+    /// The lab's Ceph (Ceph labs).
+    ceph: Option<crate::ceph::Ceph>,
 }
 
 /// The overlay of WireGuard labs.
@@ -253,6 +261,12 @@ impl LabCluster {
             if let Some(key) = self.wg_keys.get(name) {
                 spec.push_str(&format!("wireguard.public_key = \"{key}\"\n"));
             }
+            if self.options.ceph {
+                spec.push_str(&format!(
+                    "storage_address = \"{}\"\n",
+                    crate::netns::Network::storage_address(i + 1)
+                ));
+            }
             if self.options.voters.is_some_and(|v| i >= v) {
                 spec.push_str("voter = false\n");
             }
@@ -273,7 +287,8 @@ impl LabCluster {
             &self
                 .options
                 .extra_spec
-                .replace("@DIR@", &self.dir.path().to_string_lossy()),
+                .replace("@DIR@", &self.dir.path().to_string_lossy())
+                .replace("@CEPH@", &self.dir.path().join("ceph").to_string_lossy()),
         );
         // Whole or not at all: an agent (re)starting now reads one spec or the other.
         let path = self.dir.path().join("quorate.toml");
@@ -288,7 +303,12 @@ impl LabCluster {
     /// # Errors
     /// Namespaces cannot be made, or a `quorate` command fails.
     pub fn new(options: Options) -> Result<Self, String> {
-        let net = Network::new(&options.prefix, options.nodes)?;
+        let mut net = Network::new(&options.prefix, options.nodes)?;
+        let storage_host = if options.ceph {
+            Some(net.add_storage_network()?)
+        } else {
+            None
+        };
         let mut dir = tempfile::Builder::new()
             .prefix("quorate-lab-")
             .tempdir()
@@ -319,6 +339,7 @@ impl LabCluster {
             options,
             agents: BTreeMap::new(),
             mount_ns: None,
+            ceph: None,
             paused: std::collections::BTreeSet::new(),
             wg_keys: BTreeMap::new(),
         };
@@ -335,7 +356,11 @@ impl LabCluster {
             "lab",
             &cluster.names,
         )?;
-        if gluster || wireguard || cluster.options.nix_stores {
+        if let Some(host) = storage_host {
+            let ceph = crate::ceph::Ceph::start(&host, &cluster.path().join("ceph"))?;
+            cluster.ceph = Some(ceph);
+        }
+        if gluster || wireguard || cluster.options.nix_stores || cluster.options.ceph {
             cluster.make_mount_namespaces()?;
         }
         if gluster {
@@ -344,6 +369,12 @@ impl LabCluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// The lab's Ceph (with `Options::ceph`).
+    #[must_use]
+    pub fn ceph(&self) -> Option<&crate::ceph::Ceph> {
+        self.ceph.as_ref()
     }
 
     /// `nix copy --to` for node `{node}`'s store (a chroot store whose `/nix` is the
@@ -1071,6 +1102,25 @@ impl Drop for LabCluster {
                 let _ = Command::new("umount").arg(nsdir.join(name)).output();
             }
             let _ = Command::new("umount").arg(nsdir).output();
+        }
+        // Loop devices the agents made for RBD images (rbd-fuse + loop), as their
+        // mapping files record them: a node that lost power never detached its own.
+        // A busy loop device is detached as soon as its last user lets go.
+        for name in &self.names {
+            let Ok(entries) = std::fs::read_dir(self.data_dir(name).join("ceph")) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let mapping =
+                    std::fs::read_to_string(entry.path().join("mapping")).unwrap_or_default();
+                if let Some(device) = mapping
+                    .split_whitespace()
+                    .nth(1)
+                    .filter(|d| d.starts_with("/dev/loop"))
+                {
+                    let _ = Command::new("losetup").args(["-d", device]).output();
+                }
+            }
         }
         // Network's drop kills whatever is left in the namespaces and deletes them.
     }

@@ -8,6 +8,7 @@
 //! `quorate` binary and reads files, so its verdict cannot share the agent's bugs.
 
 pub mod bench;
+pub mod ceph;
 pub mod checker;
 pub mod cluster;
 pub mod faults;

@@ -80,6 +80,7 @@ impl LabArgs {
             gluster: false,
             wireguard: self.wireguard,
             nix_stores: false,
+            ceph: false,
             extra_spec: self.drift_margin.as_ref().map_or_else(String::new, |m| {
                 format!("\n[cluster.timings]\ndrift_margin = {m:?}\n")
             }),

@@ -23,8 +23,13 @@ pub struct Network {
     pub switch: String,
     /// Node namespaces, node i (1-based) at index i-1.
     pub nodes: Vec<String>,
+    /// Other hosts (the storage servers).
+    pub hosts: Vec<String>,
     prefix: String,
 }
+
+/// The storage servers' address on the storage network.
+pub const STORAGE_SERVER: &str = "10.87.0.250";
 
 /// Why network namespaces cannot be made here, if they cannot.
 #[must_use]
@@ -145,6 +150,7 @@ impl Network {
         let mut net = Self {
             switch: format!("{prefix}-sw"),
             nodes: Vec::new(),
+            hosts: Vec::new(),
             prefix: prefix.clone(),
         };
         // On error `net` drops and removes what exists.
@@ -179,6 +185,57 @@ impl Network {
             ])?;
         }
         Ok(net)
+    }
+
+    /// A second network for storage: a bridge `br2` on the switch, an `eth1` on every
+    /// node at [`Self::storage_address`]`(i)`, and one more host namespace `{prefix}-st`
+    /// (the storage servers) at [`STORAGE_SERVER`]. Faults on the cluster network
+    /// (cut cables, splits) leave it alone, as a separate storage network would be:
+    /// a node cut off from its peers can still reach the storage.
+    ///
+    /// # Errors
+    /// A failing `ip` command; returns the storage host's namespace.
+    pub fn add_storage_network(&mut self) -> Result<String, String> {
+        let sw = self.switch.clone();
+        ip(&["-n", &sw, "link", "add", "br2", "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", "br2", "up"])?;
+        let host = format!("{}-st", self.prefix);
+        ip(&["netns", "add", &host])?;
+        self.hosts.push(host.clone());
+        let mut ends: Vec<(String, String, String)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                (
+                    ns.clone(),
+                    format!("{}s{}", self.prefix, i + 1),
+                    format!("{}/24", Self::storage_address(i + 1)),
+                )
+            })
+            .collect();
+        ends.push((
+            host.clone(),
+            format!("{}s0", self.prefix),
+            format!("{STORAGE_SERVER}/24"),
+        ));
+        for (ns, port, address) in ends {
+            ip(&[
+                "link", "add", &port, "netns", &sw, "type", "veth", "peer", "name", "eth1",
+                "netns", &ns,
+            ])?;
+            ip(&["-n", &sw, "link", "set", &port, "master", "br2", "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", &ns, "link", "set", "eth1", "up"])?;
+            ip(&["-n", &ns, "addr", "add", &address, "dev", "eth1"])?;
+        }
+        Ok(host)
+    }
+
+    /// Node i's address on the storage network (1-based).
+    #[must_use]
+    pub fn storage_address(i: usize) -> String {
+        format!("10.87.0.{i}")
     }
 
     /// Node i's address (1-based).
@@ -340,7 +397,12 @@ impl Network {
 
 impl Drop for Network {
     fn drop(&mut self) {
-        for ns in self.nodes.iter().chain(std::iter::once(&self.switch)) {
+        for ns in self
+            .nodes
+            .iter()
+            .chain(&self.hosts)
+            .chain(std::iter::once(&self.switch))
+        {
             remove(ns);
         }
     }

@@ -97,6 +97,7 @@ fn apply(spec: &mut Spec, world: &mut World, e: &Edit) {
                         workloads: true,
                         renamed_from: None,
                         wireguard: None,
+                        storage_address: None,
                     },
                 );
                 let id = world.fresh();
@@ -244,6 +245,12 @@ fn storage(kind: StorageKind, nodes: Vec<String>) -> StorageSpec {
         volume: None,
         arbiter: false,
         renamed_from: None,
+        pool: None,
+        image: None,
+        path: None,
+        ceph_config: None,
+        ceph_keyring: None,
+        ceph_client: None,
     }
 }
 
@@ -375,6 +382,7 @@ fn two_replica_drbd_gets_a_diskless_tie_breaker_and_keeps_it() {
                 workloads: true,
                 renamed_from: None,
                 wireguard: None,
+                storage_address: None,
             },
         );
     }
@@ -430,6 +438,7 @@ fn a_full_overlay_is_a_clear_error() {
                 workloads: true,
                 renamed_from: None,
                 wireguard: None,
+                storage_address: None,
             },
         );
     }

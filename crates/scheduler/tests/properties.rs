@@ -35,7 +35,7 @@ fn world() -> impl Strategy<Value = World> {
         let mut nodes = BTreeMap::new();
         let mut node_states = BTreeMap::new();
         for (i, st) in states.iter().enumerate() {
-            nodes.insert(name(i), NodeSpec { address: format!("10.0.0.{}", i + 1).parse().unwrap(), labels: BTreeMap::new(), voter: true, workloads: true, renamed_from: None, wireguard: None });
+            nodes.insert(name(i), NodeSpec { address: format!("10.0.0.{}", i + 1).parse().unwrap(), labels: BTreeMap::new(), voter: true, workloads: true, renamed_from: None, wireguard: None, storage_address: None });
             node_states.insert(name(i), *st);
         }
         let mut spec_services = BTreeMap::new();

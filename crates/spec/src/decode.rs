@@ -524,6 +524,7 @@ pub mod keys {
         "workloads",
         "renamed_from",
         "wireguard",
+        "storage_address",
     ];
     /// `[nodes.<n>.wireguard]`
     pub const NODE_WIREGUARD: &[&str] = &["public_key"];
@@ -575,6 +576,12 @@ pub mod keys {
         "volume",
         "arbiter",
         "renamed_from",
+        "pool",
+        "image",
+        "path",
+        "ceph_config",
+        "ceph_keyring",
+        "ceph_client",
     ];
 }
 
@@ -649,6 +656,7 @@ fn node_spec(d: &mut Decoder, mut f: Fields<'_>) -> Option<NodeSpec> {
             public_key: public_key?,
         })
     });
+    let storage_address = f.get("storage_address").and_then(|(n, p)| d.ip(n, &p));
     f.finish(d, keys::NODE);
     Some(NodeSpec {
         address: address?,
@@ -657,6 +665,7 @@ fn node_spec(d: &mut Decoder, mut f: Fields<'_>) -> Option<NodeSpec> {
         workloads,
         renamed_from,
         wireguard,
+        storage_address,
     })
 }
 
@@ -894,6 +903,12 @@ fn storage(d: &mut Decoder, mut f: Fields<'_>) -> Option<StorageSpec> {
         .unwrap_or(false);
     let renamed_from = opt_string(&mut f, d, "renamed_from");
     let size = f.get("size").and_then(|(n, p)| d.size(n, &p));
+    let pool = opt_string(&mut f, d, "pool");
+    let image = opt_string(&mut f, d, "image");
+    let path = opt_string(&mut f, d, "path");
+    let ceph_config = opt_string(&mut f, d, "ceph_config");
+    let ceph_keyring = opt_string(&mut f, d, "ceph_keyring");
+    let ceph_client = opt_string(&mut f, d, "ceph_client");
     f.finish(d, keys::STORAGE);
     Some(StorageSpec {
         kind: kind?,
@@ -906,5 +921,11 @@ fn storage(d: &mut Decoder, mut f: Fields<'_>) -> Option<StorageSpec> {
         volume,
         arbiter,
         renamed_from,
+        pool,
+        image,
+        path,
+        ceph_config,
+        ceph_keyring,
+        ceph_client,
     })
 }

@@ -178,6 +178,11 @@ pub struct NodeSpec {
     /// (`network.transport = "wireguard"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard: Option<NodeWireguard>,
+    /// The address the node's storage clients (Ceph) use, when not `address` (a
+    /// separate storage network): what the leader blocklists on Ceph before moving a
+    /// Ceph-backed service away from this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_address: Option<IpAddr>,
 }
 
 /// `[nodes.<n>.wireguard]`
@@ -514,6 +519,56 @@ pub struct StorageSpec {
     /// The storage's previous name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renamed_from: Option<String>,
+    /// ceph-rbd: the pool (default `rbd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// ceph-rbd: the image (default: the storage name); created on first use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// cephfs: the directory of the file system to mount (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Ceph: the cluster's config on every node (default `/etc/ceph/ceph.conf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph_config: Option<String>,
+    /// Ceph: the client's keyring on every node, outside the Nix store (default
+    /// `/etc/ceph/ceph.client.<ceph_client>.keyring`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph_keyring: Option<String>,
+    /// Ceph: the client id (default `quorate`, i.e. `client.quorate`). Its caps:
+    /// `mon 'profile rbd, allow command "osd blocklist"'` (blocklisting fenced nodes
+    /// and removing them again), `osd
+    /// 'profile rbd pool=POOL'`, and for CephFS `mds 'allow rw'` plus the data pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph_client: Option<String>,
+}
+
+impl StorageSpec {
+    /// ceph-rbd: the pool.
+    #[must_use]
+    pub fn ceph_pool(&self) -> &str {
+        self.pool.as_deref().unwrap_or("rbd")
+    }
+
+    /// Ceph: the client id.
+    #[must_use]
+    pub fn ceph_client_id(&self) -> &str {
+        self.ceph_client.as_deref().unwrap_or("quorate")
+    }
+
+    /// Ceph: the config path.
+    #[must_use]
+    pub fn ceph_config_path(&self) -> &str {
+        self.ceph_config.as_deref().unwrap_or("/etc/ceph/ceph.conf")
+    }
+
+    /// Ceph: the keyring path.
+    #[must_use]
+    pub fn ceph_keyring_path(&self) -> String {
+        self.ceph_keyring
+            .clone()
+            .unwrap_or_else(|| format!("/etc/ceph/ceph.client.{}.keyring", self.ceph_client_id()))
+    }
 }
 
 #[allow(clippy::unnecessary_wraps)]

@@ -199,43 +199,7 @@ pub fn validate(spec: &Spec, spans: &SpanIndex, broken: &BTreeSet<String>) -> Ve
     floating_ips(&mut c);
     storage(&mut c);
     placement(&mut c);
-    not_active(&mut c);
     c.out
-}
-
-/// Names up to five entries: "a, b, c and 7 more".
-fn some_names(names: &[&String]) -> String {
-    let shown: Vec<&str> = names.iter().take(5).map(|n| n.as_str()).collect();
-    match names.len().saturating_sub(5) {
-        0 => shown.join(", "),
-        more => format!("{} and {more} more", shown.join(", ")),
-    }
-}
-
-/// Settings accepted before their feature is built: one warning per kind, at its
-/// first use, so a large spec is not buried under copies of the same sentence. Every
-/// service kind has a driver; of the storage kinds, Ceph is not attached yet.
-fn not_active(c: &mut Checker<'_>) {
-    for (kind_name, kind) in StorageKind::ALL {
-        if matches!(kind, StorageKind::Drbd | StorageKind::Gluster) {
-            continue;
-        }
-        let users: Vec<&String> = c
-            .spec
-            .storage
-            .iter()
-            .filter(|(_, s)| s.kind == kind)
-            .map(|(n, _)| n)
-            .collect();
-        if let Some(first) = users.first() {
-            let path = join(&join("storage", first), "kind");
-            c.warning("spec::not-active", &path, format!(
-                "storage kind \"{kind_name}\" is accepted and numbered in the lock, but not active yet in this version: nothing is replicated or mounted for {} ({})",
-                users.len(),
-                some_names(&users)
-            ), "driver not built yet", "services using it are placed on its replica nodes");
-        }
-    }
 }
 
 fn names(c: &mut Checker<'_>) {
@@ -1292,6 +1256,54 @@ fn storage(c: &mut Checker<'_>) {
                         "add `size = \"10GiB\"`",
                     );
                 }
+                if st.mount.is_none() {
+                    c.error_at_key(
+                        "spec::missing-key",
+                        &base,
+                        format!("{kind} storage `{name}` needs `mount`: where the service's node mounts it"),
+                        "`mount` missing",
+                        "add `mount = \"/var/lib/NAME\"`",
+                    );
+                }
+                for (key, value) in [
+                    ("ceph_config", st.ceph_config_path().to_owned()),
+                    ("ceph_keyring", st.ceph_keyring_path()),
+                ] {
+                    if !value.starts_with('/') {
+                        c.error(
+                            "spec::path",
+                            &at(key),
+                            format!("`{key}` \"{value}\" is not an absolute path"),
+                            "not absolute",
+                            "give the absolute path on every node",
+                        );
+                    }
+                }
+                if let Some(problem) = secret_path_problem(&st.ceph_keyring_path())
+                    .filter(|_| st.ceph_keyring_path().starts_with('/'))
+                {
+                    c.error("spec::ceph-keyring", &at("ceph_keyring"), format!("the Ceph keyring \"{}\" {problem}", st.ceph_keyring_path()), "unfit secret path", "keep the keyring in a root-only file outside the Nix store, e.g. \"/run/secrets/ceph.client.quorate.keyring\" (sops-nix, agenix)");
+                }
+                for (key, value) in [
+                    ("pool", st.pool.clone()),
+                    ("image", st.image.clone()),
+                    ("ceph_client", st.ceph_client.clone()),
+                ] {
+                    if let Some(v) = value.filter(|v| {
+                        v.is_empty()
+                            || !v
+                                .chars()
+                                .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+                    }) {
+                        c.error(
+                            "spec::ceph-name",
+                            &at(key),
+                            format!("`{key}` \"{v}\" is not a Ceph name"),
+                            "letters, digits, `.`, `_`, `-` only",
+                            "use a name like \"rbd\" or \"quorate\"",
+                        );
+                    }
+                }
             }
         }
 
@@ -1312,6 +1324,9 @@ fn storage(c: &mut Checker<'_>) {
             ("brick", StorageKind::Gluster, st.brick.is_some()),
             ("volume", StorageKind::Gluster, st.volume.is_some()),
             ("arbiter", StorageKind::Gluster, st.arbiter),
+            ("pool", StorageKind::CephRbd, st.pool.is_some()),
+            ("image", StorageKind::CephRbd, st.image.is_some()),
+            ("path", StorageKind::Cephfs, st.path.is_some()),
         ] {
             if present && owner != st.kind {
                 c.error(

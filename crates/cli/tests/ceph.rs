@@ -1,0 +1,231 @@
+//! Ceph storage in the fault lab, against a real Ceph (1 mon, 1 mgr, 3 memstore OSDs,
+//! 1 MDS) on a storage network of its own. A writer service appends numbered lines to
+//! a file on an ext4 filesystem on an RBD image (created by quorate on first use,
+//! mapped with rbd-fuse + loop here: this kernel has no rbd or nbd module) and to a
+//! file on CephFS (ceph-fuse here), recording each line it has synced to both (its
+//! acknowledgement) on the host.
+//!
+//! Power loss of the writer's node: before the service starts elsewhere, the leader
+//! blocklists the node's storage address; the new node finds every acknowledged line.
+//! The node powers back on and rejoins cleanly: its blocklist entry is removed. Then a
+//! partition: the writer's node is cut from the cluster network but still reaches Ceph
+//! — exactly the node that could keep writing. It is blocklisted before the service
+//! starts elsewhere, and a write from it to the image fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use quorate_lab::cluster::{LabCluster, Options};
+use quorate_lab::{ceph, netns};
+
+fn acks(dir: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(dir.join("acks"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn wait(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn blocklisted(cluster: &LabCluster) -> String {
+    cluster
+        .ceph()
+        .unwrap()
+        .admin(&["osd", "blocklist", "ls"])
+        .unwrap_or_default()
+}
+
+fn storage_address(node: &str) -> String {
+    let i: usize = node.trim_start_matches('n').parse().unwrap();
+    netns::Network::storage_address(i)
+}
+
+/// Every acknowledged line is in both files (RBD and CephFS) as `node` sees them.
+fn assert_acknowledged_found(cluster: &LabCluster, node: &str, acknowledged: &[u64]) {
+    for file in ["data/lines", "shared/lines"] {
+        assert_found_in(cluster, node, file, acknowledged);
+    }
+}
+
+fn assert_found_in(cluster: &LabCluster, node: &str, file: &str, acknowledged: &[u64]) {
+    let dir = cluster.path();
+    let data = cluster
+        .on_node(node)
+        .args(["cat", &format!("{}/{file}", dir.display())])
+        .output()
+        .unwrap();
+    assert!(
+        data.status.success(),
+        "{}",
+        String::from_utf8_lossy(&data.stderr)
+    );
+    let lines: BTreeSet<u64> = String::from_utf8_lossy(&data.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let lost: Vec<&u64> = acknowledged.iter().filter(|a| !lines.contains(a)).collect();
+    assert!(lost.is_empty(), "{file}: acknowledged but lost: {lost:?}");
+}
+
+fn moved_from(cluster: &LabCluster, old: &str) -> String {
+    let mut moved = String::new();
+    wait(
+        "w to run on another node",
+        Duration::from_secs(90),
+        || match cluster.host_of("w") {
+            Some(n) if n != old => {
+                moved = n;
+                true
+            }
+            _ => false,
+        },
+    );
+    moved
+}
+
+#[test]
+fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
+    if let Some(why) = netns::unavailable() {
+        support::skip(&format!("the lab needs network namespaces: {why}"));
+        return;
+    }
+    if let Some(why) = ceph::unavailable() {
+        support::skip(&why);
+        return;
+    }
+    // Each line goes to the RBD filesystem and to CephFS; it is acknowledged once both
+    // are synced.
+    let writer = "i=$(cat @DIR@/data/lines 2>/dev/null | wc -l); while :; do i=$((i+1)); echo $i >> @DIR@/data/lines && sync @DIR@/data/lines && echo $i >> @DIR@/shared/lines && sync @DIR@/shared/lines && echo $i >> @DIR@/acks; sleep 0.1; done";
+    let extra_spec = format!(
+        "\n[storage.data]\nkind = \"ceph-rbd\"\npool = \"rbd\"\nsize = \"64MiB\"\nmount = \"@DIR@/data\"\nceph_config = \"@CEPH@/ceph.conf\"\nceph_keyring = \"@CEPH@/keyring/ceph.client.quorate.keyring\"\nceph_client = \"quorate\"\n\n[storage.shared]\nkind = \"cephfs\"\npath = \"/\"\nmount = \"@DIR@/shared\"\nceph_config = \"@CEPH@/ceph.conf\"\nceph_keyring = \"@CEPH@/keyring/ceph.client.quorate.keyring\"\n\n[services.w]\nkind = \"process\"\ncommand = [\"/bin/sh\", \"-c\", {writer:?}]\nstorage = [\"data\", \"shared\"]\nstop_timeout = \"2s\"\n"
+    );
+    let mut cluster = LabCluster::new(Options {
+        nodes: 3,
+        services: 0,
+        voters: None,
+        quorate: support::quorate_bin().into(),
+        env: Vec::new(),
+        prefix: "qlce".into(),
+        gluster: false,
+        wireguard: false,
+        nix_stores: false,
+        ceph: true,
+        extra_spec,
+    })
+    .unwrap();
+    let dir = cluster.path().to_owned();
+    cluster.start_all(Duration::from_secs(120)).unwrap();
+    wait("10 acknowledged writes", Duration::from_secs(90), || {
+        acks(&dir).len() >= 10
+    });
+    let image = cluster.ceph().unwrap().rbd(&["info", "rbd/data"]).unwrap();
+    assert!(image.contains("exclusive-lock"), "{image}");
+
+    // 1. Power loss.
+    let first = cluster.host_of("w").unwrap();
+    cluster.poweroff(&first).unwrap();
+    let acknowledged = acks(&dir);
+    let second = moved_from(&cluster, &first);
+    let entry = format!("{}:0/0", storage_address(&first));
+    assert!(
+        blocklisted(&cluster).contains(&entry),
+        "{first} is not blocklisted: {}",
+        blocklisted(&cluster)
+    );
+    // The move's event says the node was blocklisted first.
+    let events = std::process::Command::new(support::quorate_bin())
+        .args(["events", "--json", "--data-dir"])
+        .arg(cluster.data_dir(&second))
+        .output()
+        .unwrap();
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        events.contains(&format!("({first} on the Ceph blocklist first)")),
+        "{events}"
+    );
+    let status = cluster.quorate_status().unwrap();
+    assert!(
+        status["storage"][0]["blocklisted"]
+            .as_array()
+            .is_some_and(|b| b
+                .iter()
+                .any(|e| e.as_str() == Some(&format!("{first} {entry}")))),
+        "status shows the blocklist entry: {}",
+        status["storage"]
+    );
+    let before = acks(&dir).len();
+    wait(
+        "10 more writes on the new node",
+        Duration::from_secs(60),
+        || acks(&dir).len() >= before + 10,
+    );
+    assert_acknowledged_found(&cluster, &second, &acknowledged);
+
+    // It comes back and rejoins cleanly: its entry goes.
+    cluster.power_on(&first).unwrap();
+    wait(
+        "the returning node's blocklist entry removed",
+        Duration::from_secs(90),
+        || !blocklisted(&cluster).contains(&entry),
+    );
+
+    // 2. Partition: the writer's node loses the cluster network, not Ceph.
+    cluster.link(&second, false).unwrap();
+    let acknowledged = acks(&dir);
+    let third = moved_from(&cluster, &second);
+    let entry = format!("{}:0/0", storage_address(&second));
+    assert!(
+        blocklisted(&cluster).contains(&entry),
+        "{second} is not blocklisted: {}",
+        blocklisted(&cluster)
+    );
+    // A late write from the cut-off node fails.
+    let ceph = cluster.ceph().unwrap();
+    let late = cluster
+        .on_node(&second)
+        .args(["timeout", "40", "rbd", "-c"])
+        .arg(ceph.conf())
+        .arg("--keyring")
+        .arg(ceph.keyring("quorate"))
+        .args([
+            "--id",
+            "quorate",
+            "bench",
+            "--io-type",
+            "write",
+            "--io-size",
+            "4K",
+        ])
+        .args(["--io-total", "64K", "rbd/data"])
+        .output()
+        .unwrap();
+    assert!(
+        !late.status.success(),
+        "a write from the blocklisted node went through: {}",
+        String::from_utf8_lossy(&late.stdout)
+    );
+    let before = acks(&dir).len();
+    wait(
+        "10 more writes after the partition",
+        Duration::from_secs(60),
+        || acks(&dir).len() >= before + 10,
+    );
+    assert_acknowledged_found(&cluster, &third, &acknowledged);
+    cluster.link(&second, true).unwrap();
+    wait(
+        "the healed node's blocklist entry removed",
+        Duration::from_secs(90),
+        || !blocklisted(&cluster).contains(&entry),
+    );
+}
