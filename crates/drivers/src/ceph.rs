@@ -269,7 +269,8 @@ impl RbdImage {
             run_ok(runner, r, "rbd", &args, t).await?;
             true
         };
-        run_ok(runner, r, "mkdir", &["-p", &self.state_dir], t).await?;
+        std::fs::create_dir_all(&self.state_dir)
+            .map_err(|e| error(r, format!("mkdir -p {}", self.state_dir), e.to_string()))?;
         let mapping = self.map(runner).await?;
         // Recorded before anything else can fail: the stop undoes what is recorded.
         std::fs::write(self.mapping_file(), mapping.encode())
@@ -461,4 +462,118 @@ pub async fn unblocklist(
     run_ok(runner, "blocklist", "ceph", &args, STORAGE_COMMAND_TIMEOUT)
         .await
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::{CommandOutput, RecordedRunner};
+
+    /// An image whose config (and, with `keyring`, keyring) exist in `dir`.
+    fn image(dir: &tempfile::TempDir, keyring: bool) -> RbdImage {
+        let conf = dir.path().join("ceph.conf");
+        std::fs::write(&conf, "[global]\n").unwrap();
+        let key = dir.path().join("ceph.client.quorate.keyring");
+        if keyring {
+            std::fs::write(&key, "[client.quorate]\n").unwrap();
+        }
+        RbdImage {
+            resource: "data".into(),
+            pool: "rbd".into(),
+            image: "data".into(),
+            size: Some(64 << 20),
+            fs: "ext4".into(),
+            mount: "/var/lib/data".into(),
+            access: CephAccess {
+                conf: conf.to_string_lossy().into_owned(),
+                keyring: key.to_string_lossy().into_owned(),
+                client: "quorate".into(),
+            },
+            state_dir: dir.path().join("state").to_string_lossy().into_owned(),
+        }
+    }
+
+    fn formats(r: &RecordedRunner) -> bool {
+        r.calls()
+            .iter()
+            .any(|c| c.starts_with("mkfs") || c.contains(" create "))
+    }
+
+    #[tokio::test]
+    async fn a_missing_keyring_is_refused_before_any_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = RecordedRunner::default();
+        let e = image(&dir, false).attach(&r).await.unwrap_err().to_string();
+        assert!(e.contains("keyring") && e.contains("does not exist"), "{e}");
+        assert!(r.calls().is_empty(), "{:?}", r.calls());
+    }
+
+    #[tokio::test]
+    async fn a_pool_that_does_not_exist_is_named_and_nothing_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = RecordedRunner::default().answer(
+            "rbd",
+            CommandOutput::failed(
+                2,
+                "rbd: error opening pool 'rbd': (2) No such file or directory",
+            ),
+        );
+        let e = image(&dir, true).attach(&r).await.unwrap_err().to_string();
+        assert!(e.contains("pool `rbd` does not exist"), "{e}");
+        assert!(!formats(&r), "{:?}", r.calls());
+    }
+
+    #[tokio::test]
+    async fn an_existing_image_without_a_filesystem_is_never_formatted() {
+        let dir = tempfile::tempdir().unwrap();
+        // `rbd info` succeeds (the image exists); blkid finds nothing on it.
+        let r = RecordedRunner::default()
+            .answer("losetup", CommandOutput::ok("/dev/loop7\n"))
+            .answer("blkid", CommandOutput::failed(2, ""));
+        let e = image(&dir, true).attach(&r).await.unwrap_err().to_string();
+        assert!(e.contains("formats only images it created"), "{e}");
+        assert!(!formats(&r), "{:?}", r.calls());
+    }
+
+    #[tokio::test]
+    async fn a_new_image_is_created_once_formatted_and_mounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(&dir, true);
+        let r = RecordedRunner::default()
+            .answer(
+                "rbd",
+                CommandOutput::failed(
+                    2,
+                    "rbd: error opening image data: (2) No such file or directory",
+                ),
+            )
+            // Not exposed yet: rbd-fuse starts, then the file is there.
+            .answer("test -f", CommandOutput::failed(1, ""))
+            .answer("losetup", CommandOutput::ok("/dev/loop7\n"))
+            .answer("blkid", CommandOutput::failed(2, ""))
+            .answer("mountpoint", CommandOutput::failed(32, ""));
+        img.attach(&r).await.unwrap();
+        let calls = r.calls().join("\n");
+        assert!(
+            calls.contains("create --size 64M --image-feature layering,exclusive-lock rbd/data"),
+            "{calls}"
+        );
+        assert!(
+            calls.contains("--rbd-cache=false"),
+            "the cache stays off: {calls}"
+        );
+        assert!(calls.contains("mkfs.ext4 /dev/loop7"), "{calls}");
+        assert!(
+            calls.contains("mount -t ext4 /dev/loop7 /var/lib/data"),
+            "{calls}"
+        );
+        // The stop undoes the recorded mapping.
+        let r = RecordedRunner::default().answer("mountpoint", CommandOutput::failed(32, ""));
+        img.detach(&r).await.unwrap();
+        assert!(
+            r.calls().iter().any(|c| c == "losetup -d /dev/loop7"),
+            "{:?}",
+            r.calls()
+        );
+    }
 }
