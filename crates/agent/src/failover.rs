@@ -863,7 +863,23 @@ impl Node {
                     // Everything keeps running where it is; nothing is placed or moved.
                     return None;
                 }
-                let constraints = constraints(st);
+                let mut constraints = constraints(st);
+                // A node still on Ceph's blocklist cannot run a Ceph-backed service: its
+                // client would be refused. Kept off it until it rejoined cleanly.
+                let blocklisted: Vec<String> = self
+                    .ceph_fencing
+                    .lock()
+                    .map(|f| f.done.keys().cloned().collect())
+                    .unwrap_or_default();
+                if !blocklisted.is_empty() {
+                    for service in spec.services.keys().filter(|s| uses_ceph(spec, s)) {
+                        constraints
+                            .banned
+                            .entry(service.clone())
+                            .or_default()
+                            .extend(blocklisted.iter().cloned());
+                    }
+                }
                 let placements = place(&Input { spec, nodes: &states, current: &current, pins: &st.pins, failed: &failed, constraints: &constraints });
                 let mut changes: BTreeMap<String, (Option<String>, String)> = BTreeMap::new();
                 // Moves away from a down node: (service, old holder, new holder).

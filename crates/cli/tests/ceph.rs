@@ -78,6 +78,16 @@ fn assert_found_in(cluster: &LabCluster, node: &str, file: &str, acknowledged: &
     assert!(lost.is_empty(), "{file}: acknowledged but lost: {lost:?}");
 }
 
+/// The cluster's events as `node`'s agent tells them (JSON).
+fn events(cluster: &LabCluster, node: &str) -> String {
+    let out = std::process::Command::new(support::quorate_bin())
+        .args(["events", "--json", "--data-dir"])
+        .arg(cluster.data_dir(node))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn moved_from(cluster: &LabCluster, old: &str) -> String {
     let mut moved = String::new();
     wait(
@@ -144,12 +154,7 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
         blocklisted(&cluster)
     );
     // The move's event says the node was blocklisted first.
-    let events = std::process::Command::new(support::quorate_bin())
-        .args(["events", "--json", "--data-dir"])
-        .arg(cluster.data_dir(&second))
-        .output()
-        .unwrap();
-    let events = String::from_utf8_lossy(&events.stdout);
+    let events = events(&cluster, &second);
     assert!(
         events.contains(&format!("({first} on the Ceph blocklist first)")),
         "{events}"
@@ -189,6 +194,11 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
         blocklisted(&cluster).contains(&entry),
         "{second} is not blocklisted: {}",
         blocklisted(&cluster)
+    );
+    let events = events(&cluster, &third);
+    assert!(
+        events.contains(&format!("({second} on the Ceph blocklist first)")),
+        "{events}"
     );
     // A late write from the cut-off node fails.
     let ceph = cluster.ceph().unwrap();

@@ -29,9 +29,15 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 /// Puts the service on the leader (`on_leader`) or on a follower, then clears the pin
 /// so that it stays there as any placed service does. Returns (host, leader).
-fn place_for(cluster: &LabCluster, on_leader: bool) -> Result<(String, String), String> {
+fn place_for(
+    cluster: &LabCluster,
+    service: &str,
+    on_leader: bool,
+) -> Result<(String, String), String> {
     let leader = cluster.leader().ok_or("no leader")?;
-    let host = cluster.host_of(SERVICE).ok_or("s1 does not run")?;
+    let host = cluster
+        .host_of(service)
+        .ok_or(format!("{service} does not run"))?;
     if (host == leader) == on_leader {
         return Ok((host, leader));
     }
@@ -45,17 +51,17 @@ fn place_for(cluster: &LabCluster, on_leader: bool) -> Result<(String, String), 
             .cloned()
             .ok_or("no follower")?
     };
-    if !cluster.move_service(SERVICE, Some(&target)) {
+    if !cluster.move_service(service, Some(&target)) {
         return Err("move refused".into());
     }
     let t0 = Instant::now();
-    while cluster.host_of(SERVICE).as_deref() != Some(target.as_str()) {
+    while cluster.host_of(service).as_deref() != Some(target.as_str()) {
         if t0.elapsed() > LIMIT {
-            return Err(format!("s1 did not reach {target}"));
+            return Err(format!("{service} did not reach {target}"));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    cluster.move_service(SERVICE, None);
+    cluster.move_service(service, None);
     Ok((target, leader))
 }
 
@@ -65,12 +71,13 @@ const PHASE_SPREAD_MS: u64 = 1000;
 
 fn measure_failover(
     cluster: &mut LabCluster,
+    service: &str,
     power_loss: bool,
     on_leader: bool,
     rng: &mut fastrand::Rng,
 ) -> Result<f64, String> {
     cluster.wait_healthy(LIMIT)?;
-    let (host, _) = place_for(cluster, on_leader)?;
+    let (host, _) = place_for(cluster, service, on_leader)?;
     cluster.wait_healthy(LIMIT)?;
     // A fault strikes at any moment of the cluster's heartbeat and renewal cycles,
     // not right after a status query: on the leader, `status` sends a heartbeat round
@@ -85,11 +92,13 @@ fn measure_failover(
     }
     let started = Instant::now();
     let result = loop {
-        if let Some((t, _)) = cluster.started_elsewhere(SERVICE, &host, t0) {
+        if let Some((t, _)) = cluster.started_elsewhere(service, &host, t0) {
             break Ok((t - t0) as f64 / 1e6);
         }
         if started.elapsed() > LIMIT {
-            break Err(format!("s1 did not start elsewhere within {LIMIT:?}"));
+            break Err(format!(
+                "{service} did not start elsewhere within {LIMIT:?}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -161,6 +170,7 @@ pub fn failover(
         for _ in 0..runs {
             sample.push(measure_failover(
                 &mut cluster,
+                SERVICE,
                 power_loss,
                 on_leader,
                 &mut rng,
@@ -551,5 +561,56 @@ pub fn deploy(
             "copy_ms": stats(n_copy),
             "copy_mib_s": stats(n_tput),
         },
+    }))
+}
+
+/// `quorate-lab bench ceph`: failover on power loss of a non-leader host, for a
+/// witness whose data is on a Ceph RBD image (`c1`: blocklisting, then map, mount
+/// with journal replay, start) and for a process-only witness (`s1`), on a lab with a
+/// real Ceph (memstore OSDs).
+///
+/// # Errors
+/// The lab or Ceph cannot be made, or a measurement times out.
+pub fn ceph(
+    options: &Options,
+    runs: usize,
+    seed: u64,
+    mut say: impl FnMut(&str),
+) -> Result<Value, String> {
+    let mut options = options.clone();
+    options.ceph = true;
+    options.services = 1;
+    options.extra_spec = format!(
+        "\n[storage.data]\nkind = \"ceph-rbd\"\nsize = \"64MiB\"\nmount = \"@DIR@/data\"\nceph_config = \"@CEPH@/ceph.conf\"\nceph_keyring = \"@CEPH@/keyring/ceph.client.quorate.keyring\"\n\n[services.c1]\nkind = \"process\"\ncommand = [{:?}, \"demo\", \"--witness-as\", \"c1\"]\nstorage = [\"data\"]\nstop_timeout = \"2s\"\n",
+        options.quorate.display().to_string()
+    );
+    let mut cluster = LabCluster::new(options)?;
+    cluster.start_all(Duration::from_secs(120))?;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut results = serde_json::Map::new();
+    for service in ["s1", "c1"] {
+        let mut sample = Vec::new();
+        for run in 0..runs {
+            let ms = measure_failover(&mut cluster, service, true, false, &mut rng)?;
+            say(&format!("{service} run {run}: {ms:.0} ms"));
+            sample.push(ms);
+        }
+        let s = stats(sample);
+        say(&format!("{service}: {s}"));
+        results.insert(
+            if service == "c1" {
+                "ceph-rbd witness".to_owned()
+            } else {
+                "process-only witness".to_owned()
+            },
+            s,
+        );
+    }
+    Ok(json!({
+        "bench": "lab ceph",
+        "fault": "power loss of a non-leader host",
+        "seed": seed,
+        "note": "ms from the fault to the witness's start record on another node; the ceph-rbd witness's start comes after the leader blocklisted the old node and the new node mapped (rbd-fuse + loop, this kernel has no rbd module), replayed the ext4 journal and mounted the image",
+        "results": results,
     }))
 }

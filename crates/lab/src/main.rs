@@ -174,6 +174,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 64)]
         payload_mib: u32,
     },
+    /// Failover on power loss: a witness on a Ceph RBD image vs a process-only one
+    /// (a real Ceph in the lab; needs Debian's ceph packages).
+    Ceph {
+        #[command(flatten)]
+        lab: LabArgs,
+        /// Runs of each.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Seed of the random pause (up to 1 s) before each fault.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// One idle cluster: formation, RSS per agent, the leader's CPU, `status` latency
     /// (e.g. `--nodes 25 --voters 5`; targets: leader < 5 % of a core, RSS < 30 MB).
     Scale {
@@ -340,6 +352,15 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             print_bench(bench::deploy(&lab.options(), runs, payload_mib, |line| {
+                eprintln!("{line}");
+            }))
+        }
+        Command::Bench(BenchCommand::Ceph { lab, runs, seed }) => {
+            if let Some(why) = netns::unavailable().or_else(quorate_lab::ceph::unavailable) {
+                eprintln!("error: {why}");
+                return ExitCode::from(2);
+            }
+            print_bench(bench::ceph(&lab.options(), runs, seed, |line| {
                 eprintln!("{line}");
             }))
         }
