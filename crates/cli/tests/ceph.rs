@@ -79,7 +79,7 @@ fn assert_found_in(cluster: &LabCluster, node: &str, file: &str, acknowledged: &
 }
 
 /// The cluster's events as `node`'s agent tells them (JSON).
-fn events(cluster: &LabCluster, node: &str) -> String {
+fn events_seen_by(cluster: &LabCluster, node: &str) -> String {
     let out = std::process::Command::new(support::quorate_bin())
         .args(["events", "--json", "--data-dir"])
         .arg(cluster.data_dir(node))
@@ -154,7 +154,7 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
         blocklisted(&cluster)
     );
     // The move's event says the node was blocklisted first.
-    let events = events(&cluster, &second);
+    let events = events_seen_by(&cluster, &second);
     assert!(
         events.contains(&format!("({first} on the Ceph blocklist first)")),
         "{events}"
@@ -195,7 +195,7 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
         "{second} is not blocklisted: {}",
         blocklisted(&cluster)
     );
-    let events = events(&cluster, &third);
+    let events = events_seen_by(&cluster, &third);
     assert!(
         events.contains(&format!("({second} on the Ceph blocklist first)")),
         "{events}"
