@@ -17,26 +17,10 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quorate_lab::cluster::{LabCluster, Options};
 use quorate_lab::{ceph, netns};
-
-fn acks(dir: &std::path::Path) -> Vec<u64> {
-    std::fs::read_to_string(dir.join("acks"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
-fn wait(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !done() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
 
 fn blocklisted(cluster: &LabCluster) -> String {
     cluster
@@ -90,7 +74,7 @@ fn events_seen_by(cluster: &LabCluster, node: &str) -> String {
 
 fn moved_from(cluster: &LabCluster, old: &str) -> String {
     let mut moved = String::new();
-    wait(
+    support::wait_until(
         "w to run on another node",
         Duration::from_secs(90),
         || match cluster.host_of("w") {
@@ -136,8 +120,8 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
     .unwrap();
     let dir = cluster.path().to_owned();
     cluster.start_all(Duration::from_secs(120)).unwrap();
-    wait("10 acknowledged writes", Duration::from_secs(90), || {
-        acks(&dir).len() >= 10
+    support::wait_until("10 acknowledged writes", Duration::from_secs(90), || {
+        support::acks(&dir).len() >= 10
     });
     let image = cluster.ceph().unwrap().rbd(&["info", "rbd/data"]).unwrap();
     assert!(image.contains("exclusive-lock"), "{image}");
@@ -145,7 +129,7 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
     // 1. Power loss.
     let first = cluster.host_of("w").unwrap();
     cluster.poweroff(&first).unwrap();
-    let acknowledged = acks(&dir);
+    let acknowledged = support::acks(&dir);
     let second = moved_from(&cluster, &first);
     let entry = format!("{}:0/0", storage_address(&first));
     assert!(
@@ -169,17 +153,17 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
         "status shows the blocklist entry: {}",
         status["storage"]
     );
-    let before = acks(&dir).len();
-    wait(
+    let before = support::acks(&dir).len();
+    support::wait_until(
         "10 more writes on the new node",
         Duration::from_secs(60),
-        || acks(&dir).len() >= before + 10,
+        || support::acks(&dir).len() >= before + 10,
     );
     assert_acknowledged_found(&cluster, &second, &acknowledged);
 
     // It comes back and rejoins cleanly: its entry goes.
     cluster.power_on(&first).unwrap();
-    wait(
+    support::wait_until(
         "the returning node's blocklist entry removed",
         Duration::from_secs(90),
         || !blocklisted(&cluster).contains(&entry),
@@ -187,7 +171,7 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
 
     // 2. Partition: the writer's node loses the cluster network, not Ceph.
     cluster.link(&second, false).unwrap();
-    let acknowledged = acks(&dir);
+    let acknowledged = support::acks(&dir);
     let third = moved_from(&cluster, &second);
     let entry = format!("{}:0/0", storage_address(&second));
     assert!(
@@ -225,15 +209,15 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
         "a write from the blocklisted node went through: {}",
         String::from_utf8_lossy(&late.stdout)
     );
-    let before = acks(&dir).len();
-    wait(
+    let before = support::acks(&dir).len();
+    support::wait_until(
         "10 more writes after the partition",
         Duration::from_secs(60),
-        || acks(&dir).len() >= before + 10,
+        || support::acks(&dir).len() >= before + 10,
     );
     assert_acknowledged_found(&cluster, &third, &acknowledged);
     cluster.link(&second, true).unwrap();
-    wait(
+    support::wait_until(
         "the healed node's blocklist entry removed",
         Duration::from_secs(90),
         || !blocklisted(&cluster).contains(&entry),

@@ -11,26 +11,10 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quorate_lab::cluster::{LabCluster, Options};
 use quorate_lab::netns;
-
-fn acks(dir: &std::path::Path) -> Vec<u64> {
-    std::fs::read_to_string(dir.join("acks"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
-fn wait(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !done() {
-        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 #[test]
 fn a_gluster_volume_follows_its_service_and_keeps_every_acknowledged_write() {
@@ -84,13 +68,13 @@ fn follows_its_service(prefix: &str, wireguard: bool) {
     let capture = wireguard
         .then(|| support::capture::Capture::start(&cluster.net.switch, &dir.join("underlay.pcap")));
     cluster.start_all(Duration::from_secs(120)).unwrap();
-    wait("10 acknowledged writes", Duration::from_secs(60), || {
-        acks(&dir).len() >= 10
+    support::wait_until("10 acknowledged writes", Duration::from_secs(60), || {
+        support::acks(&dir).len() >= 10
     });
 
     let host = cluster.host_of("w").unwrap();
     // status shows the volume attached where w runs, and every brick online.
-    wait(
+    support::wait_until(
         "storage health from every node",
         Duration::from_secs(60),
         || {
@@ -107,9 +91,9 @@ fn follows_its_service(prefix: &str, wireguard: bool) {
         },
     );
     cluster.poweroff(&host).unwrap();
-    let acknowledged: Vec<u64> = acks(&dir);
+    let acknowledged: Vec<u64> = support::acks(&dir);
     let mut moved = String::new();
-    wait(
+    support::wait_until(
         "w to run on another node",
         Duration::from_secs(60),
         || match cluster.host_of("w") {
@@ -121,10 +105,10 @@ fn follows_its_service(prefix: &str, wireguard: bool) {
         },
     );
     let before = acknowledged.len();
-    wait(
+    support::wait_until(
         "10 more writes on the new node",
         Duration::from_secs(60),
-        || acks(&dir).len() >= before + 10,
+        || support::acks(&dir).len() >= before + 10,
     );
 
     // Read the volume as the new node sees it: every acknowledged line is there.
@@ -148,7 +132,7 @@ fn follows_its_service(prefix: &str, wireguard: bool) {
         "acknowledged writes lost after failover: {lost:?}"
     );
     // The new writer continued the sequence from the data it found.
-    assert!(acks(&dir)
+    assert!(support::acks(&dir)
         .iter()
         .skip(before)
         .all(|n| *n as usize > before - 1));

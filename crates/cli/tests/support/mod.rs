@@ -39,6 +39,25 @@ pub fn skip(why: &str) {
     eprintln!("SKIPPED: {why}");
 }
 
+/// The numbers a writer workload recorded in `<dir>/acks` once it had synced them
+/// (its acknowledgements), in order.
+pub fn acks(dir: &Path) -> Vec<u64> {
+    std::fs::read_to_string(dir.join("acks"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Polls `done` every 200 ms until it says yes; fails the test after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !done() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A free TCP port on loopback (for `network.port`; each test gets its own).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
