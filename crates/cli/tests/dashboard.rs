@@ -165,21 +165,43 @@ impl Drop for Sandbox {
     }
 }
 
-fn web_host(dir: &Path) -> String {
+/// Where web runs once that has not changed for 5 s: on a loaded machine a node can
+/// miss its first renewals right after the start and web fails over once (seen in the
+/// full suite, right after the Ceph lab's teardown), which a page waiting for web on
+/// the node read before would never show.
+fn settled_web_host(dir: &Path) -> String {
+    let start = std::time::Instant::now();
+    let mut host = web_host(dir);
+    let mut since = std::time::Instant::now();
+    // `None` while web is between nodes.
+    while host.is_none() || since.elapsed() < Duration::from_secs(5) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "web kept moving for a minute"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let now = web_host(dir);
+        if now != host {
+            host = now;
+            since = std::time::Instant::now();
+        }
+    }
+    host.unwrap()
+}
+
+fn web_host(dir: &Path) -> Option<String> {
     let out = Command::new(support::quorate_bin())
         .args(["status", "--json", "--sandbox"])
         .arg(dir)
         .output()
         .unwrap();
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     status["services"]
-        .as_array()
-        .unwrap()
+        .as_array()?
         .iter()
         .find(|s| s["name"] == "web")
         .and_then(|s| s["node"].as_str())
-        .unwrap()
-        .to_owned()
+        .map(str::to_owned)
 }
 
 #[test]
@@ -211,7 +233,7 @@ fn the_dashboard_shows_the_cluster_and_a_service_moving_live() {
         .find(|w| w.starts_with("https://") && w.contains("#token="))
         .unwrap_or_else(|| panic!("the sandbox prints the dashboard URL:\n{printed}"))
         .to_owned();
-    let host = web_host(&sandbox);
+    let host = settled_web_host(&sandbox);
     let page_node = ["1", "2", "3"]
         .into_iter()
         .find(|i| host != format!("n{i}"))
