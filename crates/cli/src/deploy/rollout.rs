@@ -321,6 +321,20 @@ pub fn run(
                     ),
                 );
             }
+            Err(why) if rollout.nodes[i].phase == Phase::Pending => {
+                // Refused before its drain (no quorum, a drain that would strand a
+                // service): nothing was done to it, so there is nothing to roll back.
+                let node = rollout.nodes[i].node.clone();
+                let _ = state.save(&rollout);
+                report.event(
+                    "stopped",
+                    Some(&node),
+                    json!({"error": why, "state_file": state.path()}),
+                    &format!("stopped before touching it: {why}; `quorate deploy --resume` continues once that is fixed, `--abort` ends the rollout"),
+                );
+                summary(&rollout, report);
+                return Exit::Invalid;
+            }
             Err(why) => {
                 rollout.nodes[i].error = Some(why.clone());
                 report.event(
