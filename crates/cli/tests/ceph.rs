@@ -16,7 +16,6 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use quorate_lab::cluster::{LabCluster, Options};
@@ -38,28 +37,8 @@ fn storage_address(node: &str) -> String {
 /// Every acknowledged line is in both files (RBD and CephFS) as `node` sees them.
 fn assert_acknowledged_found(cluster: &LabCluster, node: &str, acknowledged: &[u64]) {
     for file in ["data/lines", "shared/lines"] {
-        assert_found_in(cluster, node, file, acknowledged);
+        support::assert_acknowledged_in(cluster, node, file, acknowledged);
     }
-}
-
-fn assert_found_in(cluster: &LabCluster, node: &str, file: &str, acknowledged: &[u64]) {
-    let dir = cluster.path();
-    let data = cluster
-        .on_node(node)
-        .args(["cat", &format!("{}/{file}", dir.display())])
-        .output()
-        .unwrap();
-    assert!(
-        data.status.success(),
-        "{}",
-        String::from_utf8_lossy(&data.stderr)
-    );
-    let lines: BTreeSet<u64> = String::from_utf8_lossy(&data.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    let lost: Vec<&u64> = acknowledged.iter().filter(|a| !lines.contains(a)).collect();
-    assert!(lost.is_empty(), "{file}: acknowledged but lost: {lost:?}");
 }
 
 /// The cluster's events as `node`'s agent tells them (JSON).
@@ -70,22 +49,6 @@ fn events_seen_by(cluster: &LabCluster, node: &str) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn moved_from(cluster: &LabCluster, old: &str) -> String {
-    let mut moved = String::new();
-    support::wait_until(
-        "w to run on another node",
-        Duration::from_secs(90),
-        || match cluster.host_of("w") {
-            Some(n) if n != old => {
-                moved = n;
-                true
-            }
-            _ => false,
-        },
-    );
-    moved
 }
 
 #[test]
@@ -130,7 +93,7 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
     let first = cluster.host_of("w").unwrap();
     cluster.poweroff(&first).unwrap();
     let acknowledged = support::acks(&dir);
-    let second = moved_from(&cluster, &first);
+    let second = support::wait_moved(&cluster, "w", &first, Duration::from_secs(90));
     let entry = format!("{}:0/0", storage_address(&first));
     assert!(
         blocklisted(&cluster).contains(&entry),
@@ -172,7 +135,7 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
     // 2. Partition: the writer's node loses the cluster network, not Ceph.
     cluster.link(&second, false).unwrap();
     let acknowledged = support::acks(&dir);
-    let third = moved_from(&cluster, &second);
+    let third = support::wait_moved(&cluster, "w", &second, Duration::from_secs(90));
     let entry = format!("{}:0/0", storage_address(&second));
     assert!(
         blocklisted(&cluster).contains(&entry),

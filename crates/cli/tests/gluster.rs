@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
 
@@ -92,18 +91,7 @@ fn follows_its_service(prefix: &str, wireguard: bool) {
     );
     cluster.poweroff(&host).unwrap();
     let acknowledged: Vec<u64> = support::acks(&dir);
-    let mut moved = String::new();
-    support::wait_until(
-        "w to run on another node",
-        Duration::from_secs(60),
-        || match cluster.host_of("w") {
-            Some(n) if n != host => {
-                moved = n;
-                true
-            }
-            _ => false,
-        },
-    );
+    let moved = support::wait_moved(&cluster, "w", &host, Duration::from_secs(60));
     let before = acknowledged.len();
     support::wait_until(
         "10 more writes on the new node",
@@ -112,25 +100,7 @@ fn follows_its_service(prefix: &str, wireguard: bool) {
     );
 
     // Read the volume as the new node sees it: every acknowledged line is there.
-    let data = cluster
-        .on_node(&moved)
-        .args(["cat", &format!("{}/media/data", dir.display())])
-        .output()
-        .unwrap();
-    assert!(
-        data.status.success(),
-        "{}",
-        String::from_utf8_lossy(&data.stderr)
-    );
-    let lines: BTreeSet<u64> = String::from_utf8_lossy(&data.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    let lost: Vec<&u64> = acknowledged.iter().filter(|a| !lines.contains(a)).collect();
-    assert!(
-        lost.is_empty(),
-        "acknowledged writes lost after failover: {lost:?}"
-    );
+    support::assert_acknowledged_in(&cluster, &moved, "media/data", &acknowledged);
     // The new writer continued the sequence from the data it found.
     assert!(support::acks(&dir)
         .iter()

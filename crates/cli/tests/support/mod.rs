@@ -49,6 +49,54 @@ pub fn acks(dir: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// Waits until `service` runs on a lab node other than `old`; that node.
+pub fn wait_moved(
+    cluster: &quorate_lab::cluster::LabCluster,
+    service: &str,
+    old: &str,
+    limit: Duration,
+) -> String {
+    let mut moved = String::new();
+    wait_until(
+        &format!("{service} to run on another node"),
+        limit,
+        || match cluster.host_of(service) {
+            Some(n) if n != old => {
+                moved = n;
+                true
+            }
+            _ => false,
+        },
+    );
+    moved
+}
+
+/// Every acknowledged number is a line of `<lab dir>/<file>` as lab node `node` reads
+/// it (through its own mounts).
+pub fn assert_acknowledged_in(
+    cluster: &quorate_lab::cluster::LabCluster,
+    node: &str,
+    file: &str,
+    acknowledged: &[u64],
+) {
+    let data = cluster
+        .on_node(node)
+        .args(["cat", &format!("{}/{file}", cluster.path().display())])
+        .output()
+        .unwrap();
+    assert!(
+        data.status.success(),
+        "{}",
+        String::from_utf8_lossy(&data.stderr)
+    );
+    let lines: std::collections::BTreeSet<u64> = String::from_utf8_lossy(&data.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let lost: Vec<&u64> = acknowledged.iter().filter(|a| !lines.contains(a)).collect();
+    assert!(lost.is_empty(), "{file}: acknowledged but lost: {lost:?}");
+}
+
 /// Polls `done` every 200 ms until it says yes; fails the test after `limit`.
 pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let t0 = Instant::now();
