@@ -455,6 +455,7 @@ impl Runtime {
             )
             .await
             else {
+                tracing::info!(service = %record.service, pid = record.pid, unit = ?record.unit, "a workload the previous agent recorded no longer runs: nothing to adopt");
                 continue;
             };
             if valid && record.stopping {

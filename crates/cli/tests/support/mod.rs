@@ -454,7 +454,11 @@ impl TestCluster {
             .iter()
             .map(|n| format!("--- {n}.log\n{}", self.log(n)))
             .collect();
-        panic!("timed out waiting for {what}\n{}", logs.join("\n"));
+        panic!(
+            "timed out waiting for {what}\n{}\n--- journal\n{}",
+            logs.join("\n"),
+            std::fs::read_to_string(self.journal()).unwrap_or_default()
+        );
     }
 
     /// Waits until every listed node reports quorum, the same leader and spec version.
