@@ -272,6 +272,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let reconcile_task = tokio::spawn(runtime.clone().reconcile_forever());
     let drbd_task = tokio::spawn(runtime.clone().keep_drbd_up());
     let gluster_task = tokio::spawn(runtime.clone().watch_gluster());
+    let ceph_task = tokio::spawn(runtime.clone().watch_ceph());
 
     let readiness = tokio::spawn(notify::report(
         node.clone(),
@@ -295,6 +296,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     reconcile_task.abort();
     drbd_task.abort();
     gluster_task.abort();
+    ceph_task.abort();
     control_task.abort();
     if let Some(task) = api_task {
         task.abort();

@@ -292,6 +292,34 @@ impl Runtime {
         }
     }
 
+    /// Reports what this node sees of every RBD image every 10 s: mapped here or not,
+    /// and while mapped, who holds its exclusive lock (Ceph's own view of the writer).
+    pub(crate) async fn watch_ceph(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let images: Vec<quorate_drivers::RbdImage> = self
+                .node
+                .consensus
+                .with_state(|st| {
+                    let Some(applied) = st.applied.as_ref() else {
+                        return Vec::new();
+                    };
+                    applied
+                        .spec
+                        .storage
+                        .iter()
+                        .filter(|(_, s)| s.kind == quorate_spec::StorageKind::CephRbd)
+                        .filter_map(|(name, s)| rbd_image(name, s, &self.data_dir))
+                        .collect()
+                })
+                .await;
+            for image in images {
+                let health = image.health(self.storage_runner.as_ref()).await;
+                self.report_storage(&image.resource, health).await;
+            }
+        }
+    }
+
     /// Reports what this node sees of its GlusterFS bricks every 10 s: whether its own
     /// brick is online and how many entries wait for heal.
     pub(crate) async fn watch_gluster(self: Arc<Self>) {
@@ -1281,20 +1309,7 @@ fn storage_steps(
                     server: address.clone(),
                     mount: st.mount.clone()?,
                 }),
-                StorageKind::CephRbd => Some(StorageStep::CephRbd(quorate_drivers::RbdImage {
-                    resource: name.clone(),
-                    pool: st.ceph_pool().to_owned(),
-                    image: st.image.clone().unwrap_or_else(|| name.clone()),
-                    size: st.size.map(|s| s.0),
-                    fs: st.fs.clone().unwrap_or_else(|| "ext4".into()),
-                    mount: st.mount.clone()?,
-                    access: ceph_access(st),
-                    state_dir: data_dir
-                        .join("ceph")
-                        .join(name)
-                        .to_string_lossy()
-                        .into_owned(),
-                })),
+                StorageKind::CephRbd => rbd_image(name, st, data_dir).map(StorageStep::CephRbd),
                 StorageKind::Cephfs => Some(StorageStep::Cephfs(quorate_drivers::CephfsMount {
                     resource: name.clone(),
                     path: st.path.clone().unwrap_or_else(|| "/".into()),
@@ -1304,6 +1319,29 @@ fn storage_steps(
             }
         })
         .collect()
+}
+
+/// The RBD image behind a `ceph-rbd` storage, as this node maps it (`None`: no
+/// mount point).
+fn rbd_image(
+    name: &str,
+    st: &quorate_spec::StorageSpec,
+    data_dir: &std::path::Path,
+) -> Option<quorate_drivers::RbdImage> {
+    Some(quorate_drivers::RbdImage {
+        resource: name.to_owned(),
+        pool: st.ceph_pool().to_owned(),
+        image: st.image.clone().unwrap_or_else(|| name.to_owned()),
+        size: st.size.map(|s| s.0),
+        fs: st.fs.clone().unwrap_or_else(|| "ext4".into()),
+        mount: st.mount.clone()?,
+        access: ceph_access(st),
+        state_dir: data_dir
+            .join("ceph")
+            .join(name)
+            .to_string_lossy()
+            .into_owned(),
+    })
 }
 
 /// How a Ceph storage reaches its cluster (the spec's paths and client, defaults

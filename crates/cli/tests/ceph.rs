@@ -1,16 +1,17 @@
 //! Ceph storage in the fault lab, against a real Ceph (1 mon, 1 mgr, 3 memstore OSDs,
-//! 1 MDS) on a storage network of its own. A writer service appends numbered lines to
-//! a file on an ext4 filesystem on an RBD image (created by quorate on first use,
-//! mapped with rbd-fuse + loop here: this kernel has no rbd or nbd module) and to a
-//! file on CephFS (ceph-fuse here), recording each line it has synced to both (its
-//! acknowledgement) on the host.
+//! 1 MDS) on a storage network of its own. Two writer services append numbered lines
+//! and record each line once it is synced (its acknowledgement) on the host: `w` to a
+//! file on an ext4 filesystem on an RBD image (created by quorate on first use, mapped
+//! with rbd-fuse + loop here: this kernel has no rbd or nbd module), `f` to a file on
+//! CephFS (ceph-fuse here). Both prefer n1, then n2, then n3, so both face both faults.
 //!
-//! Power loss of the writer's node: before the service starts elsewhere, the leader
-//! blocklists the node's storage address; the new node finds every acknowledged line.
-//! The node powers back on and rejoins cleanly: its blocklist entry is removed. Then a
-//! partition: the writer's node is cut from the cluster network but still reaches Ceph
-//! — exactly the node that could keep writing. It is blocklisted before the service
-//! starts elsewhere, and a write from it to the image fails.
+//! Power loss of their node: before they start elsewhere, the leader blocklists the
+//! node's storage address; the new node finds every acknowledged line of both, and
+//! `status` names it as the image's exclusive-lock owner. The node powers back on and
+//! rejoins cleanly: its blocklist entry is removed. Then a partition: their node is cut
+//! from the cluster network but still reaches Ceph — exactly the node that could keep
+//! writing. It is blocklisted before they start elsewhere, and a write from it to the
+//! image and to the CephFS data pool fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -34,11 +35,64 @@ fn storage_address(node: &str) -> String {
     netns::Network::storage_address(i)
 }
 
-/// Every acknowledged line is in both files (RBD and CephFS) as `node` sees them.
-fn assert_acknowledged_found(cluster: &LabCluster, node: &str, acknowledged: &[u64]) {
-    for file in ["data/lines", "shared/lines"] {
-        support::assert_acknowledged_in(cluster, node, file, acknowledged);
+/// Every line acknowledged in `<dir>/acks-rbd` is in the RBD file, every one in
+/// `<dir>/acks-fs` in the CephFS file, as `node` sees them.
+fn assert_acknowledged_found(cluster: &LabCluster, node: &str, acknowledged: &Acks) {
+    support::assert_acknowledged_in(cluster, node, "data/lines", &acknowledged.rbd);
+    support::assert_acknowledged_in(cluster, node, "shared/lines", &acknowledged.fs);
+}
+
+/// What the two writers acknowledged.
+struct Acks {
+    rbd: Vec<u64>,
+    fs: Vec<u64>,
+}
+
+fn acks(dir: &std::path::Path) -> Acks {
+    Acks {
+        rbd: support::acks_in(dir, "acks-rbd"),
+        fs: support::acks_in(dir, "acks-fs"),
     }
+}
+
+/// Waits until both writers acknowledged 10 more lines than in `before`.
+fn wait_both_write(dir: &std::path::Path, before: &Acks, what: &str) {
+    support::wait_until(what, Duration::from_secs(90), || {
+        let now = acks(dir);
+        now.rbd.len() >= before.rbd.len() + 10 && now.fs.len() >= before.fs.len() + 10
+    });
+}
+
+/// Waits until both services run on one node other than `old`; that node.
+fn wait_both_moved(cluster: &LabCluster, old: &str) -> String {
+    let to = support::wait_moved(cluster, "w", old, Duration::from_secs(90));
+    let f = support::wait_moved(cluster, "f", old, Duration::from_secs(90));
+    assert_eq!(to, f, "both prefer the same next node");
+    to
+}
+
+/// The image's health as `node` reports it in `status` (mapping, lock owner).
+fn rbd_health(cluster: &LabCluster, node: &str) -> String {
+    let status = cluster.quorate_status().unwrap_or_default();
+    status["storage"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "data"))
+        .and_then(|s| s["health"][node].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `status` names the client at `node`'s storage address as the exclusive-lock owner.
+fn wait_lock_owner(cluster: &LabCluster, node: &str) {
+    let address = format!(" at {}:0/", storage_address(node));
+    support::wait_until(
+        &format!("status to show {node} holding the image's exclusive lock"),
+        Duration::from_secs(60),
+        || {
+            let h = rbd_health(cluster, node);
+            h.contains("exclusive lock held by: client.") && h.contains(&address)
+        },
+    );
 }
 
 /// The cluster's events as `node`'s agent tells them (JSON).
@@ -61,11 +115,17 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
         support::skip(&why);
         return;
     }
-    // Each line goes to the RBD filesystem and to CephFS; it is acknowledged once both
-    // are synced.
-    let writer = "i=$(cat @DIR@/data/lines 2>/dev/null | wc -l); while :; do i=$((i+1)); echo $i >> @DIR@/data/lines && sync @DIR@/data/lines && echo $i >> @DIR@/shared/lines && sync @DIR@/shared/lines && echo $i >> @DIR@/acks; sleep 0.1; done";
+    // `w` writes to the RBD filesystem, `f` to CephFS; a line is acknowledged once
+    // it is synced.
+    let writer = |file: &str, ack: &str| {
+        format!("i=$(cat @DIR@/{file} 2>/dev/null | wc -l); while :; do i=$((i+1)); echo $i >> @DIR@/{file} && sync @DIR@/{file} && echo $i >> @DIR@/{ack}; sleep 0.1; done")
+    };
+    let (w, f) = (
+        writer("data/lines", "acks-rbd"),
+        writer("shared/lines", "acks-fs"),
+    );
     let extra_spec = format!(
-        "\n[storage.data]\nkind = \"ceph-rbd\"\npool = \"rbd\"\nsize = \"64MiB\"\nmount = \"@DIR@/data\"\nceph_config = \"@CEPH@/ceph.conf\"\nceph_keyring = \"@CEPH@/keyring/ceph.client.quorate.keyring\"\nceph_client = \"quorate\"\n\n[storage.shared]\nkind = \"cephfs\"\npath = \"/\"\nmount = \"@DIR@/shared\"\nceph_config = \"@CEPH@/ceph.conf\"\nceph_keyring = \"@CEPH@/keyring/ceph.client.quorate.keyring\"\n\n[services.w]\nkind = \"process\"\ncommand = [\"/bin/sh\", \"-c\", {writer:?}]\nstorage = [\"data\", \"shared\"]\nstop_timeout = \"2s\"\n"
+        "\n[storage.data]\nkind = \"ceph-rbd\"\npool = \"rbd\"\nsize = \"64MiB\"\nmount = \"@DIR@/data\"\nceph_config = \"@CEPH@/ceph.conf\"\nceph_keyring = \"@CEPH@/keyring/ceph.client.quorate.keyring\"\nceph_client = \"quorate\"\n\n[storage.shared]\nkind = \"cephfs\"\npath = \"/\"\nmount = \"@DIR@/shared\"\nceph_config = \"@CEPH@/ceph.conf\"\nceph_keyring = \"@CEPH@/keyring/ceph.client.quorate.keyring\"\n\n[services.w]\nkind = \"process\"\ncommand = [\"/bin/sh\", \"-c\", {w:?}]\nstorage = [\"data\"]\nprefer = [\"n1\", \"n2\", \"n3\"]\nstop_timeout = \"2s\"\n\n[services.f]\nkind = \"process\"\ncommand = [\"/bin/sh\", \"-c\", {f:?}]\nstorage = [\"shared\"]\nprefer = [\"n1\", \"n2\", \"n3\"]\nstop_timeout = \"2s\"\n"
     );
     let mut cluster = LabCluster::new(Options {
         nodes: 3,
@@ -83,46 +143,41 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
     .unwrap();
     let dir = cluster.path().to_owned();
     cluster.start_all(Duration::from_secs(120)).unwrap();
-    support::wait_until("10 acknowledged writes", Duration::from_secs(90), || {
-        support::acks(&dir).len() >= 10
-    });
+    wait_both_write(&dir, &acks(&dir), "10 acknowledged writes of each writer");
     let image = cluster.ceph().unwrap().rbd(&["info", "rbd/data"]).unwrap();
     assert!(image.contains("exclusive-lock"), "{image}");
+    let first = cluster.host_of("w").unwrap();
+    assert_eq!(cluster.host_of("f"), Some(first.clone()), "both prefer n1");
+    wait_lock_owner(&cluster, &first);
 
     // 1. Power loss.
-    let first = cluster.host_of("w").unwrap();
     cluster.poweroff(&first).unwrap();
-    let acknowledged = support::acks(&dir);
-    let second = support::wait_moved(&cluster, "w", &first, Duration::from_secs(90));
+    let acknowledged = acks(&dir);
+    let second = wait_both_moved(&cluster, &first);
     let entry = format!("{}:0/0", storage_address(&first));
     assert!(
         blocklisted(&cluster).contains(&entry),
         "{first} is not blocklisted: {}",
         blocklisted(&cluster)
     );
-    // The move's event says the node was blocklisted first.
+    // The moves' events say the node was blocklisted first.
     let events = events_seen_by(&cluster, &second);
     assert!(
         events.contains(&format!("({first} on the Ceph blocklist first)")),
         "{events}"
     );
     let status = cluster.quorate_status().unwrap();
-    assert!(
-        status["storage"][0]["blocklisted"]
-            .as_array()
-            .is_some_and(|b| b
+    for storage in status["storage"].as_array().unwrap() {
+        assert!(
+            storage["blocklisted"].as_array().is_some_and(|b| b
                 .iter()
                 .any(|e| e.as_str() == Some(&format!("{first} {entry}")))),
-        "status shows the blocklist entry: {}",
-        status["storage"]
-    );
-    let before = support::acks(&dir).len();
-    support::wait_until(
-        "10 more writes on the new node",
-        Duration::from_secs(60),
-        || support::acks(&dir).len() >= before + 10,
-    );
+            "status shows the blocklist entry: {storage}",
+        );
+    }
+    wait_both_write(&dir, &acks(&dir), "10 more writes of each on the new node");
     assert_acknowledged_found(&cluster, &second, &acknowledged);
+    wait_lock_owner(&cluster, &second);
 
     // It comes back and rejoins cleanly: its entry goes.
     cluster.power_on(&first).unwrap();
@@ -132,10 +187,10 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
         || !blocklisted(&cluster).contains(&entry),
     );
 
-    // 2. Partition: the writer's node loses the cluster network, not Ceph.
+    // 2. Partition: the writers' node loses the cluster network, not Ceph.
     cluster.link(&second, false).unwrap();
-    let acknowledged = support::acks(&dir);
-    let third = support::wait_moved(&cluster, "w", &second, Duration::from_secs(90));
+    let acknowledged = acks(&dir);
+    let third = wait_both_moved(&cluster, &second);
     let entry = format!("{}:0/0", storage_address(&second));
     assert!(
         blocklisted(&cluster).contains(&entry),
@@ -147,38 +202,49 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
         events.contains(&format!("({second} on the Ceph blocklist first)")),
         "{events}"
     );
-    // A late write from the cut-off node fails.
+    // Late writes from the cut-off node fail: to the image and to CephFS's data pool.
     let ceph = cluster.ceph().unwrap();
-    let late = cluster
-        .on_node(&second)
-        .args(["timeout", "40", "rbd", "-c"])
-        .arg(ceph.conf())
-        .arg("--keyring")
-        .arg(ceph.keyring("quorate"))
-        .args([
-            "--id",
-            "quorate",
-            "bench",
-            "--io-type",
-            "write",
-            "--io-size",
-            "4K",
-        ])
+    let client = |program: &str| {
+        let mut c = cluster.on_node(&second);
+        c.args(["timeout", "40", program, "-c"])
+            .arg(ceph.conf())
+            .arg("--keyring")
+            .arg(ceph.keyring("quorate"))
+            .args(["--id", "quorate"]);
+        c
+    };
+    let late_rbd = client("rbd")
+        .args(["bench", "--io-type", "write", "--io-size", "4K"])
         .args(["--io-total", "64K", "rbd/data"])
         .output()
         .unwrap();
     assert!(
-        !late.status.success(),
-        "a write from the blocklisted node went through: {}",
-        String::from_utf8_lossy(&late.stdout)
+        !late_rbd.status.success(),
+        "a write to the image from the blocklisted node went through: {}",
+        String::from_utf8_lossy(&late_rbd.stdout)
     );
-    let before = support::acks(&dir).len();
-    support::wait_until(
-        "10 more writes after the partition",
-        Duration::from_secs(60),
-        || support::acks(&dir).len() >= before + 10,
+    let late_fs = client("rados")
+        .args([
+            "-p",
+            "cephfs.cephfs.data",
+            "put",
+            "late-write",
+            "/etc/hostname",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !late_fs.status.success(),
+        "a write to the CephFS data pool from the blocklisted node went through: {}",
+        String::from_utf8_lossy(&late_fs.stdout)
+    );
+    wait_both_write(
+        &dir,
+        &acks(&dir),
+        "10 more writes of each after the partition",
     );
     assert_acknowledged_found(&cluster, &third, &acknowledged);
+    wait_lock_owner(&cluster, &third);
     cluster.link(&second, true).unwrap();
     support::wait_until(
         "the healed node's blocklist entry removed",

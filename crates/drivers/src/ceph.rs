@@ -292,6 +292,49 @@ impl RbdImage {
         mount_fs(runner, r, device, &self.mount, &self.fs).await
     }
 
+    /// What this node sees of the image, on one line: whether it is mapped here (how,
+    /// on which device) and who holds its exclusive lock (`rbd lock ls`): the client
+    /// and address Ceph names as the owner — the node a writer really runs on.
+    pub async fn health(&self, runner: &dyn Runner) -> String {
+        let Some(mapping) = std::fs::read_to_string(self.mapping_file())
+            .ok()
+            .and_then(|m| Mapping::decode(&m))
+        else {
+            return "not mapped here".into();
+        };
+        let how = match &mapping {
+            Mapping::Kernel(d) => format!("mapped with the kernel client on {d}"),
+            Mapping::Nbd(d) => format!("mapped with rbd-nbd on {d}"),
+            Mapping::Fuse(d, _) => format!("mapped with rbd-fuse + loop on {d}"),
+        };
+        let spec = self.spec();
+        let mut args = self.access.args().to_vec();
+        args.extend(["lock", "ls", "--format", "json", &spec]);
+        let owner = match run(
+            runner,
+            &self.resource,
+            "rbd",
+            &args,
+            STORAGE_COMMAND_TIMEOUT,
+        )
+        .await
+        {
+            Ok(out) if out.success() => lock_owners(&out.stdout).map_or_else(
+                || "unreadable".into(),
+                |o| {
+                    if o.is_empty() {
+                        "none".into()
+                    } else {
+                        o.join(", ")
+                    }
+                },
+            ),
+            Ok(out) => format!("unknown ({})", out.stderr.trim()),
+            Err(e) => format!("unknown ({e})"),
+        };
+        format!("{how}; exclusive lock held by: {owner}")
+    }
+
     /// Unmounts and unmaps: the reverse of [`attach`](Self::attach).
     ///
     /// # Errors
@@ -323,6 +366,26 @@ impl RbdImage {
         let _ = std::fs::remove_file(self.mapping_file());
         Ok(())
     }
+}
+
+/// The lockers in `rbd lock ls --format json` (`client.4161 at 10.0.0.2:0/123`): an
+/// array of `{id, locker, address}` (Ceph ≥ 12), or an object keyed by lock id
+/// (older). `None` when it is neither.
+fn lock_owners(json: &str) -> Option<Vec<String>> {
+    let value: serde_json::Value = serde_json::from_str(json.trim()).ok()?;
+    let entries: Vec<&serde_json::Value> = match &value {
+        serde_json::Value::Array(a) => a.iter().collect(),
+        serde_json::Value::Object(o) => o.values().collect(),
+        _ => return None,
+    };
+    entries
+        .into_iter()
+        .map(|e| {
+            let locker = e.get("locker")?.as_str()?;
+            let address = e.get("address")?.as_str()?;
+            Some(format!("{locker} at {address}"))
+        })
+        .collect()
 }
 
 /// Whether this process's mount table lists `target` (a FUSE mount whose server died
@@ -575,5 +638,22 @@ mod tests {
             "{:?}",
             r.calls()
         );
+    }
+
+    #[test]
+    fn lock_owners_are_read_in_both_json_shapes() {
+        let list = r#"[{"id":"auto 140230","locker":"client.4161","address":"10.87.0.2:0/3014"}]"#;
+        assert_eq!(
+            lock_owners(list),
+            Some(vec!["client.4161 at 10.87.0.2:0/3014".to_owned()])
+        );
+        let map = r#"{"auto 1":{"locker":"client.9","address":"10.0.0.1:0/7"}}"#;
+        assert_eq!(
+            lock_owners(map),
+            Some(vec!["client.9 at 10.0.0.1:0/7".to_owned()])
+        );
+        assert_eq!(lock_owners("[]"), Some(Vec::new()));
+        assert_eq!(lock_owners("not json"), None);
+        assert_eq!(lock_owners(r#"[{"id":"x"}]"#), None);
     }
 }

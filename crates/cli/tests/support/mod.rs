@@ -42,7 +42,12 @@ pub fn skip(why: &str) {
 /// The numbers a writer workload recorded in `<dir>/acks` once it had synced them
 /// (its acknowledgements), in order.
 pub fn acks(dir: &Path) -> Vec<u64> {
-    std::fs::read_to_string(dir.join("acks"))
+    acks_in(dir, "acks")
+}
+
+/// The numbers a witness acknowledged in `<dir>/<file>`, in order.
+pub fn acks_in(dir: &Path, file: &str) -> Vec<u64> {
+    std::fs::read_to_string(dir.join(file))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().parse().ok())
