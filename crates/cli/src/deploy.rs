@@ -10,7 +10,7 @@
 //! are copied to every node, then each node in turn is drained, switched, checked and
 //! undrained, and rolled back when it does not come back healthy.
 
-mod remote;
+pub(crate) mod remote;
 pub use remote::Remote;
 mod rollout;
 

@@ -1,6 +1,7 @@
 //! `quorate` — one binary for the whole tool. This file is thin glue: argument
 //! parsing and dispatch; each command lives in its own module.
 
+mod ceph_bootstrap;
 mod cluster_commands;
 mod deploy;
 mod exit;
@@ -486,6 +487,9 @@ enum Command {
     /// Tokens for the HTTP API (`network.api_port`).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The Ceph cluster declared in the spec (`[ceph]`).
+    #[command(subcommand)]
+    Ceph(CephCommand),
     /// Roll new system generations through the cluster one node at a time (drain,
     /// switch, wait until healthy, undrain; followers first, the leader last).
     ///
@@ -596,6 +600,42 @@ enum TokenCommand {
         name: String,
         #[command(flatten)]
         dir: DataDir,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CephCommand {
+    /// The one-time steps that make the declared Ceph run: the keys and monitor map
+    /// (on the first monitor), every monitor's store, manager and metadata server
+    /// keys, OSD preparation (the OSD ids from the lock), pools, file systems and the
+    /// `client.quorate` keyring on every node. Each step looks before it acts: a
+    /// second run changes nothing, a run after a failure does only what is missing.
+    /// Every node's /etc/ceph/ceph.conf must be the one `quorate render` writes (the
+    /// NixOS module installs it).
+    ///
+    /// Example: `quorate ceph bootstrap quorate.toml`
+    Bootstrap {
+        #[command(flatten)]
+        paths: SpecPaths,
+        /// Command prefix that runs a command on a node; `{node}` and `{address}`
+        /// are replaced. Scripts go to its stdin (`… sh -s`).
+        #[arg(long, value_name = "PREFIX", default_value = "ssh root@{address}")]
+        exec: String,
+        /// Shell command (run on the node through --exec) that starts daemon
+        /// `{kind}` (mon, mgr, mds, osd) with id `{id}`; must succeed when it already
+        /// runs.
+        #[arg(
+            long,
+            value_name = "COMMAND",
+            default_value = "systemctl start ceph-{kind}-{id}"
+        )]
+        start: String,
+        /// Seconds to wait for the monitors' quorum and for the OSDs to come up.
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+        timeout: u64,
+        /// One JSON object per step on stdout, then a summary object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -1261,6 +1301,25 @@ fn main() -> ExitCode {
                 state_file: state,
             },
         ),
+        Command::Ceph(CephCommand::Bootstrap {
+            paths,
+            exec,
+            start,
+            timeout,
+            json,
+        }) => match spec_commands::load_locked(&paths, json) {
+            Ok((spec, lock)) => ceph_bootstrap::run(
+                &spec,
+                &lock,
+                &ceph_bootstrap::Request {
+                    exec,
+                    start,
+                    timeout: std::time::Duration::from_secs(timeout),
+                    json,
+                },
+            ),
+            Err(exit) => exit,
+        },
         Command::Wg(WgCommand::Keygen { dir, force, json }) => {
             wg_commands::keygen(&dir.data_dir, force, json)
         }

@@ -286,32 +286,45 @@ pub fn schema() -> Exit {
 }
 
 /// `quorate render`: this node's generated files, listed or written under `out`.
-pub fn render_node(paths: &SpecPaths, node: &str, out: Option<&Path>, json: bool) -> Exit {
-    let loaded = match load_spec(&paths.spec, json, false) {
-        Ok(l) => l,
-        Err(exit) => return exit,
-    };
+/// The spec (checked) and its lock, which must be up to date for it: what `render`
+/// and `ceph bootstrap` take every number from.
+///
+/// # Errors
+/// A bad spec, no lock, a lock out of date (reported; the exit code to end with).
+pub fn load_locked(paths: &SpecPaths, json: bool) -> Result<(Spec, Lock), Exit> {
+    let loaded = load_spec(&paths.spec, json, false)?;
     let lock_path = paths.lock_path();
-    let lock = match read_lock(&lock_path, json) {
-        Ok(Some(lock)) => lock,
-        Ok(None) => {
-            report_error(&format!("no lock at {}: run `quorate lock {}` first (render takes every number from the lock)", lock_path.display(), paths.spec.display()), json);
-            return Exit::Invalid;
-        }
-        Err(exit) => return exit,
+    let Some(lock) = read_lock(&lock_path, json)? else {
+        report_error(
+            &format!(
+                "no lock at {}: run `quorate lock {}` first (every number comes from the lock)",
+                lock_path.display(),
+                paths.spec.display()
+            ),
+            json,
+        );
+        return Err(Exit::Invalid);
     };
     match quorate_plan::plan(Some(&lock), None, &loaded.spec) {
-        Ok(plan) if !plan.lock_changes => {}
+        Ok(plan) if !plan.lock_changes => Ok((loaded.spec, lock)),
         Ok(_) => {
-            report_error(&format!("{} is out of date for this spec: run `quorate lock {}` first, so that the files carry the locked numbers", lock_path.display(), paths.spec.display()), json);
-            return Exit::Invalid;
+            report_error(&format!("{} is out of date for this spec: run `quorate lock {}` first, so that everything carries the locked numbers", lock_path.display(), paths.spec.display()), json);
+            Err(Exit::Invalid)
         }
         Err(e) => {
             report_error(&e.to_string(), json);
-            return Exit::Invalid;
+            Err(Exit::Invalid)
         }
     }
-    let files = match quorate_render::node_files(&loaded.spec, &lock, node) {
+}
+
+/// `quorate render`: every file `node` needs, written under `out` or listed.
+pub fn render_node(paths: &SpecPaths, node: &str, out: Option<&Path>, json: bool) -> Exit {
+    let (spec, lock) = match load_locked(paths, json) {
+        Ok(l) => l,
+        Err(exit) => return exit,
+    };
+    let files = match quorate_render::node_files(&spec, &lock, node) {
         Ok(files) => files,
         Err(e) => {
             report_error(&e.to_string(), json);

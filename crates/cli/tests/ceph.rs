@@ -138,6 +138,7 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
         wireguard: false,
         nix_stores: false,
         ceph: true,
+        ceph_nodes: false,
         extra_spec,
     })
     .unwrap();

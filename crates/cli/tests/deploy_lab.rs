@@ -136,6 +136,7 @@ fn setup() -> Option<Lab> {
         wireguard: false,
         nix_stores: true,
         ceph: false,
+        ceph_nodes: false,
         extra_spec: String::new(),
     })
     .unwrap();

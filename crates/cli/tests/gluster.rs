@@ -60,6 +60,7 @@ fn follows_its_service(prefix: &str, wireguard: bool) {
         wireguard,
         nix_stores: false,
         ceph: false,
+        ceph_nodes: false,
         extra_spec,
     })
     .unwrap();

@@ -27,6 +27,7 @@ fn options(nodes: usize, services: usize, prefix: &str) -> Options {
         wireguard: false,
         nix_stores: false,
         ceph: false,
+        ceph_nodes: false,
         extra_spec: String::new(),
     }
 }

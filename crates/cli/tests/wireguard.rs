@@ -50,6 +50,7 @@ fn options(prefix: &str, services: usize) -> Options {
         wireguard: true,
         nix_stores: false,
         ceph: false,
+        ceph_nodes: false,
         extra_spec: String::new(),
     }
 }

@@ -49,10 +49,25 @@ pub struct Options {
     /// namespace. `@CEPH@` in `extra_spec` stands for Ceph's directory (config,
     /// keyrings).
     pub ceph: bool,
+    /// The nodes run Ceph themselves (a `[ceph]` in `extra_spec`, set up with `quorate
+    /// ceph bootstrap`): the storage network as with `ceph` but no Ceph of the lab's
+    /// own; each node's mount namespace has private `/etc/ceph`, `/var/lib/ceph`,
+    /// `/run/ceph` and `/var/log/ceph` (under `<dir>/gl/<node>/`), the paths NixOS's
+    /// `services.ceph` uses.
+    pub ceph_nodes: bool,
     /// TOML appended to the generated spec (more services, storage); `@DIR@` stands
     /// for the lab's work directory.
     pub extra_spec: String,
 }
+
+/// With `Options::ceph_nodes`: each node's private directory (under `<dir>/gl/<node>/`)
+/// and where it is mounted in the node's mount namespace.
+pub const CEPH_NODE_DIRS: [(&str, &str); 4] = [
+    ("etc-ceph", "/etc/ceph"),
+    ("lib-ceph", "/var/lib/ceph"),
+    ("run-ceph", "/run/ceph"),
+    ("log-ceph", "/var/log/ceph"),
+];
 
 /// The `quorate` binary beside the running executable (target/…/quorate), else on PATH.
 #[must_use]
@@ -261,7 +276,7 @@ impl LabCluster {
             if let Some(key) = self.wg_keys.get(name) {
                 spec.push_str(&format!("wireguard.public_key = \"{key}\"\n"));
             }
-            if self.options.ceph {
+            if self.options.ceph || self.options.ceph_nodes {
                 spec.push_str(&format!(
                     "storage_address = \"{}\"\n",
                     crate::netns::Network::storage_address(i + 1)
@@ -304,7 +319,7 @@ impl LabCluster {
     /// Namespaces cannot be made, or a `quorate` command fails.
     pub fn new(options: Options) -> Result<Self, String> {
         let mut net = Network::new(&options.prefix, options.nodes)?;
-        let storage_host = if options.ceph {
+        let storage_host = if options.ceph || options.ceph_nodes {
             Some(net.add_storage_network()?)
         } else {
             None
@@ -356,11 +371,16 @@ impl LabCluster {
             "lab",
             &cluster.names,
         )?;
-        if let Some(host) = storage_host {
+        if let Some(host) = storage_host.filter(|_| cluster.options.ceph) {
             let ceph = crate::ceph::Ceph::start(&host, &cluster.path().join("ceph"))?;
             cluster.ceph = Some(ceph);
         }
-        if gluster || wireguard || cluster.options.nix_stores || cluster.options.ceph {
+        if gluster
+            || wireguard
+            || cluster.options.nix_stores
+            || cluster.options.ceph
+            || cluster.options.ceph_nodes
+        {
             cluster.make_mount_namespaces()?;
         }
         if gluster {
@@ -494,6 +514,21 @@ impl LabCluster {
                     d = node_dir.display(),
                     f = file.display(),
                 )
+            } else {
+                mounts
+            };
+            let mounts = if self.options.ceph_nodes {
+                let mut binds = String::new();
+                for (sub, target) in CEPH_NODE_DIRS {
+                    std::fs::create_dir_all(node_dir.join(sub)).map_err(|e| e.to_string())?;
+                    std::fs::create_dir_all(target).map_err(|e| e.to_string())?;
+                    binds.push_str(&format!(
+                        " && nsenter --mount={f} mount --bind {d}/{sub} {target}",
+                        d = node_dir.display(),
+                        f = file.display(),
+                    ));
+                }
+                mounts + &binds
             } else {
                 mounts
             };

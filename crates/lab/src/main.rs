@@ -81,6 +81,7 @@ impl LabArgs {
             wireguard: self.wireguard,
             nix_stores: false,
             ceph: false,
+            ceph_nodes: false,
             extra_spec: self.drift_margin.as_ref().map_or_else(String::new, |m| {
                 format!("\n[cluster.timings]\ndrift_margin = {m:?}\n")
             }),

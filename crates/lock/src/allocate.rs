@@ -11,7 +11,8 @@ use quorate_spec::{Spec, StorageKind, Transport};
 use serde::Serialize;
 
 use crate::format::{
-    DrbdEntry, Lock, NodeEntry, RetiredNodeId, ServiceEntry, StorageEntry, Tombstone,
+    CephEntry, DrbdEntry, Lock, NodeEntry, OsdEntry, RetiredNodeId, ServiceEntry, StorageEntry,
+    Tombstone,
 };
 use crate::{LockError, DRBD_MINOR_MAX, DRBD_NODE_ID_MAX};
 
@@ -25,6 +26,8 @@ pub enum Entity {
     Service,
     /// A storage resource.
     Storage,
+    /// The declared Ceph (its fsid, an OSD).
+    Ceph,
 }
 
 impl std::fmt::Display for Entity {
@@ -33,6 +36,7 @@ impl std::fmt::Display for Entity {
             Self::Node => "node",
             Self::Service => "service",
             Self::Storage => "storage",
+            Self::Ceph => "ceph",
         })
     }
 }
@@ -236,6 +240,9 @@ pub fn allocate(previous: Option<&Lock>, spec: &Spec) -> Result<Allocation, Lock
                         d.tie_breaker = Some(name.clone());
                     }
                 }
+            }
+            if let Some(ceph) = &mut lock.ceph {
+                rename(&mut ceph.osds, old, name);
             }
             changes.push(LockChange::Renamed {
                 entity: Entity::Node,
@@ -567,5 +574,84 @@ pub fn allocate(previous: Option<&Lock>, spec: &Spec) -> Result<Allocation, Lock
             });
         }
     }
+    allocate_ceph(&mut lock, spec, &mut changes);
     Ok(Allocation { lock, changes })
+}
+
+/// The fsid a new declared Ceph gets: a name-based UUID (v5) of the cluster's name,
+/// so that allocation stays a pure function of its inputs. It is written once and
+/// kept: renaming the cluster later does not change it.
+#[must_use]
+pub fn ceph_fsid(cluster: &str) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6e1c_2a44_5b0e_4d1f_9a3c_71f0_c3de_0a51);
+    uuid::Uuid::new_v5(&NAMESPACE, format!("quorate ceph {cluster}").as_bytes()).to_string()
+}
+
+/// `[ceph]`: the fsid once, an OSD id for every OSD entry that has none. An OSD keeps
+/// its id while its node lists the same device (`memstore` entries: the same
+/// position among that node's `memstore` entries); an OSD that left the spec is
+/// dropped, its id never handed out again. A spec without `[ceph]` leaves the entry
+/// as it is (the fsid outlives a spec edit).
+fn allocate_ceph(lock: &mut Lock, spec: &Spec, changes: &mut Vec<LockChange>) {
+    let Some(declared) = &spec.ceph else {
+        return;
+    };
+    let ceph = lock.ceph.get_or_insert_with(|| {
+        let fsid = ceph_fsid(&spec.cluster.name);
+        changes.push(LockChange::Added {
+            entity: Entity::Ceph,
+            name: "ceph".into(),
+            numbers: format!("fsid {fsid}"),
+        });
+        CephEntry {
+            fsid,
+            osds: std::collections::BTreeMap::new(),
+            next_osd: 0,
+        }
+    });
+    let mut next = ceph.next_osd;
+    let mut osds = std::collections::BTreeMap::new();
+    for (node, devices) in &declared.osds {
+        let mut old: Vec<OsdEntry> = ceph.osds.get(node).cloned().unwrap_or_default();
+        let mut entries = Vec::new();
+        for device in devices {
+            if let Some(i) = old.iter().position(|o| &o.device == device) {
+                entries.push(old.remove(i));
+                continue;
+            }
+            changes.push(LockChange::Added {
+                entity: Entity::Ceph,
+                name: format!("osd.{next}"),
+                numbers: format!("on {node} ({device})"),
+            });
+            entries.push(OsdEntry {
+                id: next,
+                device: device.clone(),
+            });
+            next += 1;
+        }
+        for gone in old {
+            changes.push(LockChange::Retired {
+                entity: Entity::Ceph,
+                name: format!("osd.{}", gone.id),
+                numbers: format!("on {node} ({}), never reused", gone.device),
+            });
+        }
+        if !entries.is_empty() {
+            osds.insert(node.clone(), entries);
+        }
+    }
+    for (node, gone) in &ceph.osds {
+        if !declared.osds.contains_key(node) {
+            for o in gone {
+                changes.push(LockChange::Retired {
+                    entity: Entity::Ceph,
+                    name: format!("osd.{}", o.id),
+                    numbers: format!("on {node} ({}), never reused", o.device),
+                });
+            }
+        }
+    }
+    ceph.osds = osds;
+    ceph.next_osd = next;
 }

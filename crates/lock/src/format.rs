@@ -41,6 +41,33 @@ pub struct Lock {
     /// Removed entries, with the numbers they held, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tombstones: Vec<Tombstone>,
+    /// The declared Ceph's identity (`[ceph]` in the spec), once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph: Option<CephEntry>,
+}
+
+/// The declared Ceph's numbers: its fsid and every OSD's id. Monitor, manager and
+/// metadata server ids are the node names, so they are as stable as the nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CephEntry {
+    /// The cluster's fsid (set once, kept when the cluster is renamed).
+    pub fsid: String,
+    /// OSDs per node, in the spec's order.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub osds: BTreeMap<String, Vec<OsdEntry>>,
+    /// The next OSD id; it only grows, so a removed OSD's id is never handed out again.
+    pub next_osd: u32,
+}
+
+/// One OSD: its id and what it stores on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsdEntry {
+    /// The OSD id (`osd.ID`).
+    pub id: u32,
+    /// The device, or `memstore`.
+    pub device: String,
 }
 
 /// Next free number in each space.
@@ -176,6 +203,7 @@ impl Lock {
             services: BTreeMap::new(),
             storage: BTreeMap::new(),
             tombstones: Vec::new(),
+            ceph: None,
         }
     }
 
@@ -364,6 +392,18 @@ impl Lock {
                         format!("{at}.drbd.tie_breaker"),
                         format!("tie-breaker `{tb}` has no node-id"),
                     ));
+                }
+            }
+        }
+        if let Some(ceph) = &self.ceph {
+            for (node, osds) in &ceph.osds {
+                for (i, osd) in osds.iter().enumerate() {
+                    claim(
+                        "osd_id",
+                        u64::from(osd.id),
+                        format!("ceph.osds.{node}[{i}].id"),
+                        u64::from(ceph.next_osd),
+                    )?;
                 }
             }
         }

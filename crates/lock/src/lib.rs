@@ -13,11 +13,11 @@ mod allocate;
 mod file;
 mod format;
 
-pub use allocate::{allocate, Allocation, Entity, LockChange};
+pub use allocate::{allocate, ceph_fsid, Allocation, Entity, LockChange};
 pub use file::{read, write_atomic};
 pub use format::{
-    Counters, DrbdEntry, Lock, NodeEntry, RetiredNodeId, ServiceEntry, StorageEntry, Tombstone,
-    LOCK_VERSION,
+    CephEntry, Counters, DrbdEntry, Lock, NodeEntry, OsdEntry, RetiredNodeId, ServiceEntry,
+    StorageEntry, Tombstone, LOCK_VERSION,
 };
 
 /// The address `node`'s cluster traffic uses (Raft and the control RPC, DRBD,

@@ -28,6 +28,8 @@ pub enum Subject {
     Service,
     /// A storage resource.
     Storage,
+    /// The declared Ceph (fsid, OSDs).
+    Ceph,
 }
 
 impl From<Entity> for Subject {
@@ -36,6 +38,7 @@ impl From<Entity> for Subject {
             Entity::Node => Self::Node,
             Entity::Service => Self::Service,
             Entity::Storage => Self::Storage,
+            Entity::Ceph => Self::Ceph,
         }
     }
 }
@@ -372,6 +375,7 @@ impl std::fmt::Display for Plan {
                 Subject::Node => "node",
                 Subject::Service => "service",
                 Subject::Storage => "storage",
+                Subject::Ceph => "ceph",
             };
             let _ = write!(out, "  {sign} {subject}");
             if !item.name.is_empty() {

@@ -106,6 +106,13 @@ pub fn node_files(spec: &Spec, lock: &Lock, node: &str) -> Result<Vec<NodeFile>,
     if spec.network.transport == Transport::Wireguard {
         files.extend(wireguard_files(spec, lock, node)?);
     }
+    if spec.ceph.is_some() {
+        files.push(NodeFile {
+            path: "etc/ceph/ceph.conf".into(),
+            contents: ceph_conf(spec, lock, node)?,
+            purpose: "Ceph: the declared cluster's config (monitors, this node's OSDs)".into(),
+        });
+    }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
 }
@@ -386,4 +393,76 @@ fn drbd_resource(
             drbd.minor, drbd.port
         ),
     })
+}
+
+/// The declared Ceph's roles, defaults filled in: (monitors, managers, metadata
+/// servers), each a list of node names (their daemon ids).
+#[must_use]
+pub fn ceph_roles(spec: &Spec) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let Some(ceph) = &spec.ceph else {
+        return (Vec::new(), Vec::new(), Vec::new());
+    };
+    let voters = spec.voter_names();
+    (
+        ceph.monitor_nodes(&voters),
+        ceph.manager_nodes(&voters),
+        ceph.metadata_nodes(&voters),
+    )
+}
+
+/// The address `node`'s Ceph daemons listen on: its `storage_address`, else `address`.
+#[must_use]
+pub fn ceph_address(spec: &Spec, node: &str) -> Option<IpAddr> {
+    let n = spec.nodes.get(node)?;
+    Some(n.storage_address.unwrap_or(n.address))
+}
+
+/// `ceph.conf` for `node` of the declared Ceph: the fsid from the lock, every
+/// monitor (msgr2 and msgr1 addresses), cephx everywhere, the spec's extra settings,
+/// and a section per OSD of this node naming its object store.
+///
+/// # Errors
+/// The lock has no Ceph entry yet, or a monitor is not a node of the spec.
+pub fn ceph_conf(spec: &Spec, lock: &Lock, node: &str) -> Result<String, RenderError> {
+    let Some(ceph) = &spec.ceph else {
+        return Err(RenderError::Incomplete("the spec has no [ceph]".into()));
+    };
+    let locked = lock.ceph.as_ref().ok_or_else(|| RenderError::NotLocked {
+        what: "Ceph fsid".into(),
+    })?;
+    let (monitors, _, _) = ceph_roles(spec);
+    let mut hosts = Vec::new();
+    for m in &monitors {
+        let address = ceph_address(spec, m).ok_or_else(|| {
+            RenderError::Incomplete(format!("Ceph monitor `{m}` is not a node of the spec"))
+        })?;
+        let a = match address {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        hosts.push(format!("[v2:{a}:3300,v1:{a}:6789]"));
+    }
+    let mut out = String::from(HEADER);
+    let _ = write!(
+        out,
+        "[global]\nfsid = {}\nmon initial members = {}\nmon host = {}\npublic network = {}\n\
+         auth cluster required = cephx\nauth service required = cephx\nauth client required = cephx\n\
+         auth allow insecure global id reclaim = false\n",
+        locked.fsid,
+        monitors.join(", "),
+        hosts.join(","),
+        ceph.public_network,
+    );
+    for (key, value) in &ceph.config {
+        let _ = writeln!(out, "{key} = {value}");
+    }
+    for osd in locked.osds.get(node).into_iter().flatten() {
+        let store = if osd.device == quorate_spec::CEPH_MEMSTORE {
+            "memstore"
+        } else {
+            "bluestore"
+        };
+        let _ = write!(out, "\n[osd.{}]\nosd objectstore = {store}\n", osd.id);
+    }
+    Ok(out)
 }

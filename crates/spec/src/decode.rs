@@ -9,8 +9,8 @@ use ipnet::IpNet;
 
 use crate::diagnostic::{Diagnostic, Span};
 use crate::model::{
-    Alerts, Cluster, Health, HealthKind, Network, NodeSpec, NodeWireguard, Restart, ServiceKind,
-    ServiceSpec, Spec, StorageKind, StorageSpec, Timings, Transport,
+    Alerts, CephSpec, Cluster, Health, HealthKind, Network, NodeSpec, NodeWireguard, Restart,
+    ServiceKind, ServiceSpec, Spec, StorageKind, StorageSpec, Timings, Transport,
 };
 use crate::source::{Entry, Node, Value};
 use crate::units::{ByteSize, SpecDuration};
@@ -420,6 +420,7 @@ pub fn decode(root: &Node) -> Decoded {
         services: BTreeMap::new(),
         storage: BTreeMap::new(),
         alerts: None,
+        ceph: None,
     };
     let Some(mut top) = d.table(root, "", 0..0) else {
         return finish(d, spec, broken);
@@ -492,10 +493,16 @@ pub fn decode(root: &Node) -> Decoded {
             broken.insert(path);
         }
     }
+    if let Some((node, path)) = top.get("ceph") {
+        spec.ceph = ceph(&mut d, node, &path);
+        if spec.ceph.is_none() {
+            broken.insert(path);
+        }
+    }
     top.finish(
         &mut d,
         &[
-            "cluster", "nodes", "network", "services", "storage", "alerts",
+            "cluster", "nodes", "network", "services", "storage", "alerts", "ceph",
         ],
     );
     finish(d, spec, broken)
@@ -525,6 +532,17 @@ pub mod keys {
         "renamed_from",
         "wireguard",
         "storage_address",
+    ];
+    /// `[ceph]`
+    pub const CEPH: &[&str] = &[
+        "public_network",
+        "monitors",
+        "managers",
+        "metadata_servers",
+        "osds",
+        "pools",
+        "filesystems",
+        "config",
     ];
     /// `[nodes.<n>.wireguard]`
     pub const NODE_WIREGUARD: &[&str] = &["public_key"];
@@ -861,6 +879,67 @@ fn alerts(d: &mut Decoder, node: &Node, path: &str) -> Option<Alerts> {
         kinds,
         timeout,
         retries,
+    })
+}
+
+fn ceph(d: &mut Decoder, node: &Node, path: &str) -> Option<CephSpec> {
+    let mut f = d.table(node, path, node.span.clone())?;
+    let public_network = f
+        .required(
+            d,
+            "public_network",
+            "the network Ceph talks on",
+            "\"10.0.1.0/24\"",
+        )
+        .and_then(|(n, p)| d.ipnet(n, &p));
+    let list = |f: &mut Fields<'_>, d: &mut Decoder, key: &str| {
+        f.get(key)
+            .and_then(|(n, p)| d.strings(n, &p, false))
+            .unwrap_or_default()
+    };
+    let monitors = list(&mut f, d, "monitors");
+    let managers = list(&mut f, d, "managers");
+    let metadata_servers = list(&mut f, d, "metadata_servers");
+    let filesystems = list(&mut f, d, "filesystems");
+    let mut osds = BTreeMap::new();
+    let mut osds_ok = true;
+    if let Some((n, p)) = f.get("osds") {
+        d.record(&p, n);
+        if let Value::Table(entries) = &n.value {
+            for e in entries {
+                let ep = join(&p, &e.key);
+                d.spans.keys.insert(ep.clone(), e.key_span.clone());
+                match d.strings(&e.node, &ep, true) {
+                    Some(v) => {
+                        osds.insert(e.key.clone(), v);
+                    }
+                    None => osds_ok = false,
+                }
+            }
+        } else {
+            d.type_error(n, &p, "a table of nodes", "{ n1 = [\"/dev/vdb\"] }");
+            osds_ok = false;
+        }
+    }
+    let pools = f
+        .get("pools")
+        .and_then(|(n, p)| d.string_map(n, &p))
+        .unwrap_or_default();
+    let config = f
+        .get("config")
+        .and_then(|(n, p)| d.string_map(n, &p))
+        .unwrap_or_default();
+    f.finish(d, keys::CEPH);
+    osds_ok.then_some(())?;
+    Some(CephSpec {
+        public_network: public_network?,
+        monitors,
+        managers,
+        metadata_servers,
+        osds,
+        pools,
+        filesystems,
+        config,
     })
 }
 

@@ -12,9 +12,10 @@ pub mod units;
 pub mod validate;
 
 pub use diagnostic::{line_column, Diagnostic, Severity, Span};
+pub use model::CEPH_MEMSTORE;
 pub use model::{
-    Alerts, Cluster, Health, HealthKind, Network, NodeSpec, NodeWireguard, Restart, ServiceKind,
-    ServiceSpec, Spec, StorageKind, StorageSpec, Timings, Transport,
+    Alerts, CephSpec, Cluster, Health, HealthKind, Network, NodeSpec, NodeWireguard, Restart,
+    ServiceKind, ServiceSpec, Spec, StorageKind, StorageSpec, Timings, Transport,
 };
 pub use source::Format;
 pub use units::{ByteSize, SpecDuration};

@@ -30,6 +30,81 @@ pub struct Spec {
     /// A command the leader runs for cluster events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<Alerts>,
+    /// A Ceph cluster run on the nodes themselves (declared, not merely consumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph: Option<CephSpec>,
+}
+
+/// `[ceph]`: a Ceph cluster the nodes run. Monitors, managers, metadata servers and
+/// OSDs are placed on nodes; `quorate render` writes every node's `ceph.conf`, the
+/// NixOS module wires `services.ceph` from the same data, and `quorate ceph
+/// bootstrap` performs the one-time steps (keys, first monitor map, OSD preparation,
+/// pools, file systems) idempotently. The fsid and the OSD ids live in the lock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CephSpec {
+    /// The network Ceph's daemons and clients talk on (CIDR); every monitor's
+    /// `storage_address` (else `address`) must be in it.
+    #[schemars(with = "String")]
+    pub public_network: IpNet,
+    /// Monitor nodes (default: the voters). An odd number, 1 to 7.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub monitors: Vec<String>,
+    /// Manager nodes (default: the monitors).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managers: Vec<String>,
+    /// Metadata server nodes for CephFS (default: the first monitor when
+    /// `filesystems` is set, else none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metadata_servers: Vec<String>,
+    /// OSDs per node: each a block device (`/dev/…`, given whole to BlueStore) or
+    /// `"memstore"` (RAM only, lost on restart: labs and laptops).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub osds: BTreeMap<String, Vec<String>>,
+    /// Pools and their application (`rbd`, `cephfs` or `rgw`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pools: BTreeMap<String, String>,
+    /// CephFS file systems (each `ceph fs volume create NAME`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filesystems: Vec<String>,
+    /// Further `[global]` settings of `ceph.conf` (`"osd pool default size" = "3"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+}
+
+/// What an OSD entry names when it is not a device.
+pub const CEPH_MEMSTORE: &str = "memstore";
+
+impl CephSpec {
+    /// The monitor nodes, defaults filled in (`voters`: the spec's voters).
+    #[must_use]
+    pub fn monitor_nodes(&self, voters: &[String]) -> Vec<String> {
+        if self.monitors.is_empty() {
+            voters.to_vec()
+        } else {
+            self.monitors.clone()
+        }
+    }
+
+    /// The manager nodes, defaults filled in.
+    #[must_use]
+    pub fn manager_nodes(&self, voters: &[String]) -> Vec<String> {
+        if self.managers.is_empty() {
+            self.monitor_nodes(voters)
+        } else {
+            self.managers.clone()
+        }
+    }
+
+    /// The metadata server nodes, defaults filled in.
+    #[must_use]
+    pub fn metadata_nodes(&self, voters: &[String]) -> Vec<String> {
+        if !self.metadata_servers.is_empty() || self.filesystems.is_empty() {
+            self.metadata_servers.clone()
+        } else {
+            self.monitor_nodes(voters).into_iter().take(1).collect()
+        }
+    }
 }
 
 /// `[alerts]`: a command the leader runs for every cluster event of the chosen kinds,
@@ -611,5 +686,11 @@ impl Spec {
             .iter()
             .filter(|(_, n)| n.voter)
             .map(|(name, _)| name.as_str())
+    }
+
+    /// The voters' names, owned (the default Ceph monitors).
+    #[must_use]
+    pub fn voter_names(&self) -> Vec<String> {
+        self.voters().map(str::to_owned).collect()
     }
 }

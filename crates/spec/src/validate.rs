@@ -198,8 +198,129 @@ pub fn validate(spec: &Spec, spans: &SpanIndex, broken: &BTreeSet<String>) -> Ve
     after_cycles(&mut c);
     floating_ips(&mut c);
     storage(&mut c);
+    ceph(&mut c);
     placement(&mut c);
     c.out
+}
+
+/// `[ceph]`: roles on nodes of the spec, monitors reachable on the public network,
+/// OSD entries that are devices or `memstore`, pools with a known application.
+fn ceph(c: &mut Checker<'_>) {
+    let Some(ceph) = c.spec.ceph.clone() else {
+        return;
+    };
+    for key in ["monitors", "managers", "metadata_servers"] {
+        let list = match key {
+            "monitors" => &ceph.monitors,
+            "managers" => &ceph.managers,
+            _ => &ceph.metadata_servers,
+        };
+        c.references(&join("ceph", key), list, "nodes", "node");
+    }
+    let voters = c.spec.voter_names();
+    let monitors = ceph.monitor_nodes(&voters);
+    if monitors.len() % 2 == 0 || monitors.len() > 7 {
+        c.error(
+            "spec::ceph-monitors",
+            "ceph.monitors",
+            format!(
+                "Ceph has {} monitor(s); monitors keep their own quorum and need an odd number from 1 to 7",
+                monitors.len()
+            ),
+            "an odd number, 1 to 7",
+            "list 1, 3 or 5 nodes in `ceph.monitors` (default: the voters)",
+        );
+    }
+    for (i, node) in monitors.iter().enumerate() {
+        let Some(n) = c.spec.nodes.get(node) else {
+            continue;
+        };
+        let address = n.storage_address.unwrap_or(n.address);
+        if !ceph.public_network.contains(&address) {
+            let path = if ceph.monitors.is_empty() {
+                "ceph.public_network".to_owned()
+            } else {
+                index("ceph.monitors", i)
+            };
+            c.error(
+                "spec::ceph-network",
+                &path,
+                format!(
+                    "monitor `{node}` would listen on {address}, which is not in ceph.public_network {}",
+                    ceph.public_network
+                ),
+                "outside the public network",
+                format!("set `nodes.{node}.storage_address` to its address on {}, or fix `ceph.public_network`", ceph.public_network),
+            );
+        }
+    }
+    for (node, entries) in &ceph.osds {
+        let base = join("ceph.osds", node);
+        if !c.exists("nodes", node) {
+            c.error_at_key(
+                "spec::unknown-reference",
+                &base,
+                format!("`ceph.osds` names node `{node}`, which is not defined"),
+                "no such node",
+                format!(
+                    "known nodes: {}",
+                    c.spec.nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let p = index(&base, i);
+            if entry != crate::model::CEPH_MEMSTORE && !entry.starts_with("/dev/") {
+                c.error(
+                    "spec::device",
+                    &p,
+                    format!("OSD \"{entry}\" on `{node}` is neither a block device under /dev nor \"memstore\""),
+                    "not a device",
+                    "use a stable device path like /dev/disk/by-id/…, given whole to the OSD (or \"memstore\" for a RAM-only test OSD)",
+                );
+            } else if entry != crate::model::CEPH_MEMSTORE && !seen.insert(entry) {
+                c.error(
+                    "spec::device",
+                    &p,
+                    format!("device {entry} is listed twice for `{node}`"),
+                    "listed again",
+                    "one OSD per device: remove the second entry",
+                );
+            }
+        }
+    }
+    for (pool, application) in &ceph.pools {
+        let p = join("ceph.pools", pool);
+        if !["rbd", "cephfs", "rgw"].contains(&application.as_str()) {
+            c.error(
+                "spec::value",
+                &p,
+                format!("pool `{pool}` has application \"{application}\", which is not one of \"rbd\", \"cephfs\", \"rgw\""),
+                "unknown application",
+                "use \"rbd\" for block images, \"cephfs\" or \"rgw\"",
+            );
+        }
+    }
+    if !ceph.filesystems.is_empty() && ceph.metadata_nodes(&voters).is_empty() {
+        c.error(
+            "spec::ceph-mds",
+            "ceph.filesystems",
+            "CephFS file systems need a metadata server, and `ceph.metadata_servers` is empty",
+            "no metadata server",
+            "list a node in `ceph.metadata_servers`, or leave it out (default: the first monitor)",
+        );
+    }
+    let osds: usize = ceph.osds.values().map(Vec::len).sum();
+    if osds == 0 && (!ceph.pools.is_empty() || !ceph.filesystems.is_empty()) {
+        c.error(
+            "spec::ceph-osds",
+            "ceph",
+            "`ceph` declares pools or file systems but no OSD to store them on",
+            "no OSDs",
+            "add `osds = { n1 = [\"/dev/vdb\"], … }` to [ceph]",
+        );
+    }
 }
 
 fn names(c: &mut Checker<'_>) {

@@ -149,7 +149,7 @@ fn schema_and_decoder_agree_on_every_key() {
     };
     assert_eq!(
         props(&schema),
-        sorted(&["cluster", "nodes", "network", "services", "storage", "alerts"])
+        sorted(&["cluster", "nodes", "network", "services", "storage", "alerts", "ceph"])
     );
     for (def, keys) in [
         ("Cluster", keys::CLUSTER),
@@ -161,6 +161,7 @@ fn schema_and_decoder_agree_on_every_key() {
         ("Restart", keys::RESTART),
         ("StorageSpec", keys::STORAGE),
         ("Alerts", keys::ALERTS),
+        ("CephSpec", keys::CEPH),
     ] {
         assert_eq!(
             props(&defs[def]),

@@ -46,11 +46,26 @@ fn fill(template: &str, target: &Target<'_>) -> String {
 }
 
 impl Remote {
-    /// Runs `script` with `sh` on the node; its stdout, or why it failed (its exit
-    /// status and the last lines it wrote to stderr, or that it did not finish within
-    /// `limit`: then the prefix is killed).
     fn run(&self, target: &Target<'_>, script: &str, limit: Duration) -> Result<String, String> {
-        let prefix = fill(&self.exec, target);
+        run_script(&self.exec, target, script, limit)
+    }
+}
+
+/// Runs `script` with `sh -s` (under `set -eu`) through the command prefix `exec`
+/// (`{node}`, `{address}` filled in) on the node; its stdout, or why it failed (its
+/// exit status and the last lines it wrote to stderr, or that it did not finish
+/// within `limit`: then the prefix is killed).
+///
+/// # Errors
+/// The prefix cannot run, the script fails or overruns.
+pub fn run_script(
+    exec: &str,
+    target: &Target<'_>,
+    script: &str,
+    limit: Duration,
+) -> Result<String, String> {
+    {
+        let prefix = fill(exec, target);
         let mut words = prefix.split_whitespace();
         let program = words
             .next()
@@ -124,7 +139,9 @@ impl Remote {
             }
         ))
     }
+}
 
+impl Remote {
     /// The generation the node's profile points to (none before its first one).
     ///
     /// # Errors
