@@ -188,6 +188,28 @@ let
     to = 49152 + builtins.length (builtins.attrNames glusterHere) - 1;
   };
 
+  # [ceph]: the roles as quorate fills in their defaults (crates/spec CephSpec), the
+  # fsid and this node's OSD ids from the lock. NixOS's services.ceph runs the daemons;
+  # `quorate ceph bootstrap` does the one-time steps.
+  cephSpec = settings.ceph or null;
+  cephDeclared = cephSpec != null && lock != null && lock ? ceph;
+  orDefault = list: fallback: if list == null || list == [ ] then fallback else list;
+  voterNames = builtins.filter (n: (settings.nodes.${n}.voter or null) != false) nodeNames;
+  cephMonitors = if cephSpec == null then [ ] else orDefault (cephSpec.monitors or null) voterNames;
+  cephManagers = if cephSpec == null then [ ] else orDefault (cephSpec.managers or null) cephMonitors;
+  cephMetadata = if cephSpec == null then [ ] else orDefault (cephSpec.metadata_servers or null)
+    (if (cephSpec.filesystems or [ ]) == [ ] then [ ] else lib.take 1 cephMonitors);
+  cephOsdsHere = if cephDeclared then map (o: toString o.id) (lock.ceph.osds.${cfg.nodeName} or [ ]) else [ ];
+  cephAddress = n:
+    let node = settings.nodes.${n}; a = if (node.storage_address or null) != null then node.storage_address else node.address; in
+    if lib.hasInfix ":" a then "[${a}]" else a;
+  cephMonHost = lib.concatMapStringsSep "," (m: "[v2:${cephAddress m}:3300,v1:${cephAddress m}:6789]") cephMonitors;
+  cephRole = role: builtins.elem cfg.nodeName role;
+  cephDaemonsHere = cephRole cephMonitors || cephRole cephManagers || cephRole cephMetadata || cephOsdsHere != [ ];
+  # Monitors: 3300 (msgr2) and 6789 (msgr1); OSDs, managers and MDSs: 6800-7300.
+  cephTCPPorts = lib.optionals (cephDeclared && cephRole cephMonitors) [ 3300 6789 ];
+  cephTCPRanges = lib.optional (cephDeclared && cephDaemonsHere) { from = 6800; to = 7300; };
+
   referenceChecks = lib.flatten (lib.mapAttrsToList
     (svc: s:
       map
@@ -435,6 +457,25 @@ in
   };
 
   config = mkIf cfg.enable (lib.mkMerge [
+  # NixOS's own Ceph module runs the declared Ceph's daemons on this node (where the
+  # system has that module: a host without it evaluates too).
+  (lib.optionalAttrs (options ? services && options.services ? ceph) {
+    services.ceph = mkIf cephDeclared {
+      enable = true;
+      global = {
+        fsid = lock.ceph.fsid;
+        monInitialMembers = lib.concatStringsSep ", " cephMonitors;
+        monHost = cephMonHost;
+        publicNetwork = cephSpec.public_network;
+      };
+      extraConfig = { "auth allow insecure global id reclaim" = "false"; } // (cephSpec.config or { });
+      mon = { enable = cephRole cephMonitors; daemons = lib.optional (cephRole cephMonitors) cfg.nodeName; };
+      mgr = { enable = cephRole cephManagers; daemons = lib.optional (cephRole cephManagers) cfg.nodeName; };
+      mds = { enable = cephRole cephMetadata; daemons = lib.optional (cephRole cephMetadata) cfg.nodeName; };
+      osd = { enable = cephOsdsHere != [ ]; daemons = cephOsdsHere; };
+      client.enable = true;
+    };
+  })
   {
     # Only quorate starts the units it manages.
     systemd.services = lib.genAttrs (map (lib.removeSuffix ".service") managedUnits)
@@ -488,9 +529,10 @@ in
 
 
     networking.firewall = mkIf cfg.openFirewall ({
-      allowedTCPPorts = lib.optionals (!wireguard) clusterTCPPorts;
+      # Ceph talks on its public network, never through the mesh.
+      allowedTCPPorts = lib.optionals (!wireguard) clusterTCPPorts ++ cephTCPPorts;
       allowedUDPPorts = lib.optional (wireguard && wgPort != null) wgPort;
-      allowedTCPPortRanges = lib.optionals (!wireguard) clusterTCPRanges;
+      allowedTCPPortRanges = lib.optionals (!wireguard) clusterTCPRanges ++ cephTCPRanges;
     } // lib.optionalAttrs wireguard {
       interfaces.quorate0 = {
         allowedTCPPorts = clusterTCPPorts;

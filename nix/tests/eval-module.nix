@@ -10,7 +10,7 @@
 # assertions, …) are declared here as loose options, so the real module is evaluated by
 # the real module system. `pkgs` is a value that fails when touched: evaluating the
 # settings, /etc files, firewall and unit options must not need it.
-{ lib, host, specOnly ? false, checkWith ? null, guests ? false, package ? { type = "derivation"; name = "quorate"; outPath = "/nix/store/00000000000000000000000000000000-quorate"; } }:
+{ lib, host, specOnly ? false, checkWith ? null, guests ? false, ceph ? false, package ? { type = "derivation"; name = "quorate"; outPath = "/nix/store/00000000000000000000000000000000-quorate"; } }:
 let
   inherit (lib) mkOption types;
   loose = type: default: mkOption { inherit type default; };
@@ -46,6 +46,10 @@ let
       microvm.vms = loose (types.attrsOf lazyAttrs) { };
     };
   };
+  # With `ceph = true`: NixOS's services.ceph, as a host has it.
+  cephStubs = {
+    options.services.ceph = loose (types.attrsOf types.raw) { };
+  };
   noPkgs = throw "evaluating quorate's settings, /etc files or unit options must not need pkgs";
   # checkWith = a directory holding a built `quorate`: just enough of pkgs to build the
   # module's check derivation (system.checks) with the host's /bin/sh, unsandboxed.
@@ -62,6 +66,7 @@ let
     modules = [
       nixosStubs
       (if guests then guestStubs else { })
+      (if ceph then cephStubs else { })
       ../module.nix
       host
       {
@@ -108,6 +113,7 @@ else {
       script = a.script;
     };
   etcFiles = builtins.attrNames config.environment.etc;
+  ceph = config.services.ceph or null;
   variables = config.environment.variables;
   systemPackages = map (p: p.name or "?") config.environment.systemPackages;
   # Counted without forcing them: the check derivation needs pkgs.

@@ -201,11 +201,15 @@ fn bootstrap(
         .ok_or("the spec declares no Ceph monitor")?
         .clone();
     // 1. Every node: reachable, Ceph installed, the rendered ceph.conf in place.
-    let fsid_line = format!("fsid = {}", plan.fsid);
+    // `fsid = X` as `quorate render` writes it, `fsid=X` as NixOS's INI generator does.
+    let fsid_line = format!(
+        "^[[:space:]]*fsid[[:space:]]*=[[:space:]]*{}[[:space:]]*$",
+        plan.fsid
+    );
     for node in &plan.nodes {
         let script = format!(
             "command -v ceph >/dev/null || {{ echo 'the ceph tools are not installed' >&2; exit 1; }}\n\
-             grep -qxF {f} {CONF} 2>/dev/null || {{ echo '{CONF} is missing or is not the one `quorate render` writes for fsid {fsid} (deploy the NixOS configuration, or install the rendered etc/ceph/ceph.conf)' >&2; exit 1; }}",
+             grep -Eq {f} {CONF} 2>/dev/null || {{ echo '{CONF} is missing or is not the one `quorate render` writes for fsid {fsid} (deploy the NixOS configuration, or install the rendered etc/ceph/ceph.conf)' >&2; exit 1; }}",
             f = sh_quote(&fsid_line),
             fsid = plan.fsid,
         );

@@ -623,11 +623,12 @@ enum CephCommand {
         exec: String,
         /// Shell command (run on the node through --exec) that starts daemon
         /// `{kind}` (mon, mgr, mds, osd) with id `{id}`; must succeed when it already
-        /// runs.
+        /// runs. The default starts the unit NixOS's services.ceph defines (after a
+        /// failed start loop while the daemon had no data yet).
         #[arg(
             long,
             value_name = "COMMAND",
-            default_value = "systemctl start ceph-{kind}-{id}"
+            default_value = "systemctl reset-failed ceph-{kind}-{id} 2>/dev/null || true; systemctl start ceph-{kind}-{id}"
         )]
         start: String,
         /// Seconds to wait for the monitors' quorum and for the OSDs to come up.

@@ -616,3 +616,94 @@ fn the_build_time_check_fails_a_bad_spec_with_quorates_own_error() {
         "expected quorate's message `{direct}` in:\n{stderr}"
     );
 }
+
+/// A three-node cluster module with a `[ceph]`; `lock` adds `lockFile = ./quorate.lock`.
+fn ceph_cluster(lock: bool) -> String {
+    let lock_file = if lock {
+        "lockFile = ./quorate.lock;"
+    } else {
+        ""
+    };
+    format!(
+        r#"{{ services.quorate = {{
+  enable = true; openFirewall = true; {lock_file}
+  settings = {{
+    cluster.name = "cephlab";
+    nodes = {{
+      a = {{ address = "192.168.1.1"; storage_address = "10.1.0.1"; }};
+      b = {{ address = "192.168.1.2"; storage_address = "10.1.0.2"; }};
+      c = {{ address = "192.168.1.3"; storage_address = "10.1.0.3"; }};
+    }};
+    ceph = {{
+      public_network = "10.1.0.0/24";
+      osds = {{ a = [ "/dev/vdb" ]; c = [ "/dev/vdb" "/dev/vdc" ]; }};
+      pools = {{ rbd = "rbd"; }};
+      filesystems = [ "shared" ];
+      config = {{ "osd pool default size" = "2"; }};
+    }};
+  }};
+}}; }}"#
+    )
+}
+
+#[test]
+fn a_declared_ceph_is_wired_into_nixos_services_ceph_from_the_spec_and_the_lock() {
+    let Some(lib) = nixpkgs_lib() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster.nix");
+    std::fs::write(&cluster, ceph_cluster(false)).unwrap();
+    let spec_text = eval_host(
+        &lib,
+        &host(&cluster, "a", ""),
+        &["--arg", "specOnly", "true"],
+    )
+    .unwrap();
+    let spec_path = dir.path().join("cluster.json");
+    std::fs::write(&spec_path, spec_text.as_str().unwrap()).unwrap();
+    let out = quorate(&["lock", spec_path.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(&cluster, ceph_cluster(true)).unwrap();
+    let spec = quorate_spec::check(spec_text.as_str().unwrap(), quorate_spec::Format::Json)
+        .spec
+        .unwrap();
+    let lock: quorate_lock::Lock =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("quorate.lock")).unwrap())
+            .unwrap();
+    let fsid = lock.ceph.as_ref().unwrap().fsid.clone();
+    let want = [
+        // node, mon/mgr, mds (the first monitor, as file systems are declared), OSD ids
+        ("a", true, true, vec!["0"]),
+        ("b", true, false, vec![]),
+        ("c", true, false, vec!["1", "2"]),
+    ];
+    for (node, mon, mds, osds) in want {
+        let result =
+            eval_host(&lib, &host(&cluster, node, ""), &["--arg", "ceph", "true"]).unwrap();
+        let ceph = &result["ceph"];
+        assert_eq!(ceph["enable"], true, "{node}: {ceph}");
+        assert_eq!(ceph["global"]["fsid"], fsid.as_str());
+        assert_eq!(ceph["global"]["monInitialMembers"], "a, b, c");
+        assert_eq!(ceph["global"]["publicNetwork"], "10.1.0.0/24");
+        // The monitors NixOS configures are the ones `quorate render` writes.
+        let conf = quorate_render::ceph_conf(&spec, &lock, node).unwrap();
+        let mon_host = ceph["global"]["monHost"].as_str().unwrap();
+        assert!(conf.contains(&format!("mon host = {mon_host}\n")), "{conf}");
+        assert!(mon_host.starts_with("[v2:10.1.0.1:3300,v1:10.1.0.1:6789],"));
+        assert_eq!(ceph["extraConfig"]["osd pool default size"], "2");
+        assert_eq!(ceph["mon"]["enable"], mon);
+        assert_eq!(ceph["mon"]["daemons"], serde_json::json!([node]));
+        assert_eq!(ceph["mgr"]["daemons"], serde_json::json!([node]));
+        assert_eq!(ceph["mds"]["enable"], mds, "{node}");
+        assert_eq!(ceph["osd"]["daemons"], serde_json::json!(osds), "{node}");
+        assert_eq!(ceph["osd"]["enable"], !osds.is_empty(), "{node}");
+        let tcp = result["firewall"]["tcp"].as_array().unwrap();
+        assert!(tcp.contains(&serde_json::json!(3300)) && tcp.contains(&serde_json::json!(6789)));
+        assert!(result["firewall"]["tcpRanges"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"from": 6800, "to": 7300})));
+    }
+    // A system without NixOS's Ceph module evaluates too (nothing to wire into).
+    let result = eval_host(&lib, &host(&cluster, "b", ""), &[]).unwrap();
+    assert_eq!(result["ceph"], serde_json::Value::Null);
+}

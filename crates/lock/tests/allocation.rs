@@ -28,6 +28,8 @@ enum Edit {
     ReorderReplicas(usize),
     EnableOverlay,
     EnableWireguard,
+    /// `[ceph]`: node i's OSDs become the devices of this bit mask (/dev/vdb…vde).
+    SetOsds(usize, u8),
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -38,6 +40,7 @@ fn edit() -> impl Strategy<Value = Edit> {
         2 => i.clone().prop_map(Edit::RemoveNode),
         1 => (i.clone(), name.clone()).prop_map(|(a, b)| Edit::RenameNode(a, b)),
         1 => i.clone().prop_map(Edit::ToggleVoter),
+        2 => (i.clone(), 0u8..16).prop_map(|(a, b)| Edit::SetOsds(a, b)),
         3 => name.clone().prop_map(Edit::AddService),
         1 => i.clone().prop_map(Edit::RemoveService),
         1 => (i.clone(), name.clone()).prop_map(|(a, b)| Edit::RenameService(a, b)),
@@ -70,6 +73,8 @@ struct World {
     node_id: BTreeMap<String, u64>,
     service_id: BTreeMap<String, u64>,
     storage_id: BTreeMap<String, u64>,
+    /// (node identity, device) → the OSD's identity, while the node lists it.
+    osd_id: BTreeMap<(u64, String), u64>,
 }
 
 impl World {
@@ -107,9 +112,13 @@ fn apply(spec: &mut Spec, world: &mut World, e: &Edit) {
         Edit::RemoveNode(i) => {
             if let Some(name) = nth(&spec.nodes, *i) {
                 spec.nodes.remove(&name);
-                world.node_id.remove(&name);
+                let gone = world.node_id.remove(&name);
+                world.osd_id.retain(|(node, _), _| Some(*node) != gone);
                 for st in spec.storage.values_mut() {
                     st.nodes.retain(|n| *n != name);
+                }
+                if let Some(ceph) = &mut spec.ceph {
+                    ceph.osds.remove(&name);
                 }
             }
         }
@@ -127,6 +136,11 @@ fn apply(spec: &mut Spec, world: &mut World, e: &Edit) {
                             if *n == from {
                                 n.clone_from(&to);
                             }
+                        }
+                    }
+                    if let Some(ceph) = &mut spec.ceph {
+                        if let Some(osds) = ceph.osds.remove(&from) {
+                            ceph.osds.insert(to.clone(), osds);
                         }
                     }
                 }
@@ -230,6 +244,41 @@ fn apply(spec: &mut Spec, world: &mut World, e: &Edit) {
         }
         Edit::EnableOverlay => spec.network.overlay = Some("10.200.0.0/16".parse().unwrap()),
         Edit::EnableWireguard => spec.network.transport = quorate_spec::Transport::Wireguard,
+        Edit::SetOsds(i, mask) => {
+            if let Some(name) = pick(*i) {
+                let devices: Vec<String> = ["vdb", "vdc", "vdd", "vde"]
+                    .iter()
+                    .enumerate()
+                    .filter(|(bit, _)| mask & (1 << bit) != 0)
+                    .map(|(_, d)| format!("/dev/{d}"))
+                    .collect();
+                let node = world.node_id[&name];
+                world
+                    .osd_id
+                    .retain(|(n, d), _| *n != node || devices.contains(d));
+                for d in &devices {
+                    if !world.osd_id.contains_key(&(node, d.clone())) {
+                        let id = world.fresh();
+                        world.osd_id.insert((node, d.clone()), id);
+                    }
+                }
+                let ceph = spec.ceph.get_or_insert_with(|| quorate_spec::CephSpec {
+                    public_network: "10.1.0.0/24".parse().unwrap(),
+                    monitors: Vec::new(),
+                    managers: Vec::new(),
+                    metadata_servers: Vec::new(),
+                    osds: BTreeMap::new(),
+                    pools: BTreeMap::new(),
+                    filesystems: Vec::new(),
+                    config: BTreeMap::new(),
+                });
+                if devices.is_empty() {
+                    ceph.osds.remove(&name);
+                } else {
+                    ceph.osds.insert(name, devices);
+                }
+            }
+        }
     }
 }
 
@@ -315,6 +364,20 @@ fn record(lock: &Lock, world: &World, ledger: &mut Ledger) -> Result<(), TestCas
                     prop_assert_eq!(prev, member, "node-id {} of {} reused", nid, name);
                 }
                 ledger.drbd_member.insert((sid, member), *nid);
+            }
+        }
+    }
+    if let Some(ceph) = &lock.ceph {
+        // One fsid forever (identity 0: the cluster).
+        ledger.see("ceph_fsid", ceph.fsid.clone(), 0)?;
+        for (node, osds) in &ceph.osds {
+            let n = world.node_id[node];
+            for o in osds {
+                ledger.see(
+                    "osd_id",
+                    o.id.to_string(),
+                    world.osd_id[&(n, o.device.clone())],
+                )?;
             }
         }
     }
