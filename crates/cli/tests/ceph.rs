@@ -11,7 +11,9 @@
 //! rejoins cleanly: its blocklist entry is removed. Then a partition: their node is cut
 //! from the cluster network but still reaches Ceph — exactly the node that could keep
 //! writing. It is blocklisted before they start elsewhere, and a write from it to the
-//! image and to the CephFS data pool fails.
+//! image and to the CephFS data pool fails. Last, quorate's client loses the right to
+//! blocklist and the writers' node loses power: the writers stay down (nothing runs
+//! them elsewhere) until the right is back and the node is blocklisted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -252,4 +254,73 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
         Duration::from_secs(90),
         || !blocklisted(&cluster).contains(&entry),
     );
+
+    // 3. Storage fencing that cannot happen: quorate's client loses the right to
+    // blocklist, and the writers' node loses power. Their leases run out, but nothing
+    // may start them elsewhere while the node cannot be fenced at the storage layer.
+    let caps = |cluster: &LabCluster, blocklist: bool| {
+        let mon = if blocklist {
+            "profile rbd, allow r, allow command \"osd blocklist\""
+        } else {
+            // (`profile rbd` includes blocklisting: RBD breaks a dead owner's lock so.)
+            "allow r"
+        };
+        cluster
+            .ceph()
+            .unwrap()
+            .admin(&[
+                "auth",
+                "caps",
+                "client.quorate",
+                "mon",
+                mon,
+                "mds",
+                "allow rw",
+                "mgr",
+                "profile rbd pool=rbd",
+                "osd",
+                "profile rbd pool=rbd, allow rw pool=cephfs.cephfs.data",
+            ])
+            .unwrap();
+    };
+    caps(&cluster, false);
+    cluster.poweroff(&third).unwrap();
+    let frozen = acks(&dir);
+    let logs = || {
+        cluster
+            .names
+            .iter()
+            .map(|n| std::fs::read_to_string(dir.join(format!("{n}.log"))).unwrap_or_default())
+            .collect::<String>()
+    };
+    support::wait_until(
+        "the leader to fail to blocklist the lost node",
+        Duration::from_secs(60),
+        || logs().contains("Ceph blocklisting failed"),
+    );
+    // Well past the lease (1.5 s) and several retries.
+    std::thread::sleep(Duration::from_secs(12));
+    for service in ["w", "f"] {
+        let host = cluster.host_of(service);
+        assert!(
+            host.is_none() || host.as_deref() == Some(third.as_str()),
+            "{service} moved to {host:?} without {third} on the Ceph blocklist"
+        );
+    }
+    let now = acks(&dir);
+    assert_eq!(
+        (now.rbd.len(), now.fs.len()),
+        (frozen.rbd.len(), frozen.fs.len()),
+        "no writer ran anywhere while {third} could not be fenced"
+    );
+    // The right is back: the node is blocklisted, then the writers move.
+    caps(&cluster, true);
+    let fourth = wait_both_moved(&cluster, &third);
+    assert!(
+        blocklisted(&cluster).contains(&format!("{}:0/0", storage_address(&third))),
+        "{}",
+        blocklisted(&cluster)
+    );
+    wait_both_write(&dir, &now, "10 more writes of each once fencing worked");
+    assert_acknowledged_found(&cluster, &fourth, &now);
 }
