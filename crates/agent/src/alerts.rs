@@ -74,12 +74,12 @@ pub(crate) async fn run_forever(node: Arc<Node>) {
             let mut fenced = node
                 .power_fencing
                 .lock()
-                .map(|mut f| std::mem::take(&mut f.outcomes))
+                .map(|mut f| f.take_outcomes())
                 .unwrap_or_default();
             fenced.extend(
                 node.ceph_fencing
                     .lock()
-                    .map(|mut f| std::mem::take(&mut f.outcomes))
+                    .map(|mut f| f.ledger.take_outcomes())
                     .unwrap_or_default(),
             );
             out.extend(fenced.into_iter().map(|(_, what)| Alert {

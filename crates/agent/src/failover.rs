@@ -149,43 +149,110 @@ fn ceph_clusters(spec: &quorate_spec::Spec) -> Vec<quorate_drivers::CephAccess> 
     out
 }
 
+/// One kind of fencing the leader does before services leave a down node: which
+/// nodes are fenced (with what this kind remembers about each), which attempts run,
+/// when the last one failed per node (retried 5 s later), and the outcomes not yet
+/// alerted. Power fencing and Ceph blocklisting both keep one.
+#[derive(Debug)]
+pub struct FencingLedger<D> {
+    /// Nodes fenced, with what was done to them.
+    done: BTreeMap<String, D>,
+    /// Nodes whose fencing runs now.
+    running: std::collections::BTreeSet<String>,
+    /// When a node's last attempt failed.
+    failed: BTreeMap<String, Instant>,
+    /// Outcomes not yet alerted: (node, what happened).
+    outcomes: Vec<(String, String)>,
+}
+
+impl<D> Default for FencingLedger<D> {
+    fn default() -> Self {
+        Self {
+            done: BTreeMap::new(),
+            running: std::collections::BTreeSet::new(),
+            failed: BTreeMap::new(),
+            outcomes: Vec::new(),
+        }
+    }
+}
+
+impl<D> FencingLedger<D> {
+    /// How long after a failed attempt the next one may start.
+    const RETRY: Duration = Duration::from_secs(5);
+
+    /// Claims an attempt for `node`: false when it is fenced already, an attempt runs,
+    /// or the last one failed less than [`Self::RETRY`] ago.
+    fn begin(&mut self, node: &str) -> bool {
+        if self.running.contains(node)
+            || self.done.contains_key(node)
+            || self
+                .failed
+                .get(node)
+                .is_some_and(|t| t.elapsed() < Self::RETRY)
+        {
+            return false;
+        }
+        self.running.insert(node.to_owned())
+    }
+
+    /// Whether `node` is fenced.
+    fn is_done(&self, node: &str) -> bool {
+        self.done.contains_key(node)
+    }
+
+    /// Ends `node`'s attempt: fenced with `detail`, or failed; `outcome` is alerted.
+    fn finish(&mut self, node: &str, result: Option<D>, outcome: String) {
+        self.running.remove(node);
+        match result {
+            Some(detail) => {
+                self.done.insert(node.to_owned(), detail);
+            }
+            None => {
+                self.failed.insert(node.to_owned(), Instant::now());
+            }
+        }
+        self.note(node, outcome);
+    }
+
+    /// An outcome to alert; kept bounded when nobody drains them.
+    fn note(&mut self, node: &str, outcome: String) {
+        self.outcomes.push((node.to_owned(), outcome));
+        let excess = self.outcomes.len().saturating_sub(100);
+        self.outcomes.drain(..excess);
+    }
+
+    /// The outcomes not yet alerted, taken.
+    pub(crate) fn take_outcomes(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.outcomes)
+    }
+}
+
 /// Ceph blocklisting done by this leader (storage-level fencing): a down node that
-/// may hold a Ceph-backed service is blocklisted before the service moves.
+/// may hold a Ceph-backed service is blocklisted before the service moves. Each
+/// fenced node keeps the address blocklisted and the clusters it is blocklisted on.
 #[derive(Debug, Default)]
 pub struct CephFencing {
-    running: std::collections::BTreeSet<String>,
-    /// Node → the address blocklisted, on which clusters.
-    done: BTreeMap<String, (String, Vec<quorate_drivers::CephAccess>)>,
+    pub(crate) ledger: FencingLedger<(String, Vec<quorate_drivers::CephAccess>)>,
+    /// Nodes whose entry is being removed.
     removing: std::collections::BTreeSet<String>,
-    failed: BTreeMap<String, Instant>,
     /// When removing a node's entry last failed (retried after 30 s).
     remove_failed: BTreeMap<String, Instant>,
-    /// Outcomes not yet alerted: (node, what happened).
-    pub(crate) outcomes: Vec<(String, String)>,
 }
 
 impl CephFencing {
     /// The entries in place: `NODE ADDRESS:0/0`.
     pub(crate) fn blocklisted(&self) -> Vec<String> {
-        self.done
+        self.ledger
+            .done
             .iter()
             .map(|(node, (address, _))| format!("{node} {address}:0/0"))
             .collect()
     }
 }
 
-/// Runs of the spec's `fence_command` (power fencing), on the leader.
-#[derive(Debug, Default)]
-pub struct PowerFencing {
-    /// Nodes fenced since they went down (cleared when a node is up again).
-    done: std::collections::BTreeSet<String>,
-    /// Nodes whose fence command is running.
-    running: std::collections::BTreeSet<String>,
-    /// When a node's last attempt failed (retried after 5 s).
-    failed: BTreeMap<String, Instant>,
-    /// Outcomes not yet alerted: (node, what happened).
-    pub(crate) outcomes: Vec<(String, String)>,
-}
+/// Runs of the spec's `fence_command` (power fencing), on the leader: nodes fenced
+/// since they went down (forgotten when a node is up again).
+pub type PowerFencing = FencingLedger<()>;
 
 /// The leader's view of everyone's lease. Lives in the leader's memory only, and
 /// belongs to one term: a table from an earlier term (this node led, lost and won
@@ -576,7 +643,7 @@ impl Node {
     fn forget_fencing_of_live_nodes(&self, states: &BTreeMap<String, NodeState>) {
         if let Ok(mut f) = self.power_fencing.lock() {
             f.done
-                .retain(|n| states.get(n).is_none_or(|s| *s == NodeState::Down));
+                .retain(|n, ()| states.get(n).is_none_or(|s| *s == NodeState::Down));
         }
     }
 
@@ -584,27 +651,14 @@ impl Node {
     /// configured, or it has succeeded since the node went down.
     fn fenced(&self, spec: &quorate_spec::Spec, node: &str) -> bool {
         spec.cluster.fence_command.is_empty()
-            || self
-                .power_fencing
-                .lock()
-                .is_ok_and(|f| f.done.contains(node))
+            || self.power_fencing.lock().is_ok_and(|f| f.is_done(node))
     }
 
     /// Starts the fence command for `node` unless it runs or failed less than 5 s ago.
     fn start_power_fencing(&self, spec: &quorate_spec::Spec, node: &str) {
-        let Ok(mut f) = self.power_fencing.lock() else {
-            return;
-        };
-        if f.running.contains(node)
-            || f.done.contains(node)
-            || f.failed
-                .get(node)
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
-        {
+        if !self.power_fencing.lock().is_ok_and(|mut f| f.begin(node)) {
             return;
         }
-        f.running.insert(node.to_string());
-        drop(f);
         let address = spec
             .nodes
             .get(node)
@@ -648,28 +702,20 @@ impl Node {
             let ok = matches!(&result, Ok(status) if status.success());
             count(&node, ok);
             if let Ok(mut f) = log.lock() {
-                f.running.remove(&node);
                 if ok {
                     tracing::warn!(node, "fence_command succeeded: its services may move");
-                    f.outcomes.push((
-                        node.clone(),
-                        format!("{node} was power-fenced (fence_command succeeded): its services may move"),
-                    ));
-                    f.done.insert(node);
+                    let outcome = format!(
+                        "{node} was power-fenced (fence_command succeeded): its services may move"
+                    );
+                    f.finish(&node, Some(()), outcome);
                 } else {
                     tracing::error!(
                         node,
                         "fence_command failed ({result:?}): its services stay put; retrying in 5 s"
                     );
-                    f.outcomes.push((
-                        node.clone(),
-                        format!("fence_command for {node} failed ({result:?}): its services stay put; retrying in 5 s"),
-                    ));
-                    f.failed.insert(node, Instant::now());
+                    let outcome = format!("fence_command for {node} failed ({result:?}): its services stay put; retrying in 5 s");
+                    f.finish(&node, None, outcome);
                 }
-                // Kept only for alerts: bounded when nobody drains them.
-                let excess = f.outcomes.len().saturating_sub(100);
-                f.outcomes.drain(..excess);
             }
         });
     }
@@ -678,7 +724,7 @@ impl Node {
     fn ceph_fenced(&self, node: &str) -> bool {
         self.ceph_fencing
             .lock()
-            .is_ok_and(|f| f.done.contains_key(node))
+            .is_ok_and(|f| f.ledger.is_done(node))
     }
 
     /// Adds `node`'s storage address to the OSD blocklist of every Ceph cluster the
@@ -692,19 +738,13 @@ impl Node {
         else {
             return;
         };
-        let Ok(mut f) = self.ceph_fencing.lock() else {
-            return;
-        };
-        if f.running.contains(node)
-            || f.done.contains_key(node)
-            || f.failed
-                .get(node)
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        if !self
+            .ceph_fencing
+            .lock()
+            .is_ok_and(|mut f| f.ledger.begin(node))
         {
             return;
         }
-        f.running.insert(node.to_string());
-        drop(f);
         let clusters = ceph_clusters(spec);
         let (log, node) = (self.ceph_fencing.clone(), node.to_string());
         tokio::spawn(async move {
@@ -720,7 +760,6 @@ impl Node {
                 }
             }
             if let Ok(mut f) = log.lock() {
-                f.running.remove(&node);
                 match result {
                     Ok(()) => {
                         tracing::warn!(
@@ -728,23 +767,15 @@ impl Node {
                             address,
                             "blocklisted on Ceph before relocating its services"
                         );
-                        f.outcomes.push((
-                            node.clone(),
-                            format!("{node} ({address}) added to the Ceph OSD blocklist: its Ceph-backed services may move"),
-                        ));
-                        f.done.insert(node, (address, clusters));
+                        let outcome = format!("{node} ({address}) added to the Ceph OSD blocklist: its Ceph-backed services may move");
+                        f.ledger.finish(&node, Some((address, clusters)), outcome);
                     }
                     Err(e) => {
                         tracing::error!(node, "Ceph blocklisting failed ({e}): its Ceph-backed services stay put; retrying in 5 s");
-                        f.outcomes.push((
-                            node.clone(),
-                            format!("blocklisting {node} on Ceph failed ({e}): its Ceph-backed services stay put; retrying in 5 s"),
-                        ));
-                        f.failed.insert(node, Instant::now());
+                        let outcome = format!("blocklisting {node} on Ceph failed ({e}): its Ceph-backed services stay put; retrying in 5 s");
+                        f.ledger.finish(&node, None, outcome);
                     }
                 }
-                let excess = f.outcomes.len().saturating_sub(100);
-                f.outcomes.drain(..excess);
             }
         });
     }
@@ -762,6 +793,7 @@ impl Node {
             return;
         };
         let clean: Vec<String> = f
+            .ledger
             .done
             .keys()
             .filter(|n| states.get(*n).is_some_and(|s| *s != NodeState::Down))
@@ -779,7 +811,7 @@ impl Node {
             .cloned()
             .collect();
         for node in clean {
-            let Some((address, clusters)) = f.done.get(&node).cloned() else {
+            let Some((address, clusters)) = f.ledger.done.get(&node).cloned() else {
                 continue;
             };
             f.removing.insert(node.clone());
@@ -796,11 +828,11 @@ impl Node {
                     f.removing.remove(&node);
                     match result {
                         Ok(()) => {
-                            f.done.remove(&node);
-                            f.outcomes.push((
-                                node.clone(),
+                            f.ledger.done.remove(&node);
+                            f.ledger.note(
+                                &node,
                                 format!("{node} rejoined cleanly: {address} removed from the Ceph OSD blocklist"),
-                            ));
+                            );
                         }
                         Err(e) => {
                             tracing::warn!(
@@ -869,7 +901,7 @@ impl Node {
                 let blocklisted: Vec<String> = self
                     .ceph_fencing
                     .lock()
-                    .map(|f| f.done.keys().cloned().collect())
+                    .map(|f| f.ledger.done.keys().cloned().collect())
                     .unwrap_or_default();
                 if !blocklisted.is_empty() {
                     for service in spec.services.keys().filter(|s| uses_ceph(spec, s)) {
@@ -1627,5 +1659,44 @@ impl Node {
                 }
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FencingLedger;
+
+    #[test]
+    fn a_fencing_attempt_is_claimed_once_and_retried_only_after_a_pause() {
+        let mut ledger: FencingLedger<&str> = FencingLedger::default();
+        assert!(ledger.begin("n1"));
+        assert!(!ledger.begin("n1"), "an attempt runs already");
+        ledger.finish("n1", None, "failed".into());
+        assert!(!ledger.is_done("n1"));
+        assert!(!ledger.begin("n1"), "too soon after a failure");
+        ledger.failed.insert(
+            "n1".into(),
+            std::time::Instant::now() - FencingLedger::<&str>::RETRY,
+        );
+        assert!(ledger.begin("n1"), "retried after the pause");
+        ledger.finish("n1", Some("10.0.0.1"), "fenced".into());
+        assert!(ledger.is_done("n1"));
+        assert!(!ledger.begin("n1"), "fenced already");
+        assert_eq!(ledger.done["n1"], "10.0.0.1");
+        let outcomes = ledger.take_outcomes();
+        assert_eq!(
+            outcomes,
+            vec![
+                ("n1".to_owned(), "failed".to_owned()),
+                ("n1".to_owned(), "fenced".to_owned())
+            ]
+        );
+        assert!(ledger.take_outcomes().is_empty());
+        for i in 0..150 {
+            ledger.note("n2", format!("{i}"));
+        }
+        let kept = ledger.take_outcomes();
+        assert_eq!(kept.len(), 100, "bounded");
+        assert_eq!(kept[0].1, "50", "the newest are kept");
     }
 }
