@@ -78,6 +78,16 @@ fn on(
     run_script(&request.exec, &t, script, limit).map_err(|e| format!("on {node}: {e}"))
 }
 
+/// A step's outcome from its script's last line: `1` it made something, else it
+/// found it there.
+fn outcome_of(out: &str) -> &'static str {
+    if out.ends_with('1') {
+        "created"
+    } else {
+        "already there"
+    }
+}
+
 fn fill_start(template: &str, kind: &str, id: &str) -> String {
     template.replace("{kind}", kind).replace("{id}", id)
 }
@@ -243,20 +253,12 @@ fn bootstrap(
         quick,
     )?;
     let lines: Vec<&str> = keys.lines().collect();
-    let [made, mon_keyring, admin_keyring, monmap] = lines.as_slice() else {
+    let [keys_made, mon_keyring, admin_keyring, monmap] = lines.as_slice() else {
         return Err(format!(
             "on {first}: unexpected output while making the keys: {keys}"
         ));
     };
-    step.say(
-        &first,
-        "keys and monitor map",
-        if *made == "1" {
-            "created"
-        } else {
-            "already there"
-        },
-    );
+    step.say(&first, "keys and monitor map", outcome_of(keys_made));
     // 3. Every monitor's store, made once from the same map and keys; then started.
     for m in &plan.monitors {
         let data = format!("{STATE}/mon/ceph-{m}");
@@ -272,15 +274,7 @@ fn bootstrap(
             own = own(&format!("{STATE}/mon")),
         );
         let out = on(request, spec, m, &script, quick)?;
-        step.say(
-            m,
-            "monitor store",
-            if out.ends_with('1') {
-                "created"
-            } else {
-                "already there"
-            },
-        );
+        step.say(m, "monitor store", outcome_of(&out));
         on(
             request,
             spec,
@@ -353,11 +347,7 @@ fn bootstrap(
                 } else {
                     "metadata server key"
                 },
-                if out.ends_with('1') {
-                    "created"
-                } else {
-                    "already there"
-                },
+                outcome_of(&out),
             );
             on(
                 request,
@@ -506,15 +496,7 @@ fn bootstrap(
             ),
             quick,
         )?;
-        step.say(
-            node,
-            "client.quorate keyring",
-            if out.ends_with('1') {
-                "created"
-            } else {
-                "already there"
-            },
-        );
+        step.say(node, "client.quorate keyring", outcome_of(&out));
     }
     Ok(())
 }

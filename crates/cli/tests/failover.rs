@@ -244,10 +244,17 @@ fn a_restarted_agent_adopts_workloads_under_a_valid_lease_and_kills_the_rest() {
         .trim()
         .parse()
         .unwrap();
+    // The fence is frozen first: killed after the agent, a loaded machine could let it
+    // reach the deadline in between and kill the workload without writing its journal
+    // record (it died before it could), which this test would wait for in vain.
+    let signal = |sig: &str| {
+        let _ = std::process::Command::new("kill")
+            .args([sig, &fence.to_string()])
+            .status();
+    };
+    signal("-STOP");
     c.kill(&host);
-    let _ = std::process::Command::new("kill")
-        .args(["-9", &fence.to_string()])
-        .status();
+    signal("-9");
     std::thread::sleep(Duration::from_millis(2500));
     c.start(&host);
     c.wait_for("the orphan to be killed", Duration::from_secs(20), || {

@@ -68,6 +68,7 @@ fn world() -> impl Strategy<Value = World> {
             services: spec_services,
             storage,
             alerts: None,
+            ceph: None,
         };
         World { spec, nodes: node_states, current, pins }
     })
