@@ -205,11 +205,9 @@ fn bootstrap(
     step: &mut Step<'_>,
 ) -> Result<(), String> {
     let quick = Duration::from_secs(60);
-    let first = plan
-        .monitors
-        .first()
-        .ok_or("the spec declares no Ceph monitor")?
-        .clone();
+    if plan.monitors.is_empty() {
+        return Err("the spec declares no Ceph monitor".into());
+    }
     // 1. Every node: reachable, Ceph installed, the rendered ceph.conf in place.
     // `fsid = X` as `quorate render` writes it, `fsid=X` as NixOS's INI generator does.
     let fsid_line = format!(
@@ -226,8 +224,23 @@ fn bootstrap(
         on(request, spec, node, &script, quick)?;
         step.say(node, "ceph.conf", "already there");
     }
-    // 2. The keys and the monitor map, once, on the first monitor.
+    // 2. The keys and the monitor map, once, on the first monitor — the first one
+    // that has them already, should monitors have been added to the spec since.
     let kb = format!("{STATE}/bootstrap-quorate");
+    let mut first = plan.monitors[0].clone();
+    for m in &plan.monitors {
+        let has = on(
+            request,
+            spec,
+            m,
+            &format!("if [ -s {kb}/mon.keyring ]; then echo yes; else echo no; fi"),
+            quick,
+        )?;
+        if has == "yes" {
+            first.clone_from(m);
+            break;
+        }
+    }
     let mut addv = String::new();
     for m in &plan.monitors {
         let a = quorate_render::ceph_address(spec, m)
@@ -259,18 +272,42 @@ fn bootstrap(
         ));
     };
     step.say(&first, "keys and monitor map", outcome_of(keys_made));
-    // 3. Every monitor's store, made once from the same map and keys; then started.
+    // 3. Every monitor's store, made once from the same keys; then started. Before
+    // the cluster runs, from the bootstrap map (every monitor of the spec); once it
+    // runs (monitors added to the spec later), from the cluster's current map: the
+    // new monitor adds itself when it starts (Ceph's own procedure for adding one).
+    let current_map = on(
+        request,
+        spec,
+        &first,
+        &format!(
+            "[ -e {STATE}/mon/ceph-{first}/done ] || exit 0\n\
+             f=$(mktemp); if ceph -c {CONF} --connect-timeout 20 mon getmap -o $f >/dev/null 2>&1; then base64 -w0 $f; rm -f $f; else rm -f $f; echo 'the cluster exists but its monitors do not answer: start them, then run bootstrap again' >&2; exit 1; fi"
+        ),
+        quick,
+    )?;
     for m in &plan.monitors {
         let data = format!("{STATE}/mon/ceph-{m}");
+        let (map_file, map) = if current_map.is_empty() {
+            (
+                format!("{kb}/monmap"),
+                b64_write(&format!("{kb}/monmap"), monmap, "600"),
+            )
+        } else {
+            let f = format!("{kb}/monmap.current");
+            (
+                f.clone(),
+                format!("rm -f {f}\n{}", b64_write(&f, &current_map, "600")),
+            )
+        };
         let script = format!(
             "{admin}if [ -e {data}/done ]; then echo 0; exit 0; fi\n\
              mkdir -p {kb} {data}\n\
-             {mk}{mm}\
-             rm -rf {data}/store.db; ceph-mon -c {CONF} --mkfs -i {m} --monmap {kb}/monmap --keyring {kb}/mon.keyring >&2\n\
+             {mk}{map}\
+             rm -rf {data}/store.db; ceph-mon -c {CONF} --mkfs -i {m} --monmap {map_file} --keyring {kb}/mon.keyring >&2\n\
              touch {data}/done\n{own}echo 1",
             admin = b64_write(ADMIN_KEYRING, admin_keyring, "600"),
             mk = b64_write(&format!("{kb}/mon.keyring"), mon_keyring, "600"),
-            mm = b64_write(&format!("{kb}/monmap"), monmap, "600"),
             own = own(&format!("{STATE}/mon")),
         );
         let out = on(request, spec, m, &script, quick)?;

@@ -4,9 +4,10 @@
 //! uses). Nothing of the Ceph is set up by hand: `quorate lock` gives it its fsid and
 //! OSD ids, `quorate render` each node's ceph.conf (installed where the NixOS module
 //! would), and `quorate ceph bootstrap` does the rest through the nodes' shells —
-//! three monitors, two managers, two metadata servers, three (memstore) OSDs, the pool
-//! `rbd`, the file system `cephfs`, the `client.quorate` keyring. A second bootstrap
-//! changes nothing. Then quorate uses it: a writer on an RBD image of that Ceph fails
+//! first one monitor, one manager, two metadata servers, three (memstore) OSDs, the
+//! pool `rbd`, the file system `cephfs`, the `client.quorate` keyring; then, the spec
+//! grown to three monitors, the two new monitors (and managers) join the running
+//! cluster. A third bootstrap changes nothing. Then quorate uses it: a writer on an RBD image of that Ceph fails
 //! over on power loss of its node (which takes that node's monitor and OSD down too),
 //! the node blocklisted first, every acknowledged line found.
 
@@ -27,6 +28,7 @@ const START: &str = "p=/run/ceph/ceph-{kind}.{id}.pid; if [ -s $p ] && kill -0 \
 const CEPH_SPEC: &str = r#"
 [ceph]
 public_network = "10.87.0.0/24"
+monitors = ["n1"]
 metadata_servers = ["n1", "n2"]
 filesystems = ["cephfs"]
 osds = { n1 = ["memstore"], n2 = ["memstore"], n3 = ["memstore"] }
@@ -74,6 +76,47 @@ fn bootstrap(cluster: &LabCluster) -> (bool, Vec<serde_json::Value>, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// Renders every node's files and installs its ceph.conf where NixOS would; checks the
+/// fsid and the monitors it names.
+fn install_ceph_conf(cluster: &LabCluster, fsid: &str, monitors: &str) {
+    let dir = cluster.path();
+    for node in ["n1", "n2", "n3"] {
+        let out = Command::new(support::quorate_bin())
+            .args(["render", "quorate.toml", "--node", node, "--out"])
+            .arg(dir.join("rendered").join(node))
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let conf = dir.join("rendered").join(node).join("etc/ceph/ceph.conf");
+        let text = std::fs::read_to_string(&conf).unwrap();
+        assert!(text.contains(&format!("fsid = {fsid}")), "{text}");
+        assert!(
+            text.contains(&format!("mon initial members = {monitors}\n")),
+            "{text}"
+        );
+        std::fs::copy(&conf, dir.join("gl").join(node).join("etc-ceph/ceph.conf")).unwrap();
+    }
+}
+
+/// Waits for HEALTH_OK; the last `ceph -s`.
+fn wait_healthy(cluster: &LabCluster) -> String {
+    let mut last = String::new();
+    support::wait_until(
+        "the declared Ceph to report HEALTH_OK",
+        Duration::from_secs(150),
+        || {
+            last = ceph_on(cluster, "n1", &["-s"]);
+            ceph_on(cluster, "n1", &["health"]).starts_with("HEALTH_OK")
+        },
+    );
+    last
 }
 
 /// `ceph ARGS` as client.admin on `node`.
@@ -138,41 +181,51 @@ fn a_ceph_declared_in_the_spec_is_bootstrapped_by_quorate_and_serves_a_failover(
     assert!(!dir.join("gl/n1/lib-ceph/bootstrap-quorate").exists());
 
     // `quorate render` writes each node's ceph.conf; it goes where NixOS puts it.
-    for node in ["n1", "n2", "n3"] {
-        let out = Command::new(support::quorate_bin())
-            .args(["render", "quorate.toml", "--node", node, "--out"])
-            .arg(dir.join("rendered").join(node))
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let conf = dir.join("rendered").join(node).join("etc/ceph/ceph.conf");
-        let text = std::fs::read_to_string(&conf).unwrap();
-        assert!(text.contains(&format!("fsid = {fsid}")), "{text}");
-        assert!(text.contains("mon initial members = n1, n2, n3"), "{text}");
-        std::fs::copy(&conf, dir.join("gl").join(node).join("etc-ceph/ceph.conf")).unwrap();
-    }
+    install_ceph_conf(&cluster, &fsid, "n1");
 
+    // One monitor first.
     let (ok, events, text) = bootstrap(&cluster);
     assert!(ok, "bootstrap failed:\n{text}");
     let summary = events.last().unwrap();
     assert_eq!(summary["fsid"], fsid.as_str(), "{text}");
     assert!(summary["changed"].as_u64().unwrap() > 10, "{text}");
+    wait_healthy(&cluster);
+
+    // The spec grows to three monitors (the lock keeps the fsid): the next bootstrap
+    // makes the new monitors' stores from the running cluster's map, and they join.
+    let spec_path = dir.join("quorate.toml");
+    let grown = std::fs::read_to_string(&spec_path)
+        .unwrap()
+        .replace("monitors = [\"n1\"]", "monitors = [\"n1\", \"n2\", \"n3\"]");
+    std::fs::write(&spec_path, grown).unwrap();
+    let relock = Command::new(support::quorate_bin())
+        .args(["lock", "quorate.toml"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(relock.status.success(), "{relock:?}");
+    install_ceph_conf(&cluster, &fsid, "n1, n2, n3");
+    let (ok, events, text) = bootstrap(&cluster);
+    assert!(ok, "bootstrap with more monitors failed:\n{text}");
+    assert_eq!(events.last().unwrap()["fsid"], fsid.as_str(), "{text}");
+    let made: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e["outcome"] == "created")
+        .map(|e| (e["node"].as_str().unwrap(), e["step"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        made,
+        vec![
+            ("n2", "monitor store"),
+            ("n3", "monitor store"),
+            ("n2", "manager key"),
+            ("n3", "manager key"),
+        ],
+        "only the new monitors and managers were made: {text}"
+    );
     // The cluster is healthy: every monitor in quorum, every OSD up, the pool and the
     // file system there (a standby MDS keeps CephFS from warning).
-    let mut last = String::new();
-    support::wait_until(
-        "the declared Ceph to report HEALTH_OK",
-        Duration::from_secs(150),
-        || {
-            last = ceph_on(&cluster, "n1", &["-s"]);
-            ceph_on(&cluster, "n1", &["health"]).starts_with("HEALTH_OK")
-        },
-    );
+    let last = wait_healthy(&cluster);
     let status: serde_json::Value =
         serde_json::from_str(&ceph_on(&cluster, "n2", &["-s", "-f", "json"])).unwrap();
     assert_eq!(status["fsid"], fsid.as_str(), "{last}");

@@ -53,7 +53,17 @@ fn the_fence_kills_at_the_deadline_records_it_and_handles_the_watchdog() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(!status.success(), "killed by a signal");
-    let record = std::fs::read_to_string(&journal).unwrap();
+    // The fence records the kill once it is done: the record may trail the exit.
+    let start = Instant::now();
+    let record = loop {
+        match std::fs::read_to_string(&journal) {
+            Ok(text) if text.ends_with('\n') => break text,
+            _ if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => panic!("no fence record 10 s after the kill: {other:?}"),
+        }
+    };
     let fields: Vec<&str> = record.split_whitespace().collect();
     assert_eq!(
         (fields[0], fields[2], fields[3], fields[4]),
