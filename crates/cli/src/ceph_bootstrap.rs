@@ -41,13 +41,31 @@ pub struct Request {
     pub json: bool,
 }
 
-/// One bootstrap step's outcome, for the log and the summary.
-struct Step<'a> {
+/// One bootstrap run: what it works from, the monitor it asks (the first one that
+/// holds the bootstrap keys), and every step's outcome so far.
+struct Run<'a> {
+    spec: &'a Spec,
+    plan: &'a Plan,
     request: &'a Request,
+    first: String,
     done: Vec<serde_json::Value>,
 }
 
-impl Step<'_> {
+/// How long one script on a node may take (OSD preparation: the request's timeout).
+const QUICK: Duration = Duration::from_secs(60);
+/// Where bootstrap keeps the monitor keyring and maps on a monitor.
+const KEYS_DIR: &str = "/var/lib/ceph/bootstrap-quorate";
+
+/// What the first monitor hands the others: base64 of the monitor keyring, the admin
+/// keyring and the bootstrap monitor map.
+struct Keys {
+    mon_keyring: String,
+    admin_keyring: String,
+    monmap: String,
+}
+
+impl Run<'_> {
+    /// Logs one step's outcome (a line of text, or a JSON object with --json).
     fn say(&mut self, node: &str, what: &str, outcome: &str) {
         let event = json!({"node": node, "step": what, "outcome": outcome});
         if self.request.json {
@@ -57,25 +75,36 @@ impl Step<'_> {
         }
         self.done.push(event);
     }
-}
 
-fn on(
-    request: &Request,
-    spec: &Spec,
-    node: &str,
-    script: &str,
-    limit: Duration,
-) -> Result<String, String> {
-    let address = spec
-        .nodes
-        .get(node)
-        .map(|n| n.address.to_string())
-        .unwrap_or_default();
-    let t = Target {
-        node,
-        address: &address,
-    };
-    run_script(&request.exec, &t, script, limit).map_err(|e| format!("on {node}: {e}"))
+    /// Runs `script` on `node` through --exec.
+    fn on(&self, node: &str, script: &str, limit: Duration) -> Result<String, String> {
+        let address = self
+            .spec
+            .nodes
+            .get(node)
+            .map(|n| n.address.to_string())
+            .unwrap_or_default();
+        let t = Target {
+            node,
+            address: &address,
+        };
+        run_script(&self.request.exec, &t, script, limit).map_err(|e| format!("on {node}: {e}"))
+    }
+
+    /// `ceph ARGS` as client.admin on the first monitor.
+    fn admin(&self, args: &str) -> Result<String, String> {
+        self.on(
+            &self.first,
+            &format!("ceph -c {CONF} --connect-timeout 15 {args}"),
+            QUICK,
+        )
+    }
+
+    /// Starts daemon `kind` `id` on `node` with --start.
+    fn start(&self, node: &str, kind: &str, id: &str) -> Result<(), String> {
+        self.on(node, &fill_start(&self.request.start, kind, id), QUICK)
+            .map(drop)
+    }
 }
 
 /// A step's outcome from its script's last line: `1` it made something, else it
@@ -166,27 +195,30 @@ pub fn run(spec: &Spec, lock: &Lock, request: &Request) -> Exit {
         Ok(p) => p,
         Err(e) => return fail(&e),
     };
-    let mut step = Step {
+    let mut run = Run {
+        spec,
+        plan: &plan,
         request,
+        first: plan.monitors.first().cloned().unwrap_or_default(),
         done: Vec::new(),
     };
-    match bootstrap(spec, &plan, request, &mut step) {
+    match run.bootstrap() {
         Ok(()) => {
-            let made = step
+            let made = run
                 .done
                 .iter()
                 .filter(|e| e["outcome"].as_str().is_some_and(|o| o.starts_with("created")))
                 .count();
+            let steps = run.done.len();
             if request.json {
                 println!(
                     "{}",
-                    json!({"ok": true, "fsid": plan.fsid, "steps": step.done.len(), "changed": made})
+                    json!({"ok": true, "fsid": plan.fsid, "steps": steps, "changed": made})
                 );
             } else {
                 println!(
-                    "Ceph {} is up: {} steps, {made} changed something (a run with nothing to do changes nothing).",
-                    plan.fsid,
-                    step.done.len()
+                    "Ceph {} is up: {steps} steps, {made} changed something (a run with nothing to do changes nothing).",
+                    plan.fsid
                 );
             }
             Exit::Ok
@@ -197,345 +229,323 @@ pub fn run(spec: &Spec, lock: &Lock, request: &Request) -> Exit {
     }
 }
 
-#[allow(clippy::too_many_lines)]
-fn bootstrap(
-    spec: &Spec,
-    plan: &Plan,
-    request: &Request,
-    step: &mut Step<'_>,
-) -> Result<(), String> {
-    let quick = Duration::from_secs(60);
-    if plan.monitors.is_empty() {
-        return Err("the spec declares no Ceph monitor".into());
-    }
-    // 1. Every node: reachable, Ceph installed, the rendered ceph.conf in place.
-    // `fsid = X` as `quorate render` writes it, `fsid=X` as NixOS's INI generator does.
-    let fsid_line = format!(
-        "^[[:space:]]*fsid[[:space:]]*=[[:space:]]*{}[[:space:]]*$",
-        plan.fsid
-    );
-    for node in &plan.nodes {
-        let script = format!(
-            "command -v ceph >/dev/null || {{ echo 'the ceph tools are not installed' >&2; exit 1; }}\n\
-             grep -Eq {f} {CONF} 2>/dev/null || {{ echo '{CONF} is missing or is not the one `quorate render` writes for fsid {fsid} (deploy the NixOS configuration, or install the rendered etc/ceph/ceph.conf)' >&2; exit 1; }}",
-            f = sh_quote(&fsid_line),
-            fsid = plan.fsid,
-        );
-        on(request, spec, node, &script, quick)?;
-        step.say(node, "ceph.conf", "already there");
-    }
-    // 2. The keys and the monitor map, once, on the first monitor — the first one
-    // that has them already, should monitors have been added to the spec since.
-    let kb = format!("{STATE}/bootstrap-quorate");
-    let mut first = plan.monitors[0].clone();
-    for m in &plan.monitors {
-        let has = on(
-            request,
-            spec,
-            m,
-            &format!("if [ -s {kb}/mon.keyring ]; then echo yes; else echo no; fi"),
-            quick,
-        )?;
-        if has == "yes" {
-            first.clone_from(m);
-            break;
+impl Run<'_> {
+    fn bootstrap(&mut self) -> Result<(), String> {
+        if self.plan.monitors.is_empty() {
+            return Err("the spec declares no Ceph monitor".into());
         }
+        self.check_nodes()?;
+        let keys = self.keys()?;
+        self.monitors(&keys)?;
+        self.quorum()?;
+        self.daemon_keys()?;
+        self.osds()?;
+        self.pools_and_filesystems()?;
+        self.client_keyring()
     }
-    let mut addv = String::new();
-    for m in &plan.monitors {
-        let a = quorate_render::ceph_address(spec, m)
-            .ok_or_else(|| format!("monitor `{m}` is not a node of the spec"))?;
-        let a = match a {
-            std::net::IpAddr::V4(v4) => v4.to_string(),
-            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-        };
-        addv.push_str(&format!(" --addv {m} '[v2:{a}:3300,v1:{a}:6789]'"));
-    }
-    let keys = on(
-        request,
-        spec,
-        &first,
-        &format!(
-            "made=0; mkdir -p {kb} /etc/ceph; chmod 700 {kb}\n\
-             if [ ! -s {ADMIN_KEYRING} ]; then umask 077; ceph-authtool --create-keyring {ADMIN_KEYRING}.tmp --gen-key -n client.admin --cap mon 'allow *' --cap osd 'allow *' --cap mds 'allow *' --cap mgr 'allow *' >/dev/null; mv {ADMIN_KEYRING}.tmp {ADMIN_KEYRING}; made=1; fi\n\
-             if [ ! -s {kb}/mon.keyring ]; then umask 077; ceph-authtool --create-keyring {kb}/mon.keyring.tmp --gen-key -n mon. --cap mon 'allow *' >/dev/null; ceph-authtool {kb}/mon.keyring.tmp --import-keyring {ADMIN_KEYRING} >/dev/null; mv {kb}/mon.keyring.tmp {kb}/mon.keyring; made=1; fi\n\
-             if [ ! -s {kb}/monmap ]; then monmaptool --create --fsid {fsid}{addv} {kb}/monmap.tmp >/dev/null; mv {kb}/monmap.tmp {kb}/monmap; made=1; fi\n\
-             echo $made; base64 -w0 {kb}/mon.keyring; echo; base64 -w0 {ADMIN_KEYRING}; echo; base64 -w0 {kb}/monmap; echo",
-            fsid = plan.fsid
-        ),
-        quick,
-    )?;
-    let lines: Vec<&str> = keys.lines().collect();
-    let [keys_made, mon_keyring, admin_keyring, monmap] = lines.as_slice() else {
-        return Err(format!(
-            "on {first}: unexpected output while making the keys: {keys}"
-        ));
-    };
-    step.say(&first, "keys and monitor map", outcome_of(keys_made));
-    // 3. Every monitor's store, made once from the same keys; then started. Before
-    // the cluster runs, from the bootstrap map (every monitor of the spec); once it
-    // runs (monitors added to the spec later), from the cluster's current map: the
-    // new monitor adds itself when it starts (Ceph's own procedure for adding one).
-    let current_map = on(
-        request,
-        spec,
-        &first,
-        &format!(
-            "[ -e {STATE}/mon/ceph-{first}/done ] || exit 0\n\
-             f=$(mktemp); if ceph -c {CONF} --connect-timeout 20 mon getmap -o $f >/dev/null 2>&1; then base64 -w0 $f; rm -f $f; else rm -f $f; echo 'the cluster exists but its monitors do not answer: start them, then run bootstrap again' >&2; exit 1; fi"
-        ),
-        quick,
-    )?;
-    for m in &plan.monitors {
-        let data = format!("{STATE}/mon/ceph-{m}");
-        let (map_file, map) = if current_map.is_empty() {
-            (
-                format!("{kb}/monmap"),
-                b64_write(&format!("{kb}/monmap"), monmap, "600"),
-            )
-        } else {
-            let f = format!("{kb}/monmap.current");
-            (
-                f.clone(),
-                format!("rm -f {f}\n{}", b64_write(&f, &current_map, "600")),
-            )
-        };
-        let script = format!(
-            "{admin}if [ -e {data}/done ]; then echo 0; exit 0; fi\n\
-             mkdir -p {kb} {data}\n\
-             {mk}{map}\
-             rm -rf {data}/store.db; ceph-mon -c {CONF} --mkfs -i {m} --monmap {map_file} --keyring {kb}/mon.keyring >&2\n\
-             touch {data}/done\n{own}echo 1",
-            admin = b64_write(ADMIN_KEYRING, admin_keyring, "600"),
-            mk = b64_write(&format!("{kb}/mon.keyring"), mon_keyring, "600"),
-            own = own(&format!("{STATE}/mon")),
-        );
-        let out = on(request, spec, m, &script, quick)?;
-        step.say(m, "monitor store", outcome_of(&out));
-        on(
-            request,
-            spec,
-            m,
-            &fill_start(&request.start, "mon", m),
-            quick,
-        )?;
-    }
-    // 4. The monitors form a quorum.
-    let quorum = wait(request, "the monitors to form a quorum", || {
-        let out = on(
-            request,
-            spec,
-            &first,
-            &format!("ceph -c {CONF} --connect-timeout 10 quorum_status -f json"),
-            quick,
-        )
-        .ok()?;
-        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        let names = v["quorum_names"].as_array()?.len();
-        (names * 2 > plan.monitors.len()).then_some(names)
-    })?;
-    step.say(
-        &first,
-        "monitor quorum",
-        &format!("{quorum} of {}", plan.monitors.len()),
-    );
-    let admin = |script: &str| -> Result<String, String> {
-        on(
-            request,
-            spec,
-            &first,
-            &format!("ceph -c {CONF} --connect-timeout 15 {script}"),
-            quick,
-        )
-    };
-    // 5. Managers and metadata servers: a key each (get-or-create: the same key on
-    // every run), installed in their data directory, then started.
-    for (kind, nodes, caps) in [
-        (
-            "mgr",
-            &plan.managers,
-            "mon 'allow profile mgr' osd 'allow *' mds 'allow *'",
-        ),
-        (
-            "mds",
-            &plan.metadata,
-            "mon 'allow profile mds' osd 'allow rwx' mds 'allow' mgr 'allow profile mds'",
-        ),
-    ] {
-        for n in nodes {
-            let keyring = admin(&format!("auth get-or-create {kind}.{n} {caps}"))?;
-            let data = format!("{STATE}/{kind}/ceph-{n}");
-            let b64 = base64(&format!("{keyring}\n"));
-            let out = on(
-                request,
-                spec,
-                n,
-                &format!(
-                    "if [ -s {data}/keyring ]; then echo 0; else {w}{own}echo 1; fi",
-                    w = b64_write(&format!("{data}/keyring"), &b64, "600"),
-                    own = own(&data)
-                ),
-                quick,
-            )?;
-            step.say(
-                n,
-                if kind == "mgr" {
-                    "manager key"
-                } else {
-                    "metadata server key"
-                },
-                outcome_of(&out),
+
+    /// Step 1: Every node: reachable, Ceph installed, the rendered ceph.conf in place
+    /// (`fsid = X` as `quorate render` writes it, `fsid=X` as NixOS's INI generator
+    /// does).
+    fn check_nodes(&mut self) -> Result<(), String> {
+        let fsid = &self.plan.fsid;
+        let line = format!("^[[:space:]]*fsid[[:space:]]*=[[:space:]]*{fsid}[[:space:]]*$");
+        for node in &self.plan.nodes {
+            let script = format!(
+                "command -v ceph >/dev/null || {{ echo 'the ceph tools are not installed' >&2; exit 1; }}\n\
+                 grep -Eq {f} {CONF} 2>/dev/null || {{ echo '{CONF} is missing or is not the one `quorate render` writes for fsid {fsid} (deploy the NixOS configuration, or install the rendered etc/ceph/ceph.conf)' >&2; exit 1; }}",
+                f = sh_quote(&line),
             );
-            on(
-                request,
-                spec,
-                n,
-                &fill_start(&request.start, kind, n),
-                quick,
-            )?;
+            self.on(node, &script, QUICK)?;
+            self.say(node, "ceph.conf", "checked");
         }
+        Ok(())
     }
-    // 6. OSDs: the node keeps its OSD's uuid and key before the cluster hears of it,
-    // so that a rerun after a failure registers the same OSD again (`osd new` with
-    // the same uuid and id is idempotent), and makes the store once.
-    for (node, id, device) in &plan.osds {
-        let data = format!("{STATE}/osd/ceph-{id}");
-        let identity = on(
-            request,
-            spec,
-            node,
+
+    /// Step 2: The keys and the monitor map, once, on the first monitor — the first one
+    /// that has them already, should monitors have been added to the spec since.
+    fn keys(&mut self) -> Result<Keys, String> {
+        let kb = KEYS_DIR;
+        for m in &self.plan.monitors {
+            let has = self.on(
+                m,
+                &format!("if [ -s {kb}/mon.keyring ]; then echo yes; else echo no; fi"),
+                QUICK,
+            )?;
+            if has == "yes" {
+                self.first.clone_from(m);
+                break;
+            }
+        }
+        let mut addv = String::new();
+        for m in &self.plan.monitors {
+            let a = quorate_render::ceph_address(self.spec, m)
+                .ok_or_else(|| format!("monitor `{m}` is not a node of the spec"))?;
+            let a = match a {
+                std::net::IpAddr::V4(v4) => v4.to_string(),
+                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            };
+            addv.push_str(&format!(" --addv {m} '[v2:{a}:3300,v1:{a}:6789]'"));
+        }
+        let first = self.first.clone();
+        let out = self.on(
+            &first,
             &format!(
-                "mkdir -p {data}\n\
-                 if [ ! -s {data}/quorate-uuid ]; then cat /proc/sys/kernel/random/uuid > {data}/quorate-uuid.tmp; mv {data}/quorate-uuid.tmp {data}/quorate-uuid; fi\n\
-                 if [ ! -s {data}/quorate-key ]; then (umask 077; ceph-authtool --gen-print-key > {data}/quorate-key.tmp); mv {data}/quorate-key.tmp {data}/quorate-key; fi\n\
-                 if [ -e {data}/ready ]; then echo ready; else echo new; fi; cat {data}/quorate-uuid; cat {data}/quorate-key"
+                "made=0; mkdir -p {kb} /etc/ceph; chmod 700 {kb}\n\
+                 if [ ! -s {ADMIN_KEYRING} ]; then umask 077; ceph-authtool --create-keyring {ADMIN_KEYRING}.tmp --gen-key -n client.admin --cap mon 'allow *' --cap osd 'allow *' --cap mds 'allow *' --cap mgr 'allow *' >/dev/null; mv {ADMIN_KEYRING}.tmp {ADMIN_KEYRING}; made=1; fi\n\
+                 if [ ! -s {kb}/mon.keyring ]; then umask 077; ceph-authtool --create-keyring {kb}/mon.keyring.tmp --gen-key -n mon. --cap mon 'allow *' >/dev/null; ceph-authtool {kb}/mon.keyring.tmp --import-keyring {ADMIN_KEYRING} >/dev/null; mv {kb}/mon.keyring.tmp {kb}/mon.keyring; made=1; fi\n\
+                 if [ ! -s {kb}/monmap ]; then monmaptool --create --fsid {fsid}{addv} {kb}/monmap.tmp >/dev/null; mv {kb}/monmap.tmp {kb}/monmap; made=1; fi\n\
+                 echo $made; base64 -w0 {kb}/mon.keyring; echo; base64 -w0 {ADMIN_KEYRING}; echo; base64 -w0 {kb}/monmap; echo",
+                fsid = self.plan.fsid
             ),
-            quick,
+            QUICK,
         )?;
-        let parts: Vec<&str> = identity.lines().collect();
-        let [state, uuid, key] = parts.as_slice() else {
+        let lines: Vec<&str> = out.lines().collect();
+        let [made, mon_keyring, admin_keyring, monmap] = lines.as_slice() else {
             return Err(format!(
-                "on {node}: unexpected output preparing osd.{id}: {identity}"
+                "on {first}: unexpected output while making the keys: {out}"
             ));
         };
-        if *state == "ready" {
-            step.say(node, &format!("osd.{id}"), "already there");
-        } else {
-            let secret = base64(&format!("{{\"cephx_secret\": \"{key}\"}}"));
-            on(
-                request,
-                spec,
-                &first,
-                &format!(
-                    "f=$(mktemp); printf '%s' {s} | base64 -d > $f; ceph -c {CONF} --connect-timeout 15 osd new {uuid} {id} -i $f >/dev/null; rm -f $f",
-                    s = sh_quote(&secret)
-                ),
-                quick,
-            )?;
-            let block = if device == quorate_spec::CEPH_MEMSTORE {
-                String::new()
+        self.say(&first, "keys and monitor map", outcome_of(made));
+        Ok(Keys {
+            mon_keyring: (*mon_keyring).to_owned(),
+            admin_keyring: (*admin_keyring).to_owned(),
+            monmap: (*monmap).to_owned(),
+        })
+    }
+
+    /// Step 3: Every monitor's store, made once from the same keys; then started. Before
+    /// the cluster runs, from the bootstrap map (every monitor of the spec); once it
+    /// runs (monitors added to the spec later), from the cluster's current map: the
+    /// new monitor adds itself when it starts (Ceph's own procedure for adding one).
+    fn monitors(&mut self, keys: &Keys) -> Result<(), String> {
+        let kb = KEYS_DIR;
+        let first = self.first.clone();
+        let current_map = self.on(
+            &first,
+            &format!(
+                "[ -e {STATE}/mon/ceph-{first}/done ] || exit 0\n\
+                 f=$(mktemp); if ceph -c {CONF} --connect-timeout 20 mon getmap -o $f >/dev/null 2>&1; then base64 -w0 $f; rm -f $f; else rm -f $f; echo 'the cluster exists but its monitors do not answer: start them, then run bootstrap again' >&2; exit 1; fi"
+            ),
+            QUICK,
+        )?;
+        for m in &self.plan.monitors {
+            let data = format!("{STATE}/mon/ceph-{m}");
+            let (map_file, map) = if current_map.is_empty() {
+                let f = format!("{kb}/monmap");
+                let write = b64_write(&f, &keys.monmap, "600");
+                (f, write)
             } else {
-                format!("ln -sfn {} {data}/block\n", sh_quote(device))
+                let f = format!("{kb}/monmap.current");
+                let write = format!("rm -f {f}\n{}", b64_write(&f, &current_map, "600"));
+                (f, write)
             };
-            on(
-                request,
-                spec,
+            let script = format!(
+                "{admin}if [ -e {data}/done ]; then echo 0; exit 0; fi\n\
+                 mkdir -p {kb} {data}\n\
+                 {mk}{map}\
+                 rm -rf {data}/store.db; ceph-mon -c {CONF} --mkfs -i {m} --monmap {map_file} --keyring {kb}/mon.keyring >&2\n\
+                 touch {data}/done\n{own}echo 1",
+                admin = b64_write(ADMIN_KEYRING, &keys.admin_keyring, "600"),
+                mk = b64_write(&format!("{kb}/mon.keyring"), &keys.mon_keyring, "600"),
+                own = own(&format!("{STATE}/mon")),
+            );
+            let out = self.on(m, &script, QUICK)?;
+            self.say(m, "monitor store", outcome_of(&out));
+            self.start(m, "mon", m)?;
+        }
+        Ok(())
+    }
+
+    /// Step 4: The monitors form a quorum (a majority of them).
+    fn quorum(&mut self) -> Result<(), String> {
+        let wanted = self.plan.monitors.len();
+        let quorum = wait(self.request, "the monitors to form a quorum", || {
+            let out = self.admin("quorum_status -f json").ok()?;
+            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+            let names = v["quorum_names"].as_array()?.len();
+            (names * 2 > wanted).then_some(names)
+        })?;
+        let first = self.first.clone();
+        self.say(&first, "monitor quorum", &format!("{quorum} of {wanted}"));
+        Ok(())
+    }
+
+    /// Step 5: Managers and metadata servers: a key each (get-or-create: the same key on
+    /// every run), installed in their data directory, then started.
+    fn daemon_keys(&mut self) -> Result<(), String> {
+        for (kind, what, caps) in [
+            (
+                "mgr",
+                "manager key",
+                "mon 'allow profile mgr' osd 'allow *' mds 'allow *'",
+            ),
+            (
+                "mds",
+                "metadata server key",
+                "mon 'allow profile mds' osd 'allow rwx' mds 'allow' mgr 'allow profile mds'",
+            ),
+        ] {
+            let nodes = if kind == "mgr" {
+                &self.plan.managers
+            } else {
+                &self.plan.metadata
+            };
+            for n in nodes {
+                let keyring = self.admin(&format!("auth get-or-create {kind}.{n} {caps}"))?;
+                let data = format!("{STATE}/{kind}/ceph-{n}");
+                let b64 = base64(&format!("{keyring}\n"));
+                let out = self.on(
+                    n,
+                    &format!(
+                        "if [ -s {data}/keyring ]; then echo 0; else {w}{own}echo 1; fi",
+                        w = b64_write(&format!("{data}/keyring"), &b64, "600"),
+                        own = own(&data)
+                    ),
+                    QUICK,
+                )?;
+                self.say(n, what, outcome_of(&out));
+                self.start(n, kind, n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 6: OSDs: the node keeps its OSD's uuid and key before the cluster hears of it,
+    /// so that a rerun after a failure registers the same OSD again (`osd new` with
+    /// the same uuid and id is idempotent), and makes the store once; then all up.
+    fn osds(&mut self) -> Result<(), String> {
+        for (node, id, device) in &self.plan.osds {
+            let data = format!("{STATE}/osd/ceph-{id}");
+            let identity = self.on(
                 node,
                 &format!(
-                    "printf '[osd.{id}]\\n\\tkey = %s\\n' {k} > {data}/keyring; chmod 600 {data}/keyring\n\
-                     {block}ceph-osd -c {CONF} -i {id} --mkfs --osd-uuid {uuid} >&2\n{own}",
-                    k = sh_quote(key),
-                    own = own(&data)
+                    "mkdir -p {data}\n\
+                     if [ ! -s {data}/quorate-uuid ]; then cat /proc/sys/kernel/random/uuid > {data}/quorate-uuid.tmp; mv {data}/quorate-uuid.tmp {data}/quorate-uuid; fi\n\
+                     if [ ! -s {data}/quorate-key ]; then (umask 077; ceph-authtool --gen-print-key > {data}/quorate-key.tmp); mv {data}/quorate-key.tmp {data}/quorate-key; fi\n\
+                     if [ -e {data}/ready ]; then echo ready; else echo new; fi; cat {data}/quorate-uuid; cat {data}/quorate-key"
                 ),
-                request.timeout,
+                QUICK,
             )?;
-            step.say(node, &format!("osd.{id}"), &format!("created on {device}"));
+            let parts: Vec<&str> = identity.lines().collect();
+            let [state, uuid, key] = parts.as_slice() else {
+                return Err(format!(
+                    "on {node}: unexpected output preparing osd.{id}: {identity}"
+                ));
+            };
+            if *state == "ready" {
+                self.say(node, &format!("osd.{id}"), "already there");
+            } else {
+                let secret = base64(&format!("{{\"cephx_secret\": \"{key}\"}}"));
+                let first = self.first.clone();
+                self.on(
+                    &first,
+                    &format!(
+                        "f=$(mktemp); printf '%s' {s} | base64 -d > $f; ceph -c {CONF} --connect-timeout 15 osd new {uuid} {id} -i $f >/dev/null; rm -f $f",
+                        s = sh_quote(&secret)
+                    ),
+                    QUICK,
+                )?;
+                let block = if device == quorate_spec::CEPH_MEMSTORE {
+                    String::new()
+                } else {
+                    format!("ln -sfn {} {data}/block\n", sh_quote(device))
+                };
+                self.on(
+                    node,
+                    &format!(
+                        "printf '[osd.{id}]\\n\\tkey = %s\\n' {k} > {data}/keyring; chmod 600 {data}/keyring\n\
+                         {block}ceph-osd -c {CONF} -i {id} --mkfs --osd-uuid {uuid} >&2\n{own}",
+                        k = sh_quote(key),
+                        own = own(&data)
+                    ),
+                    self.request.timeout,
+                )?;
+                self.say(node, &format!("osd.{id}"), &format!("created on {device}"));
+            }
+            self.start(node, "osd", &id.to_string())?;
         }
-        on(
-            request,
-            spec,
-            node,
-            &fill_start(&request.start, "osd", &id.to_string()),
-            quick,
-        )?;
-    }
-    let total = plan.osds.len();
-    if total > 0 {
-        wait(request, &format!("{total} OSDs up"), || {
-            let out = admin("osd stat -f json").ok()?;
-            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-            (v["num_up_osds"].as_u64()? >= total as u64).then_some(())
-        })?;
-        step.say(&first, "OSDs up", &format!("{total} of {total}"));
-    }
-    // 7. Pools and file systems, when missing.
-    let ceph = spec.ceph.as_ref().ok_or("the spec has no [ceph]")?;
-    let pools = admin("osd pool ls")?;
-    for (pool, application) in &ceph.pools {
-        if pools.lines().any(|l| l.trim() == pool) {
-            step.say(&first, &format!("pool {pool}"), "already there");
-            continue;
+        let total = self.plan.osds.len();
+        if total > 0 {
+            wait(self.request, &format!("{total} OSDs up"), || {
+                let out = self.admin("osd stat -f json").ok()?;
+                let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+                (v["num_up_osds"].as_u64()? >= total as u64).then_some(())
+            })?;
+            let first = self.first.clone();
+            self.say(&first, "OSDs up", &format!("{total} of {total}"));
         }
-        let p = sh_quote(pool);
-        admin(&format!("osd pool create {p} >&2"))?;
-        if application == "rbd" {
-            // `rbd pool init`: the application and RBD's own objects.
-            on(
-                request,
-                spec,
+        Ok(())
+    }
+
+    /// Step 7: Pools and file systems, when missing.
+    fn pools_and_filesystems(&mut self) -> Result<(), String> {
+        let ceph = self.spec.ceph.as_ref().ok_or("the spec has no [ceph]")?;
+        let first = self.first.clone();
+        let pools = self.admin("osd pool ls")?;
+        for (pool, application) in &ceph.pools {
+            if pools.lines().any(|l| l.trim() == pool) {
+                self.say(&first, &format!("pool {pool}"), "already there");
+                continue;
+            }
+            let p = sh_quote(pool);
+            self.admin(&format!("osd pool create {p} >&2"))?;
+            if application == "rbd" {
+                // `rbd pool init`: the application and RBD's own objects.
+                self.on(&first, &format!("rbd -c {CONF} pool init {p}"), QUICK)?;
+            } else {
+                self.admin(&format!(
+                    "osd pool application enable {p} {} >&2",
+                    sh_quote(application)
+                ))?;
+            }
+            self.say(
                 &first,
-                &format!("rbd -c {CONF} pool init {p}"),
-                quick,
-            )?;
-        } else {
-            admin(&format!(
-                "osd pool application enable {p} {} >&2",
-                sh_quote(application)
-            ))?;
+                &format!("pool {pool}"),
+                &format!("created ({application})"),
+            );
         }
-        step.say(
-            &first,
-            &format!("pool {pool}"),
-            &format!("created ({application})"),
+        let filesystems = self.admin("fs ls -f json")?;
+        for fs in &ceph.filesystems {
+            if filesystems.contains(&format!("\"name\":\"{fs}\"")) {
+                self.say(&first, &format!("file system {fs}"), "already there");
+                continue;
+            }
+            self.admin(&format!("fs volume create {} >&2", sh_quote(fs)))?;
+            self.say(&first, &format!("file system {fs}"), "created");
+        }
+        Ok(())
+    }
+
+    /// Step 8: client.quorate: what the storage steps and the leader's blocklisting need,
+    /// installed on every node where `storage.<name>.ceph_keyring` expects it.
+    fn client_keyring(&mut self) -> Result<(), String> {
+        let ceph = self.spec.ceph.as_ref().ok_or("the spec has no [ceph]")?;
+        let mut osd_caps = vec!["profile rbd".to_owned()];
+        osd_caps.extend(
+            ceph.filesystems
+                .iter()
+                .map(|fs| format!("allow rw pool=cephfs.{fs}.data")),
         );
-    }
-    let filesystems = admin("fs ls -f json")?;
-    for fs in &ceph.filesystems {
-        if filesystems.contains(&format!("\"name\":\"{fs}\"")) {
-            step.say(&first, &format!("file system {fs}"), "already there");
-            continue;
+        let keyring = self.admin(&format!(
+            "auth get-or-create client.quorate mon 'profile rbd, allow r, allow command \"osd blocklist\"' mds 'allow rw' mgr 'profile rbd' osd {}",
+            sh_quote(&osd_caps.join(", "))
+        ))?;
+        let b64 = base64(&format!("{keyring}\n"));
+        let path = "/etc/ceph/ceph.client.quorate.keyring";
+        for node in &self.plan.nodes {
+            let out = self.on(
+                node,
+                &format!(
+                    "if [ -s {path} ]; then echo 0; else {}echo 1; fi",
+                    b64_write(path, &b64, "600")
+                ),
+                QUICK,
+            )?;
+            self.say(node, "client.quorate keyring", outcome_of(&out));
         }
-        admin(&format!("fs volume create {} >&2", sh_quote(fs)))?;
-        step.say(&first, &format!("file system {fs}"), "created");
+        Ok(())
     }
-    // 8. client.quorate: what the storage steps and the leader's blocklisting need,
-    // installed on every node where `storage.<name>.ceph_keyring` expects it.
-    let mut osd_caps = vec!["profile rbd".to_owned()];
-    osd_caps.extend(
-        ceph.filesystems
-            .iter()
-            .map(|fs| format!("allow rw pool=cephfs.{fs}.data")),
-    );
-    let keyring = admin(&format!(
-        "auth get-or-create client.quorate mon 'profile rbd, allow r, allow command \"osd blocklist\"' mds 'allow rw' mgr 'profile rbd' osd {}",
-        sh_quote(&osd_caps.join(", "))
-    ))?;
-    let b64 = base64(&format!("{keyring}\n"));
-    let path = "/etc/ceph/ceph.client.quorate.keyring";
-    for node in &plan.nodes {
-        let out = on(
-            request,
-            spec,
-            node,
-            &format!(
-                "if [ -s {path} ]; then echo 0; else {}echo 1; fi",
-                b64_write(path, &b64, "600")
-            ),
-            quick,
-        )?;
-        step.say(node, "client.quorate keyring", outcome_of(&out));
-    }
-    Ok(())
 }
 
 /// Polls `check` every 2 s until it gives a value, for at most the request's timeout.
