@@ -258,32 +258,11 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
     // 3. Storage fencing that cannot happen: quorate's client loses the right to
     // blocklist, and the writers' node loses power. Their leases run out, but nothing
     // may start them elsewhere while the node cannot be fenced at the storage layer.
-    let caps = |cluster: &LabCluster, blocklist: bool| {
-        let mon = if blocklist {
-            "profile rbd, allow r, allow command \"osd blocklist\""
-        } else {
-            // (`profile rbd` includes blocklisting: RBD breaks a dead owner's lock so.)
-            "allow r"
-        };
-        cluster
-            .ceph()
-            .unwrap()
-            .admin(&[
-                "auth",
-                "caps",
-                "client.quorate",
-                "mon",
-                mon,
-                "mds",
-                "allow rw",
-                "mgr",
-                "profile rbd pool=rbd",
-                "osd",
-                "profile rbd pool=rbd, allow rw pool=cephfs.cephfs.data",
-            ])
-            .unwrap();
-    };
-    caps(&cluster, false);
+    cluster
+        .ceph()
+        .unwrap()
+        .allow_quorate_blocklisting(false)
+        .unwrap();
     cluster.poweroff(&third).unwrap();
     let frozen = acks(&dir);
     let logs = || {
@@ -314,7 +293,11 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
         "no writer ran anywhere while {third} could not be fenced"
     );
     // The right is back: the node is blocklisted, then the writers move.
-    caps(&cluster, true);
+    cluster
+        .ceph()
+        .unwrap()
+        .allow_quorate_blocklisting(true)
+        .unwrap();
     let fourth = wait_both_moved(&cluster, &third);
     assert!(
         blocklisted(&cluster).contains(&format!("{}:0/0", storage_address(&third))),

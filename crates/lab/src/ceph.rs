@@ -74,7 +74,38 @@ fn sh(what: &str, c: &mut Command) -> Result<String, String> {
     }
 }
 
+/// `client.quorate`'s monitor capabilities: RBD's profile and the right to blocklist.
+const QUORATE_MON_CAPS: &str = "profile rbd, allow r, allow command \"osd blocklist\"";
+
+/// `client.quorate`'s capabilities with `mon` on the monitors: RBD in the pool `rbd`,
+/// CephFS's data pool.
+fn quorate_caps(mon: &str) -> [&str; 8] {
+    [
+        "mon",
+        mon,
+        "mds",
+        "allow rw",
+        "mgr",
+        "profile rbd pool=rbd",
+        "osd",
+        "profile rbd pool=rbd, allow rw pool=cephfs.cephfs.data",
+    ]
+}
+
 impl Ceph {
+    /// Gives `client.quorate` the right to blocklist other clients, or takes it (its
+    /// monitor capability becomes `allow r`: `profile rbd` alone includes
+    /// blocklisting, which RBD uses to break a dead owner's exclusive lock).
+    ///
+    /// # Errors
+    /// The `ceph auth caps` command fails.
+    pub fn allow_quorate_blocklisting(&self, allowed: bool) -> Result<(), String> {
+        let mon = if allowed { QUORATE_MON_CAPS } else { "allow r" };
+        let mut args = vec!["auth", "caps", "client.quorate"];
+        args.extend(quorate_caps(mon));
+        self.admin(&args).map(drop)
+    }
+
     /// The config file every client reads (`-c`).
     #[must_use]
     pub fn conf(&self) -> PathBuf {
@@ -376,21 +407,10 @@ log file = {d}/log/$cluster-$name.log
                 .is_ok_and(|s| s.contains("active"))
         })?;
         let client = ceph.keyring("quorate").to_string_lossy().into_owned();
-        ceph.admin(&[
-            "auth",
-            "get-or-create",
-            "client.quorate",
-            "mon",
-            "profile rbd, allow r, allow command \"osd blocklist\"",
-            "mds",
-            "allow rw",
-            "mgr",
-            "profile rbd pool=rbd",
-            "osd",
-            "profile rbd pool=rbd, allow rw pool=cephfs.cephfs.data",
-            "-o",
-            &client,
-        ])?;
+        let mut args = vec!["auth", "get-or-create", "client.quorate"];
+        args.extend(quorate_caps(QUORATE_MON_CAPS));
+        args.extend(["-o", &client]);
+        ceph.admin(&args)?;
         ceph.wait("HEALTH_OK", Duration::from_secs(120), || {
             ceph.admin(&["health"])
                 .is_ok_and(|s| s.starts_with("HEALTH_OK"))
