@@ -419,3 +419,63 @@ fn a_closed_stdout_pipe_ends_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(141), "{err}");
 }
+
+#[test]
+fn ceph_bootstrap_refuses_without_a_declared_ceph_or_with_a_stale_lock_and_touches_no_node() {
+    let dir = workdir("minimal");
+    // --exec would leave a mark on "the node" if anything ran there.
+    let mark = dir.path().join("ran");
+    let exec = format!("sh -c 'touch {}; exec \"$@\"' --", mark.display());
+    let bootstrap = |dir: &Path| {
+        quorate(
+            dir,
+            &[
+                "ceph",
+                "bootstrap",
+                "quorate.toml",
+                "--exec",
+                &exec,
+                "--json",
+            ],
+        )
+    };
+    assert!(quorate(dir.path(), &["lock"]).status.success());
+    let out = bootstrap(dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    let reply = json(&out);
+    assert_eq!(reply["ok"], false);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("the spec has no [ceph]"),
+        "{reply}"
+    );
+    // A [ceph] the lock does not know yet: refused until `quorate lock` ran.
+    let spec = dir.path().join("quorate.toml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let addresses: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("address = "))
+        .map(|a| a.trim_matches('"').to_owned())
+        .collect();
+    let network = format!("{}/32", addresses[0]);
+    std::fs::write(
+        &spec,
+        format!(
+            "{text}\n[ceph]\npublic_network = \"{network}\"\nmonitors = [\"{}\"]\n",
+            text.lines()
+                .find_map(|l| l.strip_prefix("[nodes.").and_then(|n| n.strip_suffix(']')))
+                .unwrap()
+        ),
+    )
+    .unwrap();
+    let out = bootstrap(dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("out of date"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!mark.exists(), "a node was touched");
+}
