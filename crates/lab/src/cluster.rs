@@ -500,11 +500,17 @@ impl LabCluster {
                     f = file.display(),
                     b = self.brick_path().display()
                 )
-            } else {
+            } else if self.options.wireguard {
                 format!(
                     "unshare --mount={f} --propagation private sh -ec 'mount --bind {d}/wg /run/wireguard'",
                     d = node_dir.display(),
                     f = file.display(),
+                )
+            } else {
+                // Nothing of the host's to hide yet: the other options bind below.
+                format!(
+                    "unshare --mount={f} --propagation private true",
+                    f = file.display()
                 )
             };
             let mounts = if self.options.nix_stores {
