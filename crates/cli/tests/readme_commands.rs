@@ -79,8 +79,14 @@ fn the_first_command_brings_up_a_healthy_three_node_sandbox() {
         .env_remove("CARGO_TARGET_DIR")
         .output()
         .unwrap();
-    // `cargo run --release` built this binary; it stops the sandbox afterwards.
-    let quorate = repo().join("target/release/quorate");
+    // The binary the command built (`target/release` if it says `--release`); it
+    // stops the sandbox afterwards.
+    let profile = if words.contains(&"--release") {
+        "release"
+    } else {
+        "debug"
+    };
+    let quorate = repo().join("target").join(profile).join("quorate");
     let _down = Down(quorate.clone(), sandbox.clone());
     assert!(
         out.status.success(),
