@@ -119,29 +119,17 @@ fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
     }
     // `w` writes to the RBD filesystem, `f` to CephFS; a line is acknowledged once
     // it is synced.
-    let writer = |file: &str, ack: &str| {
-        format!("i=$(cat @DIR@/{file} 2>/dev/null | wc -l); while :; do i=$((i+1)); echo $i >> @DIR@/{file} && sync @DIR@/{file} && echo $i >> @DIR@/{ack}; sleep 0.1; done")
-    };
     let (w, f) = (
-        writer("data/lines", "acks-rbd"),
-        writer("shared/lines", "acks-fs"),
+        support::synced_writer("data/lines", "acks-rbd"),
+        support::synced_writer("shared/lines", "acks-fs"),
     );
     let extra_spec = format!(
         "\n[storage.data]\nkind = \"ceph-rbd\"\npool = \"rbd\"\nsize = \"64MiB\"\nmount = \"@DIR@/data\"\nceph_config = \"@CEPH@/ceph.conf\"\nceph_keyring = \"@CEPH@/keyring/ceph.client.quorate.keyring\"\nceph_client = \"quorate\"\n\n[storage.shared]\nkind = \"cephfs\"\npath = \"/\"\nmount = \"@DIR@/shared\"\nceph_config = \"@CEPH@/ceph.conf\"\nceph_keyring = \"@CEPH@/keyring/ceph.client.quorate.keyring\"\n\n[services.w]\nkind = \"process\"\ncommand = [\"/bin/sh\", \"-c\", {w:?}]\nstorage = [\"data\"]\nprefer = [\"n1\", \"n2\", \"n3\"]\nstop_timeout = \"2s\"\n\n[services.f]\nkind = \"process\"\ncommand = [\"/bin/sh\", \"-c\", {f:?}]\nstorage = [\"shared\"]\nprefer = [\"n1\", \"n2\", \"n3\"]\nstop_timeout = \"2s\"\n"
     );
     let mut cluster = LabCluster::new(Options {
-        nodes: 3,
-        services: 0,
-        voters: None,
-        quorate: support::quorate_bin().into(),
-        env: Vec::new(),
-        prefix: "qlce".into(),
-        gluster: false,
-        wireguard: false,
-        nix_stores: false,
         ceph: true,
-        ceph_nodes: false,
         extra_spec,
+        ..Options::new(3, support::quorate_bin(), "qlce")
     })
     .unwrap();
     let dir = cluster.path().to_owned();

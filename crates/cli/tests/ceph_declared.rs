@@ -146,23 +146,14 @@ fn a_ceph_declared_in_the_spec_is_bootstrapped_by_quorate_and_serves_a_failover(
         support::skip(&why);
         return;
     }
-    let writer = "i=$(cat @DIR@/data/lines 2>/dev/null | wc -l); while :; do i=$((i+1)); echo $i >> @DIR@/data/lines && sync @DIR@/data/lines && echo $i >> @DIR@/acks; sleep 0.1; done";
+    let writer = support::synced_writer("data/lines", "acks");
     let extra_spec = format!(
         "{CEPH_SPEC}\n[storage.data]\nkind = \"ceph-rbd\"\npool = \"rbd\"\nsize = \"64MiB\"\nmount = \"@DIR@/data\"\n\n[services.w]\nkind = \"process\"\ncommand = [\"/bin/sh\", \"-c\", {writer:?}]\nstorage = [\"data\"]\nprefer = [\"n2\", \"n3\", \"n1\"]\nstop_timeout = \"2s\"\n"
     );
     let mut cluster = LabCluster::new(Options {
-        nodes: 3,
-        services: 0,
-        voters: None,
-        quorate: support::quorate_bin().into(),
-        env: Vec::new(),
-        prefix: "qlcd".into(),
-        gluster: false,
-        wireguard: false,
-        nix_stores: false,
-        ceph: false,
         ceph_nodes: true,
         extra_spec,
+        ..Options::new(3, support::quorate_bin(), "qlcd")
     })
     .unwrap();
     let dir = cluster.path().to_owned();

@@ -126,18 +126,9 @@ fn setup() -> Option<Lab> {
         return None;
     }
     let mut cluster = LabCluster::new(Options {
-        nodes: 3,
         services: 3,
-        voters: None,
-        quorate: support::quorate_bin().into(),
-        env: Vec::new(),
-        prefix: "qdp".to_owned(),
-        gluster: false,
-        wireguard: false,
         nix_stores: true,
-        ceph: false,
-        ceph_nodes: false,
-        extra_spec: String::new(),
+        ..Options::new(3, support::quorate_bin(), "qdp")
     })
     .unwrap();
     let nix = match NixBuilds::new(cluster.path()) {

@@ -45,23 +45,15 @@ fn follows_its_service(prefix: &str, wireguard: bool) {
         support::skip("glusterd is not installed (apt-get install glusterfs-server glusterfs-client; scripts/test.sh does this)");
         return;
     }
-    let writer = "i=$(cat @DIR@/media/data 2>/dev/null | wc -l); while :; do i=$((i+1)); echo $i >> @DIR@/media/data && sync @DIR@/media/data && echo $i >> @DIR@/acks; sleep 0.1; done";
+    let writer = support::synced_writer("media/data", "acks");
     let extra_spec = format!(
         "\n[storage.media]\nkind = \"gluster\"\nnodes = [\"n1\", \"n2\", \"n3\"]\nbrick = \"@DIR@/brick\"\nmount = \"@DIR@/media\"\n\n[services.w]\nkind = \"process\"\ncommand = [\"/bin/sh\", \"-c\", {writer:?}]\nstorage = [\"media\"]\nstop_timeout = \"2s\"\n"
     );
     let mut cluster = LabCluster::new(Options {
-        nodes: 3,
-        services: 0,
-        voters: None,
-        quorate: support::quorate_bin().into(),
-        env: Vec::new(),
-        prefix: prefix.into(),
         gluster: true,
         wireguard,
-        nix_stores: false,
-        ceph: false,
-        ceph_nodes: false,
         extra_spec,
+        ..Options::new(3, support::quorate_bin(), prefix)
     })
     .unwrap();
     let dir = cluster.path().to_owned();

@@ -17,18 +17,8 @@ use quorate_lab::{checker, faults, netns};
 
 fn options(nodes: usize, services: usize, prefix: &str) -> Options {
     Options {
-        nodes,
         services,
-        voters: None,
-        quorate: support::quorate_bin().into(),
-        env: Vec::new(),
-        prefix: prefix.to_owned(),
-        gluster: false,
-        wireguard: false,
-        nix_stores: false,
-        ceph: false,
-        ceph_nodes: false,
-        extra_spec: String::new(),
+        ..Options::new(nodes, support::quorate_bin(), prefix)
     }
 }
 

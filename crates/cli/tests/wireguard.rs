@@ -40,18 +40,9 @@ pub fn unavailable() -> Option<String> {
 
 fn options(prefix: &str, services: usize) -> Options {
     Options {
-        nodes: 3,
         services,
-        voters: None,
-        quorate: support::quorate_bin().into(),
-        env: Vec::new(),
-        prefix: prefix.to_owned(),
-        gluster: false,
         wireguard: true,
-        nix_stores: false,
-        ceph: false,
-        ceph_nodes: false,
-        extra_spec: String::new(),
+        ..Options::new(3, support::quorate_bin(), prefix)
     }
 }
 

@@ -60,6 +60,28 @@ pub struct Options {
     pub extra_spec: String,
 }
 
+impl Options {
+    /// `nodes` nodes running `quorate`, namespaces named `prefix…`: no witness
+    /// services, every node a voter, no extra environment, storage or spec — set
+    /// those with struct update syntax (`Options { ceph: true, ..Options::new(…) }`).
+    pub fn new(nodes: usize, quorate: impl Into<PathBuf>, prefix: &str) -> Self {
+        Self {
+            nodes,
+            services: 0,
+            voters: None,
+            quorate: quorate.into(),
+            env: Vec::new(),
+            prefix: prefix.to_owned(),
+            gluster: false,
+            wireguard: false,
+            nix_stores: false,
+            ceph: false,
+            ceph_nodes: false,
+            extra_spec: String::new(),
+        }
+    }
+}
+
 /// With `Options::ceph_nodes`: each node's private directory (under `<dir>/gl/<node>/`)
 /// and where it is mounted in the node's mount namespace.
 pub const CEPH_NODE_DIRS: [(&str, &str); 4] = [

@@ -71,20 +71,18 @@ impl LabArgs {
             env.push(("QUORATE_UNSAFE_NO_FENCE".to_owned(), "1".to_owned()));
         }
         Options {
-            nodes: self.nodes,
             services: self.services,
             voters: self.voters,
-            quorate: self.quorate.clone().unwrap_or_else(default_quorate),
             env,
-            prefix: netns::PREFIX.to_owned(),
-            gluster: false,
             wireguard: self.wireguard,
-            nix_stores: false,
-            ceph: false,
-            ceph_nodes: false,
             extra_spec: self.drift_margin.as_ref().map_or_else(String::new, |m| {
                 format!("\n[cluster.timings]\ndrift_margin = {m:?}\n")
             }),
+            ..Options::new(
+                self.nodes,
+                self.quorate.clone().unwrap_or_else(default_quorate),
+                netns::PREFIX,
+            )
         }
     }
 }

@@ -39,6 +39,13 @@ pub fn skip(why: &str) {
     eprintln!("SKIPPED: {why}");
 }
 
+/// A writer workload's shell script: every 0.1 s it appends the next number to
+/// `@DIR@/<file>` (continuing after the lines already there), syncs it, and only then
+/// records the number in `@DIR@/<ack>` — its acknowledgement, read by [`acks_in`].
+pub fn synced_writer(file: &str, ack: &str) -> String {
+    format!("i=$(cat @DIR@/{file} 2>/dev/null | wc -l); while :; do i=$((i+1)); echo $i >> @DIR@/{file} && sync @DIR@/{file} && echo $i >> @DIR@/{ack}; sleep 0.1; done")
+}
+
 /// The numbers a writer workload recorded in `<dir>/acks` once it had synced them
 /// (its acknowledgements), in order.
 pub fn acks(dir: &Path) -> Vec<u64> {
