@@ -204,28 +204,15 @@ impl Runtime {
         loop {
             let me = self.node.name.clone();
             let resources: Vec<(String, Option<String>)> = self
-                .node
-                .consensus
-                .with_state(|st| {
-                    let Some(applied) = st.applied.as_ref() else {
-                        return Vec::new();
-                    };
-                    applied
-                        .spec
-                        .storage
-                        .iter()
-                        .filter(|(_, s)| s.kind == quorate_spec::StorageKind::Drbd)
-                        .filter_map(|(name, s)| {
-                            let drbd = applied.lock.storage.get(name)?.drbd.as_ref()?;
-                            if s.nodes.contains(&me) {
-                                Some((name.clone(), s.device.clone()))
-                            } else if drbd.tie_breaker.as_deref() == Some(me.as_str()) {
-                                Some((name.clone(), None))
-                            } else {
-                                None
-                            }
-                        })
-                        .collect()
+                .storage_of_kind(quorate_spec::StorageKind::Drbd, |name, s, lock| {
+                    let drbd = lock.storage.get(name)?.drbd.as_ref()?;
+                    if s.nodes.contains(&me) {
+                        Some((name.to_owned(), s.device.clone()))
+                    } else if drbd.tie_breaker.as_deref() == Some(me.as_str()) {
+                        Some((name.to_owned(), None))
+                    } else {
+                        None
+                    }
                 })
                 .await;
             for (resource, _) in &resources {
@@ -254,6 +241,30 @@ impl Runtime {
             }
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
+    }
+
+    /// Every storage of `kind` in the applied spec that `pick` (its name, spec and the
+    /// applied lock) turns into something; nothing before a spec is applied.
+    async fn storage_of_kind<T>(
+        &self,
+        kind: quorate_spec::StorageKind,
+        pick: impl Fn(&str, &quorate_spec::StorageSpec, &quorate_lock::Lock) -> Option<T>,
+    ) -> Vec<T> {
+        self.node
+            .consensus
+            .with_state(|st| {
+                let Some(applied) = st.applied.as_ref() else {
+                    return Vec::new();
+                };
+                applied
+                    .spec
+                    .storage
+                    .iter()
+                    .filter(|(_, s)| s.kind == kind)
+                    .filter_map(|(name, s)| pick(name, s, &applied.lock))
+                    .collect()
+            })
+            .await
     }
 
     /// `drbdsetup status RES --statistics`, on one line (role, disk, peers, out-of-sync).
@@ -298,19 +309,8 @@ impl Runtime {
         loop {
             tokio::time::sleep(Duration::from_secs(10)).await;
             let images: Vec<quorate_drivers::RbdImage> = self
-                .node
-                .consensus
-                .with_state(|st| {
-                    let Some(applied) = st.applied.as_ref() else {
-                        return Vec::new();
-                    };
-                    applied
-                        .spec
-                        .storage
-                        .iter()
-                        .filter(|(_, s)| s.kind == quorate_spec::StorageKind::CephRbd)
-                        .filter_map(|(name, s)| rbd_image(name, s, &self.data_dir))
-                        .collect()
+                .storage_of_kind(quorate_spec::StorageKind::CephRbd, |name, s, _| {
+                    rbd_image(name, s, &self.data_dir)
                 })
                 .await;
             for image in images {

@@ -293,8 +293,30 @@ async fn run_schedule(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let final_version = final_version
-        .unwrap_or_else(|| panic!("seed {seed}: no leader after healing; schedule {steps:?}"));
+    let Some(final_version) = final_version else {
+        // What each node thinks, to tell an election that never ends from a leader
+        // that cannot reach its followers.
+        let mut views = Vec::new();
+        for n in &nodes {
+            views.push(match &n.running {
+                Some((c, _)) => {
+                    let st = c.status();
+                    format!(
+                        "n{}: {} term {} leader {:?} last_log {:?} committed {:?} contact_ms {:?}",
+                        n.id,
+                        st.role,
+                        st.term,
+                        st.leader,
+                        st.last_log,
+                        st.committed,
+                        st.last_contact_ms
+                    )
+                }
+                None => format!("n{}: not running", n.id),
+            });
+        }
+        panic!("seed {seed}: no leader after healing; schedule {steps:?}; nodes: {views:#?}");
+    };
     // Every node applies the final write.
     let mut histories = Vec::new();
     for n in &nodes {
