@@ -10,7 +10,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, OptionalSend, RaftNetworkFactory, RaftNetworkV2};
-use quorate_net::{Partition, PeerClient};
+use quorate_net::{ConnectionPool, Partition, PeerClient};
 use quorate_pki::SharedTls;
 use serde::{Deserialize, Serialize};
 
@@ -106,6 +106,10 @@ pub struct NetworkFactory {
     tls: SharedTls,
     partition: Partition,
     source: Option<std::net::IpAddr>,
+    /// Shared by every client made here: Raft makes a client per election round and
+    /// drops its vote request at the election timeout, so a connection must outlive
+    /// both (see [`ConnectionPool`]).
+    pool: ConnectionPool,
 }
 
 impl std::fmt::Debug for NetworkFactory {
@@ -124,6 +128,7 @@ impl NetworkFactory {
             tls,
             partition,
             source,
+            pool: ConnectionPool::default(),
         }
     }
 }
@@ -138,7 +143,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
         RaftClient {
             peer: PeerClient::new(&node.name, addr, &self.tls, self.partition.clone())
-                .from_address(self.source),
+                .from_address(self.source)
+                .with_pool(self.pool.clone()),
         }
     }
 }

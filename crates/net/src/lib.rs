@@ -43,6 +43,67 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// well before the server's idle deadline ends it from the other side.
 const CLIENT_IDLE: Duration = Duration::from_secs(30);
 
+type ClientConn = (tokio_rustls::client::TlsStream<TcpStream>, Instant);
+/// A peer's name and address.
+type PeerKey = (String, SocketAddr);
+
+/// Connections shared by the [`PeerClient`]s made with it (see
+/// [`PeerClient::with_pool`]), by peer: a handshake whose caller gave up — Raft drops
+/// a vote request at its election timeout, and makes a new client for every
+/// election — still completes and lands here, for the next client to that peer. Without that, a handshake slower than the election timeout (a loaded
+/// machine) was abandoned in every round, and no node could ever win a vote.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionPool(Arc<Mutex<BTreeMap<PeerKey, Vec<ClientConn>>>>);
+
+impl ConnectionPool {
+    fn take(&self, key: &PeerKey) -> Option<ClientConn> {
+        let mut idle = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let conns = idle.get_mut(key)?;
+        conns.retain(|(conn, used)| used.elapsed() <= CLIENT_IDLE && still_open(conn));
+        conns.pop()
+    }
+
+    fn put(&self, key: PeerKey, conn: ClientConn) {
+        let mut idle = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let conns = idle.entry(key).or_default();
+        // A few per peer: abandoned handshakes of the last rounds at most.
+        if conns.len() < 4 {
+            conns.push(conn);
+        }
+    }
+
+    fn clear(&self, key: &PeerKey) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+
+    /// How many idle connections the pool holds (all peers).
+    #[must_use]
+    pub fn idle(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+}
+
+/// Whether an idle connection can carry a request: nothing to read on it (no request
+/// is outstanding), no end of stream. A peer that crashed or restarted has closed it.
+fn still_open(conn: &tokio_rustls::client::TlsStream<TcpStream>) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(conn.get_ref().0.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 /// The addresses of the cluster's members. Handshakes from them never wait behind
 /// strangers' (they have slots of their own); the layer above keeps the set current.
 #[derive(Clone, Debug, Default)]
@@ -689,7 +750,8 @@ pub struct PeerClient {
     source: Option<IpAddr>,
     tls: quorate_pki::SharedTls,
     partition: Partition,
-    conn: Option<(tokio_rustls::client::TlsStream<TcpStream>, Instant)>,
+    conn: Option<ClientConn>,
+    pool: Option<ConnectionPool>,
 }
 
 impl std::fmt::Debug for PeerClient {
@@ -718,7 +780,57 @@ impl PeerClient {
             tls: tls.clone(),
             partition,
             conn: None,
+            pool: None,
         }
+    }
+
+    /// Takes idle connections from `pool`, and lets a handshake finish into it when
+    /// the call that started it is dropped first. (A client's own connection closes
+    /// with it, as without a pool.)
+    #[must_use]
+    pub fn with_pool(mut self, pool: ConnectionPool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    fn key(&self) -> PeerKey {
+        (self.node.clone(), self.addr)
+    }
+
+    /// Connects within `budget`. With a pool, the handshake runs in a task of its own
+    /// that puts the connection into the pool if this call is gone when it is done.
+    async fn connect_within(&self, budget: Duration) -> Result<ClientConn, NetError> {
+        let timed_out = move |peer: String| NetError::Timeout {
+            peer,
+            after: budget,
+        };
+        let Some(pool) = self.pool.clone() else {
+            return match tokio::time::timeout(budget, self.connect()).await {
+                Ok(connected) => connected.map(|c| (c, Instant::now())),
+                Err(_) => Err(timed_out(self.node.clone())),
+            };
+        };
+        let dialer = Self {
+            node: self.node.clone(),
+            addr: self.addr,
+            source: self.source,
+            tls: self.tls.clone(),
+            partition: self.partition.clone(),
+            conn: None,
+            pool: None,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let connected = match tokio::time::timeout(budget, dialer.connect()).await {
+                Ok(connected) => connected.map(|c| (c, Instant::now())),
+                Err(_) => Err(timed_out(dialer.node.clone())),
+            };
+            if let Err(Ok(conn)) = tx.send(connected) {
+                pool.put(dialer.key(), conn);
+            }
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(timed_out(self.node.clone())))
     }
 
     /// Connects from `source` (this node's own address in the spec), so that peers
@@ -811,6 +923,9 @@ impl PeerClient {
     ) -> Result<Vec<u8>, NetError> {
         if self.partition.is_cut() {
             self.conn = None;
+            if let Some(pool) = &self.pool {
+                pool.clear(&self.key());
+            }
             return Err(NetError::Blocked {
                 peer: self.node.clone(),
             });
@@ -826,19 +941,14 @@ impl PeerClient {
         // Connecting (TCP + TLS handshake) gets its own, longer budget: bounding it by a
         // short RPC timeout (a 100 ms heartbeat) would abandon every handshake that
         // takes longer on a loaded machine, and never reconnect.
-        let pooled = self.conn.take();
-        let connect = || async {
-            match tokio::time::timeout(timeout.max(CONNECT_TIMEOUT), self.connect()).await {
-                Ok(connected) => connected,
-                Err(_) => Err(NetError::Timeout {
-                    peer: peer.clone(),
-                    after: timeout.max(CONNECT_TIMEOUT),
-                }),
-            }
-        };
+        let pooled = self
+            .conn
+            .take()
+            .or_else(|| self.pool.as_ref().and_then(|p| p.take(&self.key())));
+        let budget = timeout.max(CONNECT_TIMEOUT);
         let (mut conn, reused) = match pooled {
             Some((conn, _)) => (conn, true),
-            None => (connect().await?, false),
+            None => (self.connect_within(budget).await?.0, false),
         };
         let result = tokio::time::timeout(timeout, async {
             // A pooled connection the server has closed (idle, or after a refusal)
@@ -848,7 +958,7 @@ impl PeerClient {
                 if !reused {
                     return Err(e);
                 }
-                conn = connect().await?;
+                conn = self.connect_within(budget).await?.0;
                 write_request(&mut conn, kind, request, &peer).await?;
             }
             read_reply(&mut conn, &peer).await
@@ -938,6 +1048,51 @@ mod tests {
         let mut client = PeerClient::new("n1", addr, &n2, Partition::default());
         assert_eq!(client.call(1, b"hi", T).await.unwrap(), b"n2:1:hi");
         assert_eq!(client.call(2, b"again", T).await.unwrap(), b"n2:2:again");
+    }
+
+    #[tokio::test]
+    async fn a_handshake_its_caller_gave_up_on_lands_in_the_pool() {
+        // The server answers only after the first caller has given up, as Raft drops
+        // a vote request at its election timeout and asks with a new client next
+        // round: the handshake finishes anyway, and the next client uses it.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ca(dir.path());
+        let n1 = node_tls(&ca, &dir.path().join("n1"), "n1");
+        let n2 = node_tls(&ca, &dir.path().join("n2"), "n2");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let pool = ConnectionPool::default();
+        let mut first =
+            PeerClient::new("n1", addr, &n2, Partition::default()).with_pool(pool.clone());
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(200), first.call(1, b"vote", T)).await;
+        assert!(gave_up.is_err(), "the server was not serving yet");
+        drop(first);
+        assert_eq!(pool.idle(), 0);
+        tokio::spawn(serve(
+            listener,
+            n1,
+            Arc::new(Echo),
+            Partition::default(),
+            Limits::default(),
+            KnownAddresses::default(),
+        ));
+        let started = Instant::now();
+        while pool.idle() == 0 {
+            assert!(
+                started.elapsed() < T,
+                "the abandoned handshake never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut second =
+            PeerClient::new("n1", addr, &n2, Partition::default()).with_pool(pool.clone());
+        assert_eq!(second.call(1, b"vote", T).await.unwrap(), b"n2:1:vote");
+        assert_eq!(
+            pool.idle(),
+            0,
+            "the second client took the pooled connection"
+        );
     }
 
     #[tokio::test]
