@@ -50,8 +50,9 @@ type PeerKey = (String, SocketAddr);
 /// Connections shared by the [`PeerClient`]s made with it (see
 /// [`PeerClient::with_pool`]), by peer: a handshake whose caller gave up — Raft drops
 /// a vote request at its election timeout, and makes a new client for every
-/// election — still completes and lands here, for the next client to that peer. Without that, a handshake slower than the election timeout (a loaded
-/// machine) was abandoned in every round, and no node could ever win a vote.
+/// election — still completes and lands here, for the next client to that peer.
+/// Without that, a handshake slower than the election timeout (a loaded machine) was
+/// abandoned in every round, and no node could ever win a vote.
 #[derive(Clone, Debug, Default)]
 pub struct ConnectionPool(Arc<Mutex<BTreeMap<PeerKey, Vec<ClientConn>>>>);
 
