@@ -22,7 +22,7 @@ mod support;
 use std::time::Duration;
 
 use quorate_lab::cluster::{LabCluster, Options};
-use quorate_lab::{ceph, netns};
+use quorate_lab::netns;
 
 fn blocklisted(cluster: &LabCluster) -> String {
     cluster
@@ -109,12 +109,7 @@ fn events_seen_by(cluster: &LabCluster, node: &str) -> String {
 
 #[test]
 fn an_rbd_image_follows_its_service_and_a_lost_node_is_blocklisted_first() {
-    if let Some(why) = netns::unavailable() {
-        support::skip(&format!("the lab needs network namespaces: {why}"));
-        return;
-    }
-    if let Some(why) = ceph::unavailable() {
-        support::skip(&why);
+    if support::skipped_without_ceph_lab() {
         return;
     }
     // `w` writes to the RBD filesystem, `f` to CephFS; a line is acknowledged once

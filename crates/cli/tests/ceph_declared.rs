@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use quorate_lab::cluster::{LabCluster, Options};
-use quorate_lab::{ceph, netns};
+use quorate_lab::netns;
 
 /// Starts daemon `{kind}` `{id}` unless its pid file names a live process (what the
 /// NixOS units would do; the lab has no systemd).
@@ -138,12 +138,7 @@ fn ceph_on(cluster: &LabCluster, node: &str, args: &[&str]) -> String {
 
 #[test]
 fn a_ceph_declared_in_the_spec_is_bootstrapped_by_quorate_and_serves_a_failover() {
-    if let Some(why) = netns::unavailable() {
-        support::skip(&format!("the lab needs network namespaces: {why}"));
-        return;
-    }
-    if let Some(why) = ceph::unavailable() {
-        support::skip(&why);
+    if support::skipped_without_ceph_lab() {
         return;
     }
     let writer = support::synced_writer("data/lines", "acks");

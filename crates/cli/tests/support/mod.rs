@@ -39,6 +39,20 @@ pub fn skip(why: &str) {
     eprintln!("SKIPPED: {why}");
 }
 
+/// True (after saying why) when a Ceph lab cannot run here: no network namespaces,
+/// or no Ceph daemons.
+pub fn skipped_without_ceph_lab() -> bool {
+    if let Some(why) = quorate_lab::netns::unavailable() {
+        skip(&format!("the lab needs network namespaces: {why}"));
+        return true;
+    }
+    if let Some(why) = quorate_lab::ceph::unavailable() {
+        skip(&why);
+        return true;
+    }
+    false
+}
+
 /// A writer workload's shell script: every 0.1 s it appends the next number to
 /// `@DIR@/<file>` (continuing after the lines already there), syncs it, and only then
 /// records the number in `@DIR@/<ack>` — its acknowledgement, read by [`acks_in`].
